@@ -1,0 +1,103 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Sentinel errors. Transports wrap them with detail; test with errors.Is.
+var (
+	// ErrClosed: the transport or subscription was closed.
+	ErrClosed = errors.New("busway: transport closed")
+	// ErrInvalidTopic: a topic name is empty or has characters that not
+	// every broker accepts.
+	ErrInvalidTopic = errors.New("busway: invalid topic")
+	// ErrInvalidMessage: a nil message, or one the transport cannot send.
+	ErrInvalidMessage = errors.New("busway: invalid message")
+	// ErrMessageTooLarge: the message exceeds the broker's size limit.
+	ErrMessageTooLarge = errors.New("busway: message too large")
+	// ErrInvalidOptions: a subscribe option or a transport config value is
+	// invalid.
+	ErrInvalidOptions = errors.New("busway: invalid options")
+	// ErrInvalidURL: a transport URL could not be parsed or has a bad part.
+	ErrInvalidURL = errors.New("busway: invalid transport URL")
+	// ErrUnknownScheme: no opener is registered for a URL's scheme.
+	ErrUnknownScheme = errors.New("busway: unknown transport scheme")
+	// ErrTopicNotFound: the topic (Kafka topic, NATS stream) does not exist
+	// and the transport may not create it.
+	ErrTopicNotFound = errors.New("busway: topic not found")
+	// ErrUnavailable: the broker could not be reached.
+	ErrUnavailable = errors.New("busway: broker unavailable")
+	// ErrAuthentication: the broker rejected the credentials.
+	ErrAuthentication = errors.New("busway: authentication failed")
+)
+
+// PermanentError marks an error that retrying cannot fix (a body that does
+// not decode, a validation failure). Retry middleware does not retry it;
+// DeadLetter middleware dead-letters it at once.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string {
+	if e.Err == nil {
+		return "permanent error"
+	}
+	return e.Err.Error()
+}
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks err as permanent. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil || IsPermanent(err) {
+		return err
+	}
+	return &PermanentError{Err: err}
+}
+
+// IsPermanent reports whether err or any error it wraps was marked Permanent.
+func IsPermanent(err error) bool {
+	var p *PermanentError
+	return errors.As(err, &p)
+}
+
+// MessageError is the failure of one message of a Publish call.
+type MessageError struct {
+	Index int    // position in the Publish call
+	ID    string // the message's ID
+	Err   error
+}
+
+func (e MessageError) Error() string {
+	return fmt.Sprintf("message #%d (id %q): %v", e.Index, e.ID, e.Err)
+}
+
+// PublishError reports the messages of one Publish call that the broker did
+// not accept. The others were accepted. It unwraps to each message's error.
+type PublishError struct {
+	Topic    string
+	Total    int // messages in the call
+	Failures []MessageError
+}
+
+func (e *PublishError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "busway: publish to %q: %d of %d messages failed", e.Topic, len(e.Failures), e.Total)
+	for i, f := range e.Failures {
+		if i == 3 {
+			fmt.Fprintf(&b, "; and %d more", len(e.Failures)-i)
+			break
+		}
+		b.WriteString("; ")
+		b.WriteString(f.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns each failed message's error, for errors.Is and errors.As.
+func (e *PublishError) Unwrap() []error {
+	errs := make([]error, len(e.Failures))
+	for i, f := range e.Failures {
+		errs[i] = f.Err
+	}
+	return errs
+}

@@ -1,0 +1,293 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Opener opens a transport from a URL whose scheme it was registered for.
+type Opener interface {
+	OpenTransport(ctx context.Context, u *url.URL) (Transport, error)
+}
+
+// OpenerFunc adapts a function to Opener.
+type OpenerFunc func(ctx context.Context, u *url.URL) (Transport, error)
+
+// OpenTransport calls f.
+func (f OpenerFunc) OpenTransport(ctx context.Context, u *url.URL) (Transport, error) {
+	return f(ctx, u)
+}
+
+// Mux maps URL schemes to openers. Its zero value is an empty, usable Mux;
+// there is no global one and no registration in init(): a program builds
+// the Mux it needs (package busfx and the open helper of busway build one
+// with "chan", "nats" and "kafka"). Safe for concurrent use.
+type Mux struct {
+	mu      sync.RWMutex
+	openers map[string]Opener
+}
+
+// Register maps scheme (lower case letters, digits, '+', '-', '.') to o. It
+// returns an error wrapping ErrInvalidOptions for an empty or malformed
+// scheme, a nil opener, or a scheme that is already registered.
+func (m *Mux) Register(scheme string, o Opener) error {
+	if scheme == "" || strings.ToLower(scheme) != scheme || strings.ContainsFunc(scheme, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.')
+	}) {
+		return fmt.Errorf("%w: scheme %q must be non-empty lower-case letters, digits, '+', '-' or '.'", ErrInvalidOptions, scheme)
+	}
+	if o == nil {
+		return fmt.Errorf("%w: nil opener for scheme %q", ErrInvalidOptions, scheme)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, dup := m.openers[scheme]; dup {
+		return fmt.Errorf("%w: scheme %q is already registered", ErrInvalidOptions, scheme)
+	}
+	if m.openers == nil {
+		m.openers = make(map[string]Opener)
+	}
+	m.openers[scheme] = o
+	return nil
+}
+
+// Schemes returns the registered schemes, sorted.
+func (m *Mux) Schemes() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	s := make([]string, 0, len(m.openers))
+	for k := range m.openers {
+		s = append(s, k)
+	}
+	slices.Sort(s)
+	return s
+}
+
+// Open parses rawURL and opens the transport its scheme names. A malformed
+// URL gives a *URLError wrapping ErrInvalidURL, an unregistered scheme one
+// wrapping ErrUnknownScheme; the opener's own errors name the offending part.
+func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
+	if strings.TrimSpace(rawURL) == "" {
+		return nil, &URLError{URL: rawURL, Part: "url", Err: fmt.Errorf("%w: empty (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLErr(err))}
+	}
+	if u.Scheme == "" {
+		return nil, &URLError{URL: Redact(u), Part: "scheme", Err: fmt.Errorf("%w: no scheme (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
+	}
+	return m.OpenURL(ctx, u)
+}
+
+// OpenURL opens the transport u's scheme names.
+func (m *Mux) OpenURL(ctx context.Context, u *url.URL) (Transport, error) {
+	m.mu.RLock()
+	o, ok := m.openers[u.Scheme]
+	m.mu.RUnlock()
+	if !ok {
+		return nil, &URLError{URL: Redact(u), Part: "scheme", Err: fmt.Errorf("%w %q (registered: %s)", ErrUnknownScheme, u.Scheme, strings.Join(m.Schemes(), ", "))}
+	}
+	return o.OpenTransport(ctx, u)
+}
+
+// URLError reports what was wrong with a transport URL. URL has its password
+// redacted; Part names the offending part ("scheme", "host", "query option
+// \"acks\"", ...).
+type URLError struct {
+	URL  string
+	Part string
+	Err  error
+}
+
+func (e *URLError) Error() string {
+	return fmt.Sprintf("busway: transport URL %q: %s: %v", e.URL, e.Part, e.Err)
+}
+func (e *URLError) Unwrap() error { return e.Err }
+
+// Redact returns u as a string with any password replaced by "xxxxx".
+func Redact(u *url.URL) string { return u.Redacted() }
+
+func redactRaw(raw string) string {
+	// A URL that does not parse may still hold credentials: drop userinfo.
+	if i := strings.Index(raw, "://"); i >= 0 {
+		rest := raw[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			return raw[:i+3] + "xxxxx@" + rest[at+1:]
+		}
+	}
+	return raw
+}
+
+func unwrapURLErr(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return ue.Err
+	}
+	return err
+}
+
+// Query reads a URL's query options for an opener, remembering the first
+// bad value and which options it did not read, so the opener can reject
+// unknown options by name:
+//
+//	q := transport.NewQuery(u)
+//	acks := q.String("acks", "all")
+//	wait := q.Duration("max_wait", 500*time.Millisecond)
+//	if err := q.Err(); err != nil { ... } // bad value or unknown option
+type Query struct {
+	u    *url.URL
+	vals url.Values
+	seen map[string]bool
+	err  error
+}
+
+// NewQuery starts reading u's query options.
+func NewQuery(u *url.URL) *Query {
+	return &Query{u: u, vals: u.Query(), seen: make(map[string]bool)}
+}
+
+func (q *Query) get(name string) (string, bool) {
+	q.seen[name] = true
+	vs, ok := q.vals[name]
+	if !ok || len(vs) == 0 {
+		return "", false
+	}
+	if len(vs) > 1 && q.err == nil {
+		q.err = q.fail(name, fmt.Errorf("%w: given %d times", ErrInvalidURL, len(vs)))
+	}
+	return vs[len(vs)-1], true
+}
+
+func (q *Query) fail(name string, err error) error {
+	return &URLError{URL: Redact(q.u), Part: fmt.Sprintf("query option %q", name), Err: err}
+}
+
+// Has reports whether the option is present, and marks it read.
+func (q *Query) Has(name string) bool {
+	_, ok := q.get(name)
+	return ok
+}
+
+// String returns the option's value, or def when absent.
+func (q *Query) String(name, def string) string {
+	if v, ok := q.get(name); ok {
+		return v
+	}
+	return def
+}
+
+// Int returns the option as an integer, or def when absent.
+func (q *Query) Int(name string, def int) int {
+	v, ok := q.get(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil && q.err == nil {
+		q.err = q.fail(name, fmt.Errorf("%w: %q is not an integer", ErrInvalidURL, v))
+	}
+	if err != nil {
+		return def
+	}
+	return n
+}
+
+// Int64 returns the option as a 64-bit integer, or def when absent.
+func (q *Query) Int64(name string, def int64) int64 {
+	v, ok := q.get(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		if q.err == nil {
+			q.err = q.fail(name, fmt.Errorf("%w: %q is not an integer", ErrInvalidURL, v))
+		}
+		return def
+	}
+	return n
+}
+
+// Bool returns the option as a boolean (1, t, true, 0, f, false, ...), or
+// def when absent.
+func (q *Query) Bool(name string, def bool) bool {
+	v, ok := q.get(name)
+	if !ok {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		if q.err == nil {
+			q.err = q.fail(name, fmt.Errorf("%w: %q is not a boolean", ErrInvalidURL, v))
+		}
+		return def
+	}
+	return b
+}
+
+// Duration returns the option as a time.Duration ("500ms", "2s"), or def
+// when absent.
+func (q *Query) Duration(name string, def time.Duration) time.Duration {
+	v, ok := q.get(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		if q.err == nil {
+			q.err = q.fail(name, fmt.Errorf("%w: %q is not a duration (e.g. 500ms, 2s)", ErrInvalidURL, v))
+		}
+		return def
+	}
+	return d
+}
+
+// Enum returns the option's value, which must be one of allowed, or def
+// when absent.
+func (q *Query) Enum(name, def string, allowed ...string) string {
+	v, ok := q.get(name)
+	if !ok {
+		return def
+	}
+	if !slices.Contains(allowed, v) {
+		if q.err == nil {
+			q.err = q.fail(name, fmt.Errorf("%w: %q is not one of %s", ErrInvalidURL, v, strings.Join(allowed, ", ")))
+		}
+		return def
+	}
+	return v
+}
+
+// Fail records an error about an option's value that the opener found
+// itself (the first error wins).
+func (q *Query) Fail(name string, err error) {
+	if q.err == nil {
+		q.err = q.fail(name, err)
+	}
+}
+
+// Err returns the first bad value, else an error naming the options that
+// were given but never read (unknown options), else nil.
+func (q *Query) Err() error {
+	if q.err != nil {
+		return q.err
+	}
+	var unknown []string
+	for k := range q.vals {
+		if !q.seen[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return &URLError{URL: Redact(q.u), Part: fmt.Sprintf("query option %q", unknown[0]),
+			Err: fmt.Errorf("%w: unknown option(s) %s", ErrInvalidURL, strings.Join(unknown, ", "))}
+	}
+	return nil
+}

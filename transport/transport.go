@@ -1,0 +1,186 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Message is the unit a transport carries. Publishers fill ID, Key, Header and
+// Body; transports set Topic, Time and Attempt on delivery.
+//
+// A Handler must not keep a Message or its Body after it returned: a
+// transport may reuse them.
+type Message struct {
+	// ID identifies the message; brokers that deduplicate (NATS JetStream)
+	// use it to drop a re-publish.
+	ID string
+	// Key orders messages: those with the same non-empty Key are handled one
+	// at a time, in publish order. On Kafka it is also the record key.
+	Key string
+	// Header carries string attributes. Keys are case-sensitive and travel
+	// unchanged, except the CloudEvents attributes, which each transport
+	// renders in its broker binding's spelling and maps back on delivery.
+	Header map[string]string
+	// Body is the payload, opaque to the transport.
+	Body []byte
+
+	// Topic is set on delivery: the topic the message was published to.
+	Topic string
+	// Time is set on delivery: the broker's time where the broker records
+	// one, else the time the transport received the message.
+	Time time.Time
+	// Attempt is set on delivery: 1 the first time, counted up on each
+	// redelivery where the broker or transport counts deliveries.
+	Attempt int
+	// Meta is set on delivery by transports that know more about where the
+	// message came from, keyed by OpenTelemetry messaging attribute names
+	// (MetaPartition, MetaOffset, ...). It is never sent. May be nil.
+	Meta map[string]string
+}
+
+// Delivery facts a transport may put into Message.Meta, named after the
+// OpenTelemetry messaging semantic conventions.
+const (
+	MetaPartition = "messaging.destination.partition.id"
+	MetaOffset    = "messaging.kafka.offset"
+	MetaSequence  = "messaging.nats.stream.sequence"
+)
+
+// Clone returns a deep copy of m.
+func (m *Message) Clone() *Message {
+	if m == nil {
+		return nil
+	}
+	c := *m
+	if m.Header != nil {
+		c.Header = make(map[string]string, len(m.Header))
+		for k, v := range m.Header {
+			c.Header[k] = v
+		}
+	}
+	if m.Meta != nil {
+		c.Meta = make(map[string]string, len(m.Meta))
+		for k, v := range m.Meta {
+			c.Meta[k] = v
+		}
+	}
+	if m.Body != nil {
+		c.Body = append(make([]byte, 0, len(m.Body)), m.Body...)
+	}
+	return &c
+}
+
+// Handler handles one delivered message. Returning nil acknowledges it;
+// returning an error asks for redelivery (see Permanent for errors that
+// retrying cannot fix; what happens to those is up to the middleware).
+type Handler func(ctx context.Context, m *Message) error
+
+// Publisher sends messages to a topic.
+//
+// Publish returns after the broker has durably accepted every message, or
+// with an error naming what failed (a *PublishError for a batch that failed in
+// part). It batches where the broker allows. Safe for concurrent use.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, msgs ...*Message) error
+}
+
+// Subscriber starts consuming a topic in the background.
+//
+// Subscribe returns once the subscription is established (a group's position
+// exists), so a message published after Subscribe returned is delivered to it
+// even with StartLatest. Safe for concurrent use.
+type Subscriber interface {
+	Subscribe(ctx context.Context, topic string, h Handler, opts SubscribeOptions) (Subscription, error)
+}
+
+// Subscription is a running consumer.
+type Subscription interface {
+	// Close stops fetching, lets in-flight handlers finish until ctx ends,
+	// acknowledges what finished and releases everything. Messages whose
+	// handler did not finish are redelivered later (on durable transports).
+	// Close is idempotent and safe for concurrent use.
+	Close(ctx context.Context) error
+}
+
+// Transport is a Publisher and a Subscriber with a lifetime.
+type Transport interface {
+	Publisher
+	Subscriber
+	// Close closes every subscription still open (draining them), then
+	// releases the connection. Publish and Subscribe after Close return
+	// ErrClosed. Idempotent.
+	Close() error
+}
+
+// StartPosition says where a group that has no committed position yet
+// starts reading.
+type StartPosition int
+
+const (
+	// StartLatest delivers only messages published after the group was
+	// created. The default.
+	StartLatest StartPosition = iota
+	// StartEarliest delivers every message the broker still retains.
+	StartEarliest
+)
+
+func (p StartPosition) String() string {
+	switch p {
+	case StartLatest:
+		return "latest"
+	case StartEarliest:
+		return "earliest"
+	}
+	return fmt.Sprintf("StartPosition(%d)", int(p))
+}
+
+// SubscribeOptions configure a subscription. Group is required; every other
+// zero value means the default.
+type SubscribeOptions struct {
+	// Group names the consumer group (NATS durable name, Kafka group ID).
+	// Every group gets every message; within a group each message goes to
+	// one member. Required.
+	Group string
+	// Concurrency is the number of handlers that may run at once for this
+	// subscription. Default 1; negative is an error.
+	Concurrency int
+	// StartFrom applies when the group has no committed position yet.
+	// Default StartLatest.
+	StartFrom StartPosition
+	// Specific holds options of one transport (for example a NATS AckWait or
+	// a Kafka fetch size), as typed values that transport exports. A transport
+	// ignores the options of other transports, so one SubscribeOptions works
+	// whichever transport the URL selects.
+	Specific []SpecificOption
+}
+
+// SpecificOption is a transport-specific subscribe option. Transport names
+// the transport it belongs to ("chan", "nats", "kafka").
+type SpecificOption interface {
+	Transport() string
+}
+
+// Validate reports the first invalid field, wrapping ErrInvalidOptions.
+func (o SubscribeOptions) Validate() error {
+	switch {
+	case o.Group == "":
+		return fmt.Errorf("%w: Group is required (the consumer group or durable name)", ErrInvalidOptions)
+	case o.Concurrency < 0:
+		return fmt.Errorf("%w: Concurrency %d is negative (0 means the default, 1)", ErrInvalidOptions, o.Concurrency)
+	case o.StartFrom != StartLatest && o.StartFrom != StartEarliest:
+		return fmt.Errorf("%w: StartFrom %v is neither StartLatest nor StartEarliest", ErrInvalidOptions, o.StartFrom)
+	}
+	if err := ValidateName("Group", o.Group); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Workers returns Concurrency with the default applied.
+func (o SubscribeOptions) Workers() int {
+	if o.Concurrency <= 0 {
+		return 1
+	}
+	return o.Concurrency
+}

@@ -1,0 +1,68 @@
+package transport
+
+import "fmt"
+
+// MaxNameLength is the longest topic or group name accepted; Kafka's limit.
+const MaxNameLength = 249
+
+// ValidateTopic checks that topic is a name every busway transport accepts:
+// 1 to 249 characters of ASCII letters, digits, '.', '_' and '-' (Kafka's
+// rule, the strictest; NATS subjects and channels accept all of them). It
+// wraps ErrInvalidTopic.
+func ValidateTopic(topic string) error {
+	if err := checkName(topic); err != "" {
+		return fmt.Errorf("%w %q: %s", ErrInvalidTopic, topic, err)
+	}
+	return nil
+}
+
+// ValidateName checks a group or other name by the same rule as topics,
+// wrapping ErrInvalidOptions and naming what (e.g. "Group").
+func ValidateName(what, name string) error {
+	if err := checkName(name); err != "" {
+		return fmt.Errorf("%w: %s %q: %s", ErrInvalidOptions, what, name, err)
+	}
+	return nil
+}
+
+func checkName(s string) string {
+	if s == "" {
+		return "empty"
+	}
+	if len(s) > MaxNameLength {
+		return fmt.Sprintf("%d characters, more than %d", len(s), MaxNameLength)
+	}
+	if s == "." || s == ".." {
+		return "not a valid name"
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' {
+			continue
+		}
+		return fmt.Sprintf("character %q at %d is not allowed (use letters, digits, '.', '_', '-')", rune(c), i)
+	}
+	if s[0] == '.' || s[len(s)-1] == '.' {
+		return "must not start or end with '.'"
+	}
+	for i := 1; i < len(s); i++ {
+		if s[i] == '.' && s[i-1] == '.' {
+			return "must not contain \"..\""
+		}
+	}
+	return ""
+}
+
+// ValidatePublish checks a Publish call's topic and messages: a valid topic
+// and no nil message. Transports call it first.
+func ValidatePublish(topic string, msgs []*Message) error {
+	if err := ValidateTopic(topic); err != nil {
+		return err
+	}
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("%w: message #%d of %d is nil", ErrInvalidMessage, i, len(msgs))
+		}
+	}
+	return nil
+}
