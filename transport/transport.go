@@ -27,6 +27,9 @@ type Message struct {
 
 	// Topic is set on delivery: the topic the message was published to.
 	Topic string
+	// Group is set on delivery: the group (SubscribeOptions.Group) it was
+	// delivered to.
+	Group string
 	// Time is set on delivery: the broker's time where the broker records
 	// one, else the time the transport received the message.
 	Time time.Time
@@ -45,6 +48,24 @@ const (
 	MetaPartition = "messaging.destination.partition.id"
 	MetaOffset    = "messaging.kafka.offset"
 	MetaSequence  = "messaging.nats.stream.sequence"
+)
+
+// Header names of the CloudEvents 1.0 attributes in their one canonical
+// spelling in Message.Header, whatever the transport. On the wire each
+// transport renders them in its binding's spelling (Kafka "ce_", NATS "ce-")
+// and maps them back on delivery. A transport that carries Key in a header
+// (NATS) also delivers it as Header[HeaderPartitionKey].
+const (
+	HeaderPrefix       = "ce_"
+	HeaderID           = "ce_id"
+	HeaderSource       = "ce_source"
+	HeaderSpecVersion  = "ce_specversion"
+	HeaderType         = "ce_type"
+	HeaderSubject      = "ce_subject"
+	HeaderTime         = "ce_time"
+	HeaderDataSchema   = "ce_dataschema"
+	HeaderPartitionKey = "ce_partitionkey" // the partitioning extension: Key
+	HeaderContentType  = "content-type"
 )
 
 // Clone returns a deep copy of m.
