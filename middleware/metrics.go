@@ -1,0 +1,156 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
+	"github.com/busway/busway/transport"
+)
+
+// Metric names. Those of the OpenTelemetry messaging semantic conventions
+// where one exists; busway's own otherwise.
+const (
+	// MetricProcessDuration: histogram of handler chain duration, seconds.
+	MetricProcessDuration = "messaging.process.duration"
+	// MetricConsumedMessages: counter of messages processed, with
+	// AttrOutcome and, on failure, error.type.
+	MetricConsumedMessages = "messaging.client.consumed.messages"
+	// MetricProcessActive: up-down counter of messages being processed.
+	MetricProcessActive = "busway.messaging.process.active"
+	// MetricDeadLettered: counter of messages DeadLetter published to a
+	// dead-letter topic.
+	MetricDeadLettered = "busway.messaging.dead_lettered.messages"
+	// MetricSentMessages: counter of messages published, with error.type
+	// on failure.
+	MetricSentMessages = "messaging.client.sent.messages"
+	// MetricOperationDuration: histogram of Publish call duration, seconds.
+	MetricOperationDuration = "messaging.client.operation.duration"
+)
+
+// durationBuckets are the semantic conventions' advised histogram buckets
+// for messaging durations, in seconds.
+var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+// MetricsOptions configure Metrics and PublishMetrics. The zero value means
+// the defaults.
+type MetricsOptions struct {
+	// MeterProvider makes the meter. Default otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// System is the messaging.system attribute. Default DefaultSystem.
+	System string
+}
+
+func (o MetricsOptions) meter() (metric.Meter, attribute.KeyValue) {
+	mp := o.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	sys := o.System
+	if sys == "" {
+		sys = DefaultSystem
+	}
+	return mp.Meter(instrumentationName), semconv.MessagingSystemKey.String(sys)
+}
+
+// Metrics records, through the OpenTelemetry metric API (exportable to
+// Prometheus by the OTel Prometheus exporter), per message: its processing
+// duration (MetricProcessDuration), a count by outcome
+// (MetricConsumedMessages with AttrOutcome "success", "error",
+// "dead_lettered" or "duplicate", and error.type on failure), the number in
+// flight (MetricProcessActive) and the number dead-lettered
+// (MetricDeadLettered). Every instrument carries messaging.system,
+// messaging.destination.name, messaging.consumer.group.name and
+// messaging.operation.name "process".
+//
+// Place it just inside Tracing, outside DeadLetter and Idempotent, so it
+// sees their outcome (a dead-lettered or duplicate message returns nil) and
+// times the whole delivery, retries included.
+func Metrics(opts MetricsOptions) Middleware {
+	meter, sys := opts.meter()
+	// Instrument errors come only from invalid names or options, which are
+	// constants here; the API returns usable no-op instruments with them.
+	dur, _ := meter.Float64Histogram(MetricProcessDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of processing a message, retries included."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	consumed, _ := meter.Int64Counter(MetricConsumedMessages, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages processed, by outcome."))
+	active, _ := meter.Int64UpDownCounter(MetricProcessActive, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages being processed."))
+	dlq, _ := meter.Int64Counter(MetricDeadLettered, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages published to a dead-letter topic."))
+	return func(next transport.Handler) transport.Handler {
+		return func(ctx context.Context, m *transport.Message) error {
+			base := metric.WithAttributes(sys, semconv.MessagingOperationName("process"),
+				semconv.MessagingDestinationName(m.Topic), semconv.MessagingConsumerGroupName(m.Group))
+			active.Add(ctx, 1, base)
+			ctx, r := withReport(ctx)
+			start := time.Now()
+			err := next(ctx, m)
+			elapsed := time.Since(start).Seconds()
+			active.Add(ctx, -1, base)
+			out := r.outcome(err)
+			var extra metric.MeasurementOption
+			switch {
+			case err != nil:
+				extra = metric.WithAttributes(AttrOutcome.String(string(out)), semconv.ErrorType(errType(err)))
+			case out == OutcomeDeadLettered:
+				extra = metric.WithAttributes(AttrOutcome.String(string(out)), semconv.ErrorType(errType(r.err)))
+				dlq.Add(ctx, 1, base)
+			default:
+				extra = metric.WithAttributes(AttrOutcome.String(string(out)))
+			}
+			dur.Record(ctx, elapsed, base, extra)
+			consumed.Add(ctx, 1, base, extra)
+			return err
+		}
+	}
+}
+
+// PublishMetrics wraps a Publisher: it counts messages published
+// (MetricSentMessages, error.type on those that failed; a *PublishError's
+// accepted messages count as sent) and records each Publish call's duration
+// (MetricOperationDuration), with messaging.system,
+// messaging.destination.name, messaging.operation.name "send" and
+// messaging.operation.type "send".
+func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
+	meter, sys := opts.meter()
+	sent, _ := meter.Int64Counter(MetricSentMessages, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages published."))
+	dur, _ := meter.Float64Histogram(MetricOperationDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of publish calls."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	return func(next transport.Publisher) transport.Publisher {
+		return PublisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
+			base := metric.WithAttributes(sys, semconv.MessagingOperationName("send"),
+				semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(topic))
+			start := time.Now()
+			err := next.Publish(ctx, topic, msgs...)
+			elapsed := time.Since(start).Seconds()
+			if err == nil {
+				dur.Record(ctx, elapsed, base)
+				sent.Add(ctx, int64(len(msgs)), base)
+				return nil
+			}
+			et := metric.WithAttributes(semconv.ErrorType(err))
+			dur.Record(ctx, elapsed, base, et)
+			failed := len(msgs)
+			var pe *transport.PublishError
+			if errors.As(err, &pe) && len(pe.Failures) <= len(msgs) {
+				failed = len(pe.Failures)
+			}
+			if ok := len(msgs) - failed; ok > 0 {
+				sent.Add(ctx, int64(ok), base)
+			}
+			if failed > 0 {
+				sent.Add(ctx, int64(failed), base, et)
+			}
+			return err
+		})
+	}
+}
