@@ -1,0 +1,680 @@
+package transporttest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/transport"
+)
+
+// testRoundTrip: ID, Key, every header and the body arrive byte for byte.
+func (s *suite) testRoundTrip(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
+
+	binary := make([]byte, 256) // every byte value: not valid UTF-8
+	for i := range binary {
+		binary[i] = byte(255 - i)
+	}
+	big := make([]byte, 1<<20)
+	rng := rand.NewChaCha8([32]byte{1, 2, 3})
+	_, _ = rng.Read(big)
+	p := topic
+	sent := []*transport.Message{
+		{ID: p + "-binary", Key: "key-binary", Body: binary, Header: map[string]string{
+			"x-plain":                   "1",
+			"X-Mixed-Case":              "Value With Spaces",
+			"x-unicode":                 "héllo ✓ 日本",
+			"x-empty":                   "",
+			transport.HeaderID:          p + "-binary",
+			transport.HeaderType:        "com.example.thing.v1",
+			transport.HeaderSource:      "/transporttest",
+			transport.HeaderSpecVersion: "1.0",
+			transport.HeaderContentType: "application/octet-stream",
+		}},
+		{ID: p + "-nil-body", Body: nil},
+		{ID: p + "-empty-body", Key: "key-empty", Body: []byte{}, Header: map[string]string{"x-only": "one"}},
+		{ID: p + "-utf8", Key: "ключ", Body: []byte(`{"json":"körper"}`), Header: map[string]string{transport.HeaderContentType: "application/json"}},
+		{ID: p + "-1MiB", Key: "key-big", Body: big, Header: map[string]string{"x-size": "1048576"}},
+	}
+	want := make([]*transport.Message, len(sent))
+	for i, m := range sent {
+		want[i] = m.Clone()
+	}
+	for _, m := range sent {
+		s.publish(t, tr, topic, []*transport.Message{m}, 1)
+	}
+	for i, m := range sent {
+		if !equalSent(m, want[i]) {
+			t.Errorf("Publish modified the caller's message %q", want[i].ID)
+		}
+	}
+	s.waitFor(t, "every round-trip message", rec.hasAll(ids(want)))
+	for _, w := range want {
+		got, _ := rec.get(w.ID)
+		if got.ID != w.ID {
+			t.Errorf("%s: ID %q, want %q", w.ID, got.ID, w.ID)
+		}
+		if got.Key != w.Key {
+			t.Errorf("%s: Key %q, want %q", w.ID, got.Key, w.Key)
+		}
+		if !bytes.Equal(got.Body, w.Body) {
+			t.Errorf("%s: body of %d bytes differs from the %d bytes sent (first difference at %d)", w.ID, len(got.Body), len(w.Body), firstDiff(got.Body, w.Body))
+		}
+		hdr := maps.Clone(got.Header)
+		if _, sentPK := w.Header[transport.HeaderPartitionKey]; !sentPK && w.Key != "" && hdr[transport.HeaderPartitionKey] == w.Key {
+			delete(hdr, transport.HeaderPartitionKey) // a transport may carry Key in this header
+		}
+		if !maps.Equal(hdr, w.Header) {
+			t.Errorf("%s: headers\n got  %q\n want %q", w.ID, got.Header, w.Header)
+		}
+	}
+}
+
+func equalSent(a, b *transport.Message) bool {
+	return a.ID == b.ID && a.Key == b.Key && bytes.Equal(a.Body, b.Body) && maps.Equal(a.Header, b.Header)
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// testDeliveryFields: Topic, Group, Time and Attempt are set on delivery.
+func (s *suite) testDeliveryFields(t *testing.T) {
+	tr := s.open(t)
+	topic, group := UniqueTopic(t), UniqueGroup(t)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: group})
+	msgs := makeMsgs(topic, 3, func(i int) string { return "k" + strconv.Itoa(i%2) })
+	before := time.Now()
+	s.publish(t, tr, topic, msgs, 0)
+	s.waitFor(t, "3 messages", rec.hasAll(ids(msgs)))
+	after := time.Now()
+	const skew = 5 * time.Minute // broker clocks may differ a little
+	for _, id := range ids(msgs) {
+		got, _ := rec.get(id)
+		if got.Topic != topic {
+			t.Errorf("%s: Topic %q, want %q", id, got.Topic, topic)
+		}
+		if got.Group != group {
+			t.Errorf("%s: Group %q, want %q", id, got.Group, group)
+		}
+		if got.Time.IsZero() || got.Time.Before(before.Add(-skew)) || got.Time.After(after.Add(skew)) {
+			t.Errorf("%s: Time %v, want about %v", id, got.Time, before)
+		}
+		if s.h.Caps.CountsAttempts && got.Attempt != 1 || got.Attempt < 1 {
+			t.Errorf("%s: Attempt %d on first delivery, want 1", id, got.Attempt)
+		}
+	}
+}
+
+// testTopicsIsolated: 20 topics in parallel each get exactly their messages.
+func (s *suite) testTopicsIsolated(t *testing.T) {
+	const topics, perTopic = 20, 25
+	tr := s.open(t)
+	names := make([]string, topics)
+	recs := make([]*recorder, topics)
+	msgs := make([][]*transport.Message, topics)
+	for i := range names {
+		names[i] = UniqueTopic(t)
+		recs[i] = newRecorder()
+		msgs[i] = makeMsgs(names[i], perTopic, func(j int) string { return "k" + strconv.Itoa(j%3) })
+	}
+	var wg sync.WaitGroup
+	for i := range topics {
+		wg.Go(func() {
+			if _, err := s.trySubscribe(t, tr, names[i], recs[i].handle, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: 2}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for i := range topics {
+		wg.Go(func() {
+			if err := s.tryPublish(tr, names[i], msgs[i], 0); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for i := range topics {
+		wg.Go(func() {
+			if err := s.tryWaitFor("messages of "+names[i], recs[i].hasAll(ids(msgs[i]))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	for i, r := range recs {
+		want := make(map[string]bool, perTopic)
+		for _, id := range ids(msgs[i]) {
+			want[id] = true
+		}
+		for _, id := range r.ids() {
+			m, _ := r.get(id)
+			if !want[id] || m.Topic != names[i] {
+				t.Errorf("topic %s got message %q of topic %q", names[i], id, m.Topic)
+			}
+		}
+	}
+}
+
+// testGroups: every group gets every message; within a group of 3 members
+// each message is handled by exactly one member.
+func (s *suite) testGroups(t *testing.T) {
+	const n = 300
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	soloA, soloB := newRecorder(), newRecorder()
+	trio := newRecorder()
+	var mu sync.Mutex
+	members := map[string]map[int]bool{} // ID -> members of the trio that handled it
+	s.subscribe(t, tr, topic, soloA.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	s.subscribe(t, tr, topic, soloB.handle, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: 4})
+	trioGroup := UniqueGroup(t)
+	for member := range 3 {
+		s.subscribe(t, tr, topic, func(_ context.Context, m *transport.Message) error {
+			mu.Lock()
+			if members[m.ID] == nil {
+				members[m.ID] = map[int]bool{}
+			}
+			members[m.ID][member] = true
+			mu.Unlock()
+			trio.add(m)
+			return nil
+		}, transport.SubscribeOptions{Group: trioGroup, Concurrency: 2})
+	}
+	msgs := makeMsgs(topic, n, func(i int) string { return "k" + strconv.Itoa(i%30) })
+	s.publish(t, tr, topic, msgs, 100)
+	want := ids(msgs)
+	s.waitFor(t, "every message in group A", soloA.hasAll(want))
+	s.waitFor(t, "every message in group B", soloB.hasAll(want))
+	s.waitFor(t, "every message in the group of 3", trio.hasAll(want))
+	mu.Lock()
+	defer mu.Unlock()
+	bad := 0
+	for _, id := range want {
+		if len(members[id]) != 1 {
+			if bad < 5 {
+				t.Errorf("message %s handled by %d members of the group of 3, want exactly 1", id, len(members[id]))
+			}
+			bad++
+		}
+	}
+	if bad > 5 {
+		t.Errorf("... %d messages in all handled by more than one member", bad)
+	}
+}
+
+// testKeyOrder: per-key order under Concurrency 8 with random handler
+// delays, while different keys really run in parallel.
+func (s *suite) testKeyOrder(t *testing.T) {
+	const keys, perKey = 16, 100
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	type keyState struct {
+		inflight atomic.Int32
+		mu       sync.Mutex
+		next     int // the lowest sequence number not yet handled
+	}
+	state := make(map[string]*keyState, keys)
+	for k := range keys {
+		state["key-"+strconv.Itoa(k)] = &keyState{}
+	}
+	var (
+		overlap    maxGauge
+		violations atomic.Int64
+		errMu      sync.Mutex
+		errs       []string
+	)
+	report := func(format string, args ...any) {
+		if violations.Add(1) <= 5 {
+			errMu.Lock()
+			errs = append(errs, fmt.Sprintf(format, args...))
+			errMu.Unlock()
+		}
+	}
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, func(_ context.Context, m *transport.Message) error {
+		ks := state[m.Key]
+		if ks == nil {
+			report("message %s with unknown key %q", m.ID, m.Key)
+			return nil
+		}
+		seq, _ := strconv.Atoi(m.Header["seq"])
+		if ks.inflight.Add(1) > 1 {
+			report("key %s: two handlers at once (message %s)", m.Key, m.ID)
+		}
+		overlap.inc()
+		ks.mu.Lock()
+		if seq > ks.next {
+			report("key %s: message #%d handled before #%d", m.Key, seq, ks.next)
+		}
+		if seq == ks.next {
+			ks.next++
+		}
+		ks.mu.Unlock()
+		time.Sleep(rand.N(300 * time.Microsecond)) // simulated work of random length
+		overlap.dec()
+		ks.inflight.Add(-1)
+		rec.add(m)
+		return nil
+	}, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: 8})
+
+	msgs := make([]*transport.Message, 0, keys*perKey)
+	for i := range perKey {
+		for k := range keys {
+			key := "key-" + strconv.Itoa(k)
+			msgs = append(msgs, &transport.Message{
+				ID:     fmt.Sprintf("%s-%s-%d", topic, key, i),
+				Key:    key,
+				Header: map[string]string{"seq": strconv.Itoa(i)},
+				Body:   []byte(strconv.Itoa(i)),
+			})
+		}
+	}
+	s.publish(t, tr, topic, msgs, 200)
+	s.waitFor(t, "every message", rec.hasAll(ids(msgs)))
+	errMu.Lock()
+	for _, e := range errs {
+		t.Error(e)
+	}
+	errMu.Unlock()
+	if v := violations.Load(); v > 5 {
+		t.Errorf("... %d violations in all", v)
+	}
+	if p := overlap.peak.Load(); p < 2 {
+		t.Errorf("at most %d handler ran at once with Concurrency 8 and %d keys: different keys did not run in parallel", p, keys)
+	} else {
+		t.Logf("peak handlers at once: %d (Concurrency 8)", p)
+	}
+}
+
+// testRedelivery: a handler error leads to redelivery; the first two
+// attempts fail, the message is still handled.
+func (s *suite) testRedelivery(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	var mu sync.Mutex
+	attempts := map[string][]int{} // ID -> Attempt of each delivery
+	bodies := map[string][]byte{}
+	done := newRecorder()
+	s.subscribe(t, tr, topic, func(_ context.Context, m *transport.Message) error {
+		mu.Lock()
+		attempts[m.ID] = append(attempts[m.ID], m.Attempt)
+		n := len(attempts[m.ID])
+		if b, ok := bodies[m.ID]; ok && !bytes.Equal(b, m.Body) {
+			t.Errorf("%s: redelivered body %q differs from first delivery %q", m.ID, m.Body, b)
+		}
+		bodies[m.ID] = bytes.Clone(m.Body)
+		mu.Unlock()
+		if n <= 2 {
+			return fmt.Errorf("transporttest: planned failure %d of %s", n, m.ID)
+		}
+		done.add(m)
+		return nil
+	}, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: 2})
+	msgs := makeMsgs(topic, 3, func(i int) string { return []string{"a", "b", ""}[i] })
+	s.publish(t, tr, topic, msgs, 0)
+	s.waitFor(t, "each message handled after two failures", done.hasAll(ids(msgs)))
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range ids(msgs) {
+		a := attempts[id]
+		if len(a) < 3 {
+			t.Errorf("%s: %d deliveries, want at least 3", id, len(a))
+			continue
+		}
+		if !s.h.Caps.CountsAttempts {
+			continue
+		}
+		if a[0] != 1 {
+			t.Errorf("%s: first Attempt %d, want 1", id, a[0])
+		}
+		for i := 1; i < len(a); i++ {
+			if a[i] <= a[i-1] {
+				t.Errorf("%s: Attempt did not increase on redelivery: %v", id, a)
+				break
+			}
+		}
+	}
+}
+
+// testDurableRounds: on a durable transport, 5,000 messages consumed in 5
+// rounds of subscribe/close lose nothing, including those published while no
+// member was subscribed.
+func (s *suite) testDurableRounds(t *testing.T) {
+	if !s.h.Caps.Durable {
+		t.Skip("transport is not durable (Caps.Durable is false)")
+	}
+	const rounds, half = 5, 500
+	tr := s.open(t)
+	topic, group := UniqueTopic(t), UniqueGroup(t)
+	rec := newRecorder()
+	opts := transport.SubscribeOptions{Group: group, Concurrency: 4, StartFrom: transport.StartEarliest}
+	// Create the group's position, then leave it with no member.
+	first := s.subscribe(t, tr, topic, rec.handle, opts)
+	s.closeSub(t, first)
+	var all []string
+	for r := range rounds {
+		offline := makeMsgs(fmt.Sprintf("%s-r%d-offline", topic, r), half, func(i int) string { return "k" + strconv.Itoa(i%10) })
+		s.publish(t, tr, topic, offline, 250)
+		sub := s.subscribe(t, tr, topic, rec.handle, opts)
+		online := makeMsgs(fmt.Sprintf("%s-r%d-online", topic, r), half, func(i int) string { return "k" + strconv.Itoa(i%10) })
+		s.publish(t, tr, topic, online, 250)
+		all = append(append(all, ids(offline)...), ids(online)...)
+		if r == rounds-1 {
+			s.waitFor(t, "all 5,000 messages", rec.hasAll(all))
+		} else {
+			// Close mid-stream: some of this round's messages may be in flight.
+			target := len(all) - half
+			s.waitFor(t, fmt.Sprintf("round %d to make progress", r+1), func() (bool, string) {
+				d := rec.distinct()
+				return d >= target, fmt.Sprintf("%d of %d delivered", d, target)
+			})
+		}
+		s.closeSub(t, sub)
+	}
+}
+
+// startPositionSetup: an anchor group exists and has seen `old`, so the
+// topic exists and old messages are in the broker; returns the topic and the
+// old messages, all with one key (so order shows whether old ones come).
+func (s *suite) startPositionSetup(t *testing.T, tr transport.Transport) (string, []*transport.Message) {
+	topic := UniqueTopic(t)
+	anchor := newRecorder()
+	s.subscribe(t, tr, topic, anchor.handle, transport.SubscribeOptions{Group: UniqueGroup(t), StartFrom: transport.StartEarliest})
+	old := makeMsgs(topic+"-old", 5, func(int) string { return "one-key" })
+	s.publish(t, tr, topic, old, 0)
+	s.waitFor(t, "the anchor group to get the old messages", anchor.hasAll(ids(old)))
+	return topic, old
+}
+
+// testStartEarliest: a new group with StartEarliest gets what the broker
+// retains (durable transports) and everything published after Subscribe.
+func (s *suite) testStartEarliest(t *testing.T) {
+	tr := s.open(t)
+	topic, old := s.startPositionSetup(t, tr)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t), StartFrom: transport.StartEarliest})
+	fresh := makeMsgs(topic+"-new", 5, func(int) string { return "one-key" })
+	s.publish(t, tr, topic, fresh, 0)
+	want := ids(fresh)
+	if s.h.Caps.Durable {
+		want = append(ids(old), want...)
+	}
+	s.waitFor(t, "the new group's messages", rec.hasAll(want))
+}
+
+// testStartLatest: a new group with StartLatest gets what is published after
+// Subscribe returned, and nothing from before.
+func (s *suite) testStartLatest(t *testing.T) {
+	tr := s.open(t)
+	topic, old := s.startPositionSetup(t, tr)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t), StartFrom: transport.StartLatest})
+	fresh := makeMsgs(topic+"-new", 5, func(int) string { return "one-key" })
+	s.publish(t, tr, topic, fresh, 0)
+	s.waitFor(t, "messages published after Subscribe", rec.hasAll(ids(fresh)))
+	// Same key, so any old message would have come before the new ones.
+	for _, id := range ids(old) {
+		if rec.has(id) {
+			t.Errorf("StartLatest group got %s, published before it subscribed", id)
+		}
+	}
+}
+
+// testCloseDrains: a handler running when Close is called finishes, and its
+// message is not redelivered afterwards.
+func (s *suite) testCloseDrains(t *testing.T) {
+	tr := s.open(t)
+	topic, group := UniqueTopic(t), UniqueGroup(t)
+	var (
+		started  = make(chan struct{})
+		closing  = make(chan struct{})
+		finished atomic.Bool
+		once     sync.Once
+	)
+	rec := newRecorder()
+	slowID := topic + "-slow"
+	opts := transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest}
+	sub := s.subscribe(t, tr, topic, func(ctx context.Context, m *transport.Message) error {
+		rec.add(m)
+		if m.ID != slowID {
+			return nil
+		}
+		once.Do(func() { close(started) })
+		select {
+		case <-closing:
+		case <-time.After(s.timeout):
+		}
+		time.Sleep(100 * time.Millisecond) // work that outlasts the call to Close
+		finished.Store(true)
+		return nil
+	}, opts)
+	s.publish(t, tr, topic, []*transport.Message{{ID: slowID, Key: "k", Body: []byte("slow")}}, 0)
+	select {
+	case <-started:
+	case <-time.After(s.timeout):
+		t.Fatalf("the handler did not start within %v", s.timeout)
+	}
+	close(closing)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	if err := sub.Close(ctx); err != nil {
+		t.Fatalf("Subscription.Close: %v", err)
+	}
+	if !finished.Load() {
+		t.Fatal("Subscription.Close returned before the running handler finished")
+	}
+	if err := sub.Close(ctx); err != nil {
+		t.Errorf("second Subscription.Close: %v", err)
+	}
+	// A new member of the group must not get the drained message again. The
+	// marker has the same key, so a redelivery would come before it.
+	s.subscribe(t, tr, topic, rec.handle, opts)
+	marker := topic + "-marker"
+	s.publish(t, tr, topic, []*transport.Message{{ID: marker, Key: "k", Body: []byte("marker")}}, 0)
+	s.waitFor(t, "the marker message", rec.hasAll([]string{marker}))
+	if _, n := rec.get(slowID); n != 1 {
+		t.Errorf("the message whose handler finished during Close was delivered %d times, want 1", n)
+	}
+}
+
+// testTransportClose: Close twice is fine; Publish and Subscribe after Close
+// return ErrClosed.
+func (s *suite) testTransportClose(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	rec := newRecorder()
+	sub := s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	msgs := makeMsgs(topic, 1, nil)
+	s.publish(t, tr, topic, msgs, 0)
+	s.waitFor(t, "a message before Close", rec.hasAll(ids(msgs)))
+	if err := tr.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	ctx := s.ctx(t)
+	if err := tr.Publish(ctx, topic, makeMsgs(topic+"-late", 1, nil)...); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Publish after Close: %v, want ErrClosed", err)
+	}
+	if sub2, err := tr.Subscribe(ctx, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t)}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Subscribe after Close: %v, want ErrClosed", err)
+		if sub2 != nil {
+			_ = sub2.Close(ctx)
+		}
+	}
+	if err := sub.Close(ctx); err != nil && !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Subscription.Close after Transport.Close: %v, want nil or ErrClosed", err)
+	}
+}
+
+// testConcurrencyLimit: never more than Concurrency handlers at once (and 1
+// when Concurrency is 0).
+func (s *suite) testConcurrencyLimit(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	type limited struct {
+		conc  int
+		gauge maxGauge
+		rec   *recorder
+	}
+	subs := []*limited{{conc: 4, rec: newRecorder()}, {conc: 0, rec: newRecorder()}}
+	for _, l := range subs {
+		s.subscribe(t, tr, topic, func(_ context.Context, m *transport.Message) error {
+			l.gauge.inc()
+			time.Sleep(rand.N(500 * time.Microsecond)) // simulated work
+			l.gauge.dec()
+			l.rec.add(m)
+			return nil
+		}, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: l.conc})
+	}
+	msgs := makeMsgs(topic, 200, func(i int) string {
+		if i%4 == 0 {
+			return "" // messages without a key too
+		}
+		return "k" + strconv.Itoa(i)
+	})
+	s.publish(t, tr, topic, msgs, 100)
+	for _, l := range subs {
+		s.waitFor(t, fmt.Sprintf("every message (Concurrency %d)", l.conc), l.rec.hasAll(ids(msgs)))
+		limit := int64(max(l.conc, 1))
+		if p := l.gauge.peak.Load(); p > limit {
+			t.Errorf("Concurrency %d: %d handlers ran at once", l.conc, p)
+		}
+	}
+}
+
+// testConcurrentPublishers: 50 concurrent publishers x 100 messages all arrive.
+func (s *suite) testConcurrentPublishers(t *testing.T) {
+	const publishers, each = 50, 100
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: 8})
+	var (
+		wg  sync.WaitGroup
+		all []string
+	)
+	for p := range publishers {
+		msgs := makeMsgs(fmt.Sprintf("%s-p%d", topic, p), each, func(i int) string {
+			if i%5 == 0 {
+				return ""
+			}
+			return "p" + strconv.Itoa(p)
+		})
+		all = append(all, ids(msgs)...)
+		wg.Go(func() {
+			// The first messages one by one, the rest in batches.
+			if err := s.tryPublish(tr, topic, msgs[:10], 1); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := s.tryPublish(tr, topic, msgs[10:], 15); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	s.waitFor(t, "every message of 50 publishers", rec.hasAll(all))
+}
+
+// testPublishCancelled: Publish with a cancelled context returns the
+// context's error.
+func (s *suite) testPublishCancelled(t *testing.T) {
+	tr := s.open(t)
+	subscribed, unsubscribed := UniqueTopic(t), UniqueTopic(t)
+	s.subscribe(t, tr, subscribed, newRecorder().handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, topic := range []string{subscribed, unsubscribed} {
+		err := tr.Publish(ctx, topic, makeMsgs(topic, 2, nil)...)
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Publish to %s with a cancelled context: %v, want context.Canceled", topic, err)
+		}
+	}
+}
+
+// testInvalidInput: bad input gives the right sentinel error.
+func (s *suite) testInvalidInput(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	ok := func(context.Context, *transport.Message) error { return nil }
+	good := &transport.Message{ID: "ok", Body: []byte("x")}
+	group := UniqueGroup(t)
+	cases := []struct {
+		name    string
+		publish bool
+		topic   string
+		msgs    []*transport.Message
+		h       transport.Handler
+		opts    transport.SubscribeOptions
+		want    error // nil: any error
+	}{
+		{name: "publish nil message", publish: true, topic: topic, msgs: []*transport.Message{nil}, want: transport.ErrInvalidMessage},
+		{name: "publish nil among good", publish: true, topic: topic, msgs: []*transport.Message{good, nil}, want: transport.ErrInvalidMessage},
+		{name: "publish empty topic", publish: true, topic: "", msgs: []*transport.Message{good}, want: transport.ErrInvalidTopic},
+		{name: "publish topic with space", publish: true, topic: "a b", msgs: []*transport.Message{good}, want: transport.ErrInvalidTopic},
+		{name: "publish topic with slash", publish: true, topic: "a/b", msgs: []*transport.Message{good}, want: transport.ErrInvalidTopic},
+		{name: "publish topic with wildcard", publish: true, topic: "a.*", msgs: []*transport.Message{good}, want: transport.ErrInvalidTopic},
+		{name: "publish topic with >", publish: true, topic: "a.>", msgs: []*transport.Message{good}, want: transport.ErrInvalidTopic},
+		{name: "subscribe empty topic", topic: "", h: ok, opts: transport.SubscribeOptions{Group: group}, want: transport.ErrInvalidTopic},
+		{name: "subscribe bad topic", topic: "bad topic!", h: ok, opts: transport.SubscribeOptions{Group: group}, want: transport.ErrInvalidTopic},
+		{name: "subscribe missing group", topic: topic, h: ok, opts: transport.SubscribeOptions{}, want: transport.ErrInvalidOptions},
+		{name: "subscribe bad group", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: "a group"}, want: transport.ErrInvalidOptions},
+		{name: "subscribe negative concurrency", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: group, Concurrency: -1}, want: transport.ErrInvalidOptions},
+		{name: "subscribe bad start position", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: group, StartFrom: 7}, want: transport.ErrInvalidOptions},
+		{name: "subscribe nil handler", topic: topic, h: nil, opts: transport.SubscribeOptions{Group: group}, want: nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := s.ctx(t)
+			var err error
+			if c.publish {
+				err = tr.Publish(ctx, c.topic, c.msgs...)
+			} else {
+				var sub transport.Subscription
+				sub, err = tr.Subscribe(ctx, c.topic, c.h, c.opts)
+				if err == nil && sub != nil {
+					_ = sub.Close(ctx)
+				}
+			}
+			switch {
+			case err == nil:
+				t.Errorf("no error, want %v", c.want)
+			case c.want != nil && !errors.Is(err, c.want):
+				t.Errorf("error %q does not wrap %q", err, c.want)
+			default:
+				t.Logf("error (as expected): %v", err)
+			}
+		})
+	}
+}

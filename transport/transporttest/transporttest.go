@@ -1,0 +1,391 @@
+// Package transporttest is the conformance suite every busway transport runs,
+// in the manner of gocloud's drivertest and testing/slogtest: the behaviour
+// all transports share is tested once, here, and each transport's tests call
+// Run with a Harness that opens it and capability flags for what differs.
+//
+//	func TestConformance(t *testing.T) {
+//		transporttest.Run(t, transporttest.Harness{
+//			Open: func(t *testing.T) transport.Transport { return chanbus.New() },
+//			Caps: transporttest.Capabilities{CountsAttempts: true},
+//		})
+//	}
+//
+// # What it checks
+//
+// Each check is its own subtest that can fail on its own: the round trip of
+// ID, Key, headers and body (binary, empty, 1 MiB); the fields set on
+// delivery; topic isolation; groups (every group gets every message, each
+// message goes to one member of a group); per-key order under Concurrency 8
+// while different keys overlap; redelivery after a handler error; no loss
+// across subscribe/close rounds (durable transports only); StartEarliest and
+// StartLatest; Close draining in-flight handlers; Close twice; ErrClosed after
+// Close; the Concurrency limit; concurrent publishers; a cancelled Publish
+// context; and bad input (the sentinel errors of package transport).
+//
+// # Brokers
+//
+// Every subtest uses topic and group names that are unique in the process and
+// in the run (see UniqueTopic), so a real NATS server or Kafka cluster can be
+// shared between runs. Waits are bounded by Harness.Timeout; deliveries are
+// awaited by condition (polling with a deadline), never by sleeping. Messages
+// may be delivered more than once (at-least-once) except where a subtest says
+// otherwise, so the suite counts distinct IDs.
+//
+// # Stress
+//
+// With the environment variable BUS_STRESS=N, Run repeats the whole suite N
+// times, each repetition a subtest "round-K".
+package transporttest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/transport"
+)
+
+// Capabilities say which optional behaviours a transport has.
+type Capabilities struct {
+	// Durable: a group's position survives its subscriptions: messages
+	// published while no member is subscribed are delivered when one
+	// subscribes again.
+	Durable bool
+	// CountsAttempts: Message.Attempt increases on redelivery.
+	CountsAttempts bool
+}
+
+// Harness tells Run how to open the transport under test.
+type Harness struct {
+	// Open returns a new transport; the suite closes it (t.Cleanup). Called
+	// once per subtest.
+	Open func(t *testing.T) transport.Transport
+	// Caps are the transport's optional behaviours.
+	Caps Capabilities
+	// Timeout bounds each wait for deliveries; 0 means 30s.
+	Timeout time.Duration
+}
+
+// DefaultTimeout is the wait bound used when Harness.Timeout is 0.
+const DefaultTimeout = 30 * time.Second
+
+// StressEnv is the environment variable that repeats the suite: BUS_STRESS=N
+// runs it N times.
+const StressEnv = "BUS_STRESS"
+
+// Run runs every conformance check as its own subtest. BUS_STRESS=N repeats
+// the suite N times.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	if h.Open == nil {
+		t.Fatal("transporttest: Harness.Open is nil")
+	}
+	s := &suite{h: h, timeout: h.Timeout}
+	if s.timeout <= 0 {
+		s.timeout = DefaultTimeout
+	}
+	rounds := 1
+	if v := os.Getenv(StressEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("transporttest: %s=%q: want a positive integer", StressEnv, v)
+		}
+		rounds = n
+	}
+	if rounds == 1 {
+		s.runAll(t)
+		return
+	}
+	for r := range rounds {
+		t.Run(fmt.Sprintf("round-%d", r+1), s.runAll)
+	}
+}
+
+type suite struct {
+	h       Harness
+	timeout time.Duration
+}
+
+func (s *suite) runAll(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"RoundTrip", s.testRoundTrip},
+		{"DeliveryFields", s.testDeliveryFields},
+		{"TopicsIsolated", s.testTopicsIsolated},
+		{"Groups", s.testGroups},
+		{"KeyOrder", s.testKeyOrder},
+		{"Redelivery", s.testRedelivery},
+		{"DurableRounds", s.testDurableRounds},
+		{"StartEarliest", s.testStartEarliest},
+		{"StartLatest", s.testStartLatest},
+		{"CloseDrains", s.testCloseDrains},
+		{"TransportClose", s.testTransportClose},
+		{"ConcurrencyLimit", s.testConcurrencyLimit},
+		{"ConcurrentPublishers", s.testConcurrentPublishers},
+		{"PublishCancelledContext", s.testPublishCancelled},
+		{"InvalidInput", s.testInvalidInput},
+	} {
+		t.Run(c.name, c.fn)
+	}
+}
+
+var (
+	runID   = strconv.FormatInt(time.Now().UnixNano(), 36) + strconv.FormatInt(int64(os.Getpid()), 36)
+	nameSeq atomic.Int64
+)
+
+// UniqueTopic returns a topic name unique in this process and run (valid for
+// every transport: ASCII letters, digits and '-'), for transports' own tests.
+func UniqueTopic(t testing.TB) string { return uniqueName(t, "t") }
+
+// UniqueGroup returns a group name unique in this process and run, valid for
+// every transport.
+func UniqueGroup(t testing.TB) string { return uniqueName(t, "g") }
+
+func uniqueName(t testing.TB, kind string) string {
+	base := []byte(t.Name())
+	for i, c := range base {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			base[i] = '-'
+		}
+	}
+	if len(base) > 48 {
+		base = base[len(base)-48:]
+	}
+	return fmt.Sprintf("bw%s-%s-%s-%d", kind, strings.Trim(string(base), "-"), runID, nameSeq.Add(1))
+}
+
+// open opens a transport and closes it when the test ends.
+func (s *suite) open(t *testing.T) transport.Transport {
+	t.Helper()
+	tr := s.h.Open(t)
+	if tr == nil {
+		t.Fatal("Harness.Open returned nil")
+	}
+	t.Cleanup(func() {
+		if err := tr.Close(); err != nil {
+			t.Errorf("Transport.Close: %v", err)
+		}
+	})
+	return tr
+}
+
+// ctx returns a context bounded by the suite's timeout.
+func (s *suite) ctx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), s.timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// trySubscribe subscribes and closes the subscription when the test ends. Safe
+// to call from any goroutine.
+func (s *suite) trySubscribe(t *testing.T, tr transport.Transport, topic string, h transport.Handler, o transport.SubscribeOptions) (transport.Subscription, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	sub, err := tr.Subscribe(ctx, topic, h, o)
+	if err != nil {
+		return nil, fmt.Errorf("Subscribe(%q, group %q): %w", topic, o.Group, err)
+	}
+	if sub == nil {
+		return nil, fmt.Errorf("Subscribe(%q, group %q) returned a nil Subscription and no error", topic, o.Group)
+	}
+	t.Cleanup(func() { s.closeSub(t, sub) })
+	return sub, nil
+}
+
+func (s *suite) subscribe(t *testing.T, tr transport.Transport, topic string, h transport.Handler, o transport.SubscribeOptions) transport.Subscription {
+	t.Helper()
+	sub, err := s.trySubscribe(t, tr, topic, h, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub
+}
+
+func (s *suite) closeSub(t *testing.T, sub transport.Subscription) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	if err := sub.Close(ctx); err != nil {
+		t.Errorf("Subscription.Close: %v", err)
+	}
+}
+
+// publish publishes msgs in batches of batch (all at once when batch < 1).
+func (s *suite) publish(t *testing.T, tr transport.Transport, topic string, msgs []*transport.Message, batch int) {
+	t.Helper()
+	if err := s.tryPublish(tr, topic, msgs, batch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) tryPublish(tr transport.Transport, topic string, msgs []*transport.Message, batch int) error {
+	if batch < 1 {
+		batch = len(msgs)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	for len(msgs) > 0 {
+		n := min(batch, len(msgs))
+		if err := tr.Publish(ctx, topic, msgs[:n]...); err != nil {
+			return fmt.Errorf("Publish(%q, %d messages): %w", topic, n, err)
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// waitFor polls cond until it reports true or the timeout passes; state
+// describes what was seen, for the failure message.
+func (s *suite) waitFor(t *testing.T, what string, cond func() (ok bool, state string)) {
+	t.Helper()
+	if err := s.tryWaitFor(what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *suite) tryWaitFor(what string, cond func() (bool, string)) error {
+	deadline := time.Now().Add(s.timeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, state := cond()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v waiting for %s (%s)", s.timeout, what, state)
+		}
+		<-tick.C
+	}
+}
+
+// makeMsgs returns n messages with IDs prefix-0 ... prefix-(n-1), the key
+// key(i) (nil: no key), a header "seq" and a small body.
+func makeMsgs(prefix string, n int, key func(i int) string) []*transport.Message {
+	msgs := make([]*transport.Message, n)
+	for i := range msgs {
+		m := &transport.Message{
+			ID:     fmt.Sprintf("%s-%d", prefix, i),
+			Header: map[string]string{"seq": strconv.Itoa(i)},
+			Body:   []byte(fmt.Sprintf("body %s %d", prefix, i)),
+		}
+		if key != nil {
+			m.Key = key(i)
+		}
+		msgs[i] = m
+	}
+	return msgs
+}
+
+func ids(msgs []*transport.Message) []string {
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// recorder records deliveries: the first delivery of each ID (a clone) and
+// how often each ID was delivered.
+type recorder struct {
+	mu    sync.Mutex
+	first map[string]*transport.Message
+	count map[string]int
+	total int
+}
+
+func newRecorder() *recorder {
+	return &recorder{first: map[string]*transport.Message{}, count: map[string]int{}}
+}
+
+func (r *recorder) add(m *transport.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.first[m.ID]; !ok {
+		r.first[m.ID] = m.Clone()
+	}
+	r.count[m.ID]++
+	r.total++
+}
+
+// handle is a Handler that records and acknowledges.
+func (r *recorder) handle(_ context.Context, m *transport.Message) error {
+	r.add(m)
+	return nil
+}
+
+func (r *recorder) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.first)
+}
+
+func (r *recorder) get(id string) (*transport.Message, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.first[id], r.count[id]
+}
+
+func (r *recorder) has(id string) bool {
+	_, n := r.get(id)
+	return n > 0
+}
+
+// hasAll reports whether every id was delivered, for waitFor.
+func (r *recorder) hasAll(want []string) func() (bool, string) {
+	return func() (bool, string) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		missing := 0
+		first := ""
+		for _, id := range want {
+			if _, ok := r.first[id]; !ok {
+				if missing == 0 {
+					first = id
+				}
+				missing++
+			}
+		}
+		if missing == 0 {
+			return true, ""
+		}
+		return false, fmt.Sprintf("%d of %d delivered; %d missing, e.g. %q", len(want)-missing, len(want), missing, first)
+	}
+}
+
+// ids returns the distinct delivered IDs.
+func (r *recorder) ids() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.first))
+	for id := range r.first {
+		out = append(out, id)
+	}
+	return out
+}
+
+// maxGauge tracks a running count and its peak.
+type maxGauge struct {
+	cur, peak atomic.Int64
+}
+
+func (g *maxGauge) inc() int64 {
+	n := g.cur.Add(1)
+	for {
+		p := g.peak.Load()
+		if n <= p || g.peak.CompareAndSwap(p, n) {
+			return n
+		}
+	}
+}
+
+func (g *maxGauge) dec() { g.cur.Add(-1) }
