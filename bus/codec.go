@@ -1,0 +1,58 @@
+package bus
+
+import (
+	"encoding/json"
+	"strings"
+)
+
+// Codec encodes event data into message bodies and back. A Bus uses one
+// codec for every event it publishes and handles; its ContentType is sent
+// as the message's content-type header.
+//
+// A Codec is used concurrently by many goroutines and must be safe for
+// that.
+type Codec interface {
+	// ContentType is the media type of the bodies Marshal produces, e.g.
+	// "application/json".
+	ContentType() string
+	// Marshal encodes v. v is the event value as given to Publish.
+	Marshal(v any) ([]byte, error)
+	// Unmarshal decodes data into v, a non-nil pointer.
+	Unmarshal(data []byte, v any) error
+}
+
+// JSON is the default codec: encoding/json, content type
+// "application/json".
+var JSON Codec = jsonCodec{}
+
+type jsonCodec struct{}
+
+func (jsonCodec) ContentType() string                { return "application/json" }
+func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// contentTypeMatches reports whether a message's content-type header got
+// may be decoded by a codec whose content type is want. Parameters
+// (";charset=utf-8") and case are ignored; an empty got matches anything,
+// and any "+json" or "text/json" type matches "application/json".
+func contentTypeMatches(got, want string) bool {
+	if got == "" || got == want || want == "" {
+		return true
+	}
+	g, w := mediaType(got), mediaType(want)
+	if strings.EqualFold(g, w) {
+		return true
+	}
+	if strings.EqualFold(w, "application/json") {
+		lg := strings.ToLower(g)
+		return strings.HasSuffix(lg, "+json") || lg == "text/json"
+	}
+	return false
+}
+
+func mediaType(s string) string {
+	if i := strings.IndexByte(s, ';'); i >= 0 {
+		s = s[:i]
+	}
+	return strings.TrimSpace(s)
+}

@@ -1,0 +1,248 @@
+package bus
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/busway/busway/transport"
+)
+
+// SpecVersion is the CloudEvents version of the envelope busway writes.
+const SpecVersion = "1.0"
+
+// Envelope is the CloudEvents 1.0 context of a message: every attribute
+// but the data. busway writes it in binary content mode, as headers of
+// transport.Message with the canonical names transport.HeaderID,
+// transport.HeaderType, ... (each transport renders them in its broker
+// binding's spelling on the wire); the data is the message body.
+type Envelope struct {
+	ID          string    // ce_id; Message.ID as well
+	Type        string    // ce_type: the event type name
+	Source      string    // ce_source
+	Subject     string    // ce_subject, optional
+	Time        time.Time // ce_time, RFC 3339 with nanoseconds, UTC
+	Key         string    // ce_partitionkey; Message.Key as well
+	ContentType string    // content-type of the body, optional
+	DataSchema  string    // ce_dataschema, optional
+	SpecVersion string    // ce_specversion; EncodeEnvelope always writes "1.0"
+	// Header holds the message's headers. DecodeEnvelope sets it to the
+	// message's own map (envelope attributes included), which the caller
+	// must treat as read-only. EncodeEnvelope copies its entries, except
+	// the envelope attributes above, which the fields set.
+	Header map[string]string
+}
+
+// EncodeEnvelope returns a message with e's attributes as headers and body
+// as its body. An empty ID becomes a new UUIDv7 and a zero Time the
+// current time. Type and Source are required: their absence gives an error
+// wrapping ErrInvalidEnvelope.
+func EncodeEnvelope(e Envelope, body []byte) (*transport.Message, error) {
+	if e.Type == "" {
+		return nil, fmt.Errorf("%w: Type is required", ErrInvalidEnvelope)
+	}
+	if e.Source == "" {
+		return nil, fmt.Errorf("%w: Source is required", ErrInvalidEnvelope)
+	}
+	box, err := buildMessage(&e, e.Header, nil, body)
+	if err != nil {
+		return nil, err
+	}
+	return &box.msg, nil
+}
+
+// DecodeEnvelope reads the CloudEvents attributes of a delivered message.
+// It decodes what is there: a message of a producer that knows nothing of
+// CloudEvents gives an Envelope with the ID, Key and Time of the message
+// itself and empty attributes. Key is Message.Key, else ce_partitionkey;
+// ID is ce_id, else Message.ID; Time is ce_time, else Message.Time. A nil
+// message wraps transport.ErrInvalidMessage; a malformed ce_time or a
+// ce_specversion other than 1.x gives an *EnvelopeError.
+func DecodeEnvelope(m *transport.Message) (Envelope, error) {
+	if m == nil {
+		return Envelope{}, fmt.Errorf("%w: nil message", transport.ErrInvalidMessage)
+	}
+	h := m.Header
+	e := Envelope{
+		ID:          h[transport.HeaderID],
+		Type:        h[transport.HeaderType],
+		Source:      h[transport.HeaderSource],
+		Subject:     h[transport.HeaderSubject],
+		Key:         m.Key,
+		ContentType: h[transport.HeaderContentType],
+		DataSchema:  h[transport.HeaderDataSchema],
+		SpecVersion: h[transport.HeaderSpecVersion],
+		Time:        m.Time,
+		Header:      h,
+	}
+	if e.ID == "" {
+		e.ID = m.ID
+	}
+	if e.Key == "" {
+		e.Key = h[transport.HeaderPartitionKey]
+	}
+	if v := e.SpecVersion; v != "" && v != SpecVersion && !strings.HasPrefix(v, "1.") {
+		return e, &EnvelopeError{Topic: m.Topic, ID: e.ID, Attribute: transport.HeaderSpecVersion, Value: shorten(v),
+			Reason: "unsupported CloudEvents version (want 1.0)"}
+	}
+	if v := h[transport.HeaderTime]; v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return e, &EnvelopeError{Topic: m.Topic, ID: e.ID, Attribute: transport.HeaderTime, Value: shorten(v),
+				Reason: "not an RFC 3339 time"}
+		}
+		e.Time = t
+	}
+	return e, nil
+}
+
+// Decode decodes a delivered message into an Event[T]: its envelope by
+// DecodeEnvelope, its body by c (JSON when c is nil). An empty body gives
+// the zero T, as a CloudEvent without data. Every error it returns is
+// marked Permanent: an *EnvelopeError, or a *DecodeError naming the topic,
+// the event and the Go type when the body does not decode or its
+// content-type is not the codec's.
+func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
+	env, err := DecodeEnvelope(m)
+	if err != nil {
+		return Event[T]{}, transport.Permanent(err)
+	}
+	if c == nil {
+		c = JSON
+	}
+	ev := Event[T]{
+		ID:      env.ID,
+		Type:    env.Type,
+		Source:  env.Source,
+		Subject: env.Subject,
+		Time:    env.Time,
+		Key:     env.Key,
+		Header:  env.Header,
+		Topic:   m.Topic,
+		Group:   m.Group,
+		Attempt: m.Attempt,
+	}
+	if !contentTypeMatches(env.ContentType, c.ContentType()) {
+		return ev, transport.Permanent(&DecodeError{Topic: m.Topic, ID: env.ID, Type: env.Type, GoType: reflect.TypeFor[T]().String(),
+			Err: fmt.Errorf("content-type %q is not the codec's %q", shorten(env.ContentType), c.ContentType())})
+	}
+	if len(m.Body) > 0 {
+		var data T
+		if err := c.Unmarshal(m.Body, &data); err != nil {
+			return ev, transport.Permanent(&DecodeError{Topic: m.Topic, ID: env.ID, Type: env.Type, GoType: reflect.TypeFor[T]().String(), Err: err})
+		}
+		ev.Data = data
+	}
+	return ev, nil
+}
+
+// msgBox holds a message and the one-element slice Publish passes to the
+// transport, so that both cost one allocation.
+type msgBox struct {
+	msg transport.Message
+	arr [1]*transport.Message
+}
+
+// header is an extra header given with WithHeader.
+type header struct{ name, value string }
+
+// reservedHeader reports whether name is an envelope attribute that the
+// Envelope fields set.
+func reservedHeader(name string) bool {
+	switch name {
+	case transport.HeaderID, transport.HeaderSource, transport.HeaderSpecVersion, transport.HeaderType,
+		transport.HeaderSubject, transport.HeaderTime, transport.HeaderDataSchema, transport.HeaderPartitionKey,
+		transport.HeaderContentType:
+		return true
+	}
+	return false
+}
+
+// buildMessage writes e (ID and Time filled in when empty) and the extra
+// headers of hm and hs into a new message. Envelope attributes in hm or hs
+// are ignored: the fields win.
+func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (*msgBox, error) {
+	var err error
+	var ts string
+	if e.ID == "" {
+		if e.Time.IsZero() {
+			e.Time = time.Now()
+		}
+		e.ID, ts, err = newIDAndTime(e.Time)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		if e.Time.IsZero() {
+			e.Time = time.Now()
+		}
+		ts = e.Time.UTC().Format(time.RFC3339Nano)
+	}
+	n := 6 + len(hm) + len(hs)
+	if e.Subject != "" {
+		n++
+	}
+	if e.Key != "" {
+		n++
+	}
+	h := make(map[string]string, n)
+	for k, v := range hm {
+		if !reservedHeader(k) {
+			h[k] = v
+		}
+	}
+	for _, kv := range hs {
+		if !reservedHeader(kv.name) {
+			h[kv.name] = kv.value
+		}
+	}
+	h[transport.HeaderSpecVersion] = SpecVersion
+	h[transport.HeaderID] = e.ID
+	h[transport.HeaderSource] = e.Source
+	h[transport.HeaderType] = e.Type
+	h[transport.HeaderTime] = ts
+	if e.Subject != "" {
+		h[transport.HeaderSubject] = e.Subject
+	}
+	if e.Key != "" {
+		h[transport.HeaderPartitionKey] = e.Key
+	}
+	if e.ContentType != "" {
+		h[transport.HeaderContentType] = e.ContentType
+	}
+	if e.DataSchema != "" {
+		h[transport.HeaderDataSchema] = e.DataSchema
+	}
+	box := &msgBox{msg: transport.Message{ID: e.ID, Key: e.Key, Header: h, Body: body}}
+	box.arr[0] = &box.msg
+	return box, nil
+}
+
+// newIDAndTime returns a new UUIDv7 and t in RFC 3339 (UTC, nanoseconds),
+// both slices of one string: one allocation for the two.
+func newIDAndTime(t time.Time) (id, ts string, err error) {
+	u, err := uuid.NewV7()
+	if err != nil {
+		return "", "", fmt.Errorf("busway: new event ID: %w", err)
+	}
+	var buf [36 + len(time.RFC3339Nano) + 8]byte
+	b := appendUUID(buf[:0], u)
+	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	s := string(b)
+	return s[:36], s[36:], nil
+}
+
+// appendUUID appends u in its canonical 8-4-4-4-12 hex form.
+func appendUUID(b []byte, u uuid.UUID) []byte {
+	const hexdigits = "0123456789abcdef"
+	for i, c := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b = append(b, '-')
+		}
+		b = append(b, hexdigits[c>>4], hexdigits[c&0xf])
+	}
+	return b
+}

@@ -1,0 +1,139 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/busway/busway/transport"
+)
+
+// PublishOption configures a Publish call. The zero configuration is the
+// default.
+type PublishOption func(*pubConfig)
+
+type pubConfig struct {
+	key, subject, id string
+	time             time.Time
+	headers          []header
+	err              error
+}
+
+// WithKey sets the event's key (the CloudEvents partitionkey, the Kafka
+// record key): events with the same key are handled one at a time, in
+// publish order, by each group. Default: no key, no order.
+func WithKey(key string) PublishOption {
+	return func(c *pubConfig) { c.key = key }
+}
+
+// WithSubject sets the CloudEvents subject: what, within the source, the
+// event is about (an order ID, a file name). Default: none.
+func WithSubject(subject string) PublishOption {
+	return func(c *pubConfig) { c.subject = subject }
+}
+
+// WithHeader adds a message header, such as a CloudEvents extension
+// ("ce_tenant") or an application header. The envelope's own attributes
+// (ce_id, ce_type, ce_source, ce_specversion, ce_time, ce_subject,
+// ce_dataschema, ce_partitionkey, content-type) cannot be set this way:
+// that and an empty name are errors wrapping ErrInvalidOptions. Default:
+// no extra headers.
+func WithHeader(name, value string) PublishOption {
+	return func(c *pubConfig) {
+		switch {
+		case name == "":
+			c.err = errors.Join(c.err, fmt.Errorf("%w: WithHeader: empty header name", ErrInvalidOptions))
+		case reservedHeader(name):
+			c.err = errors.Join(c.err, fmt.Errorf("%w: WithHeader(%q): an envelope attribute, set by the bus (use WithKey, WithSubject, WithID, WithTime)", ErrInvalidOptions, name))
+		default:
+			c.headers = append(c.headers, header{name, value})
+		}
+	}
+}
+
+// WithID sets the event ID, for example to publish an event again under
+// the ID it had (brokers and the Idempotent middleware drop duplicates by
+// ID). Default: a new UUIDv7.
+func WithID(id string) PublishOption {
+	return func(c *pubConfig) { c.id = id }
+}
+
+// WithTime sets the event time. Default: the time of the Publish call.
+func WithTime(t time.Time) PublishOption {
+	return func(c *pubConfig) { c.time = t }
+}
+
+// Publish publishes v as an event of type T to T's topic (see Register),
+// and returns once the transport accepted it (for brokers: durably). It
+// returns an error wrapping ErrClosed after Shutdown finished (handlers
+// still draining during Shutdown may publish), the context's error as it
+// is, and otherwise an error naming the event type.
+func Publish[T any](ctx context.Context, b *Bus, v T, opts ...PublishOption) error {
+	ti, box, err := newMessage(b, v, opts)
+	if err != nil {
+		return err
+	}
+	if err := b.pub.Publish(ctx, ti.topic, box.arr[:]...); err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
+			return err
+		}
+		return fmt.Errorf("busway: publish %s to topic %q: %w", ti.name, ti.topic, err)
+	}
+	b.published.Add(1)
+	return nil
+}
+
+// NewMessage returns the message Publish would send for v, and its topic,
+// without sending it: for an outbox that stores messages to relay later,
+// or for tests of code that consumes raw messages.
+func NewMessage[T any](b *Bus, v T, opts ...PublishOption) (topic string, m *transport.Message, err error) {
+	ti, box, err := newMessage(b, v, opts)
+	if err != nil {
+		return "", nil, err
+	}
+	return ti.topic, &box.msg, nil
+}
+
+func newMessage[T any](b *Bus, v T, opts []PublishOption) (*typeInfo, *msgBox, error) {
+	if err := b.Err(); err != nil {
+		return nil, nil, err
+	}
+	if b.state.Load() == stateClosed {
+		return nil, nil, fmt.Errorf("busway: publish: %w: the bus is shut down", ErrClosed)
+	}
+	ti, err := b.typeOf(reflect.TypeFor[T](), "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("busway: publish: %w", err)
+	}
+	var c pubConfig
+	for _, o := range opts {
+		if o == nil {
+			c.err = errors.Join(c.err, fmt.Errorf("%w: nil PublishOption", ErrInvalidOptions))
+			continue
+		}
+		o(&c)
+	}
+	if c.err != nil {
+		return nil, nil, fmt.Errorf("busway: publish %s: %w", ti.name, c.err)
+	}
+	body, err := b.codec.Marshal(v)
+	if err != nil {
+		return nil, nil, fmt.Errorf("busway: publish %s: encode: %w", ti.name, err)
+	}
+	env := Envelope{
+		ID:          c.id,
+		Type:        ti.name,
+		Source:      b.source,
+		Subject:     c.subject,
+		Time:        c.time,
+		Key:         c.key,
+		ContentType: b.codec.ContentType(),
+	}
+	box, err := buildMessage(&env, nil, c.headers, body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("busway: publish %s: %w", ti.name, err)
+	}
+	return ti, box, nil
+}
