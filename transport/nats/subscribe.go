@@ -1,0 +1,494 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/busway/busway/internal/keyed"
+	"github.com/busway/busway/transport"
+)
+
+// SubscribeOption is a NATS-specific subscribe option, passed in
+// transport.SubscribeOptions.Specific. Other transports ignore it.
+type SubscribeOption struct {
+	name  string
+	apply func(*subSettings) error
+}
+
+// Transport returns "nats".
+func (SubscribeOption) Transport() string { return Scheme }
+
+func (o SubscribeOption) String() string { return "nats." + o.name }
+
+// AckWait overrides Config.AckWait for one subscription's consumer.
+func AckWait(d time.Duration) SubscribeOption {
+	return SubscribeOption{"AckWait", func(s *subSettings) error {
+		if d <= 0 {
+			return fmt.Errorf("AckWait %v is not positive", d)
+		}
+		s.ackWait = d
+		return nil
+	}}
+}
+
+// MaxDeliver overrides Config.MaxDeliver (-1: unlimited).
+func MaxDeliver(n int) SubscribeOption {
+	return SubscribeOption{"MaxDeliver", func(s *subSettings) error {
+		if n == 0 || n < -1 {
+			return fmt.Errorf("MaxDeliver %d is neither positive nor -1 (unlimited)", n)
+		}
+		s.maxDeliver = n
+		return nil
+	}}
+}
+
+// NakDelays overrides Config.NakDelays: the delays before redelivering a
+// message whose handler failed, by attempt; the last repeats.
+func NakDelays(d ...time.Duration) SubscribeOption {
+	return SubscribeOption{"NakDelays", func(s *subSettings) error {
+		if len(d) == 0 {
+			return errors.New("NakDelays needs at least one delay")
+		}
+		for i, v := range d {
+			if v < 0 {
+				return fmt.Errorf("NakDelays[%d] %v is negative", i, v)
+			}
+		}
+		s.nakDelays = d
+		return nil
+	}}
+}
+
+// MaxAckPending overrides the default max(256, 64*Concurrency) of
+// Config.MaxAckPending.
+func MaxAckPending(n int) SubscribeOption {
+	return SubscribeOption{"MaxAckPending", func(s *subSettings) error {
+		if n <= 0 {
+			return fmt.Errorf("MaxAckPending %d is not positive", n)
+		}
+		s.maxAckPending = n
+		return nil
+	}}
+}
+
+// Durable sets the consumer's durable name instead of the one derived
+// from group and topic ("<group>_<topic>_<hash>"), for example to take
+// over a consumer made by other tools. It must not be shared between
+// topics.
+func Durable(name string) SubscribeOption {
+	return SubscribeOption{"Durable", func(s *subSettings) error {
+		if name == "" || len(name) > 255 || strings.ContainsFunc(name, func(r rune) bool {
+			return r <= ' ' || r == 0x7f || strings.ContainsRune(".*>/\\", r)
+		}) {
+			return fmt.Errorf("Durable %q is not a consumer name (1-255 characters, no whitespace, '.', '*', '>', '/', '\\')", name)
+		}
+		s.durable = name
+		return nil
+	}}
+}
+
+type subSettings struct {
+	ackWait       time.Duration
+	maxDeliver    int
+	nakDelays     []time.Duration
+	maxAckPending int
+	durable       string
+}
+
+func (t *Transport) subSettings(topic string, opts transport.SubscribeOptions) (*subSettings, error) {
+	s := t.s
+	ss := &subSettings{ackWait: s.AckWait, maxDeliver: s.MaxDeliver, nakDelays: s.NakDelays, maxAckPending: s.MaxAckPending}
+	for i, o := range opts.Specific {
+		if o == nil || o.Transport() != Scheme {
+			continue
+		}
+		so, ok := o.(SubscribeOption)
+		if !ok || so.apply == nil {
+			return nil, fmt.Errorf("%w: nats: Specific[%d] is a %T, not a nats.SubscribeOption", transport.ErrInvalidOptions, i, o)
+		}
+		if err := so.apply(ss); err != nil {
+			return nil, fmt.Errorf("%w: nats: %v", transport.ErrInvalidOptions, err)
+		}
+	}
+	if ss.maxAckPending == 0 {
+		ss.maxAckPending = max(256, 64*opts.Workers())
+	}
+	if err := checkBackOff(s.BackOff, ss.maxDeliver); err != nil {
+		return nil, err
+	}
+	if ss.durable == "" {
+		ss.durable = durableName(opts.Group, topic)
+	}
+	return ss, nil
+}
+
+// durableName derives a consumer name from group and topic: one stream
+// holds every topic, so a group needs one consumer per topic. '.' is not
+// allowed in consumer names; the hash keeps names that differ only there
+// (or in a truncated tail) apart.
+func durableName(group, topic string) string {
+	h := fnv.New32a()
+	h.Write([]byte(group))
+	h.Write([]byte{0})
+	h.Write([]byte(topic))
+	clean := func(s string) string {
+		if len(s) > 100 {
+			s = s[:100]
+		}
+		return strings.ReplaceAll(s, ".", "_")
+	}
+	return fmt.Sprintf("%s_%s_%08x", clean(group), clean(topic), h.Sum32())
+}
+
+// Subscribe creates or updates the group's durable pull consumer on
+// topic's subject and consumes it in the background: a handler that
+// returns nil gets its message acked, an error gets it Nak'ed with the
+// NakDelays delay. Messages with the same Key run one at a time in order;
+// up to Concurrency run at once. It returns once the consumer exists, so a
+// message published afterwards is delivered even with StartLatest.
+func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Handler, opts transport.SubscribeOptions) (transport.Subscription, error) {
+	if t.closed.Load() {
+		return nil, t.errClosed("Subscribe")
+	}
+	if err := transport.ValidateTopic(topic); err != nil {
+		return nil, err
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if h == nil {
+		return nil, fmt.Errorf("%w: nats: nil handler", transport.ErrInvalidOptions)
+	}
+	ss, err := t.subSettings(topic, opts)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := t.ensureConsumer(ctx, topic, opts, ss)
+	if err != nil {
+		return nil, err
+	}
+	workers := opts.Workers()
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	sub := &subscription{
+		t:       t,
+		topic:   topic,
+		group:   opts.Group,
+		h:       h,
+		ss:      ss,
+		cancel:  cancel,
+		slots:   make([]slot, workers),
+		free:    make(chan int, workers), // one token per worker slot: never blocks
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		ackWait: ss.ackWait,
+	}
+	for i := range workers {
+		sub.free <- i
+	}
+	if workers > 1 {
+		// Depth 2: a worker has its next message ready while the callback
+		// moves on to other keys; memory is bounded by MaxAckPending anyway.
+		sub.pool = keyed.New(workers, 2)
+	}
+	batch := min(ss.maxAckPending, 500)
+	cc, err := cons.Consume(func(m jetstream.Msg) { sub.receive(hctx, m) },
+		jetstream.PullMaxMessages(batch),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			t.log.Warn("nats: consume", "topic", topic, "group", opts.Group, "error", err)
+		}))
+	if err != nil {
+		cancel()
+		if sub.pool != nil {
+			sub.pool.Close()
+		}
+		return nil, t.apiError("consume "+ss.durable, err)
+	}
+	sub.cc = cc
+	t.mu.Lock()
+	if t.closed.Load() {
+		t.mu.Unlock()
+		cc.Stop()
+		<-cc.Closed()
+		cancel()
+		if sub.pool != nil {
+			sub.pool.Close()
+		}
+		return nil, t.errClosed("Subscribe")
+	}
+	t.subs[sub] = struct{}{}
+	t.mu.Unlock()
+	sub.wg.Add(1)
+	go sub.progress()
+	return sub, nil
+}
+
+// ensureConsumer creates the group's consumer or updates it, keeping the
+// deliver policy of an existing one (the server does not allow changing it).
+func (t *Transport) ensureConsumer(ctx context.Context, topic string, opts transport.SubscribeOptions, ss *subSettings) (jetstream.Consumer, error) {
+	ctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	cfg := jetstream.ConsumerConfig{
+		Durable:       ss.durable,
+		Description:   fmt.Sprintf("busway group %q on topic %q", opts.Group, topic),
+		FilterSubject: t.s.subjectBase + topic,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ss.ackWait,
+		MaxDeliver:    ss.maxDeliver,
+		BackOff:       t.s.BackOff,
+		MaxAckPending: ss.maxAckPending,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+	}
+	if opts.StartFrom == transport.StartEarliest {
+		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	}
+	existing, err := t.js.Consumer(ctx, t.s.Stream, ss.durable)
+	switch {
+	case err == nil:
+		old := existing.CachedInfo().Config
+		if old.FilterSubject != cfg.FilterSubject {
+			return nil, fmt.Errorf("%w: nats: consumer %q of stream %q filters %q, not %q (a Durable name used for two topics?)",
+				transport.ErrInvalidOptions, ss.durable, t.s.Stream, old.FilterSubject, cfg.FilterSubject)
+		}
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = old.DeliverPolicy, old.OptStartSeq, old.OptStartTime
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("%w: nats: stream %q is gone", transport.ErrTopicNotFound, t.s.Stream)
+	default:
+		return nil, t.apiError("look up consumer "+ss.durable, err)
+	}
+	cons, err := t.js.CreateOrUpdateConsumer(ctx, t.s.Stream, cfg)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("%w: nats: stream %q is gone", transport.ErrTopicNotFound, t.s.Stream)
+		}
+		return nil, t.apiError("create consumer "+ss.durable, err)
+	}
+	return cons, nil
+}
+
+type subscription struct {
+	t       *Transport
+	topic   string
+	group   string
+	h       transport.Handler
+	ss      *subSettings
+	cc      jetstream.ConsumeContext
+	pool    *keyed.Pool // nil with one worker: the handler runs in the callback
+	cancel  context.CancelFunc
+	ackWait time.Duration
+
+	closing atomic.Bool
+	slots   []slot   // the message each running handler works on
+	free    chan int // indexes of idle slots
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
+	done    chan struct{}
+	err     error
+}
+
+// slot records a running handler's message for progress reports.
+type slot struct {
+	mu  sync.Mutex
+	msg jetstream.Msg
+	gen uint64 // counts messages, to tell a long-running one from the next
+}
+
+// receive runs on the consumer's callback goroutine.
+func (s *subscription) receive(ctx context.Context, m jetstream.Msg) {
+	if s.closing.Load() {
+		// Buffered but not started when Close began: hand it back now so
+		// another member (or the next subscription) gets it without
+		// waiting for AckWait.
+		s.nak(m, 0)
+		return
+	}
+	if s.pool == nil {
+		s.handle(ctx, m)
+		return
+	}
+	key := ""
+	if h := m.Headers(); h != nil {
+		if v := h[wireKeyHeader]; len(v) > 0 {
+			key = v[0]
+		}
+	}
+	if err := s.pool.Submit(ctx, key, func() { s.handle(ctx, m) }); err != nil {
+		s.nak(m, 0)
+	}
+}
+
+func (s *subscription) handle(ctx context.Context, jm jetstream.Msg) {
+	if s.closing.Load() && ctx.Err() != nil {
+		s.nak(jm, 0)
+		return
+	}
+	m := s.toMessage(jm)
+	i := <-s.free
+	sl := &s.slots[i]
+	sl.mu.Lock()
+	sl.msg = jm
+	sl.gen++
+	sl.mu.Unlock()
+	err := s.h(ctx, m)
+	sl.mu.Lock()
+	sl.msg = nil
+	sl.mu.Unlock()
+	s.free <- i
+	if err != nil {
+		s.nak(jm, s.ss.nakDelay(m.Attempt))
+		return
+	}
+	if aerr := jm.Ack(); aerr != nil {
+		// Not acked: the server redelivers after AckWait (at-least-once).
+		s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", m.ID, "error", aerr)
+	}
+}
+
+func (ss *subSettings) nakDelay(attempt int) time.Duration {
+	d := ss.nakDelays
+	if attempt < 1 {
+		attempt = 1
+	}
+	if attempt > len(d) {
+		attempt = len(d)
+	}
+	return d[attempt-1]
+}
+
+func (s *subscription) nak(m jetstream.Msg, d time.Duration) {
+	var err error
+	if d > 0 {
+		err = m.NakWithDelay(d)
+	} else {
+		err = m.Nak()
+	}
+	if err != nil {
+		s.t.log.Warn("nats: nak", "topic", s.topic, "group", s.group, "error", err)
+	}
+}
+
+// progress tells the server that handlers running longer than a third of
+// AckWait are still at work, so it does not redeliver their messages.
+func (s *subscription) progress() {
+	defer s.wg.Done()
+	every := s.ackWait / 3
+	if every < 10*time.Millisecond {
+		every = 10 * time.Millisecond
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	seen := make([]uint64, len(s.slots))
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		}
+		for i := range s.slots {
+			sl := &s.slots[i]
+			sl.mu.Lock()
+			m, gen := sl.msg, sl.gen
+			sl.mu.Unlock()
+			if m != nil && gen == seen[i] {
+				if err := m.InProgress(); err != nil {
+					s.t.log.Warn("nats: in-progress", "topic", s.topic, "group", s.group, "error", err)
+				}
+			}
+			seen[i] = gen
+		}
+	}
+}
+
+// toMessage converts a delivered message, mapping "ce-" headers back to
+// the canonical "ce_" spelling.
+func (s *subscription) toMessage(jm jetstream.Msg) *transport.Message {
+	m := &transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data()}
+	if hdr := jm.Headers(); len(hdr) > 0 {
+		m.Header = make(map[string]string, len(hdr))
+		for k, vs := range hdr {
+			if len(vs) == 0 {
+				continue
+			}
+			v := vs[0]
+			switch {
+			case k == headerMsgID:
+				m.ID = v
+				continue
+			case strings.HasPrefix(k, wirePrefix):
+				k = transport.HeaderPrefix + k[len(wirePrefix):]
+			}
+			m.Header[k] = v
+		}
+		m.Key = m.Header[transport.HeaderPartitionKey]
+	}
+	if md, err := jm.Metadata(); err == nil {
+		m.Attempt = int(md.NumDelivered)
+		m.Time = md.Timestamp
+		m.Meta = map[string]string{transport.MetaSequence: strconv.FormatUint(md.Sequence.Stream, 10)}
+	} else {
+		m.Attempt = 1
+		m.Time = time.Now()
+	}
+	return m
+}
+
+// Close stops pulling, hands back buffered messages that no handler has
+// started, lets running handlers finish until ctx ends (then cancels their
+// context), acks what succeeded and flushes the acks to the server.
+// Idempotent; concurrent calls wait for the first.
+func (s *subscription) Close(ctx context.Context) error {
+	s.once.Do(func() {
+		s.closing.Store(true)
+		s.cc.Drain()
+		var ctxErr error
+		drained := s.cc.Closed()
+		select {
+		case <-drained:
+		case <-ctx.Done():
+			ctxErr = ctx.Err()
+			s.cancel()
+			s.cc.Stop()
+			<-drained
+		}
+		if s.pool != nil {
+			finished := make(chan struct{})
+			go func() { s.pool.Close(); close(finished) }()
+			select {
+			case <-finished:
+			case <-ctx.Done():
+				ctxErr = ctx.Err()
+				s.cancel()
+				<-finished
+			}
+		}
+		close(s.stop)
+		s.wg.Wait()
+		s.cancel()
+		// Acks are fire-and-forget; a flush round trip makes sure the server
+		// has them before Close returns, so a finished message is not
+		// redelivered to the next subscription.
+		fctx, cancel := context.WithTimeout(context.Background(), s.t.s.ConnectTimeout)
+		if err := s.t.nc.FlushWithContext(fctx); err != nil {
+			s.t.log.Warn("nats: flush acks on close", "topic", s.topic, "group", s.group, "error", err)
+		}
+		cancel()
+		s.t.mu.Lock()
+		delete(s.t.subs, s)
+		s.t.mu.Unlock()
+		s.err = ctxErr
+		close(s.done)
+	})
+	<-s.done
+	return s.err
+}

@@ -1,0 +1,364 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/busway/busway/transport"
+)
+
+// Scheme is the URL scheme of this transport ("nats://...").
+const Scheme = "nats"
+
+// Wire header names.
+const (
+	headerMsgID   = "Nats-Msg-Id"
+	wirePrefix    = "ce-"
+	wireKeyHeader = "ce-partitionkey"
+)
+
+var _ transport.Transport = (*Transport)(nil)
+
+// Transport is a NATS JetStream transport. Create it with New or through
+// Opener; it is safe for concurrent use.
+type Transport struct {
+	s   *settings
+	srv *server.Server // the embedded server, or nil
+	nc  *natsgo.Conn
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	closed atomic.Bool
+	mu     sync.Mutex
+	subs   map[*subscription]struct{}
+	done   chan struct{} // closed when Close has finished
+	once   sync.Once
+	err    error
+}
+
+// New connects to the servers of cfg (or starts the embedded server),
+// provisions or binds the stream and returns the transport. A config
+// error wraps transport.ErrInvalidOptions; an unreachable server
+// transport.ErrUnavailable; rejected credentials
+// transport.ErrAuthentication; a missing stream in bind mode
+// transport.ErrTopicNotFound.
+func New(ctx context.Context, cfg Config) (*Transport, error) {
+	s, err := cfg.settings()
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{s: s, log: s.Logger, subs: make(map[*subscription]struct{}), done: make(chan struct{})}
+	if s.Embedded != nil {
+		t.srv, err = startEmbedded(ctx, s.Embedded, s.Logger)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := t.connect(); err != nil {
+		t.release()
+		return nil, err
+	}
+	if err := t.provision(ctx); err != nil {
+		t.release()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *Transport) connect() error {
+	s := t.s
+	opts := []natsgo.Option{
+		natsgo.Name(s.Name),
+		natsgo.Timeout(s.ConnectTimeout),
+		// Reconnect forever: a server restart or a rolling upgrade must not
+		// end the transport. Publish still reports an error for messages
+		// whose ack did not arrive, so nothing that returned nil is lost.
+		natsgo.MaxReconnects(-1),
+		natsgo.ReconnectWait(500 * time.Millisecond),
+		natsgo.DisconnectErrHandler(func(_ *natsgo.Conn, err error) {
+			t.log.Warn("nats: disconnected", "error", err)
+		}),
+		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
+			t.log.Info("nats: reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			t.log.Warn("nats: asynchronous error", "subject", subj, "error", err)
+		}),
+	}
+	if t.srv != nil {
+		opts = append(opts, natsgo.InProcessServer(t.srv))
+	}
+	if s.User != "" {
+		opts = append(opts, natsgo.UserInfo(s.User, s.Password))
+	}
+	if s.Token != "" {
+		opts = append(opts, natsgo.Token(s.Token))
+	}
+	if s.CredsFile != "" {
+		opts = append(opts, natsgo.UserCredentials(s.CredsFile))
+	}
+	if s.NKeySeedFile != "" {
+		o, err := natsgo.NkeyOptionFromSeed(s.NKeySeedFile)
+		if err != nil {
+			return fmt.Errorf("%w: nats: NKeySeedFile %q: %v", transport.ErrInvalidOptions, s.NKeySeedFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if s.TLS != nil {
+		opts = append(opts, natsgo.Secure(s.TLS))
+	}
+	servers := strings.Join(s.Servers, ",")
+	if t.srv != nil {
+		servers = t.srv.ClientURL()
+	}
+	nc, err := natsgo.Connect(servers, opts...)
+	if err != nil {
+		return connectError(redactServers(s.Servers, t.srv), err)
+	}
+	t.nc = nc
+	t.js, err = jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("%w: nats: jetstream: %v", transport.ErrUnavailable, err)
+	}
+	return nil
+}
+
+func redactServers(servers []string, srv *server.Server) string {
+	if srv != nil {
+		return "embedded server"
+	}
+	out := make([]string, len(servers))
+	for i, s := range servers {
+		out[i] = s
+		if u, err := url.Parse(s); err == nil && u.User != nil {
+			out[i] = u.Redacted()
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// connectError classifies an error of natsgo.Connect.
+func connectError(servers string, err error) error {
+	switch {
+	case errors.Is(err, natsgo.ErrAuthorization), errors.Is(err, natsgo.ErrAuthExpired),
+		errors.Is(err, natsgo.ErrAuthRevoked), errors.Is(err, natsgo.ErrAccountAuthExpired),
+		strings.Contains(strings.ToLower(err.Error()), "authorization violation"):
+		return fmt.Errorf("%w: nats: %s rejected the credentials: %v", transport.ErrAuthentication, servers, err)
+	case errors.Is(err, natsgo.ErrBadSubject):
+		return fmt.Errorf("%w: nats: %v", transport.ErrInvalidOptions, err)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.Op == "parse" {
+		return fmt.Errorf("%w: nats: server URL: %v", transport.ErrInvalidOptions, err)
+	}
+	return fmt.Errorf("%w: nats: cannot connect to %s: %v", transport.ErrUnavailable, servers, err)
+}
+
+// provision creates, updates or binds the stream.
+func (t *Transport) provision(ctx context.Context) error {
+	s := t.s
+	ctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	subject := s.subjectBase + ">"
+	st, err := t.js.Stream(ctx, s.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if s.Provision == ProvisionBind {
+			return fmt.Errorf("%w: nats: stream %q does not exist (Provision is bind: create it with subjects %q, or use ProvisionCreate)",
+				transport.ErrTopicNotFound, s.Stream, subject)
+		}
+		_, err = t.js.CreateStream(ctx, t.streamConfig([]string{subject}))
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// Another process created it in the meantime: go on as if
+			// it had existed.
+			return t.provision(ctx)
+		}
+		if err != nil {
+			return t.apiError("create stream "+s.Stream, err)
+		}
+		return nil
+	case err != nil:
+		return t.apiError("look up stream "+s.Stream, err)
+	}
+	subjects := st.CachedInfo().Config.Subjects
+	covered := false
+	for _, p := range subjects {
+		if subjectCovers(p, subject) {
+			covered = true
+			break
+		}
+	}
+	if s.Provision == ProvisionBind {
+		if !covered {
+			return fmt.Errorf("%w: nats: stream %q holds subjects %q, not %q (Provision is bind: add the subject to the stream or change SubjectPrefix)",
+				transport.ErrTopicNotFound, s.Stream, subjects, subject)
+		}
+		return nil
+	}
+	if !covered {
+		subjects = append(subjects, subject)
+	}
+	if _, err := t.js.UpdateStream(ctx, t.streamConfig(subjects)); err != nil {
+		return t.apiError("update stream "+s.Stream, err)
+	}
+	return nil
+}
+
+func (t *Transport) streamConfig(subjects []string) jetstream.StreamConfig {
+	s := t.s
+	cfg := jetstream.StreamConfig{
+		Name:       s.Stream,
+		Subjects:   subjects,
+		Storage:    jetstream.FileStorage,
+		Replicas:   s.Replicas,
+		MaxAge:     s.MaxAge,
+		Duplicates: s.Duplicates,
+		Retention:  jetstream.LimitsPolicy,
+	}
+	if s.Storage == StorageMemory {
+		cfg.Storage = jetstream.MemoryStorage
+	}
+	return cfg
+}
+
+// subjectCovers reports whether the stream subject pattern p matches every
+// subject that subj (which may end in ">") matches.
+func subjectCovers(p, subj string) bool {
+	pt, st := strings.Split(p, "."), strings.Split(subj, ".")
+	for i, tok := range pt {
+		if tok == ">" {
+			return i < len(st)
+		}
+		if i >= len(st) {
+			return false
+		}
+		switch {
+		case st[i] == ">":
+			return false
+		case tok == "*", tok == st[i]:
+		default:
+			return false
+		}
+	}
+	return len(pt) == len(st)
+}
+
+// apiError classifies an error of a JetStream API call.
+func (t *Transport) apiError(what string, err error) error {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		return fmt.Errorf("%w: nats: %s: JetStream is not enabled on the server or account: %v", transport.ErrUnavailable, what, err)
+	case errors.Is(err, natsgo.ErrConnectionClosed):
+		return fmt.Errorf("%w: nats: %s: %v", transport.ErrClosed, what, err)
+	case errors.Is(err, natsgo.ErrTimeout), errors.Is(err, natsgo.ErrNoResponders), errors.Is(err, natsgo.ErrDisconnected),
+		errors.Is(err, natsgo.ErrConnectionReconnecting), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return fmt.Errorf("%w: nats: %s: %v", transport.ErrUnavailable, what, err)
+	case errors.As(err, &apiErr) && apiErr.Code == 400:
+		return fmt.Errorf("%w: nats: %s: %v", transport.ErrInvalidOptions, what, err)
+	}
+	return fmt.Errorf("nats: %s: %w", what, err)
+}
+
+// withTimeout bounds ctx by PublishTimeout when it has no deadline.
+func (t *Transport) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, t.s.PublishTimeout)
+}
+
+// Conn returns the underlying NATS connection, for what this package does
+// not cover. Do not close it; Close does.
+func (t *Transport) Conn() *natsgo.Conn { return t.nc }
+
+// JetStream returns the JetStream context the transport uses.
+func (t *Transport) JetStream() jetstream.JetStream { return t.js }
+
+// Stream returns the name of the stream that holds the topics.
+func (t *Transport) Stream() string { return t.s.Stream }
+
+// Subject returns the NATS subject of topic.
+func (t *Transport) Subject(topic string) string { return t.s.subjectBase + topic }
+
+// EmbeddedURL returns the client URL of the embedded server ("" when the
+// transport has none, or it does not listen), for other processes or the
+// nats CLI.
+func (t *Transport) EmbeddedURL() string {
+	if t.srv == nil || t.s.Embedded.NoListen {
+		return ""
+	}
+	return t.srv.ClientURL()
+}
+
+// Close closes every open subscription (draining each for at most AckWait;
+// messages whose handler did not finish are redelivered later), flushes and
+// closes the connection, then shuts the embedded server down. Publish and
+// Subscribe after Close return transport.ErrClosed. Idempotent; concurrent
+// calls wait for the first.
+func (t *Transport) Close() error {
+	t.once.Do(func() {
+		t.closed.Store(true)
+		t.mu.Lock()
+		subs := make([]*subscription, 0, len(t.subs))
+		for s := range t.subs {
+			subs = append(subs, s)
+		}
+		t.mu.Unlock()
+		var errs []error
+		for _, s := range subs {
+			ctx, cancel := context.WithTimeout(context.Background(), t.s.AckWait)
+			if err := s.Close(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			cancel()
+		}
+		if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
+			t.log.Warn("nats: flush on close", "error", err)
+		}
+		t.release()
+		t.err = errors.Join(errs...)
+		close(t.done)
+	})
+	<-t.done
+	return t.err
+}
+
+// release closes the connection and stops the embedded server.
+func (t *Transport) release() {
+	if t.nc != nil {
+		closed := make(chan struct{})
+		t.nc.SetClosedHandler(func(*natsgo.Conn) { close(closed) })
+		t.nc.Close()
+		// The closed handler runs on the connection's callback goroutine;
+		// waiting for it means that goroutine has done its work.
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if t.srv != nil {
+		stopServer(t.srv)
+	}
+}
+
+func (t *Transport) errClosed(op string) error {
+	return fmt.Errorf("%w: nats: %s after Close", transport.ErrClosed, op)
+}
