@@ -38,8 +38,9 @@ type Envelope struct {
 
 // EncodeEnvelope returns a message with e's attributes as headers and body
 // as its body. An empty ID becomes a new UUIDv7 and a zero Time the
-// current time. Type and Source are required: their absence gives an error
-// wrapping ErrInvalidEnvelope.
+// current time. Type and Source are required; their absence, or a Time
+// whose UTC year RFC 3339 cannot write, gives an error wrapping
+// ErrInvalidEnvelope.
 func EncodeEnvelope(e Envelope, body []byte) (*transport.Message, error) {
 	if e.Type == "" {
 		return nil, fmt.Errorf("%w: Type is required", ErrInvalidEnvelope)
@@ -167,18 +168,17 @@ func reservedHeader(name string) bool {
 func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (*msgBox, error) {
 	var err error
 	var ts string
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	} else if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
+		return nil, fmt.Errorf("%w: time %v: year %d is outside RFC 3339's 0000 to 9999", ErrInvalidEnvelope, e.Time, y)
+	}
 	if e.ID == "" {
-		if e.Time.IsZero() {
-			e.Time = time.Now()
-		}
 		e.ID, ts, err = newIDAndTime(e.Time)
 		if err != nil {
 			return nil, err
 		}
 	} else {
-		if e.Time.IsZero() {
-			e.Time = time.Now()
-		}
 		ts = e.Time.UTC().Format(time.RFC3339Nano)
 	}
 	n := 6 + len(hm) + len(hs)
