@@ -1,0 +1,300 @@
+package kafka
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+
+	"github.com/busway/busway/transport"
+)
+
+// Config configures a Transport. Its zero value is invalid only because
+// Brokers is required; every other zero field means the default its
+// documentation gives.
+type Config struct {
+	// Brokers are the bootstrap brokers, "host:port" (port 9092 when
+	// omitted). Required.
+	Brokers []string
+	// ClientID is sent to the brokers with every request. Default "busway".
+	ClientID string
+	// TLS enables TLS with this configuration. Default nil: plaintext.
+	TLS *tls.Config
+	// SASL authenticates the connections. Default: no authentication.
+	SASL SASL
+
+	// Topics says whether and how missing topics are created.
+	Topics Provisioning
+
+	// Acks is how many replicas must have a record before Publish returns.
+	// Default AcksAll (durable: every in-sync replica).
+	Acks Acks
+	// Compression compresses produced record batches: "none", "gzip",
+	// "snappy", "lz4" or "zstd". Default "none".
+	Compression string
+	// MaxMessageBytes is the largest record (key, value and headers) Publish
+	// sends, and the most bytes one produce request carries per partition;
+	// a larger record fails with transport.ErrMessageTooLarge before anything
+	// is sent. Topics this transport creates get a max.message.bytes that
+	// admits such a record; an existing topic keeps its own limit (the
+	// broker's default is just over 1 MiB for a whole batch), and a record
+	// over it fails with transport.ErrMessageTooLarge from the broker.
+	// Default 1 MiB + 64 KiB, so that a 1 MiB body with its key and headers
+	// fits.
+	MaxMessageBytes int
+	// PublishRetries is how many times a produce request that failed with a
+	// retriable broker error (leader moved, not enough replicas, network) is
+	// retried before Publish gives up. A retry may duplicate records
+	// (at-least-once). Default 3; negative means none.
+	PublishRetries int
+
+	// CommitInterval is how often a subscription commits the offsets of
+	// finished messages; it also commits when a partition is revoked and at
+	// Close. Default 1s.
+	CommitInterval time.Duration
+	// RetryBackoff is the first wait before a failed message is handled
+	// again, in place (Kafka has no negative acknowledgement). It doubles
+	// after every failure up to RetryBackoffMax. Default 100ms.
+	RetryBackoff time.Duration
+	// RetryBackoffMax caps RetryBackoff's growth. Default 10s.
+	RetryBackoffMax time.Duration
+	// DrainTimeout bounds how long a revoked partition waits for its
+	// in-flight handlers before its uncommitted messages are left to the new
+	// owner. Keep it below RebalanceTimeout. Default 10s.
+	DrainTimeout time.Duration
+	// SessionTimeout is the consumer group session timeout. Default 30s.
+	SessionTimeout time.Duration
+	// HeartbeatInterval is how often a member heartbeats, and so how fast it
+	// notices a rebalance. Default 3s.
+	HeartbeatInterval time.Duration
+	// RebalanceTimeout is how long the coordinator waits for members to
+	// rejoin during a rebalance. Default 30s.
+	RebalanceTimeout time.Duration
+	// FetchMaxBytes is the most bytes fetched per partition and request.
+	// Default 2 × MaxMessageBytes.
+	FetchMaxBytes int
+	// FetchMaxWait is how long the broker may hold a fetch open waiting for
+	// data; it also bounds how fast an idle partition reader stops. Default
+	// 250ms.
+	FetchMaxWait time.Duration
+
+	// DialTimeout bounds each connection attempt. Default 10s.
+	DialTimeout time.Duration
+	// RequestTimeout bounds a request to the brokers when the caller's
+	// context has no deadline. Default 30s.
+	RequestTimeout time.Duration
+
+	// Logger receives diagnostics (rebalances, commit failures, handler
+	// errors that are retried). Default nil: discard.
+	Logger *slog.Logger
+}
+
+// SASL configures SASL authentication.
+type SASL struct {
+	// Mechanism is "PLAIN", "SCRAM-SHA-256" or "SCRAM-SHA-512" (case
+	// insensitive). Empty means no SASL.
+	Mechanism string
+	// Username and Password are the credentials.
+	Username, Password string
+}
+
+// Provisioning says whether and how missing topics are created.
+type Provisioning struct {
+	// Disable stops the transport from creating a missing topic: Publish and
+	// Subscribe then fail with transport.ErrTopicNotFound. Default false:
+	// missing topics are created. (A broker with auto.create.topics.enable
+	// may still create topics itself.)
+	Disable bool
+	// Partitions of a created topic. Default 0: the broker's num.partitions.
+	Partitions int
+	// ReplicationFactor of a created topic. Default 0: the broker's
+	// default.replication.factor.
+	ReplicationFactor int
+}
+
+// Acks is the number of acknowledgements a produce request waits for.
+type Acks int
+
+const (
+	// AcksAll waits for every in-sync replica: Publish returning nil means
+	// the records are durable. The default.
+	AcksAll Acks = iota
+	// AcksLeader waits for the partition leader only.
+	AcksLeader
+	// AcksNone does not wait at all: Publish cannot know whether the broker
+	// accepted the records. Not at-least-once.
+	AcksNone
+)
+
+func (a Acks) String() string {
+	switch a {
+	case AcksAll:
+		return "all"
+	case AcksLeader:
+		return "leader"
+	case AcksNone:
+		return "none"
+	}
+	return "Acks(" + strconv.Itoa(int(a)) + ")"
+}
+
+func (a Acks) required() kafkago.RequiredAcks {
+	switch a {
+	case AcksLeader:
+		return kafkago.RequireOne
+	case AcksNone:
+		return kafkago.RequireNone
+	}
+	return kafkago.RequireAll
+}
+
+// config is Config validated, with defaults applied.
+type config struct {
+	Config
+	compression kafkago.Compression
+	mechanism   sasl.Mechanism
+	log         *slog.Logger
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: kafka: "+format, append([]any{transport.ErrInvalidOptions}, args...)...)
+}
+
+func (c Config) resolve() (*config, error) {
+	r := &config{Config: c}
+	if len(c.Brokers) == 0 {
+		return nil, invalid("Brokers is required (e.g. []string{\"localhost:9092\"})")
+	}
+	r.Brokers = make([]string, 0, len(c.Brokers))
+	for _, b := range c.Brokers {
+		b = strings.TrimSpace(b)
+		if b == "" {
+			return nil, invalid("empty broker address in Brokers")
+		}
+		host, port, err := net.SplitHostPort(b)
+		if err != nil {
+			// No port: use Kafka's.
+			host, port = b, "9092"
+			if strings.Contains(b, ":") && !strings.HasPrefix(b, "[") {
+				return nil, invalid("broker address %q: %v", b, err)
+			}
+			host = strings.Trim(host, "[]")
+		}
+		if host == "" {
+			return nil, invalid("broker address %q has no host", b)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+			return nil, invalid("broker address %q: bad port %q", b, port)
+		}
+		r.Brokers = append(r.Brokers, net.JoinHostPort(host, port))
+	}
+	if r.ClientID == "" {
+		r.ClientID = "busway"
+	}
+	switch strings.ToUpper(c.SASL.Mechanism) {
+	case "":
+		if c.SASL.Username != "" || c.SASL.Password != "" {
+			return nil, invalid("SASL credentials given without SASL.Mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+		}
+	case "PLAIN":
+		r.mechanism = plain.Mechanism{Username: c.SASL.Username, Password: c.SASL.Password}
+	case "SCRAM-SHA-256":
+		r.mechanism = newSCRAM(scramSHA256, c.SASL.Username, c.SASL.Password)
+	case "SCRAM-SHA-512":
+		r.mechanism = newSCRAM(scramSHA512, c.SASL.Username, c.SASL.Password)
+	default:
+		return nil, invalid("SASL.Mechanism %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASL.Mechanism)
+	}
+	if r.mechanism != nil && c.SASL.Username == "" {
+		return nil, invalid("SASL.Username is required with SASL.Mechanism %s", c.SASL.Mechanism)
+	}
+	if c.Topics.Partitions < 0 {
+		return nil, invalid("Topics.Partitions %d is negative (0 means the broker's default)", c.Topics.Partitions)
+	}
+	if c.Topics.ReplicationFactor < 0 {
+		return nil, invalid("Topics.ReplicationFactor %d is negative (0 means the broker's default)", c.Topics.ReplicationFactor)
+	}
+	if c.Acks < AcksAll || c.Acks > AcksNone {
+		return nil, invalid("Acks %d is not AcksAll, AcksLeader or AcksNone", int(c.Acks))
+	}
+	switch strings.ToLower(c.Compression) {
+	case "", "none":
+	case "gzip":
+		r.compression = kafkago.Gzip
+	case "snappy":
+		r.compression = kafkago.Snappy
+	case "lz4":
+		r.compression = kafkago.Lz4
+	case "zstd":
+		r.compression = kafkago.Zstd
+	default:
+		return nil, invalid("Compression %q is not none, gzip, snappy, lz4 or zstd", c.Compression)
+	}
+	ints := []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MaxMessageBytes", &r.MaxMessageBytes, 1<<20 + 64<<10},
+		{"FetchMaxBytes", &r.FetchMaxBytes, 0},
+	}
+	for _, f := range ints {
+		if *f.v < 0 {
+			return nil, invalid("%s %d is negative (0 means the default)", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if r.FetchMaxBytes == 0 {
+		r.FetchMaxBytes = 2 * r.MaxMessageBytes
+	}
+	switch {
+	case r.PublishRetries == 0:
+		r.PublishRetries = 3
+	case r.PublishRetries < 0:
+		r.PublishRetries = 0
+	}
+	durs := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"CommitInterval", &r.CommitInterval, time.Second},
+		{"RetryBackoff", &r.RetryBackoff, 100 * time.Millisecond},
+		{"RetryBackoffMax", &r.RetryBackoffMax, 10 * time.Second},
+		{"DrainTimeout", &r.DrainTimeout, 10 * time.Second},
+		{"SessionTimeout", &r.SessionTimeout, 30 * time.Second},
+		{"HeartbeatInterval", &r.HeartbeatInterval, 3 * time.Second},
+		{"RebalanceTimeout", &r.RebalanceTimeout, 30 * time.Second},
+		{"FetchMaxWait", &r.FetchMaxWait, 250 * time.Millisecond},
+		{"DialTimeout", &r.DialTimeout, 10 * time.Second},
+		{"RequestTimeout", &r.RequestTimeout, 30 * time.Second},
+	}
+	for _, d := range durs {
+		if *d.v < 0 {
+			return nil, invalid("%s %v is negative (0 means the default, %v)", d.name, *d.v, d.def)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if r.RetryBackoffMax < r.RetryBackoff {
+		return nil, invalid("RetryBackoffMax %v is less than RetryBackoff %v", r.RetryBackoffMax, r.RetryBackoff)
+	}
+	if r.HeartbeatInterval >= r.SessionTimeout {
+		return nil, invalid("HeartbeatInterval %v must be less than SessionTimeout %v", r.HeartbeatInterval, r.SessionTimeout)
+	}
+	r.log = c.Logger
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	return r, nil
+}

@@ -1,0 +1,62 @@
+// Package kafka is the busway transport on Apache Kafka, built on
+// github.com/segmentio/kafka-go.
+//
+//	t, err := kafka.New(ctx, kafka.Config{Brokers: []string{"localhost:9092"}})
+//
+// or, through a transport.Mux with Opener registered under Scheme:
+//
+//	kafka://host1:9092,host2:9092?client_id=orders&partitions=3&acks=all
+//
+// # Publishing
+//
+// Publish keys each record by Message.Key and places it with the murmur2
+// partitioner of the Java client (kafka-go's Murmur2Balancer), so a key lands
+// on the same partition whichever client produced it. Message.Header travels
+// as record headers: the canonical CloudEvents names of package transport
+// ("ce_id", "ce_type", ..., "content-type") are already the Kafka binding's
+// spelling. A Publish of N messages is one produce request per partition, sent
+// concurrently, acknowledged by every in-sync replica by default; it does not
+// wait for a batch timer.
+//
+// # Delivery semantics
+//
+// A subscription is a member of the consumer group SubscribeOptions.Group,
+// run with kafka-go's ConsumerGroup API: each generation's partitions are
+// fetched by one reader each. Within a partition, messages with the same key
+// are handled one at a time, in offset order; different keys run in parallel
+// up to SubscribeOptions.Concurrency. A handler error retries the message in
+// place with exponential backoff (Kafka has no negative acknowledgement);
+// only its key waits. Offsets are committed every Config.CommitInterval, when
+// a partition is revoked and at Close, and never past a message whose
+// handler has not returned nil, so delivery is at-least-once: after a crash
+// or a rebalance, the messages handled since the last commit are handled
+// again (at most MaxInFlight per subscription, plus a commit interval's
+// worth). Fetching pauses while MaxInFlight messages are unfinished, so
+// memory is bounded. When a partition is revoked it stops fetching and drains
+// for at most Config.DrainTimeout; what did not finish goes to the new owner.
+//
+// Message.Attempt counts the attempts within one subscription (Kafka keeps no
+// delivery count). Message.Time is the record's timestamp; Message.Meta holds
+// the partition (transport.MetaPartition) and offset (transport.MetaOffset).
+//
+// # Topics
+//
+// A missing topic is created (Config.Topics: partitions, replication factor)
+// unless Config.Topics.Disable is set; then Publish and Subscribe fail with an
+// error wrapping transport.ErrTopicNotFound that names the topic.
+//
+// # Errors
+//
+// Errors wrap the sentinels of package transport: ErrInvalidOptions for a bad
+// Config or URL option (ErrInvalidURL), ErrUnavailable when no broker answers,
+// ErrAuthentication for rejected SASL credentials or a denied ACL,
+// ErrMessageTooLarge for a record over Config.MaxMessageBytes or the broker's
+// limit (in a *transport.PublishError naming the message), ErrTopicNotFound,
+// ErrClosed after Close.
+//
+// # Concurrency
+//
+// Transport and its subscriptions are safe for concurrent use. Close on a
+// subscription, and on the Transport, waits for every goroutine it started;
+// the Transport owns its own kafka-go Transport, whose connections it closes.
+package kafka

@@ -1,0 +1,296 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
+
+	"github.com/busway/busway/transport"
+)
+
+var _ transport.Transport = (*Transport)(nil)
+
+// Transport is a busway transport on a Kafka cluster. Create it with New;
+// it is safe for concurrent use. Close it to release its connections.
+type Transport struct {
+	cfg    *config
+	kt     *kafkago.Transport // our own: DefaultTransport's pools are never closed
+	client *kafkago.Client
+	dialer *kafkago.Dialer
+	addr   net.Addr
+	ctx    context.Context // cancels the kafka.Transport's background work at Close
+	cancel context.CancelFunc
+
+	balancer kafkago.Murmur2Balancer
+	rr       atomic.Uint32 // spreads keyless publishes over partitions
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*subscription]struct{}
+	topics map[string]topicInfo
+}
+
+type topicInfo struct {
+	ids     []int // 0..partitions-1, read only
+	expires time.Time
+}
+
+// topicTTL is how long a topic's partition count is trusted before it is
+// looked up again (partitions may be added to a topic).
+const topicTTL = time.Minute
+
+// batchOverhead is what a record batch adds around its records, rounded up.
+const batchOverhead = 1024
+
+// New returns a Transport for cfg. It checks the configuration and that a
+// broker answers (with the credentials) before it returns: an invalid
+// configuration gives an error wrapping transport.ErrInvalidOptions,
+// unreachable brokers one wrapping transport.ErrUnavailable, rejected
+// credentials one wrapping transport.ErrAuthentication.
+func New(ctx context.Context, cfg Config) (*Transport, error) {
+	c, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	tctx, cancel := context.WithCancel(context.Background())
+	t := &Transport{
+		cfg:    c,
+		addr:   kafkago.TCP(c.Brokers...),
+		ctx:    tctx,
+		cancel: cancel,
+		subs:   make(map[*subscription]struct{}),
+		topics: make(map[string]topicInfo),
+	}
+	t.kt = &kafkago.Transport{
+		Dial:        (&net.Dialer{Timeout: c.DialTimeout}).DialContext,
+		DialTimeout: c.DialTimeout,
+		ClientID:    c.ClientID,
+		TLS:         c.TLS,
+		SASL:        c.mechanism,
+		Context:     tctx,
+	}
+	t.client = &kafkago.Client{Addr: t.addr, Transport: t.kt, Timeout: c.RequestTimeout}
+	t.dialer = &kafkago.Dialer{
+		ClientID:      c.ClientID,
+		Timeout:       c.DialTimeout,
+		DualStack:     true,
+		TLS:           c.TLS,
+		SASLMechanism: c.mechanism,
+	}
+	if _, err := t.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
+		t.release()
+		return nil, fmt.Errorf("kafka: connecting to %v: %w", c.Brokers, classify(ctx, err))
+	}
+	return t, nil
+}
+
+func (t *Transport) release() {
+	t.cancel()
+	t.kt.CloseIdleConnections()
+}
+
+// Close closes every subscription still open (draining each for at most
+// DrainTimeout), then the connections. Publish and Subscribe after Close
+// return transport.ErrClosed. Idempotent.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	subs := make([]*subscription, 0, len(t.subs))
+	for s := range t.subs {
+		subs = append(subs, s)
+	}
+	t.mu.Unlock()
+	var errs []error
+	for _, s := range subs {
+		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
+		errs = append(errs, s.Close(ctx))
+		cancel()
+	}
+	t.release()
+	return errors.Join(errs...)
+}
+
+func (t *Transport) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+func errClosed(op string) error { return fmt.Errorf("kafka: %s: %w", op, transport.ErrClosed) }
+
+// partitions returns the topic's partition IDs (0..n-1), creating the
+// topic when it is missing and provisioning allows.
+func (t *Transport) partitions(ctx context.Context, topic string) ([]int, error) {
+	t.mu.Lock()
+	ti, ok := t.topics[topic]
+	t.mu.Unlock()
+	if ok && time.Now().Before(ti.expires) {
+		return ti.ids, nil
+	}
+	n, err := t.lookup(ctx, topic, false)
+	if err == nil {
+		return t.remember(topic, n), nil
+	}
+	if !errors.Is(err, transport.ErrTopicNotFound) {
+		return nil, err
+	}
+	if !t.cfg.Topics.Disable {
+		if err := t.createTopic(ctx, topic); err != nil {
+			return nil, err
+		}
+	}
+	// The transport's metadata cache may predate the topic: this request
+	// makes it ask the brokers.
+	n, err = t.lookup(ctx, topic, true)
+	if err != nil {
+		if errors.Is(err, transport.ErrTopicNotFound) && t.cfg.Topics.Disable {
+			return nil, fmt.Errorf("%w (creating topics is disabled: Config.Topics.Disable)", err)
+		}
+		return nil, err
+	}
+	return t.remember(topic, n), nil
+}
+
+func (t *Transport) remember(topic string, n int) []int {
+	ids := make([]int, n)
+	for i := range ids {
+		ids[i] = i
+	}
+	t.mu.Lock()
+	t.topics[topic] = topicInfo{ids: ids, expires: time.Now().Add(topicTTL)}
+	t.mu.Unlock()
+	return ids
+}
+
+func (t *Transport) forget(topic string) {
+	t.mu.Lock()
+	delete(t.topics, topic)
+	t.mu.Unlock()
+}
+
+func (t *Transport) lookup(ctx context.Context, topic string, refresh bool) (int, error) {
+	ctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	res, err := t.kt.RoundTrip(ctx, t.addr, &metadataAPI.Request{TopicNames: []string{topic}, AllowAutoTopicCreation: refresh})
+	if err != nil {
+		return 0, fmt.Errorf("kafka: metadata of topic %q: %w", topic, classify(ctx, err))
+	}
+	for _, mt := range res.(*metadataAPI.Response).Topics {
+		if mt.Name != topic {
+			continue
+		}
+		if mt.ErrorCode != 0 {
+			return 0, fmt.Errorf("kafka: topic %q: %w", topic, classify(ctx, kafkago.Error(mt.ErrorCode)))
+		}
+		if len(mt.Partitions) == 0 {
+			break
+		}
+		return len(mt.Partitions), nil
+	}
+	return 0, fmt.Errorf("kafka: %w: %q", transport.ErrTopicNotFound, topic)
+}
+
+func (t *Transport) createTopic(ctx context.Context, topic string) error {
+	ctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	p, rf := t.cfg.Topics.Partitions, t.cfg.Topics.ReplicationFactor
+	if p == 0 {
+		p = -1
+	}
+	if rf == 0 {
+		rf = -1
+	}
+	res, err := t.client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{
+		Topics: []kafkago.TopicConfig{{Topic: topic, NumPartitions: p, ReplicationFactor: rf,
+			ConfigEntries: []kafkago.ConfigEntry{{
+				// Room for a batch holding one record of MaxMessageBytes.
+				ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(t.cfg.MaxMessageBytes + batchOverhead),
+			}},
+		}},
+	})
+	if err == nil {
+		err = res.Errors[topic]
+	}
+	if err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {
+		return fmt.Errorf("kafka: creating topic %q: %w", topic, classify(ctx, err))
+	}
+	return nil
+}
+
+func (t *Transport) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, t.cfg.RequestTimeout)
+}
+
+// classify wraps a kafka-go or network error with the transport sentinel it
+// means. Context errors of ctx are returned as they are.
+func classify(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx != nil && ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || isNetTimeout(err)) {
+		return ctx.Err()
+	}
+	var ke kafkago.Error
+	if errors.As(err, &ke) {
+		switch ke {
+		case kafkago.SASLAuthenticationFailed, kafkago.UnsupportedSASLMechanism, kafkago.IllegalSASLState,
+			kafkago.TopicAuthorizationFailed, kafkago.GroupAuthorizationFailed, kafkago.ClusterAuthorizationFailed,
+			kafkago.TransactionalIDAuthorizationFailed:
+			return fmt.Errorf("%w: %w", transport.ErrAuthentication, err)
+		case kafkago.MessageSizeTooLarge, kafkago.RecordListTooLarge:
+			return fmt.Errorf("%w: %w", transport.ErrMessageTooLarge, err)
+		case kafkago.UnknownTopicOrPartition:
+			return fmt.Errorf("%w: %w", transport.ErrTopicNotFound, err)
+		case kafkago.InvalidTopic:
+			return fmt.Errorf("%w: %w", transport.ErrInvalidTopic, err)
+		case kafkago.LeaderNotAvailable, kafkago.NotLeaderForPartition, kafkago.BrokerNotAvailable,
+			kafkago.RequestTimedOut, kafkago.NotEnoughReplicas, kafkago.NotEnoughReplicasAfterAppend,
+			kafkago.GroupCoordinatorNotAvailable, kafkago.NotCoordinatorForGroup, kafkago.NetworkException:
+			return fmt.Errorf("%w: %w", transport.ErrUnavailable, err)
+		}
+		return err
+	}
+	if errors.Is(err, errSCRAM) {
+		return fmt.Errorf("%w: %w", transport.ErrAuthentication, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+		return fmt.Errorf("%w: %w", transport.ErrUnavailable, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", transport.ErrUnavailable, err)
+	}
+	return err
+}
+
+func isNetTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// retriable reports whether a produce error may go away on its own.
+func retriable(err error) bool {
+	var ke kafkago.Error
+	if errors.As(err, &ke) {
+		return ke.Temporary() && ke != kafkago.MessageSizeTooLarge && ke != kafkago.RecordListTooLarge
+	}
+	return errors.Is(err, transport.ErrUnavailable)
+}

@@ -1,0 +1,112 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/busway/busway/transport"
+)
+
+// Scheme is the URL scheme of this transport: "kafka".
+const Scheme = "kafka"
+
+// Opener returns the transport.Opener of "kafka://" URLs, for a
+// transport.Mux:
+//
+//	kafka://user:password@host1:9092,host2:9092?sasl=scram-sha-512&tls=true&partitions=3
+//
+// The host part lists the bootstrap brokers (port 9092 when omitted).
+// Options (each maps to the Config field of the same meaning and default):
+// client_id, tls (true: TLS with the system roots), tls_insecure_skip_verify,
+// sasl (plain, scram-sha-256, scram-sha-512; credentials from the URL's user
+// information), create_topics (default true), partitions,
+// replication_factor, acks (all, leader, none), compression (none, gzip,
+// snappy, lz4, zstd), max_message_bytes, publish_retries, commit_interval,
+// retry_backoff, retry_backoff_max, drain_timeout, session_timeout,
+// heartbeat_interval, rebalance_timeout, fetch_max_bytes, fetch_max_wait,
+// dial_timeout, request_timeout. An unknown option, or a bad value, is an
+// error naming it.
+func Opener() transport.Opener {
+	return transport.OpenerFunc(func(ctx context.Context, u *url.URL) (transport.Transport, error) {
+		cfg, err := ConfigFromURL(u)
+		if err != nil {
+			return nil, err
+		}
+		return New(ctx, cfg)
+	})
+}
+
+// ConfigFromURL parses a "kafka://" URL (see Opener) into a Config.
+func ConfigFromURL(u *url.URL) (Config, error) {
+	var cfg Config
+	fail := func(part string, format string, args ...any) error {
+		return &transport.URLError{URL: transport.Redact(u), Part: part,
+			Err: fmt.Errorf("%w: "+format, append([]any{transport.ErrInvalidURL}, args...)...)}
+	}
+	if u.Scheme != Scheme {
+		return cfg, fail("scheme", "%q is not %q", u.Scheme, Scheme)
+	}
+	if u.Opaque != "" || u.Host == "" {
+		return cfg, fail("host", "no brokers (want kafka://host:9092[,host2:9092])")
+	}
+	if u.Path != "" && u.Path != "/" {
+		return cfg, fail("path", "%q: a kafka URL has no path", u.Path)
+	}
+	for _, b := range strings.Split(u.Host, ",") {
+		if strings.TrimSpace(b) == "" {
+			return cfg, fail("host", "empty broker in %q", u.Host)
+		}
+		cfg.Brokers = append(cfg.Brokers, b)
+	}
+	q := transport.NewQuery(u)
+	cfg.ClientID = q.String("client_id", "")
+	if q.Bool("tls", false) {
+		cfg.TLS = tlsConfig(q.Bool("tls_insecure_skip_verify", false))
+	} else if q.Has("tls_insecure_skip_verify") {
+		q.Fail("tls_insecure_skip_verify", fmt.Errorf("%w: needs tls=true", transport.ErrInvalidURL))
+	}
+	mech := q.Enum("sasl", "", "plain", "scram-sha-256", "scram-sha-512", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+	if mech != "" {
+		cfg.SASL.Mechanism = strings.ToUpper(mech)
+		if u.User == nil || u.User.Username() == "" {
+			q.Fail("sasl", fmt.Errorf("%w: sasl=%s needs user:password@ in the URL", transport.ErrInvalidURL, mech))
+		} else {
+			cfg.SASL.Username = u.User.Username()
+			cfg.SASL.Password, _ = u.User.Password()
+		}
+	} else if u.User != nil {
+		q.Fail("sasl", fmt.Errorf("%w: the URL has credentials but no sasl option (plain, scram-sha-256, scram-sha-512)", transport.ErrInvalidURL))
+	}
+	cfg.Topics.Disable = !q.Bool("create_topics", true)
+	cfg.Topics.Partitions = q.Int("partitions", 0)
+	cfg.Topics.ReplicationFactor = q.Int("replication_factor", 0)
+	switch q.Enum("acks", "all", "all", "leader", "none", "-1", "1", "0") {
+	case "leader", "1":
+		cfg.Acks = AcksLeader
+	case "none", "0":
+		cfg.Acks = AcksNone
+	}
+	cfg.Compression = q.Enum("compression", "", "none", "gzip", "snappy", "lz4", "zstd")
+	cfg.MaxMessageBytes = q.Int("max_message_bytes", 0)
+	cfg.PublishRetries = q.Int("publish_retries", 0)
+	cfg.CommitInterval = q.Duration("commit_interval", 0)
+	cfg.RetryBackoff = q.Duration("retry_backoff", 0)
+	cfg.RetryBackoffMax = q.Duration("retry_backoff_max", 0)
+	cfg.DrainTimeout = q.Duration("drain_timeout", 0)
+	cfg.SessionTimeout = q.Duration("session_timeout", 0)
+	cfg.HeartbeatInterval = q.Duration("heartbeat_interval", 0)
+	cfg.RebalanceTimeout = q.Duration("rebalance_timeout", 0)
+	cfg.FetchMaxBytes = q.Int("fetch_max_bytes", 0)
+	cfg.FetchMaxWait = q.Duration("fetch_max_wait", 0)
+	cfg.DialTimeout = q.Duration("dial_timeout", 0)
+	cfg.RequestTimeout = q.Duration("request_timeout", 0)
+	if err := q.Err(); err != nil {
+		return Config{}, err
+	}
+	if _, err := cfg.resolve(); err != nil {
+		return Config{}, &transport.URLError{URL: transport.Redact(u), Part: "config", Err: err}
+	}
+	return cfg, nil
+}

@@ -1,0 +1,597 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/busway/busway/transport"
+)
+
+// MaxInFlight is a subscribe option (in SubscribeOptions.Specific) bounding
+// the messages a subscription has fetched but not finished, across its
+// partitions: when that many are queued or running, fetching pauses. It
+// bounds memory, and the messages handled again after a crash. Default
+// max(256, 8*Concurrency).
+type MaxInFlight int
+
+// Transport returns Scheme: the option belongs to this transport.
+func (MaxInFlight) Transport() string { return Scheme }
+
+// Subscribe joins the consumer group opts.Group on topic and handles its
+// messages in the background with h until the Subscription is closed.
+//
+// Before it returns, the topic exists (created when provisioning allows)
+// and the group has a position on every partition: for a group without
+// committed offsets and StartLatest, the partitions' current end offsets
+// are committed for it, so a message published after Subscribe returned is
+// delivered even if the group has not finished joining.
+//
+// Within each partition, messages are dispatched to per-key queues: those
+// with the same key are handled one at a time in offset order, others in
+// parallel up to opts.Concurrency handlers. A handler error retries the
+// message in place after a backoff (Config.RetryBackoff, doubling up to
+// RetryBackoffMax) and holds back only its key. Offsets are committed every
+// Config.CommitInterval and when a partition is revoked or the subscription
+// closes, and only up to the highest offset below which every message was
+// handled successfully. Message.Attempt counts the attempts in this
+// subscription (it starts at 1 again on another member or after a restart).
+// Message.Meta carries the partition and offset.
+func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Handler, opts transport.SubscribeOptions) (transport.Subscription, error) {
+	if err := transport.ValidateTopic(topic); err != nil {
+		return nil, err
+	}
+	if h == nil {
+		return nil, fmt.Errorf("%w: kafka: nil handler", transport.ErrInvalidOptions)
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	workers := opts.Workers()
+	maxInFlight := max(256, 8*workers)
+	for _, o := range opts.Specific {
+		if o, ok := o.(MaxInFlight); ok {
+			if o < 1 {
+				return nil, fmt.Errorf("%w: kafka: MaxInFlight %d must be at least 1", transport.ErrInvalidOptions, int(o))
+			}
+			maxInFlight = int(o)
+		}
+	}
+	if t.isClosed() {
+		return nil, errClosed("subscribe")
+	}
+	ids, err := t.partitions(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	start := kafkago.LastOffset
+	if opts.StartFrom == transport.StartEarliest {
+		start = kafkago.FirstOffset
+	}
+	if err := t.resolveStart(ctx, topic, opts.Group, ids, opts.StartFrom); err != nil {
+		return nil, err
+	}
+
+	log := t.cfg.log.With("topic", topic, "group", opts.Group)
+	cg, err := kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
+		ID:                opts.Group,
+		Brokers:           t.cfg.Brokers,
+		Dialer:            t.dialer,
+		Topics:            []string{topic},
+		HeartbeatInterval: t.cfg.HeartbeatInterval,
+		SessionTimeout:    t.cfg.SessionTimeout,
+		RebalanceTimeout:  t.cfg.RebalanceTimeout,
+		JoinGroupBackoff:  min(time.Second, t.cfg.RetryBackoffMax),
+		StartOffset:       start,
+		Timeout:           min(t.cfg.RequestTimeout, t.cfg.SessionTimeout),
+		Logger:            kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("kafka-go: " + fmt.Sprintf(f, a...)) }),
+		ErrorLogger:       kafkago.LoggerFunc(func(f string, a ...any) { log.Info("kafka-go: " + fmt.Sprintf(f, a...)) }),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: kafka: %v", transport.ErrInvalidOptions, err)
+	}
+	s := &subscription{
+		t:     t,
+		topic: topic,
+		group: opts.Group,
+		h:     h,
+		cg:    cg,
+		log:   log,
+		slots: make(chan struct{}, workers),
+		// A counting semaphore of the fetched, unfinished messages: its
+		// capacity is the bound on them (MaxInFlight).
+		inflight: make(chan struct{}, maxInFlight),
+		keys:     make(map[string]*keyQueue),
+		loopDone: make(chan struct{}),
+	}
+	s.runCtx, s.cancelRun = context.WithCancel(context.Background())
+	s.stopCtx, s.stopFetch = context.WithCancel(context.Background())
+
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		cg.Close()
+		s.cancelRun()
+		s.stopFetch()
+		return nil, errClosed("subscribe")
+	}
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+	go s.loop()
+	return s, nil
+}
+
+// resolveStart gives a StartLatest group without committed offsets the
+// partitions' end offsets, so that the position exists before Subscribe
+// returns. A group that already has members is left alone: they hold its
+// position.
+func (t *Transport) resolveStart(ctx context.Context, topic, group string, ids []int, from transport.StartPosition) error {
+	if from != transport.StartLatest {
+		return nil
+	}
+	ctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	fetched, err := t.client.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
+	if err == nil {
+		err = fetched.Error
+	}
+	if errors.Is(err, kafkago.GroupIdNotFound) {
+		err, fetched = nil, &kafkago.OffsetFetchResponse{} // a new group (some brokers say so)
+	}
+	if err != nil {
+		return fmt.Errorf("kafka: committed offsets of group %q: %w", group, classify(ctx, err))
+	}
+	have := make(map[int]bool)
+	for _, p := range fetched.Topics[topic] {
+		if p.Error == nil && p.CommittedOffset >= 0 {
+			have[p.Partition] = true
+		}
+	}
+	var reqs []kafkago.OffsetRequest
+	for _, id := range ids {
+		if !have[id] {
+			reqs = append(reqs, kafkago.LastOffsetOf(id))
+		}
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	listed, err := t.client.ListOffsets(ctx, &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return fmt.Errorf("kafka: end offsets of topic %q: %w", topic, classify(ctx, err))
+	}
+	var commits []kafkago.OffsetCommit
+	for _, p := range listed.Topics[topic] {
+		if p.Error != nil {
+			return fmt.Errorf("kafka: end offset of %s/%d: %w", topic, p.Partition, classify(ctx, p.Error))
+		}
+		commits = append(commits, kafkago.OffsetCommit{Partition: p.Partition, Offset: p.LastOffset})
+	}
+	res, err := t.client.OffsetCommit(ctx, &kafkago.OffsetCommitRequest{
+		GroupID: group, GenerationID: -1, Topics: map[string][]kafkago.OffsetCommit{topic: commits},
+	})
+	if err == nil {
+		for _, p := range res.Topics[topic] {
+			if p.Error != nil {
+				err = p.Error
+				break
+			}
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, kafkago.UnknownMemberId), errors.Is(err, kafkago.IllegalGeneration), errors.Is(err, kafkago.RebalanceInProgress):
+		// The group has members; they own its position.
+		t.cfg.log.Debug("kafka: group already active; not setting its start position", "group", group, "topic", topic)
+		return nil
+	}
+	return fmt.Errorf("kafka: setting the start position of group %q: %w", group, classify(ctx, err))
+}
+
+type subscription struct {
+	t     *Transport
+	topic string
+	group string
+	h     transport.Handler
+	cg    *kafkago.ConsumerGroup
+	log   *slog.Logger
+
+	slots    chan struct{} // handlers running (Concurrency)
+	inflight chan struct{} // fetched, unfinished messages (MaxInFlight)
+	keyMu    sync.Mutex
+	keys     map[string]*keyQueue // keys with a running goroutine
+	workers  sync.WaitGroup       // key goroutines
+
+	runCtx    context.Context // parent of handler contexts; canceled when Close's ctx ends
+	cancelRun context.CancelFunc
+	stopCtx   context.Context // canceled when Close begins: stop fetching
+	stopFetch context.CancelFunc
+	loopDone  chan struct{}
+
+	commitMu sync.Mutex // serializes commits so that they never go backwards
+
+	closeOnce sync.Once
+	closeErr  error
+
+	crash bool // tests: skip final commits, as a killed process would
+}
+
+type keyQueue struct{ jobs []*job }
+
+type job struct {
+	p *partition
+	m kafkago.Message
+}
+
+// Close stops fetching, lets in-flight handlers finish until ctx ends (then
+// cancels their contexts and waits for them to return), commits what
+// finished and leaves the group. Messages that did not finish are
+// redelivered to the group later. It returns ctx.Err() when ctx ended
+// first. Idempotent.
+func (s *subscription) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.stopFetch()
+		stop := context.AfterFunc(ctx, s.cancelRun)
+		s.cg.Close() // ends the generation: partitions drain and commit; leaves the group
+		<-s.loopDone
+		s.workers.Wait()
+		stop()
+		s.cancelRun()
+		s.t.mu.Lock()
+		delete(s.t.subs, s)
+		s.t.mu.Unlock()
+		s.closeErr = ctx.Err()
+	})
+	return s.closeErr
+}
+
+func (s *subscription) loop() {
+	defer close(s.loopDone)
+	for {
+		gen, err := s.cg.Next(s.stopCtx)
+		if err != nil {
+			if errors.Is(err, kafkago.ErrGroupClosed) || s.stopCtx.Err() != nil {
+				return
+			}
+			s.log.Warn("kafka: joining the consumer group failed; retrying", "err", classify(nil, err))
+			continue
+		}
+		assigned := gen.Assignments[s.topic]
+		s.log.Debug("kafka: generation started", "generation", gen.ID, "member", gen.MemberID, "partitions", len(assigned))
+		parts := make([]*partition, len(assigned))
+		for i, a := range assigned {
+			p := &partition{id: a.ID, next: -1, committed: -1, draining: make(chan struct{})}
+			p.ctx, p.cancel = context.WithCancel(s.runCtx)
+			parts[i] = p
+			gen.Start(func(ctx context.Context) { s.consume(ctx, gen, p, a.Offset) })
+		}
+		gen.Start(func(ctx context.Context) { s.commitLoop(ctx, gen, parts) })
+	}
+}
+
+// partition is one assigned partition in one generation.
+type partition struct {
+	id     int
+	ctx    context.Context // handlers' context; canceled when its messages are abandoned
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dispatched, unfinished messages
+	// draining is closed when the partition stops fetching: a failed
+	// message then waits for the new owner instead of its backoff.
+	draining chan struct{}
+
+	mu        sync.Mutex
+	pending   []pendingOffset // fetched and not yet contiguous-done, in offset order
+	head      int
+	next      int64 // offset to commit: everything below it is done; -1 none
+	committed int64
+}
+
+type pendingOffset struct {
+	off  int64
+	done bool
+}
+
+func (p *partition) add(off int64) {
+	p.mu.Lock()
+	p.pending = append(p.pending, pendingOffset{off: off})
+	p.mu.Unlock()
+}
+
+func (p *partition) finish(off int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	q := p.pending[p.head:]
+	i := sort.Search(len(q), func(i int) bool { return q[i].off >= off })
+	if i < len(q) && q[i].off == off {
+		q[i].done = true
+	}
+	for p.head < len(p.pending) && p.pending[p.head].done {
+		p.next = p.pending[p.head].off + 1
+		p.head++
+	}
+	switch {
+	case p.head == len(p.pending):
+		p.pending, p.head = p.pending[:0], 0
+	case p.head > 1024 && p.head > len(p.pending)/2:
+		n := copy(p.pending, p.pending[p.head:])
+		p.pending, p.head = p.pending[:n], 0
+	}
+}
+
+// consume fetches one partition until its generation ends or the
+// subscription closes, then drains it and commits.
+func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *partition, offset int64) {
+	cfg := s.t.cfg
+	r := kafkago.NewReader(kafkago.ReaderConfig{
+		Brokers:        cfg.Brokers,
+		Topic:          s.topic,
+		Partition:      p.id,
+		Dialer:         s.t.dialer,
+		MinBytes:       1,
+		MaxBytes:       cfg.FetchMaxBytes,
+		MaxWait:        cfg.FetchMaxWait,
+		ReadBackoffMin: cfg.RetryBackoff,
+		ReadBackoffMax: cfg.RetryBackoffMax,
+		ErrorLogger:    kafkago.LoggerFunc(func(f string, a ...any) { s.log.Info("kafka-go reader: " + fmt.Sprintf(f, a...)) }),
+	})
+	fctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.stopCtx, cancel)
+	err := r.SetOffset(offset)
+	for err == nil {
+		var m kafkago.Message
+		m, err = r.FetchMessage(fctx)
+		if err != nil {
+			if fctx.Err() == nil {
+				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(nil, err))
+				err = sleep(fctx, cfg.RetryBackoff)
+			}
+			continue
+		}
+		p.add(m.Offset)
+		err = s.dispatch(fctx, p, m)
+	}
+	stop()
+	cancel()
+	if err := r.Close(); err != nil {
+		s.log.Debug("kafka: closing partition reader", "partition", p.id, "err", err)
+	}
+	s.drain(p)
+	if !s.crash {
+		s.commit(gen, p)
+	}
+	p.cancel()
+	// Returning ends the generation: wait until it ends anyway (revocation
+	// or Close), so that a drained partition does not trigger a rejoin.
+	<-ctx.Done()
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drain waits for the partition's dispatched messages, at most DrainTimeout
+// or until Close's ctx ends; then the rest are abandoned (their handlers'
+// contexts canceled, queued ones skipped) and it waits for the handlers to
+// return.
+func (s *subscription) drain(p *partition) {
+	close(p.draining)
+	done := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(s.t.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+		s.log.Warn("kafka: partition did not drain in time; its unfinished messages will be redelivered", "partition", p.id)
+	case <-p.ctx.Done():
+	}
+	p.cancel()
+	<-done
+}
+
+func (s *subscription) commitLoop(ctx context.Context, gen *kafkago.Generation, parts []*partition) {
+	tick := time.NewTicker(s.t.cfg.CommitInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			s.commit(gen, parts...)
+		}
+	}
+}
+
+// commit commits, for each partition, the offset below which every message
+// was handled, when it moved since the last commit.
+func (s *subscription) commit(gen *kafkago.Generation, parts ...*partition) {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	var offs map[int]int64
+	for _, p := range parts {
+		p.mu.Lock()
+		if p.next > p.committed {
+			if offs == nil {
+				offs = make(map[int]int64, len(parts))
+			}
+			offs[p.id] = p.next
+		}
+		p.mu.Unlock()
+	}
+	if len(offs) == 0 {
+		return
+	}
+	if err := gen.CommitOffsets(map[string]map[int]int64{s.topic: offs}); err != nil {
+		s.log.Warn("kafka: commit failed; the messages after the last commit may be delivered again", "generation", gen.ID, "err", classify(nil, err))
+		return
+	}
+	for _, p := range parts {
+		if off, ok := offs[p.id]; ok {
+			p.mu.Lock()
+			p.committed = off
+			p.mu.Unlock()
+		}
+	}
+}
+
+// dispatch queues m behind the unfinished messages of its key, blocking
+// while MaxInFlight messages are unfinished.
+func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Message) error {
+	select {
+	case s.inflight <- struct{}{}:
+	default:
+		select {
+		case s.inflight <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	j := &job{p: p, m: m}
+	p.wg.Add(1)
+	key := string(m.Key)
+	s.keyMu.Lock()
+	if key != "" {
+		if q, ok := s.keys[key]; ok {
+			q.jobs = append(q.jobs, j)
+			s.keyMu.Unlock()
+			return nil
+		}
+		s.keys[key] = &keyQueue{}
+	}
+	s.workers.Add(1)
+	s.keyMu.Unlock()
+	go s.runKey(key, j)
+	return nil
+}
+
+// runKey handles j, then the messages queued behind it for the same key.
+// After a message of a partition was abandoned unfinished, the key's later
+// messages of that partition are skipped too: they will be redelivered
+// after it, in order.
+func (s *subscription) runKey(key string, j *job) {
+	defer s.workers.Done()
+	var dead *partition
+	for {
+		if j.p == dead {
+			j.p.wg.Done()
+		} else if !s.handle(j) {
+			dead = j.p
+		}
+		<-s.inflight
+		if key == "" {
+			return
+		}
+		s.keyMu.Lock()
+		q := s.keys[key]
+		if len(q.jobs) == 0 {
+			delete(s.keys, key)
+			s.keyMu.Unlock()
+			return
+		}
+		j = q.jobs[0]
+		q.jobs[0] = nil
+		q.jobs = q.jobs[1:]
+		s.keyMu.Unlock()
+	}
+}
+
+// handle runs the handler on j until it succeeds (true), or gives up
+// (false) when j's partition is abandoned or, after a failure, draining.
+// It backs off between attempts.
+func (s *subscription) handle(j *job) bool {
+	p := j.p
+	defer p.wg.Done()
+	backoff := s.t.cfg.RetryBackoff
+	for attempt := 1; ; attempt++ {
+		if p.ctx.Err() != nil {
+			return false
+		}
+		select {
+		case s.slots <- struct{}{}:
+		case <-p.ctx.Done():
+			return false
+		}
+		err := s.call(p.ctx, j, attempt)
+		<-s.slots
+		if err == nil {
+			p.finish(j.m.Offset)
+			return true
+		}
+		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.m.Offset,
+			"attempt", attempt, "backoff", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-p.ctx.Done():
+			t.Stop()
+			return false
+		case <-p.draining:
+			t.Stop()
+			return false
+		}
+		backoff = min(2*backoff, s.t.cfg.RetryBackoffMax)
+	}
+}
+
+func (s *subscription) call(ctx context.Context, j *job, attempt int) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("kafka: handler panicked: %v", r)
+			s.log.Error("kafka: handler panicked; the message will be retried", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	return s.h(ctx, s.message(&j.m, attempt))
+}
+
+func (s *subscription) message(m *kafkago.Message, attempt int) *transport.Message {
+	msg := &transport.Message{
+		Body:    m.Value,
+		Topic:   s.topic,
+		Group:   s.group,
+		Time:    m.Time,
+		Attempt: attempt,
+		Meta: map[string]string{
+			transport.MetaPartition: strconv.Itoa(m.Partition),
+			transport.MetaOffset:    strconv.FormatInt(m.Offset, 10),
+		},
+	}
+	if len(m.Key) > 0 {
+		msg.Key = string(m.Key)
+	}
+	if len(m.Headers) > 0 {
+		msg.Header = make(map[string]string, len(m.Headers))
+		for _, h := range m.Headers {
+			msg.Header[h.Key] = string(h.Value)
+		}
+		if id, ok := msg.Header[idHeader]; ok {
+			msg.ID = id
+			delete(msg.Header, idHeader)
+		} else {
+			msg.ID = msg.Header[transport.HeaderID]
+		}
+	}
+	if msg.Time.IsZero() {
+		msg.Time = time.Now()
+	}
+	return msg
+}
