@@ -1,8 +1,10 @@
 package bus
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
+	"sync"
 )
 
 // Codec encodes event data into message bodies and back. A Bus uses one
@@ -27,9 +29,45 @@ var JSON Codec = jsonCodec{}
 
 type jsonCodec struct{}
 
-func (jsonCodec) ContentType() string                { return "application/json" }
-func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
-func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+func (jsonCodec) ContentType() string           { return "application/json" }
+func (jsonCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal is json.Unmarshal, with its results and errors, but decodes
+// small bodies with a pooled json.Decoder, which keeps its scanner and
+// decoding state between calls: four allocations fewer per message.
+func (jsonCodec) Unmarshal(data []byte, v any) error {
+	// Trailing white space would stay in the decoder's buffer; drop it.
+	data = bytes.TrimRight(data, " \t\r\n")
+	if len(data) == 0 || len(data) > maxPooledJSON {
+		return json.Unmarshal(data, v)
+	}
+	d := jsonDecoders.Get().(*jsonDecoder)
+	d.r.Reset(data)
+	start := d.dec.InputOffset()
+	err := d.dec.Decode(v)
+	if err != nil || d.dec.InputOffset()-start != int64(len(data)) {
+		// A syntax error (sticky in a Decoder), or data after the value: let
+		// json.Unmarshal give its own error. The decoder is not reused.
+		return json.Unmarshal(data, v)
+	}
+	jsonDecoders.Put(d)
+	return nil
+}
+
+// maxPooledJSON bounds the bodies decoded by pooled decoders, which keep a
+// buffer as large as the largest body they decoded.
+const maxPooledJSON = 64 << 10
+
+type jsonDecoder struct {
+	r   bytes.Reader
+	dec *json.Decoder
+}
+
+var jsonDecoders = sync.Pool{New: func() any {
+	d := new(jsonDecoder)
+	d.dec = json.NewDecoder(&d.r)
+	return d
+}}
 
 // contentTypeMatches reports whether a message's content-type header got
 // may be decoded by a codec whose content type is want. Parameters

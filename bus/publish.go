@@ -10,9 +10,27 @@ import (
 	"github.com/busway/busway/transport"
 )
 
-// PublishOption configures a Publish call. The zero configuration is the
-// default.
-type PublishOption func(*pubConfig)
+// PublishOption configures a Publish call; WithKey, WithSubject,
+// WithHeader, WithID and WithTime make them. The zero configuration is the
+// default. A PublishOption is a small value, so that options cost no
+// allocation on the publish path.
+type PublishOption struct {
+	kind pubOptKind
+	a, b string
+	time time.Time
+	err  error
+}
+
+type pubOptKind uint8
+
+const (
+	pubOptNone pubOptKind = iota
+	pubOptKey
+	pubOptSubject
+	pubOptHeader
+	pubOptID
+	pubOptTime
+)
 
 type pubConfig struct {
 	key, subject, id string
@@ -21,17 +39,33 @@ type pubConfig struct {
 	err              error
 }
 
+func (o PublishOption) apply(c *pubConfig) {
+	switch o.kind {
+	case pubOptKey:
+		c.key = o.a
+	case pubOptSubject:
+		c.subject = o.a
+	case pubOptHeader:
+		c.headers = append(c.headers, header{o.a, o.b})
+	case pubOptID:
+		c.id = o.a
+	case pubOptTime:
+		c.time = o.time
+	}
+	if o.err != nil {
+		c.err = errors.Join(c.err, o.err)
+	}
+}
+
 // WithKey sets the event's key (the CloudEvents partitionkey, the Kafka
 // record key): events with the same key are handled one at a time, in
 // publish order, by each group. Default: no key, no order.
-func WithKey(key string) PublishOption {
-	return func(c *pubConfig) { c.key = key }
-}
+func WithKey(key string) PublishOption { return PublishOption{kind: pubOptKey, a: key} }
 
 // WithSubject sets the CloudEvents subject: what, within the source, the
 // event is about (an order ID, a file name). Default: none.
 func WithSubject(subject string) PublishOption {
-	return func(c *pubConfig) { c.subject = subject }
+	return PublishOption{kind: pubOptSubject, a: subject}
 }
 
 // WithHeader adds a message header, such as a CloudEvents extension
@@ -41,29 +75,22 @@ func WithSubject(subject string) PublishOption {
 // that and an empty name are errors wrapping ErrInvalidOptions. Default:
 // no extra headers.
 func WithHeader(name, value string) PublishOption {
-	return func(c *pubConfig) {
-		switch {
-		case name == "":
-			c.err = errors.Join(c.err, fmt.Errorf("%w: WithHeader: empty header name", ErrInvalidOptions))
-		case reservedHeader(name):
-			c.err = errors.Join(c.err, fmt.Errorf("%w: WithHeader(%q): an envelope attribute, set by the bus (use WithKey, WithSubject, WithID, WithTime)", ErrInvalidOptions, name))
-		default:
-			c.headers = append(c.headers, header{name, value})
-		}
+	switch {
+	case name == "":
+		return PublishOption{err: fmt.Errorf("%w: WithHeader: empty header name", ErrInvalidOptions)}
+	case reservedHeader(name):
+		return PublishOption{err: fmt.Errorf("%w: WithHeader(%q): an envelope attribute, set by the bus (use WithKey, WithSubject, WithID, WithTime)", ErrInvalidOptions, name)}
 	}
+	return PublishOption{kind: pubOptHeader, a: name, b: value}
 }
 
 // WithID sets the event ID, for example to publish an event again under
 // the ID it had (brokers and the Idempotent middleware drop duplicates by
 // ID). Default: a new UUIDv7.
-func WithID(id string) PublishOption {
-	return func(c *pubConfig) { c.id = id }
-}
+func WithID(id string) PublishOption { return PublishOption{kind: pubOptID, a: id} }
 
 // WithTime sets the event time. Default: the time of the Publish call.
-func WithTime(t time.Time) PublishOption {
-	return func(c *pubConfig) { c.time = t }
-}
+func WithTime(t time.Time) PublishOption { return PublishOption{kind: pubOptTime, time: t} }
 
 // Publish publishes v as an event of type T to T's topic (see Register),
 // and returns once the transport accepted it (for brokers: durably). It
@@ -109,11 +136,7 @@ func newMessage[T any](b *Bus, v T, opts []PublishOption) (*typeInfo, *msgBox, e
 	}
 	var c pubConfig
 	for _, o := range opts {
-		if o == nil {
-			c.err = errors.Join(c.err, fmt.Errorf("%w: nil PublishOption", ErrInvalidOptions))
-			continue
-		}
-		o(&c)
+		o.apply(&c)
 	}
 	if c.err != nil {
 		return nil, nil, fmt.Errorf("busway: publish %s: %w", ti.name, c.err)

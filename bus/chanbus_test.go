@@ -1,0 +1,147 @@
+package bus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/chanbus"
+)
+
+type Step struct {
+	Key string `json:"key"`
+	Seq int    `json:"seq"`
+}
+
+// Per-key order holds through the typed API while keys run in parallel.
+func TestKeyOrderOnChanbus(t *testing.T) {
+	ctx := t.Context()
+	ct := chanbus.New()
+	b := bus.New(ct)
+	var mu sync.Mutex
+	got := map[string][]int{}
+	running, maxRunning := 0, 0
+	_, err := bus.Subscribe(b, "g", func(ctx context.Context, e bus.Event[Step]) error {
+		mu.Lock()
+		running++
+		maxRunning = max(maxRunning, running)
+		got[e.Key] = append(got[e.Key], e.Data.Seq)
+		mu.Unlock()
+		time.Sleep(50 * time.Microsecond) // let keys overlap
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	}, bus.WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started(t, b)
+	const keys, per = 8, 50
+	var wg sync.WaitGroup
+	for k := range keys {
+		wg.Go(func() {
+			key := fmt.Sprint("k", k)
+			for i := range per {
+				if err := bus.Publish(ctx, b, Step{Key: key, Seq: i}, bus.WithKey(key)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := ct.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for k := range keys {
+		key := fmt.Sprint("k", k)
+		if s := got[key]; len(s) != per || !slices.IsSorted(s) {
+			t.Errorf("key %s: handled %v", key, s)
+		}
+	}
+	if maxRunning > 4 {
+		t.Errorf("%d handlers ran at once, more than WithConcurrency(4)", maxRunning)
+	}
+	if s := b.Stats(); s.Published != keys*per || s.Handled != keys*per {
+		t.Errorf("Stats = %+v", s)
+	}
+}
+
+// closeSignal wraps a transport so the test sees when the bus starts
+// closing a subscription and when it closes the transport.
+type closeSignal struct {
+	transport.Transport
+	mu     sync.Mutex
+	events []string
+	onSub  chan struct{}
+}
+
+func (c *closeSignal) log(s string) { c.mu.Lock(); c.events = append(c.events, s); c.mu.Unlock() }
+
+func (c *closeSignal) Subscribe(ctx context.Context, topic string, h transport.Handler, o transport.SubscribeOptions) (transport.Subscription, error) {
+	s, err := c.Transport.Subscribe(ctx, topic, h, o)
+	if err != nil {
+		return nil, err
+	}
+	return subFunc(func(ctx context.Context) error {
+		c.log("close subscription: begin")
+		close(c.onSub)
+		err := s.Close(ctx)
+		c.log("close subscription: end")
+		return err
+	}), nil
+}
+
+func (c *closeSignal) Close() error { c.log("close transport"); return c.Transport.Close() }
+
+type subFunc func(ctx context.Context) error
+
+func (f subFunc) Close(ctx context.Context) error { return f(ctx) }
+
+// Shutdown drains: a handler running when Shutdown starts finishes, may
+// still publish, and the transport closes only after it.
+func TestShutdownDrainsBeforeClosingTransport(t *testing.T) {
+	ctx := t.Context()
+	cs := &closeSignal{Transport: chanbus.New(), onSub: make(chan struct{})}
+	b := bus.New(cs)
+	inHandler := make(chan struct{})
+	_, err := bus.Subscribe(b, "shipping", func(ctx context.Context, e bus.Event[OrderCreated]) error {
+		close(inHandler)
+		<-cs.onSub // Shutdown has begun
+		err := bus.Publish(ctx, b, OrderShipped{ID: e.Data.ID})
+		cs.log(fmt.Sprintf("handler: published follow-up: %v", err))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Publish(ctx, b, OrderCreated{ID: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	<-inHandler
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"close subscription: begin", "handler: published follow-up: <nil>", "close subscription: end", "close transport"}
+	if !slices.Equal(cs.events, want) {
+		t.Errorf("events %q\nwant %q", cs.events, want)
+	}
+	if s := b.Stats(); s.Handled != 1 || s.Published != 2 {
+		t.Errorf("Stats = %+v", s)
+	}
+	if err := bus.Publish(ctx, b, OrderCreated{ID: "2"}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Publish after Shutdown: %v", err)
+	}
+}
