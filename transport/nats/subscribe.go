@@ -450,7 +450,14 @@ func (s *subscription) toMessage(jm jetstream.Msg) *transport.Message {
 func (s *subscription) Close(ctx context.Context) error {
 	s.once.Do(func() {
 		s.closing.Store(true)
-		s.cc.Drain()
+		connected := s.t.nc.IsConnected()
+		if connected {
+			s.cc.Drain()
+		} else {
+			// Draining needs the server; without it, buffered messages
+			// are dropped here and redelivered after AckWait.
+			s.cc.Stop()
+		}
 		var ctxErr error
 		drained := s.cc.Closed()
 		select {
@@ -458,8 +465,13 @@ func (s *subscription) Close(ctx context.Context) error {
 		case <-ctx.Done():
 			ctxErr = ctx.Err()
 			s.cancel()
-			s.cc.Stop()
-			<-drained
+			// The handlers saw their context end; the callback returns
+			// soon. The nats.go subscription finishes draining when the
+			// server answers or the connection closes.
+			select {
+			case <-drained:
+			case <-time.After(s.t.s.ConnectTimeout):
+			}
 		}
 		if s.pool != nil {
 			finished := make(chan struct{})
@@ -478,11 +490,13 @@ func (s *subscription) Close(ctx context.Context) error {
 		// Acks are fire-and-forget; a flush round trip makes sure the server
 		// has them before Close returns, so a finished message is not
 		// redelivered to the next subscription.
-		fctx, cancel := context.WithTimeout(context.Background(), s.t.s.ConnectTimeout)
-		if err := s.t.nc.FlushWithContext(fctx); err != nil {
-			s.t.log.Warn("nats: flush acks on close", "topic", s.topic, "group", s.group, "error", err)
+		if s.t.nc.IsConnected() {
+			fctx, cancel := context.WithTimeout(context.Background(), s.t.s.ConnectTimeout)
+			if err := s.t.nc.FlushWithContext(fctx); err != nil {
+				s.t.log.Warn("nats: flush acks on close", "topic", s.topic, "group", s.group, "error", err)
+			}
+			cancel()
 		}
-		cancel()
 		s.t.mu.Lock()
 		delete(s.t.subs, s)
 		s.t.mu.Unlock()

@@ -11,9 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/busway/busway/transport"
 )
@@ -330,8 +330,10 @@ func (t *Transport) Close() error {
 			}
 			cancel()
 		}
-		if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
-			t.log.Warn("nats: flush on close", "error", err)
+		if t.nc.IsConnected() {
+			if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
+				t.log.Warn("nats: flush on close", "error", err)
+			}
 		}
 		t.release()
 		t.err = errors.Join(errs...)
