@@ -1,0 +1,57 @@
+package busway_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/busway/busway"
+	"github.com/busway/busway/transport"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestOpenSchemes(t *testing.T) {
+	if got := strings.Join(busway.NewMux().Schemes(), ","); got != "chan,kafka,nats" {
+		t.Fatalf("schemes = %s", got)
+	}
+	ctx := context.Background()
+	for _, raw := range []string{"", "chan://", "chan://?buffer=8"} {
+		tr, err := busway.Open(ctx, raw)
+		if err != nil {
+			t.Fatalf("Open(%q) = %v", raw, err)
+		}
+		if err := tr.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestOpenBadURLs(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		raw      string
+		sentinel error
+		mention  string
+	}{
+		{"redis://localhost", transport.ErrUnknownScheme, `"redis"`},
+		{"chan://?buffer=lots", transport.ErrInvalidURL, `"buffer"`},
+		{"chan://?bogus=1", transport.ErrInvalidURL, `"bogus"`},
+		{"nats://127.0.0.1:4222?strem=X", transport.ErrInvalidURL, `"strem"`},
+		{"kafka://localhost:9092?acks=some", transport.ErrInvalidURL, `"acks"`},
+		{"kafka://:user@:pw", transport.ErrInvalidURL, ""},
+	} {
+		tr, err := busway.Open(ctx, tc.raw)
+		if err == nil {
+			tr.Close()
+			t.Errorf("Open(%q) succeeded", tc.raw)
+			continue
+		}
+		if !errors.Is(err, tc.sentinel) || !strings.Contains(err.Error(), tc.mention) {
+			t.Errorf("Open(%q) = %v, want %v mentioning %s", tc.raw, err, tc.sentinel, tc.mention)
+		}
+	}
+}
