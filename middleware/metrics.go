@@ -3,6 +3,8 @@ package middleware
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -84,32 +86,78 @@ func Metrics(opts MetricsOptions) Middleware {
 		metric.WithDescription("Messages being processed."))
 	dlq, _ := meter.Int64Counter(MetricDeadLettered, metric.WithUnit("{message}"),
 		metric.WithDescription("Messages published to a dead-letter topic."))
+	var cache attrCache[procKey, *procAttrs]
+	build := func(k procKey) *procAttrs {
+		base := []attribute.KeyValue{sys, semconv.MessagingOperationName("process"),
+			semconv.MessagingDestinationName(k.topic), semconv.MessagingConsumerGroupName(k.group)}
+		with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
+			return metric.WithAttributeSet(attribute.NewSet(append(kv, base...)...))
+		}
+		return &procAttrs{base: base, plain: with(), success: with(AttrOutcome.String(string(OutcomeSuccess))),
+			duplicate: with(AttrOutcome.String(string(OutcomeDuplicate)))}
+	}
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
-			base := metric.WithAttributes(sys, semconv.MessagingOperationName("process"),
-				semconv.MessagingDestinationName(m.Topic), semconv.MessagingConsumerGroupName(m.Group))
-			active.Add(ctx, 1, base)
+			a := cache.get(procKey{m.Topic, m.Group}, build)
+			active.Add(ctx, 1, a.plain)
 			ctx, r := withReport(ctx)
 			start := time.Now()
 			err := next(ctx, m)
 			elapsed := time.Since(start).Seconds()
-			active.Add(ctx, -1, base)
-			out := r.outcome(err)
-			var extra metric.MeasurementOption
-			switch {
-			case err != nil:
-				extra = metric.WithAttributes(AttrOutcome.String(string(out)), semconv.ErrorType(errType(err)))
-			case out == OutcomeDeadLettered:
-				extra = metric.WithAttributes(AttrOutcome.String(string(out)), semconv.ErrorType(errType(r.err)))
-				dlq.Add(ctx, 1, base)
+			active.Add(ctx, -1, a.plain)
+			var opt metric.MeasurementOption
+			switch out := r.outcome(err); out {
+			case OutcomeSuccess:
+				opt = a.success
+			case OutcomeDuplicate:
+				opt = a.duplicate
+			case OutcomeDeadLettered:
+				dlq.Add(ctx, 1, a.plain)
+				opt = a.with(AttrOutcome.String(string(out)), semconv.ErrorType(errType(r.err)))
 			default:
-				extra = metric.WithAttributes(AttrOutcome.String(string(out)))
+				opt = a.with(AttrOutcome.String(string(out)), semconv.ErrorType(errType(err)))
 			}
-			dur.Record(ctx, elapsed, base, extra)
-			consumed.Add(ctx, 1, base, extra)
+			dur.Record(ctx, elapsed, opt)
+			consumed.Add(ctx, 1, opt)
 			return err
 		}
 	}
+}
+
+type procKey struct{ topic, group string }
+
+// procAttrs are the attribute sets of one (topic, group), built once: an
+// attribute set costs a sort and allocations per measurement otherwise.
+type procAttrs struct {
+	base                      []attribute.KeyValue
+	plain, success, duplicate metric.MeasurementOption
+}
+
+func (a *procAttrs) with(kv ...attribute.KeyValue) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(append(kv, a.base...)...))
+}
+
+// maxCached bounds an attrCache; beyond it values are built per use, so a
+// program with unbounded topic names cannot grow memory without bound.
+const maxCached = 1024
+
+// attrCache memoizes per-key attribute values. Safe for concurrent use.
+type attrCache[K comparable, V any] struct {
+	m sync.Map // K -> V
+	n atomic.Int32
+}
+
+func (c *attrCache[K, V]) get(k K, build func(K) V) V {
+	if v, ok := c.m.Load(k); ok {
+		return v.(V)
+	}
+	v := build(k)
+	if c.n.Load() < maxCached {
+		if _, loaded := c.m.LoadOrStore(k, v); !loaded {
+			c.n.Add(1)
+		}
+	}
+	return v
 }
 
 // PublishMetrics wraps a Publisher: it counts messages published
@@ -125,10 +173,18 @@ func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
 	dur, _ := meter.Float64Histogram(MetricOperationDuration, metric.WithUnit("s"),
 		metric.WithDescription("Duration of publish calls."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	var cache attrCache[string, []attribute.KeyValue]
+	build := func(topic string) []attribute.KeyValue {
+		return []attribute.KeyValue{sys, semconv.MessagingOperationName("send"),
+			semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(topic)}
+	}
+	var sets attrCache[string, metric.MeasurementOption]
 	return func(next transport.Publisher) transport.Publisher {
 		return PublisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
-			base := metric.WithAttributes(sys, semconv.MessagingOperationName("send"),
-				semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(topic))
+			kvs := cache.get(topic, build)
+			base := sets.get(topic, func(string) metric.MeasurementOption {
+				return metric.WithAttributeSet(attribute.NewSet(kvs...))
+			})
 			start := time.Now()
 			err := next.Publish(ctx, topic, msgs...)
 			elapsed := time.Since(start).Seconds()
@@ -137,8 +193,8 @@ func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
 				sent.Add(ctx, int64(len(msgs)), base)
 				return nil
 			}
-			et := metric.WithAttributes(semconv.ErrorType(err))
-			dur.Record(ctx, elapsed, base, et)
+			et := metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{semconv.ErrorType(err)}, kvs...)...))
+			dur.Record(ctx, elapsed, et)
 			failed := len(msgs)
 			var pe *transport.PublishError
 			if errors.As(err, &pe) && len(pe.Failures) <= len(msgs) {
@@ -148,7 +204,7 @@ func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
 				sent.Add(ctx, int64(ok), base)
 			}
 			if failed > 0 {
-				sent.Add(ctx, int64(failed), base, et)
+				sent.Add(ctx, int64(failed), et)
 			}
 			return err
 		})
