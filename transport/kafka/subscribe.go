@@ -18,8 +18,10 @@ import (
 
 // MaxInFlight is a subscribe option (in SubscribeOptions.Specific) bounding
 // the messages a subscription has fetched but not finished, across its
-// partitions: when that many are queued or running, fetching pauses. It
-// bounds memory, and the messages handled again after a crash. Default
+// partitions, and, per partition, the messages fetched past its commit
+// position (the window above an unfinished message): when either is
+// reached, fetching pauses. It bounds memory, and the messages handled again
+// after a crash (at most MaxInFlight per partition). Default
 // max(256, 8*Concurrency).
 type MaxInFlight int
 
@@ -109,6 +111,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		// A counting semaphore of the fetched, unfinished messages: its
 		// capacity is the bound on them (MaxInFlight).
 		inflight: make(chan struct{}, maxInFlight),
+		window:   maxInFlight,
 		keys:     make(map[string]*keyQueue),
 		loopDone: make(chan struct{}),
 	}
@@ -207,6 +210,7 @@ type subscription struct {
 
 	slots    chan struct{} // handlers running (Concurrency)
 	inflight chan struct{} // fetched, unfinished messages (MaxInFlight)
+	window   int           // per partition, fetched messages past the commit position (MaxInFlight)
 	keyMu    sync.Mutex
 	keys     map[string]*keyQueue // keys with a running goroutine
 	workers  sync.WaitGroup       // key goroutines
@@ -269,7 +273,7 @@ func (s *subscription) loop() {
 		s.log.Debug("kafka: generation started", "generation", gen.ID, "member", gen.MemberID, "partitions", len(assigned))
 		parts := make([]*partition, len(assigned))
 		for i, a := range assigned {
-			p := &partition{id: a.ID, next: -1, committed: -1, draining: make(chan struct{})}
+			p := &partition{id: a.ID, next: -1, committed: -1, draining: make(chan struct{}), advanced: make(chan struct{}, 1)}
 			p.ctx, p.cancel = context.WithCancel(s.runCtx)
 			parts[i] = p
 			gen.Start(func(ctx context.Context) { s.consume(ctx, gen, p, a.Offset) })
@@ -287,6 +291,7 @@ type partition struct {
 	// draining is closed when the partition stops fetching: a failed
 	// message then waits for the new owner instead of its backoff.
 	draining chan struct{}
+	advanced chan struct{} // 1-buffered: the commit position moved
 
 	mu        sync.Mutex
 	pending   []pendingOffset // fetched and not yet contiguous-done, in offset order
@@ -306,6 +311,14 @@ func (p *partition) add(off int64) {
 	p.mu.Unlock()
 }
 
+// pendingCount is the number of fetched messages at or past the commit
+// position.
+func (p *partition) pendingCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending) - p.head
+}
+
 func (p *partition) finish(off int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -314,9 +327,17 @@ func (p *partition) finish(off int64) {
 	if i < len(q) && q[i].off == off {
 		q[i].done = true
 	}
+	moved := false
 	for p.head < len(p.pending) && p.pending[p.head].done {
 		p.next = p.pending[p.head].off + 1
 		p.head++
+		moved = true
+	}
+	if moved {
+		select {
+		case p.advanced <- struct{}{}:
+		default:
+		}
 	}
 	switch {
 	case p.head == len(p.pending):
@@ -355,6 +376,16 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 				err = sleep(fctx, cfg.RetryBackoff)
 			}
 			continue
+		}
+		for err == nil && p.pendingCount() >= s.window {
+			select {
+			case <-p.advanced:
+			case <-fctx.Done():
+				err = fctx.Err()
+			}
+		}
+		if err != nil {
+			break
 		}
 		p.add(m.Offset)
 		err = s.dispatch(fctx, p, m)

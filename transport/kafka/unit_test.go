@@ -1,0 +1,169 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/busway/busway/transport"
+)
+
+// The Java client's partitioner: toPositive(murmur2(key)) % partitions. The
+// hashes are the test vectors of Kafka's UtilsTest.testMurmur2.
+func TestMurmur2MatchesJava(t *testing.T) {
+	vectors := []struct {
+		key  string
+		hash int32
+	}{
+		{"21", -973932308},
+		{"foobar", -790332482},
+		{"a-little-bit-long-string", -985981536},
+		{"a-little-bit-longer-string", -1486304829},
+		{"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971},
+		{"abc", 479470107},
+	}
+	var b kafkago.Murmur2Balancer
+	for _, n := range []int{1, 3, 7, 12, 100} {
+		ids := make([]int, n)
+		for i := range ids {
+			ids[i] = i
+		}
+		for _, v := range vectors {
+			want := int(uint32(v.hash)&0x7fffffff) % n
+			if got := b.Balance(kafkago.Message{Key: []byte(v.key)}, ids...); got != want {
+				t.Errorf("key %q, %d partitions: partition %d, Java's %d", v.key, n, got, want)
+			}
+		}
+	}
+}
+
+func TestPartitionCommitsOnlyContiguous(t *testing.T) {
+	p := &partition{next: -1, committed: -1}
+	offs := []int64{10, 11, 12, 14, 15, 20} // gaps: compaction, transaction markers
+	for _, o := range offs {
+		p.add(o)
+	}
+	step := func(o, want int64) {
+		t.Helper()
+		p.finish(o)
+		if p.next != want {
+			t.Fatalf("after finishing %d: commit position %d, want %d", o, p.next, want)
+		}
+	}
+	step(12, -1)
+	step(14, -1)
+	step(11, -1)
+	step(10, 15) // 10, 11, 12, 14 done: next to commit is after 14
+	step(20, 15)
+	step(15, 21)
+	if len(p.pending) != 0 {
+		t.Fatalf("pending %v after all finished", p.pending)
+	}
+
+	// Random completion order over many offsets: the position is always one
+	// past a prefix of finished offsets.
+	p = &partition{next: -1, committed: -1}
+	const n = 5000
+	for i := range n {
+		p.add(int64(i))
+	}
+	done := make([]bool, n)
+	for _, i := range rand.Perm(n) {
+		done[i] = true
+		p.finish(int64(i))
+		prefix := 0
+		for prefix < n && done[prefix] {
+			prefix++
+		}
+		want := int64(prefix)
+		if prefix == 0 {
+			want = -1
+		}
+		if p.next != want {
+			t.Fatalf("commit position %d, want %d", p.next, want)
+		}
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	ok := Config{Brokers: []string{"localhost"}}
+	c, err := ok.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Brokers[0] != "localhost:9092" || c.ClientID != "busway" || c.CommitInterval != time.Second || c.Acks != AcksAll {
+		t.Errorf("defaults not applied: %+v", c.Config)
+	}
+	for name, cfg := range map[string]Config{
+		"no brokers":        {},
+		"empty broker":      {Brokers: []string{" "}},
+		"bad port":          {Brokers: []string{"h:x"}},
+		"bad mechanism":     {Brokers: []string{"h"}, SASL: SASL{Mechanism: "GSSAPI", Username: "u"}},
+		"creds without":     {Brokers: []string{"h"}, SASL: SASL{Username: "u"}},
+		"mechanism no user": {Brokers: []string{"h"}, SASL: SASL{Mechanism: "PLAIN"}},
+		"bad compression":   {Brokers: []string{"h"}, Compression: "brotli"},
+		"bad acks":          {Brokers: []string{"h"}, Acks: 7},
+		"negative parts":    {Brokers: []string{"h"}, Topics: Provisioning{Partitions: -1}},
+		"negative interval": {Brokers: []string{"h"}, CommitInterval: -time.Second},
+		"backoff order":     {Brokers: []string{"h"}, RetryBackoff: time.Minute, RetryBackoffMax: time.Second},
+		"heartbeat>session": {Brokers: []string{"h"}, HeartbeatInterval: time.Minute},
+	} {
+		_, err := New(context.Background(), cfg)
+		if !errors.Is(err, transport.ErrInvalidOptions) {
+			t.Errorf("%s: error %v, want ErrInvalidOptions", name, err)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestConfigFromURL(t *testing.T) {
+	u, _ := url.Parse("kafka://alice:s3cret@h1,h2:9093?client_id=svc&partitions=6&replication_factor=3&acks=leader" +
+		"&compression=zstd&sasl=scram-sha-512&tls=true&commit_interval=2s&create_topics=false&retry_backoff=50ms")
+	cfg, err := ConfigFromURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Brokers, ",") != "h1,h2:9093" || cfg.ClientID != "svc" || cfg.Topics.Partitions != 6 ||
+		cfg.Topics.ReplicationFactor != 3 || cfg.Acks != AcksLeader || cfg.Compression != "zstd" ||
+		cfg.SASL != (SASL{"SCRAM-SHA-512", "alice", "s3cret"}) || cfg.TLS == nil || cfg.CommitInterval != 2*time.Second ||
+		!cfg.Topics.Disable || cfg.RetryBackoff != 50*time.Millisecond {
+		t.Errorf("parsed %+v", cfg)
+	}
+
+	var mux transport.Mux
+	if err := mux.Register(Scheme, Opener()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ url, names string }{
+		{"kafka://h:9092?colour=blue", `"colour"`},
+		{"kafka://h:9092?acks=most", `"acks"`},
+		{"kafka://h:9092?commit_interval=soon", `"commit_interval"`},
+		{"kafka://h:9092?partitions=three", `"partitions"`},
+		{"kafka://h:9092?sasl=plain", `"sasl"`},
+		{"kafka://u:p@h:9092", `"sasl"`},
+		{"kafka://h:9092?sasl=kerberos", `"sasl"`},
+		{"kafka://h:9092?compression=brotli", `"compression"`},
+		{"kafka://", "host"},
+		{"kafka://h:9092/path", "path"},
+		{"kafka://h:9092?partitions=-2", "Partitions"},
+	} {
+		_, err := mux.Open(context.Background(), tc.url)
+		if !errors.Is(err, transport.ErrInvalidURL) && !errors.Is(err, transport.ErrInvalidOptions) {
+			t.Errorf("%s: error %v, want ErrInvalidURL", tc.url, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.names) {
+			t.Errorf("%s: error %q does not name %s", tc.url, err, tc.names)
+		}
+		if strings.Contains(err.Error(), "p@") {
+			t.Errorf("%s: error %q shows the password", tc.url, err)
+		}
+	}
+}
