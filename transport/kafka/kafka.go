@@ -89,9 +89,33 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 	}
 	if _, err := t.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
 		t.release()
-		return nil, fmt.Errorf("kafka: connecting to %v: %w", c.Brokers, classify(ctx, err))
+		err = classify(ctx, err)
+		if errors.Is(err, transport.ErrUnavailable) {
+			// kafka-go's Transport reports a refused SASL handshake as a
+			// closed connection: a direct connection tells which it was.
+			if derr := t.diagnose(ctx); derr != nil {
+				err = derr
+			}
+		}
+		return nil, fmt.Errorf("kafka: connecting to %v: %w", c.Brokers, err)
 	}
 	return t, nil
+}
+
+// diagnose dials each broker directly (with TLS and SASL) and returns the
+// first authentication error, if any.
+func (t *Transport) diagnose(ctx context.Context) error {
+	for _, b := range t.cfg.Brokers {
+		conn, err := t.dialer.DialContext(ctx, "tcp", b)
+		if err == nil {
+			conn.Close()
+			continue
+		}
+		if err = classify(ctx, err); errors.Is(err, transport.ErrAuthentication) {
+			return err
+		}
+	}
+	return nil
 }
 
 func (t *Transport) release() {
@@ -205,6 +229,13 @@ func (t *Transport) lookup(ctx context.Context, topic string, refresh bool) (int
 }
 
 func (t *Transport) createTopic(ctx context.Context, topic string) error {
+	return t.createTopicWith(ctx, topic, []kafkago.ConfigEntry{{
+		// Room for a batch holding one record of MaxMessageBytes.
+		ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(t.cfg.MaxMessageBytes + batchOverhead),
+	}})
+}
+
+func (t *Transport) createTopicWith(ctx context.Context, topic string, configs []kafkago.ConfigEntry) error {
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
 	p, rf := t.cfg.Topics.Partitions, t.cfg.Topics.ReplicationFactor
@@ -215,12 +246,7 @@ func (t *Transport) createTopic(ctx context.Context, topic string) error {
 		rf = -1
 	}
 	res, err := t.client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{
-		Topics: []kafkago.TopicConfig{{Topic: topic, NumPartitions: p, ReplicationFactor: rf,
-			ConfigEntries: []kafkago.ConfigEntry{{
-				// Room for a batch holding one record of MaxMessageBytes.
-				ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(t.cfg.MaxMessageBytes + batchOverhead),
-			}},
-		}},
+		Topics: []kafkago.TopicConfig{{Topic: topic, NumPartitions: p, ReplicationFactor: rf, ConfigEntries: configs}},
 	})
 	if err == nil {
 		err = res.Errors[topic]
