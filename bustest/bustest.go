@@ -1,0 +1,335 @@
+// Package bustest tests event handlers: a Harness is a started bus.Bus on
+// the in-process chanbus transport, shut down by t.Cleanup, that records
+// every event published through it and every handler call with its
+// outcome, and can wait, without sleeping, until everything published so
+// far has been handled.
+//
+// A handler test is a few lines:
+//
+//	func TestBilling(t *testing.T) {
+//		h := bustest.New(t)
+//		bus.Subscribe(h.Bus(), "billing", billing.OnOrderCreated)
+//
+//		bus.Publish(t.Context(), h.Bus(), OrderCreated{ID: "42", Amount: 1999})
+//		h.Wait()
+//
+//		got := bustest.Published[InvoiceIssued](h) // what the handler published
+//		if len(got) != 1 || got[0].Data.Amount != 1999 { t.Errorf("invoices: %+v", got) }
+//		for _, c := range bustest.Handled[OrderCreated](h) { // each handler call
+//			if c.Err != nil { t.Errorf("%s: %v", c.Group, c.Err) }
+//		}
+//	}
+//
+// # Delivery semantics
+//
+// Those of chanbus, which are those of every busway transport except
+// durability: at least once (a handler error means redelivery after a short
+// backoff, recorded as another call with a higher Attempt), per-key order,
+// every group gets every event. Subscribe on a Harness starts the handler's
+// (topic, group) at once; every event published afterwards reaches it.
+//
+// # Errors
+//
+// Calls return the errors of package bus. Wait fails the test when the bus
+// does not become idle within its timeout; a Shutdown error at cleanup
+// fails the test too.
+//
+// # Observability
+//
+// Published, Handled and Failures return the records; Stats the bus's
+// counters (Stats.Unknown: events no handler of a group knew).
+//
+// # Concurrency
+//
+// A Harness is safe for concurrent use; records are copies, which a test
+// may keep.
+package bustest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/chanbus"
+)
+
+// DefaultTimeout bounds Wait and the Shutdown at cleanup.
+const DefaultTimeout = 10 * time.Second
+
+// Harness is a started bus on chanbus with records of what went through
+// it. Create it with New.
+type Harness struct {
+	tb      testing.TB
+	ct      *chanbus.Transport
+	b       *bus.Bus
+	timeout time.Duration
+
+	mu        sync.Mutex
+	published []record
+	handled   []record
+	pubStarts uint64        // Publish calls begun
+	inflight  int           // Publish calls not returned
+	idle      chan struct{} // closed while inflight == 0
+}
+
+// record is one published message or one handler call.
+type record struct {
+	msg *transport.Message // a copy
+	err error
+}
+
+// Option configures a Harness. The zero configuration is the default.
+type Option func(*config)
+
+type config struct {
+	busOpts  []bus.Option
+	chanOpts []chanbus.Option
+	timeout  time.Duration
+}
+
+// WithBusOptions passes options to bus.New (source, codec, middleware,
+// fallback, ...). Default: none.
+func WithBusOptions(opts ...bus.Option) Option {
+	return func(c *config) { c.busOpts = append(c.busOpts, opts...) }
+}
+
+// WithTransportOptions passes options to chanbus.New. Default: a retry
+// backoff of 1ms to 50ms, so that tests of failing handlers stay fast.
+func WithTransportOptions(opts ...chanbus.Option) Option {
+	return func(c *config) { c.chanOpts = append(c.chanOpts, opts...) }
+}
+
+// WithTimeout sets how long Wait waits and cleanup waits for Shutdown.
+// Default DefaultTimeout (10s).
+func WithTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.timeout = d
+		}
+	}
+}
+
+// New returns a started Harness. t.Cleanup shuts its bus down (draining
+// handlers, then closing chanbus) and fails the test if that fails. An
+// invalid option fails the test at once.
+func New(tb testing.TB, opts ...Option) *Harness {
+	tb.Helper()
+	c := config{
+		chanOpts: []chanbus.Option{chanbus.WithBackoff(time.Millisecond, 50*time.Millisecond)},
+		timeout:  DefaultTimeout,
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	h := &Harness{tb: tb, timeout: c.timeout, idle: make(chan struct{})}
+	close(h.idle)
+	h.ct = chanbus.New(c.chanOpts...)
+	// The recorders come first, outermost: they see what the test's code
+	// published and what the bus's handlers returned.
+	busOpts := append([]bus.Option{
+		bus.WithPublishMiddleware(h.recordPublish),
+		bus.WithHandlerMiddleware(h.recordHandle),
+	}, c.busOpts...)
+	h.b = bus.New(h.ct, busOpts...)
+	if err := h.b.Start(context.Background()); err != nil {
+		_ = h.ct.Close()
+		tb.Fatalf("bustest: start bus: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
+		defer cancel()
+		if err := h.b.Shutdown(ctx); err != nil {
+			tb.Errorf("bustest: shut down bus: %v", err)
+		}
+	})
+	return h
+}
+
+// Bus returns the harness's bus, started: Subscribe on it starts the
+// handler at once.
+func (h *Harness) Bus() *bus.Bus { return h.b }
+
+// Transport returns the chanbus transport under the bus, for publishing
+// raw messages (a foreign producer's) with its Publish.
+func (h *Harness) Transport() *chanbus.Transport { return h.ct }
+
+// Stats returns the bus's counters.
+func (h *Harness) Stats() bus.Stats { return h.b.Stats() }
+
+// WaitIdle returns nil once everything published so far, also by handlers
+// while WaitIdle waits, has been handled, or failed and waits for its
+// retry; or ctx's error when ctx ends first. It does not sleep: it waits
+// for the Publish calls in flight and for chanbus's WaitIdle, until no new
+// Publish began meanwhile.
+func (h *Harness) WaitIdle(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		idle := h.idle
+		h.mu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		h.mu.Lock()
+		starts, busy := h.pubStarts, h.inflight > 0
+		h.mu.Unlock()
+		if busy {
+			continue
+		}
+		if err := h.ct.WaitIdle(ctx); err != nil {
+			return err
+		}
+		h.mu.Lock()
+		done := h.pubStarts == starts && h.inflight == 0
+		h.mu.Unlock()
+		if done {
+			return nil
+		}
+	}
+}
+
+// Wait is WaitIdle bounded by the harness's timeout (WithTimeout); it fails
+// the test if the bus is not idle by then. Call it from the test's
+// goroutine.
+func (h *Harness) Wait() {
+	h.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
+	defer cancel()
+	if err := h.WaitIdle(ctx); err != nil {
+		h.tb.Fatalf("bustest: bus not idle after %v: %v (stats %+v)", h.timeout, err, h.b.Stats())
+	}
+}
+
+// Handling is one call of a handler: the event it was given (Group and
+// Attempt say where and which delivery) and the error it returned, nil for
+// success. A body that did not decode gives a Handling with the zero Data
+// and a permanent *bus.DecodeError.
+type Handling[T any] struct {
+	bus.Event[T]
+	Err error
+}
+
+// Published returns the events of type T published through the bus that
+// the transport accepted, in publish order. Topic is set; Group and
+// Attempt are zero.
+func Published[T any](h *Harness) []bus.Event[T] {
+	h.tb.Helper()
+	name, err := bus.EventTypeOf[T]()
+	if err != nil {
+		h.tb.Fatalf("bustest: Published: %v", err)
+	}
+	var out []bus.Event[T]
+	for _, r := range h.records(&h.published) {
+		if r.err != nil || r.msg.Header[transport.HeaderType] != name {
+			continue
+		}
+		ev, err := bus.Decode[T](h.b.Codec(), r.msg)
+		if err != nil {
+			h.tb.Errorf("bustest: Published: %v", err)
+			continue
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// Handled returns the handler calls for events of type T, in the order
+// they returned, every attempt included.
+func Handled[T any](h *Harness) []Handling[T] {
+	h.tb.Helper()
+	name, err := bus.EventTypeOf[T]()
+	if err != nil {
+		h.tb.Fatalf("bustest: Handled: %v", err)
+	}
+	var out []Handling[T]
+	for _, r := range h.records(&h.handled) {
+		if r.msg.Header[transport.HeaderType] != name {
+			continue
+		}
+		ev, derr := bus.Decode[T](h.b.Codec(), r.msg)
+		if derr != nil && r.err == nil {
+			r.err = derr
+		}
+		out = append(out, Handling[T]{Event: ev, Err: r.err})
+	}
+	return out
+}
+
+// Failures returns the errors of every failed handler call, of any type,
+// each naming the topic, group, event type and attempt.
+func (h *Harness) Failures() []error {
+	var out []error
+	for _, r := range h.records(&h.handled) {
+		if r.err != nil {
+			out = append(out, fmt.Errorf("topic %q group %q event %q (type %q) attempt %d: %w",
+				r.msg.Topic, r.msg.Group, r.msg.ID, r.msg.Header[transport.HeaderType], r.msg.Attempt, r.err))
+		}
+	}
+	return out
+}
+
+// Reset forgets the records so far (not the bus's Stats).
+func (h *Harness) Reset() {
+	h.mu.Lock()
+	h.published, h.handled = nil, nil
+	h.mu.Unlock()
+}
+
+func (h *Harness) records(rs *[]record) []record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]record(nil), (*rs)...)
+}
+
+func (h *Harness) recordPublish(next transport.Publisher) transport.Publisher {
+	return publisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
+		h.mu.Lock()
+		h.pubStarts++
+		if h.inflight == 0 {
+			h.idle = make(chan struct{})
+		}
+		h.inflight++
+		h.mu.Unlock()
+
+		err := next.Publish(ctx, topic, msgs...)
+
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if err == nil {
+			for _, m := range msgs {
+				c := m.Clone()
+				c.Topic = topic
+				h.published = append(h.published, record{msg: c})
+			}
+		}
+		h.inflight--
+		if h.inflight == 0 {
+			close(h.idle)
+		}
+		return err
+	})
+}
+
+func (h *Harness) recordHandle(next transport.Handler) transport.Handler {
+	return func(ctx context.Context, m *transport.Message) error {
+		err := next(ctx, m)
+		c := m.Clone()
+		h.mu.Lock()
+		h.handled = append(h.handled, record{msg: c, err: err})
+		h.mu.Unlock()
+		return err
+	}
+}
+
+type publisherFunc func(ctx context.Context, topic string, msgs ...*transport.Message) error
+
+func (f publisherFunc) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	return f(ctx, topic, msgs...)
+}

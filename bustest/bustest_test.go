@@ -1,0 +1,162 @@
+package bustest_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/busway/busway/bus"
+	"github.com/busway/busway/bustest"
+	"github.com/busway/busway/transport"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type OrderCreated struct {
+	ID     string `json:"id"`
+	Amount int    `json:"amount"`
+}
+
+type InvoiceIssued struct {
+	Order  string `json:"order"`
+	Amount int    `json:"amount"`
+}
+
+type InvoiceMailed struct {
+	Order string `json:"order"`
+}
+
+// billing is code under test: it issues an invoice for every order.
+type billing struct{ b *bus.Bus }
+
+func (s billing) OnOrderCreated(ctx context.Context, e bus.Event[OrderCreated]) error {
+	if e.Data.Amount <= 0 {
+		return bus.Permanent(errors.New("order without amount"))
+	}
+	return bus.Publish(ctx, s.b, InvoiceIssued{Order: e.Data.ID, Amount: e.Data.Amount}, bus.WithKey(e.Data.ID))
+}
+
+// The handler test of the package doc.
+func TestBilling(t *testing.T) {
+	h := bustest.New(t)
+	if _, err := bus.Subscribe(h.Bus(), "billing", billing{h.Bus()}.OnOrderCreated); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := bus.Publish(t.Context(), h.Bus(), OrderCreated{ID: "42", Amount: 1999}); err != nil {
+		t.Fatal(err)
+	}
+	h.Wait()
+
+	got := bustest.Published[InvoiceIssued](h)
+	if len(got) != 1 || got[0].Data != (InvoiceIssued{Order: "42", Amount: 1999}) || got[0].Key != "42" || got[0].Topic != "InvoiceIssued" {
+		t.Errorf("invoices: %+v", got)
+	}
+	calls := bustest.Handled[OrderCreated](h)
+	if len(calls) != 1 || calls[0].Err != nil || calls[0].Group != "billing" || calls[0].Attempt != 1 || calls[0].Data.ID != "42" {
+		t.Errorf("handler calls: %+v", calls)
+	}
+}
+
+// WaitIdle waits for chains of events: each handler publishes the next.
+func TestWaitIdleFollowsChains(t *testing.T) {
+	h := bustest.New(t)
+	b := h.Bus()
+	must(t, subscribe(b, "billing", billing{b}.OnOrderCreated))
+	must(t, subscribe(b, "mailer", func(ctx context.Context, e bus.Event[InvoiceIssued]) error {
+		return bus.Publish(ctx, b, InvoiceMailed{Order: e.Data.Order}, bus.WithKey(e.Data.Order))
+	}))
+	var mailed []string
+	must(t, subscribe(b, "audit", func(ctx context.Context, e bus.Event[InvoiceMailed]) error {
+		mailed = append(mailed, e.Data.Order) // one key at a time per key; keys differ: see the sort below
+		return nil
+	}))
+	for _, id := range []string{"1", "2", "3"} {
+		if err := bus.Publish(t.Context(), b, OrderCreated{ID: id, Amount: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Wait()
+	var orders []string
+	for _, e := range bustest.Published[InvoiceMailed](h) {
+		orders = append(orders, e.Data.Order)
+	}
+	slices.Sort(orders)
+	if !slices.Equal(orders, []string{"1", "2", "3"}) || len(bustest.Handled[InvoiceMailed](h)) != 3 {
+		t.Errorf("mailed %v, audit handled %d", orders, len(bustest.Handled[InvoiceMailed](h)))
+	}
+	if f := h.Failures(); len(f) != 0 {
+		t.Errorf("failures: %v", f)
+	}
+	if s := h.Stats(); s.Published != 9 || s.Handled != 9 {
+		t.Errorf("Stats = %+v", s)
+	}
+}
+
+func subscribe[T any](b *bus.Bus, group string, fn func(context.Context, bus.Event[T]) error) error {
+	_, err := bus.Subscribe(b, group, fn)
+	return err
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Failures are recorded with their errors: a handler error, retried, and
+// a body that does not decode.
+func TestFailuresAreRecorded(t *testing.T) {
+	h := bustest.New(t)
+	b := h.Bus()
+	must(t, subscribe(b, "billing", billing{b}.OnOrderCreated))
+	if err := bus.Publish(t.Context(), b, OrderCreated{ID: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	h.Wait()
+	calls := bustest.Handled[OrderCreated](h)
+	if len(calls) == 0 || !bus.IsPermanent(calls[0].Err) || !strings.Contains(calls[0].Err.Error(), "without amount") {
+		t.Fatalf("calls %+v", calls)
+	}
+	h.Reset()
+
+	// A foreign producer's message whose body is not an OrderCreated.
+	err := h.Transport().Publish(t.Context(), "OrderCreated", &transport.Message{ID: "raw-1",
+		Header: map[string]string{transport.HeaderType: "OrderCreated"}, Body: []byte(`{"amount":"lots"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Wait()
+	calls = bustest.Handled[OrderCreated](h)
+	var de *bus.DecodeError
+	if len(calls) == 0 || !errors.As(calls[0].Err, &de) || calls[0].ID != "raw-1" {
+		t.Fatalf("calls %+v", calls)
+	}
+	if f := h.Failures(); len(f) == 0 || !strings.Contains(f[0].Error(), `group "billing"`) {
+		t.Errorf("failures %v", f)
+	}
+}
+
+func TestWaitIdleRespectsContext(t *testing.T) {
+	h := bustest.New(t)
+	block := make(chan struct{})
+	must(t, subscribe(h.Bus(), "slow", func(ctx context.Context, e bus.Event[OrderCreated]) error {
+		<-block
+		return nil
+	}))
+	if err := bus.Publish(t.Context(), h.Bus(), OrderCreated{ID: "1", Amount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := h.WaitIdle(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("WaitIdle on a cancelled context: %v", err)
+	}
+	close(block)
+	h.Wait()
+}
