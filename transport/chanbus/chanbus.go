@@ -27,6 +27,10 @@
 //     waits meanwhile, so the key's order holds, and other shards go on.
 //     Message.Attempt counts the deliveries. There is no limit on attempts:
 //     bound them with the Retry and DeadLetter middleware.
+//   - Publish copies each message (Header and Body) for each group, so the
+//     caller may reuse it once Publish returned and the groups' handlers do
+//     not share it. A redelivery hands the handler the same Message value as
+//     the failed delivery: changes a handler made to it remain.
 //   - Backpressure: Publish blocks while the shard of a group is full, until
 //     its context ends; memory is bounded by shards x buffer messages per
 //     group.
@@ -56,6 +60,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"slices"
 	"sync"
@@ -230,10 +235,7 @@ func (t *Transport) shardOf(key string) int {
 func newDelivery(m *transport.Message, topic, group string, now time.Time) *delivery {
 	d := &delivery{msg: transport.Message{ID: m.ID, Key: m.Key, Topic: topic, Group: group, Time: now}}
 	if m.Header != nil {
-		d.msg.Header = make(map[string]string, len(m.Header))
-		for k, v := range m.Header {
-			d.msg.Header[k] = v
-		}
+		d.msg.Header = maps.Clone(m.Header)
 	}
 	if m.Body != nil {
 		d.msg.Body = append(make([]byte, 0, len(m.Body)), m.Body...)
@@ -626,9 +628,8 @@ func (s *subscription) run(ctx context.Context, sh *shard) {
 			return
 		}
 		d.attempt++
-		m := d.msg // the handler gets a copy: a redelivery starts from the original
-		m.Attempt = d.attempt
-		if err := s.h(ctx, &m); err != nil {
+		d.msg.Attempt = d.attempt
+		if err := s.h(ctx, &d.msg); err != nil {
 			delay := s.t.backoffDelay(d.attempt)
 			s.t.log.LogAttrs(ctx, slog.LevelDebug, "chanbus: handler failed; will redeliver",
 				slog.String("topic", s.g.topic), slog.String("group", s.g.name), slog.String("id", d.msg.ID),
