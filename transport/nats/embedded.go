@@ -64,9 +64,15 @@ func stopServer(s *server.Server) {
 // serverLogger routes the embedded server's log to slog.
 type serverLogger struct{ l *slog.Logger }
 
-func (l serverLogger) Noticef(format string, v ...any) { l.l.Info(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Warnf(format string, v ...any)   { l.l.Warn(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Fatalf(format string, v ...any)  { l.l.Error(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Errorf(format string, v ...any)  { l.l.Error(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Debugf(format string, v ...any)  { l.l.Debug(fmt.Sprintf(format, v...)) }
-func (l serverLogger) Tracef(format string, v ...any)  { l.l.Debug(fmt.Sprintf(format, v...)) }
+func (l serverLogger) log(level slog.Level, format string, v []any) {
+	if l.l.Enabled(context.Background(), level) {
+		l.l.Log(context.Background(), level, fmt.Sprintf(format, v...))
+	}
+}
+
+func (l serverLogger) Noticef(format string, v ...any) { l.log(slog.LevelInfo, format, v) }
+func (l serverLogger) Warnf(format string, v ...any)   { l.log(slog.LevelWarn, format, v) }
+func (l serverLogger) Fatalf(format string, v ...any)  { l.log(slog.LevelError, format, v) }
+func (l serverLogger) Errorf(format string, v ...any)  { l.log(slog.LevelError, format, v) }
+func (l serverLogger) Debugf(format string, v ...any)  { l.log(slog.LevelDebug, format, v) }
+func (l serverLogger) Tracef(format string, v ...any)  { l.log(slog.LevelDebug-4, format, v) }

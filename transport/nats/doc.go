@@ -1,0 +1,112 @@
+// Package nats is busway's NATS JetStream transport, on nats.go and its
+// jetstream package. It talks to a NATS server or cluster, or starts an
+// embedded nats-server in the process, so a single binary gets durable,
+// replayable events with no infrastructure and later points at a cluster
+// by changing its URL:
+//
+//	nats://embedded?store_dir=/var/lib/app/nats   // in-process server, file storage
+//	nats://nats-1:4222,nats-2:4222,nats-3:4222?creds=/etc/app/app.creds&replicas=3
+//
+// Open it with New and a Config, or by URL with Opener and a transport.Mux.
+//
+// # Streams and subjects
+//
+// One stream (Config.Stream, default "BUSWAY") holds every topic: topic t is
+// the subject "<SubjectPrefix>.t" (default "busway.t") and the stream holds
+// "<SubjectPrefix>.>". With ProvisionCreate (the default) New creates the
+// stream or adds the subjects to it and applies the storage, replicas, max
+// age and duplicate window of Config; with ProvisionBind it uses a stream an
+// operator made and fails with transport.ErrTopicNotFound when it is
+// missing or does not hold the subjects.
+//
+// Each (group, topic) is a durable pull consumer of that stream, named
+// "<group>_<topic>_<hash>" ('.' becomes '_'; the hash keeps names apart)
+// unless the Durable option names it. Members of a group that subscribe to
+// the same topic share the consumer and so compete for its messages.
+//
+// # Delivery semantics
+//
+//   - Publish sets the Nats-Msg-Id header to Message.ID, so JetStream drops a
+//     re-publish of the same ID within Config.Duplicates (default 2m): an
+//     outbox relay that re-publishes after a crash does no harm. It returns
+//     once the server stored every message (a JetStream ack); a batch is
+//     published asynchronously and awaited as a whole.
+//   - At-least-once: a message is acked after its handler returned nil;
+//     Subscription.Close waits until the server has received the acks (a
+//     flush round trip), so a finished message is not redelivered. A handler
+//     error Naks it with a delay (Config.NakDelays, by attempt); a handler
+//     that outlives a third of AckWait has its message kept with in-progress
+//     acks; a crashed member's messages are redelivered after AckWait.
+//     MaxDeliver is unlimited by default.
+//   - Durable: a group's position lives in the server. Messages published
+//     while no member runs are delivered when one subscribes again, also
+//     after a process or server restart (file storage). StartFrom applies
+//     when the group's consumer is created.
+//   - Order: one subscription runs its handlers on key-sharded workers:
+//     messages with the same Key are handled one at a time in stream order,
+//     different keys in parallel up to Concurrency.
+//   - Backpressure: the consumer's MaxAckPending (default
+//     max(256, 64*Concurrency)) bounds the messages handed out and not yet
+//     acked, and pulls are at most 500 messages; a slow handler slows the
+//     pulls.
+//   - Message.Attempt is the server's delivery count, Message.Time the time
+//     the stream stored the message, Message.Meta[transport.MetaSequence]
+//     its stream sequence.
+//
+// How this differs from the chanbus transport:
+//
+//   - A Nak'ed message is redelivered after its delay, by then possibly
+//     after later messages of its key, so a handler error can reorder a key.
+//     The Retry middleware retries in place, which keeps the order.
+//   - Per-key order holds within one subscription. Members of a group share
+//     the consumer by message, not by key, so two members may handle
+//     messages of one key at the same time.
+//   - Durable and replayable, where chanbus drops what no group waits for.
+//   - A subscription that closes hands its buffered, unstarted messages back
+//     at once (Nak without delay), which counts as a delivery in
+//     Message.Attempt. A message the server sent while the subscription was
+//     closing may wait for AckWait before another member gets it.
+//
+// # Headers
+//
+// The CloudEvents attributes (transport.Header*, spelled "ce_" in
+// Message.Header) travel with the NATS binding's "ce-" prefix and come back
+// as "ce_"; the Key travels as "ce-partitionkey" and is delivered as
+// Message.Key and Header["ce_partitionkey"]. A foreign CloudEvents client
+// reads and writes them natively. Nats-Msg-Id is delivered as Message.ID.
+// Other headers travel unchanged (case kept).
+//
+// # Reconnects
+//
+// The connection reconnects forever. A Publish whose acks do not arrive
+// (server down, timeout) returns an error naming the messages, so a Publish
+// that returned nil was stored; re-publishing with the same IDs is safe.
+// Subscriptions resume pulling by themselves after a reconnect.
+//
+// # Embedded server
+//
+// Config.Embedded (or nats://embedded?store_dir=...) starts nats-server in
+// the process with JetStream and file storage in StoreDir, listening on
+// 127.0.0.1 at a random port (EmbeddedConfig.Port, Transport.EmbeddedURL)
+// for tools such as the nats CLI (NoListen turns that off); the transport
+// itself talks to it in-process.
+// Close shuts it down and waits for it.
+//
+// # Errors
+//
+// New returns errors wrapping transport.ErrInvalidOptions (config),
+// transport.ErrUnavailable (no server answered, JetStream disabled),
+// transport.ErrAuthentication (credentials rejected) and
+// transport.ErrTopicNotFound (bind mode, stream missing). Publish returns
+// transport.ErrInvalidTopic, transport.ErrInvalidMessage (nil message,
+// header NATS cannot carry), transport.ErrMessageTooLarge (over the server's
+// max payload: nothing of the call is sent), transport.ErrClosed, or a
+// *transport.PublishError naming the messages the server did not store.
+// Context errors are returned as they are.
+//
+// # Observability
+//
+// Disconnects, reconnects, failed acks and the embedded server's log go to
+// Config.Logger (default: discard). Conn and JetStream expose the nats.go
+// connection for what this package does not cover.
+package nats
