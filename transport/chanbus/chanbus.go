@@ -21,7 +21,8 @@
 //     is handled by one worker at a time, so messages of one key are handled
 //     one at a time and in publish order, even across several members. A
 //     subscription runs Concurrency workers, so at most Concurrency of its
-//     handlers run at once.
+//     handlers run at once (and at most as many keys in parallel as there
+//     are shards).
 //   - A handler error puts the message back at the head of its shard, to be
 //     delivered again after an exponential backoff (WithBackoff); the shard
 //     waits meanwhile, so the key's order holds, and other shards go on.
@@ -41,7 +42,9 @@
 // (until its context ends, then their context is cancelled) and, when it was
 // the group's last member, removes the group. Transport.Close closes every
 // subscription and waits for all of them; no goroutine outlives it. WaitIdle
-// tells tests when everything published so far was handled.
+// tells tests when everything published so far was handled. A handler that
+// never returns keeps Transport.Close waiting; a handler panic is not
+// recovered (put middleware.Recover in the chain).
 //
 // # Errors
 //
@@ -444,7 +447,10 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int) error {
 			return ctx.Err()
 		case <-g.gone:
 			g.t.pend.add(-1)
-			return nil // the group's last member left: dropped
+			if g.t.closed.Load() {
+				return fmt.Errorf("chanbus: publish to %q: %w", g.topic, transport.ErrClosed)
+			}
+			return nil // the group's last member left: dropped, as documented
 		}
 	}
 	sh.signal()

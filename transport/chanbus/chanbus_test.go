@@ -524,3 +524,44 @@ func TestGroupRemovedWithLastMember(t *testing.T) {
 		t.Errorf("%d topics left after the last member closed", n)
 	}
 }
+
+// TestBlockedPublishGetsErrClosed: a publisher waiting on a full shard when
+// the transport closes learns that its message was not taken.
+func TestBlockedPublishGetsErrClosed(t *testing.T) {
+	tr := New(WithBuffer(1), WithShards(1))
+	started := make(chan struct{}, 1) // the first handler call signals
+	release := make(chan struct{})
+	sub, err := tr.Subscribe(t.Context(), "closing", func(ctx context.Context, m *transport.Message) error {
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-release
+		return nil
+	}, transport.SubscribeOptions{Group: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := within(t, 10*time.Second)
+	if err := tr.Publish(ctx, "closing", msg("a", "k")); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if err := tr.Publish(ctx, "closing", msg("b", "k")); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1) // the blocked publisher's result
+	go func() { errc <- tr.Publish(ctx, "closing", msg("c", "k")) }()
+	closed := make(chan error, 1) // Close's result
+	go func() { closed <- tr.Close() }()
+	for !sub.(*subscription).stopping() {
+		time.Sleep(time.Millisecond) // poll until Close has stopped the subscription
+	}
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("Publish blocked while the transport closed: %v, want ErrClosed", err)
+	}
+}
