@@ -586,3 +586,33 @@ func TestOperationsAfterClose(t *testing.T) {
 		t.Errorf("Subscribe = %v", err)
 	}
 }
+
+// TestConsumerRecreated: a consumer deleted under a running subscription is
+// recreated from its ack floor; nothing published meanwhile is lost, and
+// nothing acked before is delivered again.
+func TestConsumerRecreated(t *testing.T) {
+	tr := open(t, embeddedConfig(t))
+	defer tr.Close()
+	ctx := ctxT(t)
+	if err := tr.Publish(ctx, "rc", &transport.Message{ID: "before-subscribe"}); err != nil {
+		t.Fatal(err)
+	}
+	col := newCollector()
+	subscribe(t, tr, "rc", col.handle, transport.SubscribeOptions{Group: "g",
+		Specific: []transport.SpecificOption{busnats.AckWait(600 * time.Millisecond), busnats.Durable("rc-consumer")}})
+	if err := tr.Publish(ctx, "rc", &transport.Message{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "a", func() bool { return col.get("a") == 1 })
+	time.Sleep(400 * time.Millisecond) // the subscription sees the ack floor
+	if err := tr.JetStream().DeleteConsumer(ctx, tr.Stream(), "rc-consumer"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(ctx, "rc", &transport.Message{ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "b after the consumer was recreated", func() bool { return col.get("b") == 1 })
+	if n, m := col.get("a"), col.get("before-subscribe"); n != 1 || m != 0 {
+		t.Fatalf("a delivered %d times, before-subscribe %d times; want 1 and 0", n, m)
+	}
+}

@@ -172,7 +172,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	if err != nil {
 		return nil, err
 	}
-	cons, err := t.ensureConsumer(ctx, topic, opts, ss)
+	cons, err := t.ensureConsumer(ctx, topic, opts, ss, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -181,16 +181,20 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	sub := &subscription{
 		t:       t,
 		topic:   topic,
+		opts:    opts,
 		group:   opts.Group,
 		h:       h,
 		ss:      ss,
+		hctx:    hctx,
 		cancel:  cancel,
 		slots:   make([]slot, workers),
 		free:    make(chan int, workers), // one token per worker slot: never blocks
+		lost:    make(chan struct{}, 1),  // a pending "consumer lost" signal; more would say nothing new
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 		ackWait: ss.ackWait,
 	}
+	sub.ackFloor.Store(cons.CachedInfo().AckFloor.Stream)
 	for i := range workers {
 		sub.free <- i
 	}
@@ -199,20 +203,15 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		// moves on to other keys; memory is bounded by MaxAckPending anyway.
 		sub.pool = keyed.New(workers, 2)
 	}
-	batch := min(ss.maxAckPending, 500)
-	cc, err := cons.Consume(func(m jetstream.Msg) { sub.receive(hctx, m) },
-		jetstream.PullMaxMessages(batch),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			t.log.Warn("nats: consume", "topic", topic, "group", opts.Group, "error", err)
-		}))
+	cc, err := sub.consume(cons)
 	if err != nil {
 		cancel()
 		if sub.pool != nil {
 			sub.pool.Close()
 		}
-		return nil, t.apiError("consume "+ss.durable, err)
+		return nil, err
 	}
-	sub.cc = cc
+	sub.cc, sub.cons = cc, cons
 	t.mu.Lock()
 	if t.closed.Load() {
 		t.mu.Unlock()
@@ -231,9 +230,31 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	return sub, nil
 }
 
+// consume starts pulling from cons into the subscription's handlers.
+func (s *subscription) consume(cons jetstream.Consumer) (jetstream.ConsumeContext, error) {
+	batch := min(s.ss.maxAckPending, 500)
+	cc, err := cons.Consume(func(m jetstream.Msg) { s.receive(s.hctx, m) },
+		jetstream.PullMaxMessages(batch),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				select {
+				case s.lost <- struct{}{}:
+				default:
+				}
+			}
+			s.t.log.Warn("nats: consume", "topic", s.topic, "group", s.group, "error", err)
+		}))
+	if err != nil {
+		return nil, s.t.apiError("consume "+s.ss.durable, err)
+	}
+	return cc, nil
+}
+
 // ensureConsumer creates the group's consumer or updates it, keeping the
 // deliver policy of an existing one (the server does not allow changing it).
-func (t *Transport) ensureConsumer(ctx context.Context, topic string, opts transport.SubscribeOptions, ss *subSettings) (jetstream.Consumer, error) {
+//
+// A startSeq above 0 recreates a lost consumer from that stream sequence.
+func (t *Transport) ensureConsumer(ctx context.Context, topic string, opts transport.SubscribeOptions, ss *subSettings, startSeq uint64) (jetstream.Consumer, error) {
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
 	cfg := jetstream.ConsumerConfig{
@@ -250,6 +271,9 @@ func (t *Transport) ensureConsumer(ctx context.Context, topic string, opts trans
 	}
 	if opts.StartFrom == transport.StartEarliest {
 		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	}
+	if startSeq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, startSeq
 	}
 	existing, err := t.js.Consumer(ctx, t.s.Stream, ss.durable)
 	switch {
@@ -277,15 +301,25 @@ func (t *Transport) ensureConsumer(ctx context.Context, topic string, opts trans
 }
 
 type subscription struct {
-	t       *Transport
-	topic   string
-	group   string
-	h       transport.Handler
-	ss      *subSettings
-	cc      jetstream.ConsumeContext
-	pool    *keyed.Pool // nil with one worker: the handler runs in the callback
+	t     *Transport
+	topic string
+	opts  transport.SubscribeOptions
+	group string
+	h     transport.Handler
+	ss    *subSettings
+	pool  *keyed.Pool // nil with one worker: the handler runs in the callback
+	// hctx is the handlers' context, cancelled when Close gives up waiting.
+	// It lives here because the consume callback, which nats.go calls,
+	// cannot be handed one.
+	hctx    context.Context
 	cancel  context.CancelFunc
 	ackWait time.Duration
+
+	ccMu     sync.Mutex
+	cc       jetstream.ConsumeContext // replaced when a lost consumer is recreated
+	cons     jetstream.Consumer
+	lost     chan struct{}
+	ackFloor atomic.Uint64 // the consumer's ack floor (stream sequence), last seen
 
 	closing atomic.Bool
 	slots   []slot   // the message each running handler works on
@@ -378,8 +412,12 @@ func (s *subscription) nak(m jetstream.Msg, d time.Duration) {
 	}
 }
 
-// progress tells the server that handlers running longer than a third of
-// AckWait are still at work, so it does not redeliver their messages.
+// progress runs while the subscription does: it tells the server that
+// handlers running longer than a third of AckWait are still at work (so
+// their messages are not redelivered meanwhile), and it watches the
+// consumer, recreating it when it was lost (deleted by an operator, or
+// gone with a server that keeps no state) from the last ack floor it saw,
+// so nothing unacked is skipped.
 func (s *subscription) progress() {
 	defer s.wg.Done()
 	every := s.ackWait / 3
@@ -393,6 +431,9 @@ func (s *subscription) progress() {
 		select {
 		case <-s.stop:
 			return
+		case <-s.lost:
+			s.recreate()
+			continue
 		case <-tick.C:
 		}
 		for i := range s.slots {
@@ -407,6 +448,68 @@ func (s *subscription) progress() {
 			}
 			seen[i] = gen
 		}
+		s.check(every)
+	}
+}
+
+// check reads the consumer's state: its ack floor, or that it is gone.
+func (s *subscription) check(timeout time.Duration) {
+	if s.closing.Load() || !s.t.nc.IsConnected() {
+		return
+	}
+	s.ccMu.Lock()
+	cons := s.cons
+	s.ccMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), max(timeout, time.Second))
+	defer cancel()
+	info, err := cons.Info(ctx)
+	switch {
+	case err == nil:
+		s.ackFloor.Store(info.AckFloor.Stream)
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		select {
+		case s.lost <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// recreate makes the consumer again, starting after the last ack floor
+// seen, and consumes it, retrying with backoff until it works or Close.
+func (s *subscription) recreate() {
+	backoff := 100 * time.Millisecond
+	for !s.closing.Load() {
+		start := s.ackFloor.Load() + 1
+		ctx, cancel := context.WithTimeout(context.Background(), s.t.s.PublishTimeout)
+		cons, err := s.t.ensureConsumer(ctx, s.topic, s.opts, s.ss, start)
+		cancel()
+		if err == nil {
+			s.ccMu.Lock()
+			if s.closing.Load() {
+				s.ccMu.Unlock()
+				return
+			}
+			s.cc.Stop()
+			var cc jetstream.ConsumeContext
+			cc, err = s.consume(cons)
+			if err == nil {
+				s.cc, s.cons = cc, cons
+				s.ccMu.Unlock()
+				s.t.log.Warn("nats: consumer was lost and is recreated", "topic", s.topic, "group", s.group,
+					"consumer", s.ss.durable, "from_sequence", start)
+				return
+			}
+			s.ccMu.Unlock()
+		}
+		s.t.log.Warn("nats: recreating lost consumer", "topic", s.topic, "group", s.group, "consumer", s.ss.durable, "error", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-s.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -450,16 +553,18 @@ func (s *subscription) toMessage(jm jetstream.Msg) *transport.Message {
 func (s *subscription) Close(ctx context.Context) error {
 	s.once.Do(func() {
 		s.closing.Store(true)
-		connected := s.t.nc.IsConnected()
-		if connected {
-			s.cc.Drain()
+		s.ccMu.Lock()
+		cc := s.cc
+		s.ccMu.Unlock()
+		if s.t.nc.IsConnected() {
+			cc.Drain()
 		} else {
 			// Draining needs the server; without it, buffered messages
 			// are dropped here and redelivered after AckWait.
-			s.cc.Stop()
+			cc.Stop()
 		}
 		var ctxErr error
-		drained := s.cc.Closed()
+		drained := cc.Closed()
 		select {
 		case <-drained:
 		case <-ctx.Done():
