@@ -28,9 +28,9 @@ type RetryOptions struct {
 	// so that many consumers failing together do not retry in lockstep.
 	// Default 0.2; values above 1 are treated as 1. Use NoJitter for none.
 	Jitter float64
-	// MaxElapsed bounds the time spent on one delivery: Retry does not start
-	// a backoff that would end later than MaxElapsed after the first
-	// attempt began. Default 0: no bound beyond MaxAttempts.
+	// MaxElapsed bounds the time spent retrying one delivery: Retry does not
+	// start a backoff that would end later than MaxElapsed after the first
+	// attempt failed. Default 0: no bound beyond MaxAttempts.
 	MaxElapsed time.Duration
 	// ShouldRetry classifies an error: false stops retrying. It is not
 	// consulted for permanent errors (transport.IsPermanent), which are
