@@ -27,7 +27,11 @@ func (s *suite) testRoundTrip(t *testing.T) {
 	for i := range binary {
 		binary[i] = byte(255 - i)
 	}
-	big := make([]byte, 1<<20)
+	size := 1 << 20
+	if m := s.h.Caps.MaxBodyBytes; m > 0 && m < size {
+		size = m
+	}
+	big := make([]byte, size)
 	rng := rand.NewChaCha8([32]byte{1, 2, 3})
 	_, _ = rng.Read(big)
 	p := topic
@@ -46,7 +50,7 @@ func (s *suite) testRoundTrip(t *testing.T) {
 		{ID: p + "-nil-body", Body: nil},
 		{ID: p + "-empty-body", Key: "key-empty", Body: []byte{}, Header: map[string]string{"x-only": "one"}},
 		{ID: p + "-utf8", Key: "ключ", Body: []byte(`{"json":"körper"}`), Header: map[string]string{transport.HeaderContentType: "application/json"}},
-		{ID: p + "-1MiB", Key: "key-big", Body: big, Header: map[string]string{"x-size": "1048576"}},
+		{ID: p + "-large", Key: "key-big", Body: big, Header: map[string]string{"x-size": strconv.Itoa(size)}},
 	}
 	want := make([]*transport.Message, len(sent))
 	for i, m := range sent {
