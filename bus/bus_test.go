@@ -332,6 +332,14 @@ func TestForeignAndMalformedMessages(t *testing.T) {
 			t.Errorf("results %+v", rs)
 		}
 	})
+	t.Run("structured mode", func(t *testing.T) {
+		rs := f.deliver(ctx, "orders", &transport.Message{ID: "m7", Header: map[string]string{transport.HeaderType: "OrderCreated", transport.HeaderContentType: "application/cloudevents+json; charset=utf-8"},
+			Body: []byte(`{"specversion":"1.0","type":"OrderCreated","data":{"id":"1"}}`)})
+		var ee *bus.EnvelopeError
+		if len(rs) != 1 || !transport.IsPermanent(rs[0].Err) || !errors.As(rs[0].Err, &ee) || !strings.Contains(ee.Reason, "structured") {
+			t.Errorf("results %+v", rs)
+		}
+	})
 	t.Run("malformed ce_time", func(t *testing.T) {
 		rs := f.deliver(ctx, "orders", &transport.Message{ID: "m5", Header: map[string]string{transport.HeaderType: "OrderCreated", transport.HeaderTime: "yesterday"}, Body: []byte(`{}`)})
 		var ee *bus.EnvelopeError

@@ -94,3 +94,13 @@ func mediaType(s string) string {
 	}
 	return strings.TrimSpace(s)
 }
+
+// isStructuredMode reports whether a content-type is that of a CloudEvent
+// in structured (or batched) content mode, whose body is the whole event.
+func isStructuredMode(ct string) bool {
+	if len(ct) < len("application/cloudevents") {
+		return false
+	}
+	mt := strings.ToLower(mediaType(ct))
+	return strings.HasPrefix(mt, "application/cloudevents+") || strings.HasPrefix(mt, "application/cloudevents-batch+")
+}

@@ -66,7 +66,9 @@
 // handler's type is such an error (a *DecodeError naming the topic, the
 // event and the Go type), as is a malformed envelope (*EnvelopeError).
 // Without DeadLetter in the chain, the transport redelivers even a
-// permanent error, with backoff; a production chain should have one.
+// permanent error, with backoff; a production chain should have one. A
+// handler that panics is not recovered by the bus: put the Recover
+// middleware in the chain to turn the panic into an error.
 //
 // # Observability
 //

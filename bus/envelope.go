@@ -103,7 +103,9 @@ func DecodeEnvelope(m *transport.Message) (Envelope, error) {
 // Decode decodes a delivered message into an Event[T]: its envelope by
 // DecodeEnvelope, its body by c (JSON when c is nil). An empty body gives
 // the zero T, as a CloudEvent without data. Every error it returns is
-// marked Permanent: an *EnvelopeError, or a *DecodeError naming the topic,
+// marked Permanent: an *EnvelopeError (also for a CloudEvent in structured
+// content mode, content-type application/cloudevents+json), or a
+// *DecodeError naming the topic,
 // the event and the Go type when the body does not decode or its
 // content-type is not the codec's.
 func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
@@ -125,6 +127,10 @@ func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
 		Topic:   m.Topic,
 		Group:   m.Group,
 		Attempt: m.Attempt,
+	}
+	if isStructuredMode(env.ContentType) {
+		return ev, transport.Permanent(&EnvelopeError{Topic: m.Topic, ID: env.ID, Attribute: transport.HeaderContentType, Value: shorten(env.ContentType),
+			Reason: "a CloudEvent in structured content mode; busway reads binary mode (attributes as headers, data as body)"})
 	}
 	if !contentTypeMatches(env.ContentType, c.ContentType()) {
 		return ev, transport.Permanent(&DecodeError{Topic: m.Topic, ID: env.ID, Type: env.Type, GoType: reflect.TypeFor[T]().String(),

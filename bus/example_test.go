@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/chanbus"
 )
 
@@ -109,4 +110,48 @@ func ExamplePublish() {
 	// Output:
 	// published: <nil>
 	// attempt 3: billed order 42 (subject orders/42, tenant acme)
+}
+
+// A message of another CloudEvents producer (here as a NATS or Kafka
+// transport delivers it, headers in canonical spelling) decodes into a
+// typed event; one whose body does not fit the type gives a permanent
+// error naming the event, the topic and the Go type.
+func ExampleDecode() {
+	m := &transport.Message{
+		Topic: "orders",
+		Header: map[string]string{
+			"ce_specversion": "1.0", "ce_id": "A234-1234-1234", "ce_source": "/legacy/shop",
+			"ce_type": "OrderCreated", "ce_time": "2018-04-05T17:31:00Z", "content-type": "application/json",
+		},
+		Body: []byte(`{"id":"7","amount":300}`),
+	}
+	e, err := bus.Decode[OrderCreated](bus.JSON, m)
+	fmt.Println(e.ID, e.Source, e.Time.Year(), e.Data, err)
+
+	m.Body = []byte(`{"id":7}`)
+	_, err = bus.Decode[OrderCreated](bus.JSON, m)
+	fmt.Println(bus.IsPermanent(err), err)
+	// Output:
+	// A234-1234-1234 /legacy/shop 2018 {7 300} <nil>
+	// true busway: decode event "A234-1234-1234" on topic "orders" of type "OrderCreated" into bus_test.OrderCreated: json: cannot unmarshal number into Go struct field OrderCreated.id of type string
+}
+
+// Messages of types that no handler of their group knows go to the
+// fallback handler when one is set (else they are acknowledged and
+// counted in Stats.Unknown).
+func ExampleWithFallback() {
+	ctx := context.Background()
+	t := chanbus.New()
+	b := bus.New(t, bus.WithFallback(func(ctx context.Context, m *transport.Message) error {
+		fmt.Printf("fallback: group %s got a %s\n", m.Group, m.Header[transport.HeaderType])
+		return nil
+	}))
+	_ = bus.Register[OrderShipped](b, "OrderCreated") // shares OrderCreated's topic
+	_, _ = bus.Subscribe(b, "billing", func(ctx context.Context, e bus.Event[OrderCreated]) error { return nil })
+	_ = b.Start(ctx)
+	_ = bus.Publish(ctx, b, OrderShipped{ID: "1"})
+	_ = t.WaitIdle(ctx)
+	_ = b.Shutdown(ctx)
+	// Output:
+	// fallback: group billing got a OrderShipped
 }

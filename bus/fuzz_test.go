@@ -28,6 +28,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	seed([]string{"x", "OrderCreated", "s", "0.3", "", "", "", "", "", ""}, `{}`)
 	seed([]string{"x", "OrderCreated", "s", "1.0", "", "", "application/protobuf", "", "", ""}, "\x08\x96\x01")
 	seed([]string{"x", "OrderCreated", "s", "1.0", "", "", "application/json", "", "", ""}, `{"amount":"seven"}`)
+	seed([]string{"", "", "", "", "", "", "application/cloudevents+json", "", "", ""}, `{"specversion":"1.0","id":"1","type":"OrderCreated","data":{}}`)
 	seed([]string{"x", "OrderCreated", "s", "1.0", "", "", "", "", "", "content-type: text/plain\nce_id: y"}, "\xff\xfe")
 	seed([]string{"x", "OrderCreated", "s", "1.0", "9999-12-31T23:59:59.999999999-23:59", "", "", "", "", ""}, `null`)
 	seed([]string{strings.Repeat("i", 300), "Order\x00Created", "s", "1.10", "2026-01-01T00:00:00Z", "", "", "", "", ""}, `[]`)
