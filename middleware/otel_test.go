@@ -178,7 +178,7 @@ func metricsOf(t *testing.T, r *sdkmetric.ManualReader) map[string]metricdata.Ag
 
 func attrVal(s attribute.Set, k string) string {
 	v, _ := s.Value(attribute.Key(k))
-	return v.Emit()
+	return v.String()
 }
 
 func TestMetricsOnChanbus(t *testing.T) {

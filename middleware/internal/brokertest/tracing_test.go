@@ -166,7 +166,7 @@ func TestTracingOnBrokers(t *testing.T) {
 			}
 			got := map[attribute.Key]string{}
 			for _, kv := range process.Attributes() {
-				got[kv.Key] = kv.Value.Emit()
+				got[kv.Key] = kv.Value.String()
 			}
 			for k, v := range want {
 				if g, ok := got[k]; !ok || (v != "*" && g != v) {
