@@ -96,11 +96,13 @@ func WithCodec(codec Codec) Option {
 }
 
 // WithMiddleware adds consume-side middleware around every subscription of
-// the Bus, the first outermost (as net/http middleware). It wraps the
+// the Bus, the first outermost (as net/http middleware). M is any function
+// type of that shape, such as middleware.Middleware, so a slice of them
+// can be passed with mw... It wraps the
 // dispatcher, so it sees every message of the topic, of known types or not
 // (Tracing, Metrics, DeadLetter, Retry belong here). Several WithMiddleware
 // options append. Default: none.
-func WithMiddleware(mw ...func(transport.Handler) transport.Handler) Option {
+func WithMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) Option {
 	return func(c *config) {
 		for i, m := range mw {
 			if m == nil {
@@ -108,7 +110,9 @@ func WithMiddleware(mw ...func(transport.Handler) transport.Handler) Option {
 				return
 			}
 		}
-		c.mw = append(c.mw, mw...)
+		for _, m := range mw {
+			c.mw = append(c.mw, m)
+		}
 	}
 }
 
@@ -116,7 +120,7 @@ func WithMiddleware(mw ...func(transport.Handler) transport.Handler) Option {
 // first outermost, inside the dispatcher (so it sees only messages that a
 // handler of the group knows) and outside each subscription's
 // WithGroupMiddleware. Default: none.
-func WithHandlerMiddleware(mw ...func(transport.Handler) transport.Handler) Option {
+func WithHandlerMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) Option {
 	return func(c *config) {
 		for i, m := range mw {
 			if m == nil {
@@ -124,13 +128,15 @@ func WithHandlerMiddleware(mw ...func(transport.Handler) transport.Handler) Opti
 				return
 			}
 		}
-		c.handlerMW = append(c.handlerMW, mw...)
+		for _, m := range mw {
+			c.handlerMW = append(c.handlerMW, m)
+		}
 	}
 }
 
 // WithPublishMiddleware adds publish-side middleware around the
 // transport's Publisher, the first outermost. Default: none.
-func WithPublishMiddleware(mw ...func(transport.Publisher) transport.Publisher) Option {
+func WithPublishMiddleware[M ~func(transport.Publisher) transport.Publisher](mw ...M) Option {
 	return func(c *config) {
 		for i, m := range mw {
 			if m == nil {
@@ -138,7 +144,9 @@ func WithPublishMiddleware(mw ...func(transport.Publisher) transport.Publisher) 
 				return
 			}
 		}
-		c.pubMW = append(c.pubMW, mw...)
+		for _, m := range mw {
+			c.pubMW = append(c.pubMW, m)
+		}
 	}
 }
 

@@ -483,7 +483,7 @@ func TestBadInput(t *testing.T) {
 		{"nil bus Subscribe", func() error { _, err := bus.Subscribe(nil, "g", noop); return err }, bus.ErrInvalidOptions, "nil *Bus"},
 		{"empty source", func() error { return newBus(bus.WithSource("")).Err() }, bus.ErrInvalidOptions, "empty source"},
 		{"nil codec", func() error { return newBus(bus.WithCodec(nil)).Err() }, bus.ErrInvalidOptions, "nil codec"},
-		{"nil middleware", func() error { return newBus(bus.WithMiddleware(nil)).Err() }, bus.ErrInvalidOptions, "middleware #0 is nil"},
+		{"nil middleware", func() error { return newBus(bus.WithMiddleware[func(transport.Handler) transport.Handler](nil)).Err() }, bus.ErrInvalidOptions, "middleware #0 is nil"},
 		{"nil option", func() error { return newBus(nil).Err() }, bus.ErrInvalidOptions, "nil Option"},
 		{"empty group", func() error { _, err := bus.Subscribe(newBus(), "", noop); return err }, bus.ErrInvalidOptions, "Group is required"},
 		{"bad group", func() error { _, err := bus.Subscribe(newBus(), "a b", noop); return err }, bus.ErrInvalidOptions, `"a b"`},
@@ -572,5 +572,37 @@ func TestEncodeDecodeEnvelope(t *testing.T) {
 	}
 	if m.Header["x-a"] != "1" || m.Header[transport.HeaderID] != "id-1" {
 		t.Errorf("headers %v", m.Header)
+	}
+}
+
+// A named middleware type (as package middleware has) passes as values and
+// as a slice; function literals too (in a call of their own: Go infers one
+// type per call).
+type namedMW func(transport.Handler) transport.Handler
+
+func TestNamedMiddlewareTypes(t *testing.T) {
+	var order []string
+	mk := func(name string) namedMW {
+		return func(next transport.Handler) transport.Handler {
+			return func(ctx context.Context, m *transport.Message) error {
+				order = append(order, name)
+				return next(ctx, m)
+			}
+		}
+	}
+	chain := []namedMW{mk("a"), mk("b")}
+	b := bus.New(newFake(), bus.WithMiddleware(chain...), bus.WithMiddleware(mk("c")), bus.WithMiddleware(func(next transport.Handler) transport.Handler {
+		return func(ctx context.Context, m *transport.Message) error { order = append(order, "d"); return next(ctx, m) }
+	}), bus.WithHandlerMiddleware(mk("e")))
+	must[*bus.Subscription](t)(bus.Subscribe(b, "g", func(ctx context.Context, e bus.Event[OrderCreated]) error {
+		order = append(order, "handler")
+		return nil
+	}, bus.WithGroupMiddleware(mk("f"))))
+	started(t, b)
+	if err := bus.Publish(t.Context(), b, OrderCreated{}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", "b", "c", "d", "e", "f", "handler"}; !slices.Equal(order, want) {
+		t.Errorf("order %v, want %v", order, want)
 	}
 }

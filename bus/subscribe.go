@@ -62,7 +62,7 @@ func WithStartFrom(p transport.StartPosition) SubscribeOption {
 // WithGroupMiddleware adds middleware around this subscription's handler
 // only, the first outermost, inside the Bus's WithMiddleware and
 // WithHandlerMiddleware. Default: none.
-func WithGroupMiddleware(mw ...func(transport.Handler) transport.Handler) SubscribeOption {
+func WithGroupMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) SubscribeOption {
 	return func(c *subConfig) {
 		for i, m := range mw {
 			if m == nil {
@@ -70,7 +70,9 @@ func WithGroupMiddleware(mw ...func(transport.Handler) transport.Handler) Subscr
 				return
 			}
 		}
-		c.mw = append(c.mw, mw...)
+		for _, m := range mw {
+			c.mw = append(c.mw, m)
+		}
 	}
 }
 
