@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -103,12 +104,39 @@ func TestUnreachableBrokers(t *testing.T) {
 	}
 	t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
 
-	// A context that ends first gives the context's error.
-	short, cancel2 := context.WithTimeout(t.Context(), time.Millisecond)
-	defer cancel2()
-	if _, err := New(short, Config{Brokers: []string{"10.255.255.1:9092"}}); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, transport.ErrUnavailable) {
-		t.Fatalf("short context: %v", err)
+	// A broker that accepts connections but never answers: the context's
+	// deadline ends New, with the context's error.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	var held []net.Conn
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	defer func() {
+		ln.Close()
+		<-accepted
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	short, cancel2 := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel2()
+	start = time.Now()
+	_, err = New(short, Config{Brokers: []string{ln.Addr().String()}})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("silent broker: %v, want the context's deadline", err)
+	}
+	t.Logf("silent broker, after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }
 
 func TestMissingTopicWithoutProvisioning(t *testing.T) {

@@ -25,6 +25,7 @@ var _ transport.Transport = (*Transport)(nil)
 type Transport struct {
 	cfg    *config
 	kt     *kafkago.Transport // our own: DefaultTransport's pools are never closed
+	conns  *connTracker       // kt's connections
 	client *kafkago.Client
 	dialer *kafkago.Dialer
 	addr   net.Addr
@@ -71,8 +72,9 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 		subs:   make(map[*subscription]struct{}),
 		topics: make(map[string]topicInfo),
 	}
+	t.conns = &connTracker{d: net.Dialer{Timeout: c.DialTimeout}}
 	t.kt = &kafkago.Transport{
-		Dial:        (&net.Dialer{Timeout: c.DialTimeout}).DialContext,
+		Dial:        t.conns.dial,
 		DialTimeout: c.DialTimeout,
 		ClientID:    c.ClientID,
 		TLS:         c.TLS,
@@ -121,6 +123,7 @@ func (t *Transport) diagnose(ctx context.Context) error {
 func (t *Transport) release() {
 	t.cancel()
 	t.kt.CloseIdleConnections()
+	t.conns.closeAll()
 }
 
 // Close closes every subscription still open (draining each for at most
