@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -143,5 +144,104 @@ func TestShutdownDrainsBeforeClosingTransport(t *testing.T) {
 	}
 	if err := bus.Publish(ctx, b, OrderCreated{ID: "2"}); !errors.Is(err, transport.ErrClosed) {
 		t.Errorf("Publish after Shutdown: %v", err)
+	}
+}
+
+// failingSubscribe fails the Subscribe calls for one group.
+type failingSubscribe struct {
+	transport.Transport
+	group string
+}
+
+func (f failingSubscribe) Subscribe(ctx context.Context, topic string, h transport.Handler, o transport.SubscribeOptions) (transport.Subscription, error) {
+	if o.Group == f.group {
+		return nil, fmt.Errorf("%w: broker says no", transport.ErrUnavailable)
+	}
+	return f.Transport.Subscribe(ctx, topic, h, o)
+}
+
+func TestStartFailureRollsBack(t *testing.T) {
+	ctx := t.Context()
+	ct := chanbus.New()
+	b := bus.New(failingSubscribe{ct, "b-group"})
+	noop := func(ctx context.Context, e bus.Event[OrderCreated]) error { return nil }
+	for _, g := range []string{"a-group", "b-group"} {
+		if _, err := bus.Subscribe(b, g, noop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := b.Start(ctx)
+	if !errors.Is(err, transport.ErrUnavailable) || !strings.Contains(err.Error(), `"b-group"`) {
+		t.Fatalf("Start: %v", err)
+	}
+	// a-group was closed again; the bus is not started: a further handler may join.
+	if err := bus.Register[OrderShipped](b, "OrderCreated"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Subscribe(b, "a-group", func(ctx context.Context, e bus.Event[OrderShipped]) error { return nil }); err != nil {
+		t.Errorf("Subscribe after failed Start: %v", err)
+	}
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSubscribeAfterStartFailureIsNotRegistered(t *testing.T) {
+	b := bus.New(failingSubscribe{chanbus.New(), "bad"})
+	started(t, b)
+	noop := func(ctx context.Context, e bus.Event[OrderCreated]) error { return nil }
+	if _, err := bus.Subscribe(b, "bad", noop); !errors.Is(err, transport.ErrUnavailable) {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	// Not half-registered: the next attempt fails the same way, not with ErrAlreadyStarted.
+	if _, err := bus.Subscribe(b, "bad", noop); !errors.Is(err, transport.ErrUnavailable) {
+		t.Fatalf("Subscribe again: %v", err)
+	}
+}
+
+// Publish, Subscribe and Shutdown at once: every call returns nil or
+// ErrClosed, nothing races (-race), nothing leaks (goleak).
+func TestConcurrentShutdown(t *testing.T) {
+	for range 20 {
+		ctx := t.Context()
+		ct := chanbus.New()
+		b := bus.New(ct)
+		if _, err := bus.Subscribe(b, "g", func(ctx context.Context, e bus.Event[Step]) error { return nil }, bus.WithConcurrency(2)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for p := range 4 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					err := bus.Publish(ctx, b, Step{Key: fmt.Sprint(p), Seq: i}, bus.WithKey(fmt.Sprint(p)))
+					if errors.Is(err, transport.ErrClosed) {
+						return
+					}
+					if err != nil {
+						t.Errorf("Publish: %v", err)
+						return
+					}
+				}
+			})
+		}
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				_, err := bus.Subscribe(b, fmt.Sprint("late", i), func(ctx context.Context, e bus.Event[Step]) error { return nil })
+				if errors.Is(err, transport.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("Subscribe: %v", err)
+					return
+				}
+			}
+		})
+		if err := b.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
 	}
 }
