@@ -25,7 +25,10 @@
 // Those of chanbus, which are those of every busway transport except
 // durability: at least once (a handler error means redelivery after a short
 // backoff, recorded as another call with a higher Attempt), per-key order,
-// every group gets every event. Subscribe on a Harness starts the handler's
+// every group gets every event. A permanent error (bus.Permanent, a body
+// that does not decode) is recorded and the message acknowledged, as the
+// DeadLetter middleware of a production chain would: it is not delivered
+// again. Subscribe on a Harness starts the handler's
 // (topic, group) at once; every event published afterwards reaches it.
 //
 // # Errors
@@ -135,6 +138,7 @@ func New(tb testing.TB, opts ...Option) *Harness {
 	busOpts := append([]bus.Option{
 		bus.WithPublishMiddleware(h.recordPublish),
 		bus.WithHandlerMiddleware(h.recordHandle),
+		bus.WithMiddleware(ackPermanent),
 	}, c.busOpts...)
 	h.b = bus.New(h.ct, busOpts...)
 	if err := h.b.Start(context.Background()); err != nil {
@@ -325,6 +329,19 @@ func (h *Harness) recordHandle(next transport.Handler) transport.Handler {
 		h.handled = append(h.handled, record{msg: c, err: err})
 		h.mu.Unlock()
 		return err
+	}
+}
+
+// ackPermanent acknowledges a message whose handling failed permanently,
+// as the DeadLetter middleware would (without a dead-letter topic), so that
+// it is not redelivered for the rest of the test. It is the outermost
+// middleware: a DeadLetter of the test's own chain sees the error first.
+func ackPermanent(next transport.Handler) transport.Handler {
+	return func(ctx context.Context, m *transport.Message) error {
+		if err := next(ctx, m); err != nil && !transport.IsPermanent(err) {
+			return err
+		}
+		return nil
 	}
 }
 

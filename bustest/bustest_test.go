@@ -109,8 +109,8 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// Failures are recorded with their errors: a handler error, retried, and
-// a body that does not decode.
+// Failures are recorded with their errors: a permanent handler error and a
+// body that does not decode, each handled once (not redelivered).
 func TestFailuresAreRecorded(t *testing.T) {
 	h := bustest.New(t)
 	b := h.Bus()
@@ -120,8 +120,11 @@ func TestFailuresAreRecorded(t *testing.T) {
 	}
 	h.Wait()
 	calls := bustest.Handled[OrderCreated](h)
-	if len(calls) == 0 || !bus.IsPermanent(calls[0].Err) || !strings.Contains(calls[0].Err.Error(), "without amount") {
+	if len(calls) != 1 || !bus.IsPermanent(calls[0].Err) || !strings.Contains(calls[0].Err.Error(), "without amount") {
 		t.Fatalf("calls %+v", calls)
+	}
+	if s := h.Stats(); s.Failed != 1 {
+		t.Errorf("Stats = %+v", s)
 	}
 	h.Reset()
 
@@ -134,7 +137,7 @@ func TestFailuresAreRecorded(t *testing.T) {
 	h.Wait()
 	calls = bustest.Handled[OrderCreated](h)
 	var de *bus.DecodeError
-	if len(calls) == 0 || !errors.As(calls[0].Err, &de) || calls[0].ID != "raw-1" {
+	if len(calls) != 1 || !errors.As(calls[0].Err, &de) || calls[0].ID != "raw-1" {
 		t.Fatalf("calls %+v", calls)
 	}
 	if f := h.Failures(); len(f) == 0 || !strings.Contains(f[0].Error(), `group "billing"`) {
@@ -159,4 +162,32 @@ func TestWaitIdleRespectsContext(t *testing.T) {
 	}
 	close(block)
 	h.Wait()
+}
+
+// A transient error is redelivered until the handler succeeds.
+func TestTransientErrorIsRedelivered(t *testing.T) {
+	h := bustest.New(t)
+	done := make(chan struct{})
+	must(t, subscribe(h.Bus(), "flaky", func(ctx context.Context, e bus.Event[OrderCreated]) error {
+		if e.Attempt < 3 {
+			return errors.New("try again")
+		}
+		close(done)
+		return nil
+	}))
+	if err := bus.Publish(t.Context(), h.Bus(), OrderCreated{ID: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	h.Wait()
+	var attempts []int
+	for _, c := range bustest.Handled[OrderCreated](h) {
+		attempts = append(attempts, c.Attempt)
+		if (c.Err == nil) != (c.Attempt == 3) {
+			t.Errorf("attempt %d: %v", c.Attempt, c.Err)
+		}
+	}
+	if !slices.Equal(attempts, []int{1, 2, 3}) {
+		t.Errorf("attempts %v", attempts)
+	}
 }
