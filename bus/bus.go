@@ -381,7 +381,8 @@ func (b *Bus) sortedRoutes() []*route {
 // ctx ends, acknowledges/commits what finished, and then closes the
 // transport. Publish after Shutdown returns an error wrapping ErrClosed.
 // Shutdown is idempotent; a second call waits for the first and returns
-// its result. Errors of several subscriptions are joined.
+// its result. Errors of several subscriptions are joined. A handler must
+// not call Shutdown: draining would wait for the handler itself.
 func (b *Bus) Shutdown(ctx context.Context) error {
 	if b == nil {
 		return fmt.Errorf("%w: nil *Bus", ErrInvalidOptions)

@@ -103,7 +103,8 @@ func (s *Subscription) Type() string { return s.typ }
 // that the group receives afterwards are unknown to it (see WithFallback).
 // When it was the group's last handler on the topic, Close closes the
 // transport subscription, draining in-flight handlers until ctx ends.
-// Close is idempotent; Shutdown closes every subscription.
+// Close is idempotent; Shutdown closes every subscription. A handler must
+// not call Close of its own subscription: draining would wait for itself.
 func (s *Subscription) Close(ctx context.Context) error {
 	if s == nil || !s.closed.CompareAndSwap(false, true) {
 		return nil
