@@ -93,32 +93,35 @@ func Metrics(opts MetricsOptions) Middleware {
 		with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
 			return metric.WithAttributeSet(attribute.NewSet(append(kv, base...)...))
 		}
-		return &procAttrs{base: base, plain: with(), success: with(AttrOutcome.String(string(OutcomeSuccess))),
-			duplicate: with(AttrOutcome.String(string(OutcomeDuplicate)))}
+		return newProcAttrs(base, with(), with(AttrOutcome.String(string(OutcomeSuccess))),
+			with(AttrOutcome.String(string(OutcomeDuplicate))))
 	}
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
 			a := cache.get(procKey{m.Topic, m.Group}, build)
-			active.Add(ctx, 1, a.plain)
+			active.Add(ctx, 1, a.plain...)
 			ctx, r := withReport(ctx)
 			start := time.Now()
 			err := next(ctx, m)
 			elapsed := time.Since(start).Seconds()
-			active.Add(ctx, -1, a.plain)
-			var opt metric.MeasurementOption
+			active.Add(ctx, -1, a.plain...)
 			switch out := r.outcome(err); out {
 			case OutcomeSuccess:
-				opt = a.success
+				dur.Record(ctx, elapsed, a.successRec...)
+				consumed.Add(ctx, 1, a.success...)
 			case OutcomeDuplicate:
-				opt = a.duplicate
-			case OutcomeDeadLettered:
-				dlq.Add(ctx, 1, a.plain)
-				opt = a.with(AttrOutcome.String(string(out)), semconv.ErrorType(errType(r.err)))
+				dur.Record(ctx, elapsed, a.duplicateRec...)
+				consumed.Add(ctx, 1, a.duplicate...)
 			default:
-				opt = a.with(AttrOutcome.String(string(out)), semconv.ErrorType(errType(err)))
+				cause := err
+				if out == OutcomeDeadLettered {
+					dlq.Add(ctx, 1, a.plain...)
+					cause = r.err
+				}
+				opt := a.with(AttrOutcome.String(string(out)), semconv.ErrorType(errType(cause)))
+				dur.Record(ctx, elapsed, opt)
+				consumed.Add(ctx, 1, opt)
 			}
-			dur.Record(ctx, elapsed, opt)
-			consumed.Add(ctx, 1, opt)
 			return err
 		}
 	}
@@ -126,11 +129,20 @@ func Metrics(opts MetricsOptions) Middleware {
 
 type procKey struct{ topic, group string }
 
-// procAttrs are the attribute sets of one (topic, group), built once: an
-// attribute set costs a sort and allocations per measurement otherwise.
+// procAttrs are the attribute sets of one (topic, group), built once, with
+// the option slices the instruments take: an attribute set costs a sort and
+// allocations per measurement otherwise, and a variadic argument list one
+// more.
 type procAttrs struct {
 	base                      []attribute.KeyValue
-	plain, success, duplicate metric.MeasurementOption
+	plain, success, duplicate []metric.AddOption
+	successRec, duplicateRec  []metric.RecordOption
+}
+
+func newProcAttrs(base []attribute.KeyValue, plain, success, duplicate metric.MeasurementOption) *procAttrs {
+	return &procAttrs{base: base,
+		plain: []metric.AddOption{plain}, success: []metric.AddOption{success}, duplicate: []metric.AddOption{duplicate},
+		successRec: []metric.RecordOption{success}, duplicateRec: []metric.RecordOption{duplicate}}
 }
 
 func (a *procAttrs) with(kv ...attribute.KeyValue) metric.MeasurementOption {

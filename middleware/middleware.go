@@ -77,8 +77,11 @@ const (
 // report carries what inner middleware decided back to outer observers
 // (Metrics, Tracing, Logging) without changing the Handler signature. One
 // is created per delivery by the outermost observer; the chain runs one
-// attempt at a time, so no lock is needed.
+// attempt at a time, so no lock is needed. It is itself the context that
+// carries it (one allocation instead of two): Value answers reportKey and
+// defers everything else, Done and Deadline included, to the parent.
 type report struct {
+	context.Context
 	deadLettered bool
 	duplicate    bool
 	dlqTopic     string
@@ -88,14 +91,22 @@ type report struct {
 
 type reportKey struct{}
 
+// Value returns r for reportKey and the parent's value otherwise.
+func (r *report) Value(key any) any {
+	if _, ok := key.(reportKey); ok {
+		return r
+	}
+	return r.Context.Value(key)
+}
+
 // withReport returns ctx carrying a report, reusing one an outer observer
 // installed.
 func withReport(ctx context.Context) (context.Context, *report) {
-	if r, ok := ctx.Value(reportKey{}).(*report); ok {
+	if r := reportFrom(ctx); r != nil {
 		return ctx, r
 	}
-	r := new(report)
-	return context.WithValue(ctx, reportKey{}, r), r
+	r := &report{Context: ctx}
+	return r, r
 }
 
 func reportFrom(ctx context.Context) *report {

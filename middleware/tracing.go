@@ -92,6 +92,9 @@ func newTracer(o TracingOptions) tracer {
 // span in ctx.
 func Tracing(opts TracingOptions) Middleware {
 	tr := newTracer(opts)
+	kind := trace.WithSpanKind(trace.SpanKindConsumer)
+	var names attrCache[string, string]
+	name := func(topic string) string { return "process " + topic }
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
 			ctx = tr.prop.Extract(ctx, propagation.MapCarrier(m.Header))
@@ -108,8 +111,7 @@ func Tracing(opts TracingOptions) Middleware {
 				attrs = append(attrs, semconv.MessagingMessageID(m.ID))
 			}
 			attrs = appendMeta(attrs, m.Meta)
-			ctx, span := tr.t.Start(ctx, "process "+m.Topic,
-				trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
+			ctx, span := tr.t.Start(ctx, names.get(m.Topic, name), kind, trace.WithAttributes(attrs...))
 			defer span.End()
 			var r *report
 			if span.IsRecording() {
