@@ -245,3 +245,60 @@ func TestConcurrentShutdown(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+func TestPublishBatch(t *testing.T) {
+	ctx := t.Context()
+	ct := chanbus.New()
+	b := bus.New(ct)
+	var mu sync.Mutex
+	got := map[string][]int{}
+	if _, err := bus.Subscribe(b, "g", func(ctx context.Context, e bus.Event[Step]) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if e.Key != e.Data.Key || e.Subject != "batch" {
+			t.Errorf("event key %q subject %q, data %+v", e.Key, e.Subject, e.Data)
+		}
+		got[e.Key] = append(got[e.Key], e.Data.Seq)
+		return nil
+	}, bus.WithConcurrency(4)); err != nil {
+		t.Fatal(err)
+	}
+	started(t, b)
+	var steps []Step
+	for i := range 30 {
+		steps = append(steps, Step{Key: fmt.Sprint("k", i%3), Seq: i})
+	}
+	err := bus.PublishBatch(ctx, b, steps, bus.WithKeyFunc(func(s Step) string { return s.Key }), bus.WithSubject("batch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.PublishBatch(ctx, b, []Step(nil)); err != nil {
+		t.Errorf("empty batch: %v", err)
+	}
+	if err := ct.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for k, seqs := range got {
+		if len(seqs) != 10 || !slices.IsSorted(seqs) {
+			t.Errorf("key %s: %v", k, seqs)
+		}
+	}
+	if s := b.Stats(); s.Published != 30 || s.Handled != 30 {
+		t.Errorf("Stats = %+v", s)
+	}
+
+	for _, tc := range []struct {
+		name string
+		opt  bus.PublishOption
+	}{
+		{"WithID", bus.WithID("same")},
+		{"WithKeyFunc of another type", bus.WithKeyFunc(func(o OrderCreated) string { return o.ID })},
+		{"nil WithKeyFunc", bus.WithKeyFunc[Step](nil)},
+	} {
+		if err := bus.PublishBatch(ctx, b, steps, tc.opt); !errors.Is(err, bus.ErrInvalidOptions) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}

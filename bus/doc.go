@@ -11,6 +11,10 @@
 //	defer b.Shutdown(ctx)
 //	err := bus.Publish(ctx, b, OrderCreated{ID: "42"}, bus.WithKey("42"))
 //
+// PublishBatch sends many events of one type in one transport call (one
+// broker round trip); NewMessage builds the message Publish would send,
+// for an outbox.
+//
 // An event's type name is its Go type's EventType() string method if it has
 // one, else the Go type name ("OrderCreated"). Its topic is the one given
 // to Register, else the type name. Several types may share a topic (so that
