@@ -28,6 +28,10 @@
 //     waits meanwhile, so the key's order holds, and other shards go on.
 //     Message.Attempt counts the deliveries. There is no limit on attempts:
 //     bound them with the Retry and DeadLetter middleware.
+//   - Every group sees a topic in one order: with several groups, a message
+//     is handled by none of them before it was queued for all, so a
+//     follow-up that one group's handler publishes never overtakes its
+//     cause in another group.
 //   - Publish copies each message (Header and Body) for each group, so the
 //     caller may reuse it once Publish returned and the groups' handlers do
 //     not share it. A redelivery hands the handler the same Message value as
@@ -200,18 +204,37 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	}
 	now := time.Now()
 	for i, m := range msgs {
-		idx := t.shardOf(m.Key)
-		for gi, g := range groups {
-			if err := g.enqueue(ctx, newDelivery(m, topic, g.name, now), idx); err != nil {
-				if i == 0 && gi == 0 {
-					return err // nothing was queued
-				}
-				pe := &transport.PublishError{Topic: topic, Total: len(msgs)}
-				for j := i; j < len(msgs); j++ {
-					pe.Failures = append(pe.Failures, transport.MessageError{Index: j, ID: msgs[j].ID, Err: err})
-				}
-				return pe
+		if err := t.enqueueAll(ctx, groups, m, topic, now); err != nil {
+			if i == 0 && len(groups) == 1 {
+				return err // nothing was queued
 			}
+			pe := &transport.PublishError{Topic: topic, Total: len(msgs)}
+			for j := i; j < len(msgs); j++ {
+				pe.Failures = append(pe.Failures, transport.MessageError{Index: j, ID: msgs[j].ID, Err: err})
+			}
+			return pe
+		}
+	}
+	return nil
+}
+
+// enqueueAll queues m for every group. With several groups, no group handles
+// it before it was queued for all of them (the deliveries share a gate that
+// opens then): otherwise a fast group's handler could publish a follow-up of
+// the same key that reaches a slower group before m does, an order a
+// broker's log never shows.
+func (t *Transport) enqueueAll(ctx context.Context, groups []*group, m *transport.Message, topic string, now time.Time) error {
+	idx := t.shardOf(m.Key)
+	var gate chan struct{}
+	if len(groups) > 1 {
+		gate = make(chan struct{})
+		defer close(gate)
+	}
+	for _, g := range groups {
+		d := newDelivery(m, topic, g.name, now)
+		d.gate = gate
+		if err := g.enqueue(ctx, d, idx); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -395,6 +418,7 @@ func (p *pending) wait(ctx context.Context) error {
 type delivery struct {
 	msg     transport.Message
 	attempt int
+	gate    <-chan struct{} // nil, or closed once the message is queued for every group
 }
 
 // group is the state of one (topic, group): its key shards, shared by its
@@ -632,6 +656,13 @@ func (s *subscription) run(ctx context.Context, sh *shard) {
 		d := sh.next()
 		if d == nil {
 			return
+		}
+		if d.gate != nil {
+			select {
+			case <-d.gate:
+			case <-ctx.Done(): // closing hard: the handler sees the cancelled ctx
+			}
+			d.gate = nil
 		}
 		d.attempt++
 		d.msg.Attempt = d.attempt
