@@ -18,9 +18,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/busway/busway"
 	"github.com/busway/busway/bus"
 	"github.com/busway/busway/transport"
-	"github.com/busway/busway/transport/chanbus"
 )
 
 // The events. All three share the topic "orders", keyed by order ID, so
@@ -51,15 +51,11 @@ func main() {
 	}
 }
 
-// openTransport opens the transport BUS_URL names, "chan://" by default.
-// Only chanbus is registered here for now; a broker's opener registered on
-// the mux is all another transport needs.
+// openTransport opens the transport BUS_URL names: "chan://" by default,
+// "nats://embedded?store_dir=/tmp/qs" for a durable single binary,
+// "nats://host:4222" or "kafka://host:9092" for a broker.
 func openTransport(ctx context.Context, url string) (transport.Transport, error) {
-	var mux transport.Mux
-	if err := mux.Register(chanbus.Scheme, chanbus.Opener()); err != nil {
-		return nil, err
-	}
-	return mux.Open(ctx, cmp.Or(url, "chan://"))
+	return busway.Open(ctx, url)
 }
 
 func run(ctx context.Context, out io.Writer, url string) error {
