@@ -107,7 +107,8 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		h:     h,
 		cg:    cg,
 		log:   log,
-		slots: make(chan struct{}, workers),
+		// A queue per ready key: bounded by MaxInFlight (see the field).
+		ready: make(chan *keyQueue, maxInFlight+workers),
 		// A counting semaphore of the fetched, unfinished messages: its
 		// capacity is the bound on them (MaxInFlight).
 		inflight: make(chan struct{}, maxInFlight),
@@ -128,6 +129,10 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	}
 	t.subs[s] = struct{}{}
 	t.mu.Unlock()
+	s.workers.Add(workers)
+	for range workers {
+		go s.work()
+	}
 	go s.loop()
 	return s, nil
 }
@@ -208,12 +213,15 @@ type subscription struct {
 	cg    *kafkago.ConsumerGroup
 	log   *slog.Logger
 
-	slots    chan struct{} // handlers running (Concurrency)
 	inflight chan struct{} // fetched, unfinished messages (MaxInFlight)
 	window   int           // per partition, fetched messages past the commit position (MaxInFlight)
 	keyMu    sync.Mutex
-	keys     map[string]*keyQueue // keys with a running goroutine
-	workers  sync.WaitGroup       // key goroutines
+	keys     map[string]*keyQueue // keys with unfinished messages
+	// ready holds the key queues whose next message may run now; the
+	// Concurrency workers take them. A queue is in it at most once and
+	// only while it has a message, so MaxInFlight bounds its length.
+	ready   chan *keyQueue
+	workers sync.WaitGroup // the workers and the retry timers
 
 	runCtx    context.Context // parent of handler contexts; canceled when Close's ctx ends
 	cancelRun context.CancelFunc
@@ -229,7 +237,18 @@ type subscription struct {
 	crash bool // tests: skip final commits, as a killed process would
 }
 
-type keyQueue struct{ jobs []*job }
+// keyQueue is the unfinished messages of one key (or a single keyless
+// message), in offset order. Whoever holds it (a worker, a retry timer, or
+// the ready channel) owns head and the fields below it; rest is guarded by
+// subscription.keyMu.
+type keyQueue struct {
+	key     string
+	rest    []*job
+	head    *job
+	attempt int        // attempts of head so far
+	backoff time.Duration
+	dead    *partition // a partition whose message of this key was abandoned
+}
 
 type job struct {
 	p *partition
@@ -247,6 +266,9 @@ func (s *subscription) Close(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, s.cancelRun)
 		s.cg.Close() // ends the generation: partitions drain and commit; leaves the group
 		<-s.loopDone
+		// Every partition drained: no message is queued or waiting for a
+		// retry any more.
+		close(s.ready)
 		s.workers.Wait()
 		stop()
 		s.cancelRun()
@@ -503,84 +525,104 @@ func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Mes
 	s.keyMu.Lock()
 	if key != "" {
 		if q, ok := s.keys[key]; ok {
-			q.jobs = append(q.jobs, j)
+			q.rest = append(q.rest, j) // its holder runs it in turn
 			s.keyMu.Unlock()
 			return nil
 		}
-		s.keys[key] = &keyQueue{}
 	}
-	s.workers.Add(1)
+	q := &keyQueue{key: key, head: j}
+	if key != "" {
+		s.keys[key] = q
+	}
 	s.keyMu.Unlock()
-	go s.runKey(key, j)
+	s.ready <- q // never blocks: see the field
 	return nil
 }
 
-// runKey handles j, then the messages queued behind it for the same key.
-// After a message of a partition was abandoned unfinished, the key's later
-// messages of that partition are skipped too: they will be redelivered
-// after it, in order.
-func (s *subscription) runKey(key string, j *job) {
+// work runs ready key queues' next messages until the subscription closes.
+func (s *subscription) work() {
 	defer s.workers.Done()
-	var dead *partition
-	for {
-		if j.p == dead {
-			j.p.wg.Done()
-		} else if !s.handle(j) {
-			dead = j.p
-		}
-		<-s.inflight
-		if key == "" {
-			return
-		}
-		s.keyMu.Lock()
-		q := s.keys[key]
-		if len(q.jobs) == 0 {
-			delete(s.keys, key)
-			s.keyMu.Unlock()
-			return
-		}
-		j = q.jobs[0]
-		q.jobs[0] = nil
-		q.jobs = q.jobs[1:]
-		s.keyMu.Unlock()
+	for q := range s.ready {
+		s.step(q)
 	}
 }
 
-// handle runs the handler on j until it succeeds (true), or gives up
-// (false) when j's partition is abandoned or, after a failure, draining.
-// It backs off between attempts.
-func (s *subscription) handle(j *job) bool {
+// step makes one attempt at q's next message, then passes q on: back to
+// the ready queue when another message of the key waits, to a retry timer
+// after a failure, or nowhere when the key has nothing left.
+func (s *subscription) step(q *keyQueue) {
+	j := q.head
 	p := j.p
-	defer p.wg.Done()
-	backoff := s.t.cfg.RetryBackoff
-	for attempt := 1; ; attempt++ {
-		if p.ctx.Err() != nil {
-			return false
-		}
-		select {
-		case s.slots <- struct{}{}:
-		case <-p.ctx.Done():
-			return false
-		}
-		err := s.call(p.ctx, j, attempt)
-		<-s.slots
+	switch {
+	case p == q.dead || p.ctx.Err() != nil:
+		// Skipped: redelivered after the abandoned message of its key.
+	case q.attempt > 0 && isClosed(p.draining):
+		// Failed before and the partition is draining: leave it to the
+		// new owner, with the rest of its key.
+		q.dead = p
+	default:
+		q.attempt++
+		err := s.call(p.ctx, j, q.attempt)
 		if err == nil {
 			p.finish(j.m.Offset)
-			return true
+			break
+		}
+		if p.ctx.Err() != nil || isClosed(p.draining) {
+			q.dead = p
+			break
+		}
+		if q.backoff == 0 {
+			q.backoff = s.t.cfg.RetryBackoff
 		}
 		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.m.Offset,
-			"attempt", attempt, "backoff", backoff, "err", err)
-		t := time.NewTimer(backoff)
+			"attempt", q.attempt, "backoff", q.backoff, "err", err)
+		s.retryLater(q, p)
+		return
+	}
+	q.attempt, q.backoff = 0, 0
+	p.wg.Done()
+	<-s.inflight
+	s.keyMu.Lock()
+	if len(q.rest) == 0 {
+		if q.key != "" {
+			delete(s.keys, q.key)
+		}
+		s.keyMu.Unlock()
+		return
+	}
+	q.head = q.rest[0]
+	q.rest[0] = nil
+	q.rest = q.rest[1:]
+	s.keyMu.Unlock()
+	s.ready <- q
+}
+
+// retryLater puts q back into the ready queue after its backoff, or at
+// once when its partition starts draining or is abandoned (the next step
+// then gives the message up). Only q's key waits.
+func (s *subscription) retryLater(q *keyQueue, p *partition) {
+	d := q.backoff
+	q.backoff = min(2*q.backoff, s.t.cfg.RetryBackoffMax)
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		t := time.NewTimer(d)
+		defer t.Stop()
 		select {
 		case <-t.C:
-		case <-p.ctx.Done():
-			t.Stop()
-			return false
 		case <-p.draining:
-			t.Stop()
-			return false
+		case <-p.ctx.Done():
 		}
-		backoff = min(2*backoff, s.t.cfg.RetryBackoffMax)
+		s.ready <- q
+	}()
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
