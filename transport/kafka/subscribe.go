@@ -245,7 +245,7 @@ type keyQueue struct {
 	key     string
 	rest    []*job
 	head    *job
-	attempt int        // attempts of head so far
+	attempt int // attempts of head so far
 	backoff time.Duration
 	dead    *partition // a partition whose message of this key was abandoned
 }
