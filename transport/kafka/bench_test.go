@@ -2,7 +2,6 @@ package kafka
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -214,5 +213,3 @@ func BenchmarkConsumeSlowHandler(b *testing.B) {
 		}, time.Second)
 	})
 }
-
-var _ = fmt.Sprint

@@ -42,7 +42,8 @@ type Transport struct {
 }
 
 type topicInfo struct {
-	ids     []int // 0..partitions-1, read only
+	ids     []int   // 0..partitions-1, read only
+	leaders []int32 // broker ID of each partition's leader, read only
 	expires time.Time
 }
 
@@ -162,45 +163,52 @@ func errClosed(op string) error { return fmt.Errorf("kafka: %s: %w", op, transpo
 // partitions returns the topic's partition IDs (0..n-1), creating the
 // topic when it is missing and provisioning allows.
 func (t *Transport) partitions(ctx context.Context, topic string) ([]int, error) {
+	ti, err := t.topic(ctx, topic)
+	return ti.ids, err
+}
+
+// topic returns what the transport knows of topic, creating the topic when
+// it is missing and provisioning allows.
+func (t *Transport) topic(ctx context.Context, topic string) (topicInfo, error) {
 	t.mu.Lock()
 	ti, ok := t.topics[topic]
 	t.mu.Unlock()
 	if ok && time.Now().Before(ti.expires) {
-		return ti.ids, nil
+		return ti, nil
 	}
-	n, err := t.lookup(ctx, topic, false)
+	leaders, err := t.lookup(ctx, topic, false)
 	if err == nil {
-		return t.remember(topic, n), nil
+		return t.remember(topic, leaders), nil
 	}
 	if !errors.Is(err, transport.ErrTopicNotFound) {
-		return nil, err
+		return topicInfo{}, err
 	}
 	if !t.cfg.Topics.Disable {
 		if err := t.createTopic(ctx, topic); err != nil {
-			return nil, err
+			return topicInfo{}, err
 		}
 	}
 	// The transport's metadata cache may predate the topic: this request
 	// makes it ask the brokers.
-	n, err = t.lookup(ctx, topic, true)
+	leaders, err = t.lookup(ctx, topic, true)
 	if err != nil {
 		if errors.Is(err, transport.ErrTopicNotFound) && t.cfg.Topics.Disable {
-			return nil, fmt.Errorf("%w (creating topics is disabled: Config.Topics.Disable)", err)
+			return topicInfo{}, fmt.Errorf("%w (creating topics is disabled: Config.Topics.Disable)", err)
 		}
-		return nil, err
+		return topicInfo{}, err
 	}
-	return t.remember(topic, n), nil
+	return t.remember(topic, leaders), nil
 }
 
-func (t *Transport) remember(topic string, n int) []int {
-	ids := make([]int, n)
-	for i := range ids {
-		ids[i] = i
+func (t *Transport) remember(topic string, leaders []int32) topicInfo {
+	ti := topicInfo{ids: make([]int, len(leaders)), leaders: leaders, expires: time.Now().Add(topicTTL)}
+	for i := range ti.ids {
+		ti.ids[i] = i
 	}
 	t.mu.Lock()
-	t.topics[topic] = topicInfo{ids: ids, expires: time.Now().Add(topicTTL)}
+	t.topics[topic] = ti
 	t.mu.Unlock()
-	return ids
+	return ti
 }
 
 func (t *Transport) forget(topic string) {
@@ -209,26 +217,36 @@ func (t *Transport) forget(topic string) {
 	t.mu.Unlock()
 }
 
-func (t *Transport) lookup(ctx context.Context, topic string, refresh bool) (int, error) {
+// lookup returns the leader of each of topic's partitions. With refresh,
+// a topic missing from kafka-go's metadata cache is looked up on the
+// brokers (which may create it if they auto-create topics).
+func (t *Transport) lookup(ctx context.Context, topic string, refresh bool) ([]int32, error) {
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
 	res, err := t.kt.RoundTrip(ctx, t.addr, &metadataAPI.Request{TopicNames: []string{topic}, AllowAutoTopicCreation: refresh})
 	if err != nil {
-		return 0, fmt.Errorf("kafka: metadata of topic %q: %w", topic, classify(ctx, err))
+		return nil, fmt.Errorf("kafka: metadata of topic %q: %w", topic, classify(ctx, err))
 	}
 	for _, mt := range res.(*metadataAPI.Response).Topics {
 		if mt.Name != topic {
 			continue
 		}
 		if mt.ErrorCode != 0 {
-			return 0, fmt.Errorf("kafka: topic %q: %w", topic, classify(ctx, kafkago.Error(mt.ErrorCode)))
+			return nil, fmt.Errorf("kafka: topic %q: %w", topic, classify(ctx, kafkago.Error(mt.ErrorCode)))
 		}
 		if len(mt.Partitions) == 0 {
 			break
 		}
-		return len(mt.Partitions), nil
+		leaders := make([]int32, len(mt.Partitions))
+		for _, p := range mt.Partitions {
+			if p.PartitionIndex < 0 || int(p.PartitionIndex) >= len(leaders) {
+				return nil, fmt.Errorf("kafka: topic %q: metadata names partition %d of %d", topic, p.PartitionIndex, len(leaders))
+			}
+			leaders[p.PartitionIndex] = p.LeaderID
+		}
+		return leaders, nil
 	}
-	return 0, fmt.Errorf("kafka: %w: %q", transport.ErrTopicNotFound, topic)
+	return nil, fmt.Errorf("kafka: %w: %q", transport.ErrTopicNotFound, topic)
 }
 
 func (t *Transport) createTopic(ctx context.Context, topic string) error {
@@ -315,11 +333,20 @@ func isNetTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// retriable reports whether a produce error may go away on its own.
+// retriable reports whether a produce error may go away on its own (with
+// fresh metadata).
 func retriable(err error) bool {
 	var ke kafkago.Error
 	if errors.As(err, &ke) {
 		return ke.Temporary() && ke != kafkago.MessageSizeTooLarge && ke != kafkago.RecordListTooLarge
 	}
-	return errors.Is(err, transport.ErrUnavailable)
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, transport.ErrAuthentication), errors.Is(err, transport.ErrMessageTooLarge),
+		errors.Is(err, transport.ErrClosed):
+		return false
+	}
+	// Network errors, and kafka-go's routing errors when its metadata is
+	// stale ("no leader", "mismatching leaders").
+	return true
 }

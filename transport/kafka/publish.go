@@ -8,6 +8,8 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
 
 	"github.com/busway/busway/transport"
 )
@@ -21,9 +23,9 @@ import (
 // ID travels as Header["ce_id"] when that holds it, else in a header
 // "busway-id" that is removed again on delivery.
 //
-// All messages for one partition go in one produce request (split only at
-// Config.MaxMessageBytes), and the partitions' requests run concurrently:
-// Publish does not wait for a batch timer. When some partitions fail, the
+// All messages for partitions led by one broker go in one produce request
+// (a partition's split only at Config.MaxMessageBytes), and the brokers'
+// requests run concurrently: Publish does not wait for a batch timer. When some partitions fail, the
 // error is a *transport.PublishError listing the failed messages; the others
 // were accepted.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
@@ -49,17 +51,18 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	if len(failures) > 0 {
 		return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: failures}
 	}
-	ids, err := t.partitions(ctx, topic)
+	ti, err := t.topic(ctx, topic)
 	if err != nil {
 		return err
 	}
-	np := len(ids)
 
-	// Group the messages by partition, keeping their order.
+	// Group the messages by partition, keeping their order, and cut each
+	// partition's into chunks of at most MaxMessageBytes.
 	now := time.Now()
+	np := len(ti.ids)
 	keyless := -1
 	byPart := make(map[int][]int, min(np, len(msgs)))
-	parts := make([]int, 0, min(np, len(msgs)))
+	var order []int
 	for i, m := range msgs {
 		var p int
 		if m.Key == "" {
@@ -68,30 +71,62 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 			}
 			p = keyless
 		} else {
-			p = t.balancer.Balance(kafkago.Message{Key: []byte(m.Key)}, ids...)
+			p = t.balancer.Balance(kafkago.Message{Key: []byte(m.Key)}, ti.ids...)
 		}
 		if _, ok := byPart[p]; !ok {
-			parts = append(parts, p)
+			order = append(order, p)
 		}
 		byPart[p] = append(byPart[p], i)
 	}
-
-	if len(parts) == 1 {
-		failures = t.produce(ctx, topic, parts[0], msgs, byPart[parts[0]], now)
-	} else {
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, p := range parts {
-			wg.Go(func() {
-				f := t.produce(ctx, topic, p, msgs, byPart[p], now)
-				if len(f) > 0 {
-					mu.Lock()
-					failures = append(failures, f...)
-					mu.Unlock()
+	var pending []*chunk
+	for _, p := range order {
+		idx := byPart[p]
+		for start := 0; start < len(idx); {
+			end, size := start, 0
+			for end < len(idx) {
+				n := recordSize(msgs[idx[end]])
+				if end > start && size+n > t.cfg.MaxMessageBytes {
+					break
 				}
-			})
+				size += n
+				end++
+			}
+			pending = append(pending, &chunk{partition: p, idx: idx[start:end]})
+			start = end
 		}
-		wg.Wait()
+	}
+
+	backoff := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		t.send(ctx, topic, ti.leaders, pending, msgs, now)
+		var retry []*chunk
+		for _, c := range pending {
+			switch {
+			case c.err == nil:
+			case attempt < t.cfg.PublishRetries && ctx.Err() == nil && retriable(c.err) && !t.isClosed():
+				retry = append(retry, c)
+			default:
+				for _, i := range c.idx {
+					failures = append(failures, transport.MessageError{Index: i, ID: msgs[i].ID,
+						Err: fmt.Errorf("partition %d: %w", c.partition, c.err)})
+				}
+			}
+		}
+		if len(retry) == 0 {
+			break
+		}
+		t.forget(topic) // leaders may have moved
+		if err := sleep(ctx, backoff); err != nil {
+			return err
+		}
+		backoff *= 2
+		if ti, err = t.topic(ctx, topic); err != nil {
+			return err
+		}
+		for _, c := range retry {
+			c.err = nil
+		}
+		pending = retry
 	}
 	if len(failures) == 0 {
 		return nil
@@ -109,73 +144,129 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: failures}
 }
 
-// produce sends msgs[idx...] to one partition, in requests of at most
-// MaxMessageBytes, retrying retriable errors.
-func (t *Transport) produce(ctx context.Context, topic string, partition int, msgs []*transport.Message, idx []int, now time.Time) []transport.MessageError {
-	var failures []transport.MessageError
-	for start := 0; start < len(idx); {
-		end, size := start, 0
-		for end < len(idx) {
-			n := recordSize(msgs[idx[end]])
-			if end > start && size+n > t.cfg.MaxMessageBytes {
-				break
-			}
-			size += n
-			end++
-		}
-		chunk := idx[start:end]
-		if err := t.produceChunk(ctx, topic, partition, msgs, chunk, now); err != nil {
-			for _, i := range chunk {
-				failures = append(failures, transport.MessageError{Index: i, ID: msgs[i].ID,
-					Err: fmt.Errorf("partition %d: %w", partition, err)})
-			}
-		}
-		start = end
-	}
-	return failures
+// chunk is up to MaxMessageBytes of one partition's messages of a Publish.
+type chunk struct {
+	partition int
+	idx       []int // message indexes, in order
+	err       error
 }
 
-func (t *Transport) produceChunk(ctx context.Context, topic string, partition int, msgs []*transport.Message, chunk []int, now time.Time) error {
-	records := make([]kafkago.Record, len(chunk))
-	for j, i := range chunk {
-		records[j] = toRecord(msgs[i], now)
+// send produces the chunks: one request per leader broker and round, a
+// round holding at most one chunk per partition, the leaders' requests
+// concurrently. It sets each chunk's err. After a chunk fails, its
+// partition's later chunks are not sent (they would overtake it).
+func (t *Transport) send(ctx context.Context, topic string, leaders []int32, chunks []*chunk, msgs []*transport.Message, now time.Time) {
+	byLeader := make(map[int32][]*chunk, 1)
+	var order []int32
+	for _, c := range chunks {
+		l := int32(-1)
+		if c.partition < len(leaders) {
+			l = leaders[c.partition]
+		}
+		if _, ok := byLeader[l]; !ok {
+			order = append(order, l)
+		}
+		byLeader[l] = append(byLeader[l], c)
 	}
-	backoff := 50 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		rctx, cancel := t.withTimeout(ctx)
-		res, err := t.client.Produce(rctx, &kafkago.ProduceRequest{
-			Topic:        topic,
-			Partition:    partition,
-			RequiredAcks: t.cfg.Acks.required(),
-			Records:      kafkago.NewRecordReader(records...),
-			Compression:  t.cfg.compression,
-		})
-		cancel()
-		if err == nil && res != nil {
-			err = res.Error
-			if err == nil {
-				for _, e := range res.RecordErrors {
-					err = e
-					break
+	if len(order) == 1 {
+		t.sendToLeader(ctx, topic, byLeader[order[0]], msgs, now)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, l := range order {
+		wg.Go(func() { t.sendToLeader(ctx, topic, byLeader[l], msgs, now) })
+	}
+	wg.Wait()
+}
+
+func (t *Transport) sendToLeader(ctx context.Context, topic string, chunks []*chunk, msgs []*transport.Message, now time.Time) {
+	failed := make(map[int]error)
+	for len(chunks) > 0 {
+		var round, later []*chunk
+		inRound := make(map[int]bool, len(chunks))
+		for _, c := range chunks {
+			switch {
+			case failed[c.partition] != nil:
+				c.err = failed[c.partition]
+			case inRound[c.partition]:
+				later = append(later, c)
+			default:
+				inRound[c.partition] = true
+				round = append(round, c)
+			}
+		}
+		if len(round) > 0 {
+			t.produceRound(ctx, topic, round, msgs, now)
+			for _, c := range round {
+				if c.err != nil {
+					failed[c.partition] = c.err
 				}
 			}
 		}
-		if err == nil {
-			return nil
+		chunks = later
+	}
+}
+
+// produceRound sends one produce request for chunks of distinct partitions
+// that share a leader.
+func (t *Transport) produceRound(ctx context.Context, topic string, chunks []*chunk, msgs []*transport.Message, now time.Time) {
+	parts := make([]produceAPI.RequestPartition, len(chunks))
+	for k, c := range chunks {
+		records := make([]kafkago.Record, len(c.idx))
+		for j, i := range c.idx {
+			records[j] = toRecord(msgs[i], now)
 		}
+		parts[k] = produceAPI.RequestPartition{
+			Partition: int32(c.partition),
+			RecordSet: protocol.RecordSet{
+				Attributes: protocol.Attributes(t.cfg.compression) & 0x7,
+				Records:    kafkago.NewRecordReader(records...),
+			},
+		}
+	}
+	rctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	timeout := int32(t.cfg.RequestTimeout / time.Millisecond)
+	if dl, ok := rctx.Deadline(); ok {
+		timeout = int32(max(time.Until(dl), time.Millisecond) / time.Millisecond)
+	}
+	res, err := t.kt.RoundTrip(rctx, t.addr, &produceAPI.Request{
+		Acks:    int16(t.cfg.Acks.required()),
+		Timeout: timeout,
+		Topics:  []produceAPI.RequestTopic{{Topic: topic, Partitions: parts}},
+	})
+	if err != nil {
 		err = classify(ctx, err)
-		if ctx.Err() != nil || attempt >= t.cfg.PublishRetries || !retriable(err) {
-			return err
+		for _, c := range chunks {
+			c.err = err
 		}
-		if t.isClosed() {
-			return errors.Join(err, transport.ErrClosed)
+		return
+	}
+	if t.cfg.Acks == AcksNone || res == nil {
+		return
+	}
+	got := make(map[int32]error, len(chunks))
+	for _, rt := range res.(*produceAPI.Response).Topics {
+		for _, rp := range rt.Partitions {
+			if rp.ErrorCode != 0 {
+				err := error(kafkago.Error(rp.ErrorCode))
+				if rp.ErrorMessage != "" {
+					err = fmt.Errorf("%w: %s", err, rp.ErrorMessage)
+				}
+				got[rp.Partition] = classify(ctx, err)
+			} else if len(rp.RecordErrors) > 0 {
+				got[rp.Partition] = fmt.Errorf("record %d: %s", rp.RecordErrors[0].BatchIndex, rp.RecordErrors[0].BatchIndexErrorMessage)
+			} else {
+				got[rp.Partition] = nil
+			}
 		}
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return ctx.Err()
+	}
+	for _, c := range chunks {
+		e, ok := got[int32(c.partition)]
+		if !ok {
+			e = fmt.Errorf("%w: no response for partition %d", transport.ErrUnavailable, c.partition)
 		}
-		backoff *= 2
+		c.err = e
 	}
 }
 
