@@ -14,9 +14,10 @@
 // on the same partition whichever client produced it. Message.Header travels
 // as record headers: the canonical CloudEvents names of package transport
 // ("ce_id", "ce_type", ..., "content-type") are already the Kafka binding's
-// spelling. A Publish of N messages is one produce request per partition, sent
+// spelling. A Publish of N messages is one produce request per leader broker
+// (holding every partition that broker leads), the brokers' requests sent
 // concurrently, acknowledged by every in-sync replica by default; it does not
-// wait for a batch timer.
+// wait for a batch timer (kafka-go's Writer waits for BatchTimeout).
 //
 // # Delivery semantics
 //

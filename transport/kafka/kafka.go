@@ -127,8 +127,8 @@ func (t *Transport) release() {
 	t.conns.closeAll()
 }
 
-// Close closes every subscription still open (draining each for at most
-// DrainTimeout), then the connections. Publish and Subscribe after Close
+// Close closes every subscription still open (draining them, together, for
+// at most DrainTimeout), then the connections. Publish and Subscribe after Close
 // return transport.ErrClosed. Idempotent.
 func (t *Transport) Close() error {
 	t.mu.Lock()
@@ -142,12 +142,14 @@ func (t *Transport) Close() error {
 		subs = append(subs, s)
 	}
 	t.mu.Unlock()
-	var errs []error
-	for _, s := range subs {
-		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
-		errs = append(errs, s.Close(ctx))
-		cancel()
+	errs := make([]error, len(subs))
+	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, s := range subs {
+		wg.Go(func() { errs[i] = s.Close(ctx) })
 	}
+	wg.Wait()
 	t.release()
 	return errors.Join(errs...)
 }

@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 func newCluster(t testing.TB, opts ...kfake.Opt) *kfake.Cluster {
 	t.Helper()
 	opts = append([]kfake.Opt{
-		kfake.NumBrokers(1),
+		kfake.NumBrokers(3),
 		kfake.DefaultNumPartitions(3),
 		kfake.GroupMinSessionTimeout(500 * time.Millisecond),
 	}, opts...)
