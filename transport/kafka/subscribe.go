@@ -228,6 +228,7 @@ type subscription struct {
 	stopCtx   context.Context // canceled when Close begins: stop fetching
 	stopFetch context.CancelFunc
 	loopDone  chan struct{}
+	running   sync.WaitGroup // functions started on generations
 
 	commitMu sync.Mutex // serializes commits so that they never go backwards
 
@@ -266,6 +267,7 @@ func (s *subscription) Close(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, s.cancelRun)
 		s.cg.Close() // ends the generation: partitions drain and commit; leaves the group
 		<-s.loopDone
+		s.running.Wait()
 		// Every partition drained: no message is queued or waiting for a
 		// retry any more.
 		close(s.ready)
@@ -288,7 +290,7 @@ func (s *subscription) loop() {
 			if errors.Is(err, kafkago.ErrGroupClosed) || s.stopCtx.Err() != nil {
 				return
 			}
-			s.log.Warn("kafka: joining the consumer group failed; retrying", "err", classify(nil, err))
+			s.log.Warn("kafka: joining the consumer group failed; retrying", "err", classify(context.Background(), err))
 			continue
 		}
 		assigned := gen.Assignments[s.topic]
@@ -298,10 +300,20 @@ func (s *subscription) loop() {
 			p := &partition{id: a.ID, next: -1, committed: -1, draining: make(chan struct{}), advanced: make(chan struct{}, 1)}
 			p.ctx, p.cancel = context.WithCancel(s.runCtx)
 			parts[i] = p
-			gen.Start(func(ctx context.Context) { s.consume(ctx, gen, p, a.Offset) })
+			s.start(gen, func(ctx context.Context) { s.consume(ctx, gen, p, a.Offset) })
 		}
-		gen.Start(func(ctx context.Context) { s.commitLoop(ctx, gen, parts) })
+		s.start(gen, func(ctx context.Context) { s.commitLoop(ctx, gen, parts) })
 	}
+}
+
+// start runs fn for the generation, counted in s.running: kafka-go does
+// not wait for a function started on a generation that already ended.
+func (s *subscription) start(gen *kafkago.Generation, fn func(context.Context)) {
+	s.running.Add(1)
+	gen.Start(func(ctx context.Context) {
+		defer s.running.Done()
+		fn(ctx)
+	})
 }
 
 // partition is one assigned partition in one generation.
@@ -394,7 +406,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 		m, err = r.FetchMessage(fctx)
 		if err != nil {
 			if fctx.Err() == nil {
-				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(nil, err))
+				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
 				err = sleep(fctx, cfg.RetryBackoff)
 			}
 			continue
@@ -495,7 +507,7 @@ func (s *subscription) commit(gen *kafkago.Generation, parts ...*partition) {
 		return
 	}
 	if err := gen.CommitOffsets(map[string]map[int]int64{s.topic: offs}); err != nil {
-		s.log.Warn("kafka: commit failed; the messages after the last commit may be delivered again", "generation", gen.ID, "err", classify(nil, err))
+		s.log.Warn("kafka: commit failed; the messages after the last commit may be delivered again", "generation", gen.ID, "err", classify(context.Background(), err))
 		return
 	}
 	for _, p := range parts {
