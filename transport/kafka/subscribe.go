@@ -91,11 +91,13 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		HeartbeatInterval: t.cfg.HeartbeatInterval,
 		SessionTimeout:    t.cfg.SessionTimeout,
 		RebalanceTimeout:  t.cfg.RebalanceTimeout,
-		JoinGroupBackoff:  min(time.Second, t.cfg.RetryBackoffMax),
-		StartOffset:       start,
-		Timeout:           min(t.cfg.RequestTimeout, t.cfg.SessionTimeout),
-		Logger:            kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("kafka-go: " + fmt.Sprintf(f, a...)) }),
-		ErrorLogger:       kafkago.LoggerFunc(func(f string, a ...any) { log.Info("kafka-go: " + fmt.Sprintf(f, a...)) }),
+		// Partitions added to the topic join the group's assignment.
+		WatchPartitionChanges: true,
+		JoinGroupBackoff:      min(time.Second, t.cfg.RetryBackoffMax),
+		StartOffset:           start,
+		Timeout:               min(t.cfg.RequestTimeout, t.cfg.SessionTimeout),
+		Logger:                kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("kafka-go: " + fmt.Sprintf(f, a...)) }),
+		ErrorLogger:           kafkago.LoggerFunc(func(f string, a ...any) { log.Info("kafka-go: " + fmt.Sprintf(f, a...)) }),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: kafka: %v", transport.ErrInvalidOptions, err)
