@@ -1,9 +1,11 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,9 +27,12 @@ import (
 //
 // All messages for partitions led by one broker go in one produce request
 // (a partition's split only at Config.MaxMessageBytes), and the brokers'
-// requests run concurrently: Publish does not wait for a batch timer. When some partitions fail, the
-// error is a *transport.PublishError listing the failed messages; the others
-// were accepted.
+// requests run concurrently: Publish does not wait for a batch timer.
+// Retriable broker errors are retried (Config.PublishRetries) with fresh
+// metadata. When some partitions fail, the error is a
+// *transport.PublishError listing the failed messages; the others were
+// accepted. A message over Config.MaxMessageBytes fails the call before
+// anything is sent.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	if err := transport.ValidatePublish(topic, msgs); err != nil {
 		return err
@@ -311,9 +316,5 @@ func recordSize(m *transport.Message) int {
 }
 
 func sortFailures(f []transport.MessageError) {
-	for i := 1; i < len(f); i++ {
-		for j := i; j > 0 && f[j].Index < f[j-1].Index; j-- {
-			f[j], f[j-1] = f[j-1], f[j]
-		}
-	}
+	slices.SortFunc(f, func(a, b transport.MessageError) int { return cmp.Compare(a.Index, b.Index) })
 }
