@@ -31,8 +31,10 @@
 // a partition is revoked and at Close, and never past a message whose
 // handler has not returned nil, so delivery is at-least-once: after a crash
 // or a rebalance, the messages handled since the last commit are handled
-// again (at most MaxInFlight per subscription, plus a commit interval's
-// worth). Fetching pauses while MaxInFlight messages are unfinished, so
+// again (per partition, at most the MaxInFlight messages fetched past its
+// commit position, plus a commit interval's worth). Fetching pauses while
+// MaxInFlight messages are unfinished, or fetched past a partition's commit
+// position, so
 // memory is bounded. When a partition is revoked it stops fetching and drains
 // for at most Config.DrainTimeout; what did not finish goes to the new owner.
 //
