@@ -34,9 +34,11 @@
 // again (per partition, at most the MaxInFlight messages fetched past its
 // commit position, plus a commit interval's worth). Fetching pauses while
 // MaxInFlight messages are unfinished, or fetched past a partition's commit
-// position, so
-// memory is bounded. When a partition is revoked it stops fetching and drains
-// for at most Config.DrainTimeout; what did not finish goes to the new owner.
+// position, so memory is bounded. When a partition is revoked it stops
+// fetching and drains for at most Config.DrainTimeout; what did not finish
+// goes to the new owner. A message that failed and is still waiting for its
+// retry when its partition drains is left to the new owner at once, with the
+// later messages of its key.
 //
 // Message.Attempt counts the attempts within one subscription (Kafka keeps no
 // delivery count). Message.Time is the record's timestamp; Message.Meta holds
