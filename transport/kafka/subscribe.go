@@ -262,7 +262,9 @@ type job struct {
 // cancels their contexts and waits for them to return), commits what
 // finished and leaves the group. Messages that did not finish are
 // redelivered to the group later. It returns ctx.Err() when ctx ended
-// first. Idempotent.
+// first. Idempotent. (kafka-go cannot interrupt a JoinGroup request in
+// flight: during a rebalance, Close may wait up to Config.RebalanceTimeout
+// for it.)
 func (s *subscription) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.stopFetch()
