@@ -12,6 +12,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/busway/busway/transport"
 )
@@ -205,10 +206,16 @@ func (c Config) resolve() (*config, error) {
 		}
 	case "PLAIN":
 		r.mechanism = plain.Mechanism{Username: c.SASL.Username, Password: c.SASL.Password}
-	case "SCRAM-SHA-256":
-		r.mechanism = newSCRAM(scramSHA256, c.SASL.Username, c.SASL.Password)
-	case "SCRAM-SHA-512":
-		r.mechanism = newSCRAM(scramSHA512, c.SASL.Username, c.SASL.Password)
+	case "SCRAM-SHA-256", "SCRAM-SHA-512":
+		algo := scram.SHA256
+		if strings.ToUpper(c.SASL.Mechanism) == "SCRAM-SHA-512" {
+			algo = scram.SHA512
+		}
+		m, err := scram.Mechanism(algo, c.SASL.Username, c.SASL.Password)
+		if err != nil { // SASLprep rejected the username or password
+			return nil, invalid("SASL credentials for %s: %v", c.SASL.Mechanism, err)
+		}
+		r.mechanism = m
 	default:
 		return nil, invalid("SASL.Mechanism %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.SASL.Mechanism)
 	}

@@ -316,9 +316,6 @@ func classify(ctx context.Context, err error) error {
 		}
 		return err
 	}
-	if errors.Is(err, errSCRAM) {
-		return fmt.Errorf("%w: %w", transport.ErrAuthentication, err)
-	}
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, io.EOF) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
