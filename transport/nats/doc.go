@@ -63,9 +63,10 @@
 //     messages of one key at the same time.
 //   - Durable and replayable, where chanbus drops what no group waits for.
 //   - A subscription that closes hands its buffered, unstarted messages back
-//     at once (Nak without delay), which counts as a delivery in
-//     Message.Attempt. A message the server sent while the subscription was
-//     closing may wait for AckWait before another member gets it.
+//     (Nak without delay, once its pull subscription is gone), which counts
+//     as a delivery in Message.Attempt. A message the server was sending just
+//     as the pull subscription went away can, rarely, wait for AckWait before
+//     another member gets it.
 //
 // # Headers
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -94,6 +95,7 @@ func realConfig(t testing.TB, url string) busnats.Config {
 		Stream:        stream,
 		SubjectPrefix: prefix,
 		Storage:       busnats.StorageMemory,
+		Logger:        debugLogger(),
 		NakDelays:     []time.Duration{20 * time.Millisecond},
 		AckWait:       5 * time.Second,
 	}
@@ -334,4 +336,11 @@ func TestCloseWhileServerDown(t *testing.T) {
 	if err := tr.Publish(ctx, "down", &transport.Message{ID: "x"}); !errors.Is(err, transport.ErrClosed) {
 		t.Fatalf("Publish after Close = %v, want ErrClosed", err)
 	}
+}
+
+func debugLogger() *slog.Logger {
+	if os.Getenv("BUS_TEST_DEBUG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

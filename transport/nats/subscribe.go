@@ -321,14 +321,16 @@ type subscription struct {
 	lost     chan struct{}
 	ackFloor atomic.Uint64 // the consumer's ack floor (stream sequence), last seen
 
-	closing atomic.Bool
-	slots   []slot   // the message each running handler works on
-	free    chan int // indexes of idle slots
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	once    sync.Once
-	done    chan struct{}
-	err     error
+	closing  atomic.Bool
+	hbMu     sync.Mutex
+	handback []jetstream.Msg // received while closing; at most one pull batch
+	slots    []slot          // the message each running handler works on
+	free     chan int        // indexes of idle slots
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
+	done     chan struct{}
+	err      error
 }
 
 // slot records a running handler's message for progress reports.
@@ -341,10 +343,14 @@ type slot struct {
 // receive runs on the consumer's callback goroutine.
 func (s *subscription) receive(ctx context.Context, m jetstream.Msg) {
 	if s.closing.Load() {
-		// Buffered but not started when Close began: hand it back now so
-		// another member (or the next subscription) gets it without
-		// waiting for AckWait.
-		s.nak(m, 0)
+		// Buffered but not started when Close began: Close hands it back
+		// (Nak) once the pull subscription is gone, so that the server
+		// gives it to another member (or the next subscription) at once.
+		// A Nak now could have it redelivered to this subscription's
+		// still-open pull request, where it would be lost until AckWait.
+		s.hbMu.Lock()
+		s.handback = append(s.handback, m)
+		s.hbMu.Unlock()
 		return
 	}
 	if s.pool == nil {
@@ -578,6 +584,12 @@ func (s *subscription) Close(ctx context.Context) error {
 			case <-time.After(s.t.s.ConnectTimeout):
 			}
 		}
+		s.hbMu.Lock()
+		for _, m := range s.handback {
+			s.nak(m, 0)
+		}
+		s.handback = nil
+		s.hbMu.Unlock()
 		if s.pool != nil {
 			finished := make(chan struct{})
 			go func() { s.pool.Close(); close(finished) }()
