@@ -324,6 +324,7 @@ type subscription struct {
 	closing  atomic.Bool
 	hbMu     sync.Mutex
 	handback []jetstream.Msg // received while closing; at most one pull batch
+	running  sync.WaitGroup  // messages received and not yet acked or naked
 	slots    []slot          // the message each running handler works on
 	free     chan int        // indexes of idle slots
 	stop     chan struct{}
@@ -342,17 +343,21 @@ type slot struct {
 
 // receive runs on the consumer's callback goroutine.
 func (s *subscription) receive(ctx context.Context, m jetstream.Msg) {
+	s.hbMu.Lock()
 	if s.closing.Load() {
 		// Buffered but not started when Close began: Close hands it back
 		// (Nak) once the pull subscription is gone, so that the server
 		// gives it to another member (or the next subscription) at once.
 		// A Nak now could have it redelivered to this subscription's
 		// still-open pull request, where it would be lost until AckWait.
-		s.hbMu.Lock()
 		s.handback = append(s.handback, m)
 		s.hbMu.Unlock()
 		return
 	}
+	// Counted under hbMu while not closing, so every Add happens before
+	// Close waits.
+	s.running.Add(1)
+	s.hbMu.Unlock()
 	if s.pool == nil {
 		s.handle(ctx, m)
 		return
@@ -365,10 +370,13 @@ func (s *subscription) receive(ctx context.Context, m jetstream.Msg) {
 	}
 	if err := s.pool.Submit(ctx, key, func() { s.handle(ctx, m) }); err != nil {
 		s.nak(m, 0)
+		s.running.Done()
 	}
 }
 
+// handle runs the handler on one message and acks or naks it.
 func (s *subscription) handle(ctx context.Context, jm jetstream.Msg) {
+	defer s.running.Done()
 	if s.closing.Load() && ctx.Err() != nil {
 		s.nak(jm, 0)
 		return
@@ -558,7 +566,9 @@ func (s *subscription) toMessage(jm jetstream.Msg) *transport.Message {
 // Idempotent; concurrent calls wait for the first.
 func (s *subscription) Close(ctx context.Context) error {
 	s.once.Do(func() {
+		s.hbMu.Lock()
 		s.closing.Store(true)
+		s.hbMu.Unlock()
 		s.ccMu.Lock()
 		cc := s.cc
 		s.ccMu.Unlock()
@@ -570,36 +580,51 @@ func (s *subscription) Close(ctx context.Context) error {
 			cc.Stop()
 		}
 		var ctxErr error
-		drained := cc.Closed()
-		select {
-		case <-drained:
-		case <-ctx.Done():
-			ctxErr = ctx.Err()
-			s.cancel()
-			// The handlers saw their context end; the callback returns
-			// soon. The nats.go subscription finishes draining when the
-			// server answers or the connection closes.
-			select {
-			case <-drained:
-			case <-time.After(s.t.s.ConnectTimeout):
+		giveUp := func() {
+			if ctxErr == nil {
+				ctxErr = ctx.Err()
+				s.cancel() // the handlers see their context end
 			}
 		}
+		// Wait until the pull subscription is gone. Without a server
+		// that never happens (nats.go waits for a reconnect); then only
+		// the running handlers are awaited.
+		drained := cc.Closed()
+		poll := time.NewTicker(50 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case <-drained:
+				break wait
+			case <-ctx.Done():
+				giveUp()
+				break wait
+			case <-poll.C:
+				if !s.t.nc.IsConnected() {
+					break wait
+				}
+			}
+		}
+		poll.Stop()
 		s.hbMu.Lock()
 		for _, m := range s.handback {
 			s.nak(m, 0)
 		}
 		s.handback = nil
 		s.hbMu.Unlock()
-		if s.pool != nil {
-			finished := make(chan struct{})
-			go func() { s.pool.Close(); close(finished) }()
-			select {
-			case <-finished:
-			case <-ctx.Done():
-				ctxErr = ctx.Err()
-				s.cancel()
-				<-finished
+		finished := make(chan struct{})
+		go func() {
+			if s.pool != nil {
+				s.pool.Close()
 			}
+			s.running.Wait()
+			close(finished)
+		}()
+		select {
+		case <-finished:
+		case <-ctx.Done():
+			giveUp()
+			<-finished
 		}
 		close(s.stop)
 		s.wg.Wait()
