@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -280,17 +281,22 @@ func TestRestart(t *testing.T) {
 		}
 	}()
 	countAcked := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	t0 := time.Now()
 	waitUntil(t, 10*time.Second, "publishes before the restart", func() bool { return countAcked() >= 100 })
-	t.Logf("100 acked in %v", time.Since(t0))
-	stop(srv)
-	time.Sleep(300 * time.Millisecond) // publishing goes on against no server
-	srv2 := startServer(t, &server.Options{StoreDir: dir, Port: port})
-	t.Cleanup(func() { stop(srv2) })
-	before := countAcked()
-	restarted := time.Now()
-	waitUntil(t, 15*time.Second, "publishes after the restart", func() bool { return countAcked() >= before+100 })
-	t.Logf("publishing resumed %v after the restart", time.Since(restarted))
+	// BUS_STRESS=N restarts the server N times.
+	restarts := 1
+	if n, err := strconv.Atoi(os.Getenv("BUS_STRESS")); err == nil && n > 1 {
+		restarts = n
+	}
+	for range restarts {
+		stop(srv)
+		time.Sleep(300 * time.Millisecond) // publishing goes on against no server
+		srv = startServer(t, &server.Options{StoreDir: dir, Port: port})
+		before := countAcked()
+		restarted := time.Now()
+		waitUntil(t, 15*time.Second, "publishes after the restart", func() bool { return countAcked() >= before+100 })
+		t.Logf("publishing resumed %v after the restart", time.Since(restarted))
+	}
+	t.Cleanup(func() { stop(srv) })
 	close(stopPub)
 	wg.Wait()
 	consumeStart := time.Now()

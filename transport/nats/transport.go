@@ -322,14 +322,20 @@ func (t *Transport) Close() error {
 			subs = append(subs, s)
 		}
 		t.mu.Unlock()
-		var errs []error
-		for _, s := range subs {
-			ctx, cancel := context.WithTimeout(context.Background(), t.s.AckWait)
-			if err := s.Close(ctx); err != nil {
-				errs = append(errs, err)
-			}
-			cancel()
+		// Close the subscriptions in parallel, so that one slow handler
+		// does not hold up the others' drain.
+		errs := make([]error, len(subs))
+		var wg sync.WaitGroup
+		for i, s := range subs {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), t.s.AckWait)
+				defer cancel()
+				if err := s.Close(ctx); err != nil {
+					errs[i] = fmt.Errorf("nats: close subscription to %q (group %q): %w", s.topic, s.group, err)
+				}
+			})
 		}
+		wg.Wait()
 		if t.nc.IsConnected() {
 			if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
 				t.log.Warn("nats: flush on close", "error", err)
