@@ -214,13 +214,11 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	sub.cc, sub.cons = cc, cons
 	t.mu.Lock()
 	if t.closed.Load() {
+		// Close ran meanwhile and did not see this subscription.
 		t.mu.Unlock()
-		cc.Stop()
-		<-cc.Closed()
-		cancel()
-		if sub.pool != nil {
-			sub.pool.Close()
-		}
+		cctx, ccancel := context.WithTimeout(context.Background(), t.s.ConnectTimeout)
+		_ = sub.Close(cctx)
+		ccancel()
 		return nil, t.errClosed("Subscribe")
 	}
 	t.subs[sub] = struct{}{}
