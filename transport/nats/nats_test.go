@@ -171,12 +171,6 @@ func (c *collector) handle(_ context.Context, m *transport.Message) error {
 	return nil
 }
 
-func (c *collector) distinct() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.count)
-}
-
 func (c *collector) get(id string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
