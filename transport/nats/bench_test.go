@@ -188,8 +188,6 @@ func BenchmarkConsume(b *testing.B) {
 			}
 		}
 	}
-	b.Run("busway", busway(1))
-	b.Run("busway-concurrency-8", busway(8))
 	b.Run("raw-nats", func(b *testing.B) {
 		run++
 		subject := e.tr.Subject(fmt.Sprintf("bench-consume-raw-%d", run))
@@ -222,4 +220,6 @@ func BenchmarkConsume(b *testing.B) {
 		cc.Drain()
 		<-cc.Closed()
 	})
+	b.Run("busway", busway(1))
+	b.Run("busway-concurrency-8", busway(8))
 }

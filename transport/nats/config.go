@@ -140,7 +140,7 @@ type Config struct {
 	NakDelays []time.Duration
 	// MaxAckPending caps messages delivered to a subscription's group and
 	// not yet acked, the bound on in-flight memory. Default
-	// max(256, 64*Concurrency) of the subscription that created or last
+	// max(1000, 64*Concurrency) of the subscription that created or last
 	// updated the group's consumer.
 	MaxAckPending int
 	// PublishTimeout bounds waiting for the server's acks when the Publish

@@ -46,9 +46,9 @@
 //     messages with the same Key are handled one at a time in stream order,
 //     different keys in parallel up to Concurrency.
 //   - Backpressure: the consumer's MaxAckPending (default
-//     max(256, 64*Concurrency)) bounds the messages handed out and not yet
-//     acked, and pulls are at most 500 messages; a slow handler slows the
-//     pulls.
+//     max(1000, 64*Concurrency)) bounds the messages handed out and not yet
+//     acked, and a subscription pulls at most 500 messages ahead of its
+//     handlers (MaxAckPending when smaller); a slow handler slows the pulls.
 //   - Message.Attempt is the server's delivery count, Message.Time the time
 //     the stream stored the message, Message.Meta[transport.MetaSequence]
 //     its stream sequence.

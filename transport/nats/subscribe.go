@@ -68,7 +68,7 @@ func NakDelays(d ...time.Duration) SubscribeOption {
 	}}
 }
 
-// MaxAckPending overrides the default max(256, 64*Concurrency) of
+// MaxAckPending overrides the default max(1000, 64*Concurrency) of
 // Config.MaxAckPending.
 func MaxAckPending(n int) SubscribeOption {
 	return SubscribeOption{"MaxAckPending", func(s *subSettings) error {
@@ -120,7 +120,7 @@ func (t *Transport) subSettings(topic string, opts transport.SubscribeOptions) (
 		}
 	}
 	if ss.maxAckPending == 0 {
-		ss.maxAckPending = max(256, 64*opts.Workers())
+		ss.maxAckPending = max(1000, 64*opts.Workers())
 	}
 	if err := checkBackOff(s.BackOff, ss.maxDeliver); err != nil {
 		return nil, err
