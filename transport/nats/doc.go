@@ -51,7 +51,9 @@
 //     handlers (MaxAckPending when smaller); a slow handler slows the pulls.
 //   - Message.Attempt is the server's delivery count, Message.Time the time
 //     the stream stored the message, Message.Meta[transport.MetaSequence]
-//     its stream sequence.
+//     its stream sequence. The delivered Message and its Header and Meta
+//     maps are reused for a later message once the handler returned, as
+//     transport.Message allows: a handler that keeps one must Clone it.
 //
 // How this differs from the chanbus transport:
 //

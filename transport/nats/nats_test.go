@@ -317,7 +317,7 @@ func TestRestart(t *testing.T) {
 // TestCloseWhileServerDown: Close does not hang when the server is gone.
 func TestCloseWhileServerDown(t *testing.T) {
 	srv := startServer(t, &server.Options{})
-	tr := open(t, busnats.Config{Servers: []string{fmt.Sprintf("nats://127.0.0.1:%d", portOf(srv))}})
+	tr := open(t, busnats.Config{Servers: []string{fmt.Sprintf("nats://127.0.0.1:%d", portOf(srv))}, PublishTimeout: 300 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sub, err := tr.Subscribe(ctx, "down", func(context.Context, *transport.Message) error { return nil }, transport.SubscribeOptions{Group: "g", Concurrency: 2})
@@ -326,6 +326,20 @@ func TestCloseWhileServerDown(t *testing.T) {
 	}
 	_ = sub
 	stop(srv)
+	// Publish without a deadline: PublishTimeout bounds it, and the error
+	// says the server is unavailable (not a context error of the caller's).
+	for _, n := range []int{1, 3} {
+		msgs := make([]*transport.Message, n)
+		for i := range msgs {
+			msgs[i] = &transport.Message{ID: fmt.Sprint(i)}
+		}
+		err := tr.Publish(context.Background(), "down", msgs...)
+		var pe *transport.PublishError
+		if !errors.Is(err, transport.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || len(pe.Failures) != n {
+			t.Fatalf("Publish of %d with the server down = %v, want a PublishError of %d wrapping ErrUnavailable", n, err, n)
+		}
+		t.Log(err)
+	}
 	start := time.Now()
 	if err := tr.Close(); err != nil {
 		t.Fatalf("Close: %v", err)

@@ -41,19 +41,37 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 				transport.ErrMessageTooLarge, i, m.ID, topic, size, max)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return err // nothing sent
+	}
+	parent := ctx
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
+	// ctxErr is why ctx ended: the caller's context error as it is, or
+	// PublishTimeout when the caller gave no deadline.
+	ctxErr := func() error {
+		if err := parent.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: no ack from the server within PublishTimeout %v", transport.ErrUnavailable, t.s.PublishTimeout)
+	}
 	if len(msgs) == 1 {
 		_, err := t.js.PublishMsg(ctx, &nms[0])
 		if err != nil {
+			if ctx.Err() != nil {
+				err = ctxErr()
+				if err == parent.Err() {
+					return err // the caller's context error, as it is
+				}
+			}
 			return t.publishError(topic, msgs[0], err)
 		}
 		return nil
 	}
-	return t.publishBatch(ctx, topic, msgs, nms)
+	return t.publishBatch(ctx, ctxErr, topic, msgs, nms)
 }
 
-func (t *Transport) publishBatch(ctx context.Context, topic string, msgs []*transport.Message, nms []natsgo.Msg) error {
+func (t *Transport) publishBatch(ctx context.Context, ctxErr func() error, topic string, msgs []*transport.Message, nms []natsgo.Msg) error {
 	futs := make([]jetstream.PubAckFuture, len(nms))
 	var fails []transport.MessageError
 	fail := func(i int, err error) {
@@ -104,7 +122,7 @@ send:
 	for i := next; i < len(nms); i++ {
 		if futs[i] == nil {
 			if i >= sent {
-				fail(i, ctx.Err())
+				fail(i, ctxErr())
 			}
 			continue
 		}
@@ -117,7 +135,7 @@ send:
 		case err := <-futs[i].Err():
 			fail(i, t.wrapPubErr(topic, err))
 		default:
-			fail(i, ctx.Err())
+			fail(i, ctxErr())
 		}
 	}
 	if len(fails) == 0 {
@@ -127,9 +145,6 @@ send:
 }
 
 func (t *Transport) publishError(topic string, m *transport.Message, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
 	return &transport.PublishError{Topic: topic, Total: 1, Failures: []transport.MessageError{{Index: 0, ID: m.ID, Err: t.wrapPubErr(topic, err)}}}
 }
 

@@ -333,10 +333,17 @@ type subscription struct {
 }
 
 // slot records a running handler's message for progress reports.
+//
+// A slot also holds the Message its handler gets, reused from one message
+// to the next with its maps (transport.Message allows that: a handler must
+// not keep it), which spares the allocations per message.
 type slot struct {
 	mu  sync.Mutex
 	msg jetstream.Msg
 	gen uint64 // counts messages, to tell a long-running one from the next
+
+	m         transport.Message
+	hdr, meta map[string]string
 }
 
 // receive runs on the consumer's callback goroutine.
@@ -379,25 +386,26 @@ func (s *subscription) handle(ctx context.Context, jm jetstream.Msg) {
 		s.nak(jm, 0)
 		return
 	}
-	m := s.toMessage(jm)
 	i := <-s.free
 	sl := &s.slots[i]
+	m := sl.fill(s, jm)
 	sl.mu.Lock()
 	sl.msg = jm
 	sl.gen++
 	sl.mu.Unlock()
+	attempt, id := m.Attempt, m.ID
 	err := s.h(ctx, m)
 	sl.mu.Lock()
 	sl.msg = nil
 	sl.mu.Unlock()
 	s.free <- i
 	if err != nil {
-		s.nak(jm, s.ss.nakDelay(m.Attempt))
+		s.nak(jm, s.ss.nakDelay(attempt))
 		return
 	}
 	if aerr := jm.Ack(); aerr != nil {
 		// Not acked: the server redelivers after AckWait (at-least-once).
-		s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", m.ID, "error", aerr)
+		s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", id, "error", aerr)
 	}
 }
 
@@ -525,32 +533,51 @@ func (s *subscription) recreate() {
 	}
 }
 
-// toMessage converts a delivered message, mapping "ce-" headers back to
-// the canonical "ce_" spelling.
-func (s *subscription) toMessage(jm jetstream.Msg) *transport.Message {
-	m := &transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data()}
-	if hdr := jm.Headers(); len(hdr) > 0 {
-		m.Header = make(map[string]string, len(hdr))
-		for k, vs := range hdr {
-			if len(vs) == 0 {
-				continue
-			}
-			v := vs[0]
-			switch {
-			case k == headerMsgID:
-				m.ID = v
-				continue
-			case strings.HasPrefix(k, wirePrefix):
+// canonical maps the NATS binding's spelling of the CloudEvents attributes
+// to the canonical one, so that the common ones cost no allocation.
+var canonical = map[string]string{
+	"ce-id": transport.HeaderID, "ce-source": transport.HeaderSource, "ce-specversion": transport.HeaderSpecVersion,
+	"ce-type": transport.HeaderType, "ce-subject": transport.HeaderSubject, "ce-time": transport.HeaderTime,
+	"ce-dataschema": transport.HeaderDataSchema, wireKeyHeader: transport.HeaderPartitionKey,
+}
+
+// fill makes the slot's Message the delivery of jm, mapping "ce-" headers
+// back to the canonical "ce_" spelling.
+func (sl *slot) fill(s *subscription, jm jetstream.Msg) *transport.Message {
+	if sl.hdr == nil {
+		sl.hdr, sl.meta = make(map[string]string), make(map[string]string, 1)
+	}
+	clear(sl.hdr)
+	clear(sl.meta)
+	m := &sl.m
+	*m = transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data()}
+	for k, vs := range jm.Headers() {
+		if len(vs) == 0 {
+			continue
+		}
+		v := vs[0]
+		if k == headerMsgID {
+			m.ID = v
+			continue
+		}
+		if strings.HasPrefix(k, wirePrefix) {
+			if c, ok := canonical[k]; ok {
+				k = c
+			} else {
 				k = transport.HeaderPrefix + k[len(wirePrefix):]
 			}
-			m.Header[k] = v
 		}
-		m.Key = m.Header[transport.HeaderPartitionKey]
+		sl.hdr[k] = v
+	}
+	if len(sl.hdr) > 0 {
+		m.Header = sl.hdr
+		m.Key = sl.hdr[transport.HeaderPartitionKey]
 	}
 	if md, err := jm.Metadata(); err == nil {
 		m.Attempt = int(md.NumDelivered)
 		m.Time = md.Timestamp
-		m.Meta = map[string]string{transport.MetaSequence: strconv.FormatUint(md.Sequence.Stream, 10)}
+		sl.meta[transport.MetaSequence] = strconv.FormatUint(md.Sequence.Stream, 10)
+		m.Meta = sl.meta
 	} else {
 		m.Attempt = 1
 		m.Time = time.Now()
