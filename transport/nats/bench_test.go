@@ -158,11 +158,13 @@ func prefill(b *testing.B, e *benchEnv, subject, prefix string, n int) {
 	<-e.js.PublishAsyncComplete()
 }
 
+// BenchmarkConsume: each sub-benchmark gets a fresh server, so that one's
+// stream and consumers do not slow the next.
 func BenchmarkConsume(b *testing.B) {
-	e := newBenchEnv(b)
 	run := 0
 	busway := func(concurrency int) func(b *testing.B) {
 		return func(b *testing.B) {
+			e := newBenchEnv(b)
 			run++
 			topic := fmt.Sprintf("bench-consume-%d", run)
 			prefill(b, e, e.tr.Subject(topic), topic+"-", b.N)
@@ -189,6 +191,7 @@ func BenchmarkConsume(b *testing.B) {
 		}
 	}
 	b.Run("raw-nats", func(b *testing.B) {
+		e := newBenchEnv(b)
 		run++
 		subject := e.tr.Subject(fmt.Sprintf("bench-consume-raw-%d", run))
 		prefill(b, e, subject, subject+"-", b.N)
