@@ -190,39 +190,54 @@ func BenchmarkConsume(b *testing.B) {
 			}
 		}
 	}
-	b.Run("raw-nats", func(b *testing.B) {
-		e := newBenchEnv(b)
-		run++
-		subject := e.tr.Subject(fmt.Sprintf("bench-consume-raw-%d", run))
-		prefill(b, e, subject, subject+"-", b.N)
-		var n atomic.Int64
-		done := make(chan struct{})
-		target := int64(b.N)
-		b.ReportAllocs()
-		b.ResetTimer()
-		cons, err := e.js.CreateOrUpdateConsumer(context.Background(), busnats.DefaultStream, jetstream.ConsumerConfig{
-			Durable: fmt.Sprintf("raw-%d", run), FilterSubject: subject, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		cc, err := cons.Consume(func(m jetstream.Msg) {
-			if err := m.Ack(); err != nil {
-				b.Error(err)
+	// raw reads each message's headers and metadata too when meta is set,
+	// as any consumer that wants the message ID, key or delivery count
+	// must; busway does that for every message.
+	raw := func(meta bool) func(b *testing.B) {
+		return func(b *testing.B) {
+			e := newBenchEnv(b)
+			run++
+			subject := e.tr.Subject(fmt.Sprintf("bench-consume-raw-%d", run))
+			prefill(b, e, subject, subject+"-", b.N)
+			var n atomic.Int64
+			done := make(chan struct{})
+			target := int64(b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			cons, err := e.js.CreateOrUpdateConsumer(context.Background(), busnats.DefaultStream, jetstream.ConsumerConfig{
+				Durable: fmt.Sprintf("raw-%d", run), FilterSubject: subject, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+			})
+			if err != nil {
+				b.Fatal(err)
 			}
-			if n.Add(1) == target {
-				close(done)
+			var sink atomic.Uint64
+			cc, err := cons.Consume(func(m jetstream.Msg) {
+				if meta {
+					md, err := m.Metadata()
+					if err != nil || m.Headers().Get("Nats-Msg-Id") == "" {
+						b.Error("no metadata or ID")
+					}
+					sink.Store(md.NumDelivered)
+				}
+				if err := m.Ack(); err != nil {
+					b.Error(err)
+				}
+				if n.Add(1) == target {
+					close(done)
+				}
+			})
+			if err != nil {
+				b.Fatal(err)
 			}
-		})
-		if err != nil {
-			b.Fatal(err)
+			<-done
+			b.StopTimer()
+			report(b)
+			cc.Drain()
+			<-cc.Closed()
 		}
-		<-done
-		b.StopTimer()
-		report(b)
-		cc.Drain()
-		<-cc.Closed()
-	})
+	}
+	b.Run("raw-nats", raw(false))
+	b.Run("raw-nats-metadata", raw(true))
 	b.Run("busway", busway(1))
 	b.Run("busway-concurrency-8", busway(8))
 }
