@@ -375,7 +375,6 @@ func TestWireHeaders(t *testing.T) {
 	fm := natsgo.NewMsg(tr.Subject("ev"))
 	fm.Header.Set("ce-id", "foreign-1")
 	fm.Header.Set("ce-specversion", "1.0")
-	fm.Header.Set("Nats-Msg-Id", "foreign-1")
 	fm.Data = []byte("x")
 	if _, err := tr.JetStream().PublishMsg(ctx, fm); err != nil {
 		t.Fatal(err)

@@ -76,8 +76,9 @@
 // Message.Header) travel with the NATS binding's "ce-" prefix and come back
 // as "ce_"; the Key travels as "ce-partitionkey" and is delivered as
 // Message.Key and Header["ce_partitionkey"]. A foreign CloudEvents client
-// reads and writes them natively. Nats-Msg-Id is delivered as Message.ID.
-// Other headers travel unchanged (case kept).
+// reads and writes them natively. Nats-Msg-Id is delivered as Message.ID
+// (ce-id when a foreign producer set no Nats-Msg-Id). Other headers travel
+// unchanged (case kept).
 //
 // # Reconnects
 //

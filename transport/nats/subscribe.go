@@ -572,6 +572,10 @@ func (sl *slot) fill(s *subscription, jm jetstream.Msg) *transport.Message {
 	if len(sl.hdr) > 0 {
 		m.Header = sl.hdr
 		m.Key = sl.hdr[transport.HeaderPartitionKey]
+		if m.ID == "" {
+			// A foreign CloudEvents producer that set no Nats-Msg-Id.
+			m.ID = sl.hdr[transport.HeaderID]
+		}
 	}
 	if md, err := jm.Metadata(); err == nil {
 		m.Attempt = int(md.NumDelivered)
