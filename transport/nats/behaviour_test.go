@@ -619,3 +619,20 @@ func TestConsumerRecreated(t *testing.T) {
 		t.Logf("a delivered %d times", n)
 	}
 }
+
+// TestLargeBatch: a batch beyond the client's cap on unacknowledged async
+// publishes (4000) waits for acks instead of failing.
+func TestLargeBatch(t *testing.T) {
+	tr := open(t, embeddedConfig(t))
+	defer tr.Close()
+	msgs := make([]*transport.Message, 10000)
+	for i := range msgs {
+		msgs[i] = &transport.Message{ID: fmt.Sprint("big-batch-", i), Body: []byte("x")}
+	}
+	if err := tr.Publish(ctxT(t), "many", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	if n := streamMsgs(t, tr); n != uint64(len(msgs)) {
+		t.Fatalf("stream holds %d, want %d", n, len(msgs))
+	}
+}

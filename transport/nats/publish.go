@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -102,6 +103,9 @@ send:
 				// The client's cap on unacknowledged async publishes is
 				// reached: wait for our oldest (when others hold the slots,
 				// the client already waited a moment) and try again.
+				for next < i && futs[next] == nil {
+					next++ // failed to send: nothing to wait for
+				}
 				if next < i {
 					if !wait(next) {
 						break send
@@ -141,6 +145,7 @@ send:
 	if len(fails) == 0 {
 		return nil
 	}
+	slices.SortFunc(fails, func(a, b transport.MessageError) int { return a.Index - b.Index })
 	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}
 }
 
