@@ -67,7 +67,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/url"
 	"slices"
 	"sync"
@@ -258,15 +257,53 @@ func (t *Transport) shardOf(key string) int {
 	return int(h % n)
 }
 
+// deliveries recycles delivery values with their Header maps and Body
+// buffers: the transport contract lets a transport reuse a Message once its
+// handler returned, and the copy per group is most of Publish's cost.
+var deliveries = sync.Pool{New: func() any { return new(delivery) }}
+
+// Limits on what a recycled delivery keeps, so one large message does not
+// pin its buffers in the pool.
+const (
+	maxPooledBody   = 64 << 10
+	maxPooledHeader = 64
+)
+
+// newDelivery returns a copy of m for group, in a recycled delivery.
 func newDelivery(m *transport.Message, topic, group string, now time.Time) *delivery {
-	d := &delivery{msg: transport.Message{ID: m.ID, Key: m.Key, Topic: topic, Group: group, Time: now}}
+	d := deliveries.Get().(*delivery)
+	header, body := d.msg.Header, d.msg.Body
+	d.msg = transport.Message{ID: m.ID, Key: m.Key, Topic: topic, Group: group, Time: now}
+	d.attempt, d.gate = 0, nil
 	if m.Header != nil {
-		d.msg.Header = maps.Clone(m.Header)
+		if header == nil {
+			header = make(map[string]string, len(m.Header))
+		} else {
+			clear(header)
+		}
+		for k, v := range m.Header {
+			header[k] = v
+		}
+		d.msg.Header = header
 	}
 	if m.Body != nil {
-		d.msg.Body = append(make([]byte, 0, len(m.Body)), m.Body...)
+		if body == nil {
+			body = make([]byte, 0, len(m.Body))
+		}
+		d.msg.Body = append(body[:0], m.Body...)
 	}
 	return d
+}
+
+// recycle returns d to the pool once its handler returned nil.
+func (d *delivery) recycle() {
+	if cap(d.msg.Body) > maxPooledBody {
+		d.msg.Body = nil
+	}
+	if len(d.msg.Header) > maxPooledHeader {
+		d.msg.Header = nil
+	}
+	deliveries.Put(d)
 }
 
 // Subscribe joins group opts.Group of topic (creating it when it has no
@@ -674,6 +711,7 @@ func (s *subscription) run(ctx context.Context, sh *shard) {
 			sh.backoff(d, delay)
 			return
 		}
+		d.recycle()
 		s.t.pend.add(-1)
 	}
 }
