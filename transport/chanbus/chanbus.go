@@ -35,7 +35,10 @@
 //   - Publish copies each message (Header and Body) for each group, so the
 //     caller may reuse it once Publish returned and the groups' handlers do
 //     not share it. A redelivery hands the handler the same Message value as
-//     the failed delivery: changes a handler made to it remain.
+//     the failed delivery: changes a handler made to it remain. Once a
+//     handler returned nil, its Message (Header map and Body included) is
+//     reused for a later message, as the transport contract allows: a
+//     handler that keeps any of it must Clone it.
 //   - Backpressure: Publish blocks while the shard of a group is full, until
 //     its context ends; memory is bounded by shards x buffer messages per
 //     group.
