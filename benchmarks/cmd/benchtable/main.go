@@ -106,7 +106,7 @@ func parse(r io.Reader) ([]*group, error) {
 
 func write(w io.Writer, groups []*group) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "benchmark\tvariant\tmsgs/s\tns/msg\tallocs/msg\tbusway ÷ this\t")
+	fmt.Fprintln(tw, "benchmark\tvariant\tmsgs/s\tns/msg\tallocs/msg\tbusway (or first) ÷ this\t")
 	for _, g := range groups {
 		base := g.rows[0]
 		for _, r := range g.rows {
