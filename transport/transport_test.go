@@ -224,3 +224,20 @@ func TestQuery(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateSubscribe(t *testing.T) {
+	h := func(context.Context, *transport.Message) error { return nil }
+	ok := transport.SubscribeOptions{Group: "g"}
+	if err := transport.ValidateSubscribe("t", h, ok); err != nil {
+		t.Fatal(err)
+	}
+	if err := transport.ValidateSubscribe("t", nil, ok); !errors.Is(err, transport.ErrInvalidOptions) || !strings.Contains(err.Error(), "nil Handler") {
+		t.Fatalf("nil handler: %v", err)
+	}
+	if err := transport.ValidateSubscribe("a b", h, ok); !errors.Is(err, transport.ErrInvalidTopic) {
+		t.Fatalf("bad topic: %v", err)
+	}
+	if err := transport.ValidateSubscribe("t", h, transport.SubscribeOptions{}); !errors.Is(err, transport.ErrInvalidOptions) {
+		t.Fatalf("no group: %v", err)
+	}
+}

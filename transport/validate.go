@@ -66,3 +66,18 @@ func ValidatePublish(topic string, msgs []*Message) error {
 	}
 	return nil
 }
+
+// ValidateSubscribe checks a Subscribe call's topic, handler and options,
+// wrapping ErrInvalidTopic or ErrInvalidOptions. Transports call it first.
+func ValidateSubscribe(topic string, h Handler, opts SubscribeOptions) error {
+	if err := ValidateTopic(topic); err != nil {
+		return err
+	}
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	if h == nil {
+		return fmt.Errorf("%w: nil Handler for topic %q", ErrInvalidOptions, topic)
+	}
+	return nil
+}

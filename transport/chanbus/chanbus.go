@@ -314,14 +314,8 @@ func (d *delivery) recycle() {
 // ignored: chanbus keeps no history. Transport-specific options of other
 // transports are ignored.
 func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Handler, opts transport.SubscribeOptions) (transport.Subscription, error) {
-	if err := transport.ValidateTopic(topic); err != nil {
+	if err := transport.ValidateSubscribe(topic, h, opts); err != nil {
 		return nil, err
-	}
-	if err := opts.Validate(); err != nil {
-		return nil, err
-	}
-	if h == nil {
-		return nil, fmt.Errorf("%w: nil Handler", transport.ErrInvalidOptions)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -48,13 +48,7 @@ func (MaxInFlight) Transport() string { return Scheme }
 // subscription (it starts at 1 again on another member or after a restart).
 // Message.Meta carries the partition and offset.
 func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Handler, opts transport.SubscribeOptions) (transport.Subscription, error) {
-	if err := transport.ValidateTopic(topic); err != nil {
-		return nil, err
-	}
-	if h == nil {
-		return nil, fmt.Errorf("%w: kafka: nil handler", transport.ErrInvalidOptions)
-	}
-	if err := opts.Validate(); err != nil {
+	if err := transport.ValidateSubscribe(topic, h, opts); err != nil {
 		return nil, err
 	}
 	workers := opts.Workers()

@@ -159,14 +159,8 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	if t.closed.Load() {
 		return nil, t.errClosed("Subscribe")
 	}
-	if err := transport.ValidateTopic(topic); err != nil {
+	if err := transport.ValidateSubscribe(topic, h, opts); err != nil {
 		return nil, err
-	}
-	if err := opts.Validate(); err != nil {
-		return nil, err
-	}
-	if h == nil {
-		return nil, fmt.Errorf("%w: nats: nil handler", transport.ErrInvalidOptions)
 	}
 	ss, err := t.subSettings(topic, opts)
 	if err != nil {
