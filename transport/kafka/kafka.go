@@ -35,6 +35,11 @@ type Transport struct {
 	balancer kafkago.Murmur2Balancer
 	rr       atomic.Uint32 // spreads keyless publishes over partitions
 
+	// startMu serializes resolveStart, so that two Subscribes of one new
+	// group in this process cannot both set its start: the second would
+	// move the position past a message published after the first returned.
+	startMu sync.Mutex
+
 	mu     sync.Mutex
 	closed bool
 	subs   map[*subscription]struct{}

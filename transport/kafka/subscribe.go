@@ -136,11 +136,15 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 // resolveStart gives a StartLatest group without committed offsets the
 // partitions' end offsets, so that the position exists before Subscribe
 // returns. A group that already has members is left alone: they hold its
-// position.
+// position. Calls are serialized within the Transport; two processes
+// subscribing one new group at the same moment can still race (Kafka has no
+// conditional offset commit), which StartEarliest avoids.
 func (t *Transport) resolveStart(ctx context.Context, topic, group string, ids []int, from transport.StartPosition) error {
 	if from != transport.StartLatest {
 		return nil
 	}
+	t.startMu.Lock()
+	defer t.startMu.Unlock()
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
 	fetched, err := t.client.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
