@@ -12,11 +12,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// database/sql keeps a connection opener per *sql.DB until Close;
-		// tests close theirs, but the SQLite driver may linger briefly.
-		goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"),
-	)
+	goleak.VerifyTestMain(m)
 }
 
 // fakePub records what it is asked to publish; fail makes it fail.
