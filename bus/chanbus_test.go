@@ -302,3 +302,42 @@ func TestPublishBatch(t *testing.T) {
 		}
 	}
 }
+
+// An Event a handler keeps stays as it was delivered, Header included,
+// although the transport reuses its messages.
+func TestKeptEventsKeepTheirHeaders(t *testing.T) {
+	ctx := t.Context()
+	b := bus.New(chanbus.New())
+	defer b.Shutdown(context.Background())
+	const n = 200
+	kept := make(chan bus.Event[Step], n)
+	if _, err := bus.Subscribe(b, "keeper", func(_ context.Context, e bus.Event[Step]) error {
+		kept <- e
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := bus.Publish(ctx, b, Step{Seq: i}, bus.WithHeader("seq", fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var events []bus.Event[Step]
+	for range n {
+		select {
+		case e := <-kept:
+			events = append(events, e)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d events handled", len(events), n)
+		}
+	}
+	for _, e := range events {
+		if got, want := e.Header["seq"], fmt.Sprint(e.Data.Seq); got != want || e.Header[transport.HeaderID] != e.ID {
+			t.Fatalf("kept event %d has header seq %q, ce_id %q (id %q): overwritten by a later delivery",
+				e.Data.Seq, got, e.Header[transport.HeaderID], e.ID)
+		}
+	}
+}

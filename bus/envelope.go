@@ -2,6 +2,7 @@ package bus
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"strings"
 	"time"
@@ -123,7 +124,7 @@ func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
 		Subject: env.Subject,
 		Time:    env.Time,
 		Key:     env.Key,
-		Header:  env.Header,
+		Header:  maps.Clone(env.Header), // the Event's own: transports reuse delivered messages
 		Topic:   m.Topic,
 		Group:   m.Group,
 		Attempt: m.Attempt,

@@ -18,8 +18,8 @@ type Event[T any] struct {
 	Time    time.Time // ce_time: when it was published
 	Key     string    // the ordering key (WithKey), ce_partitionkey
 	// Header holds every header of the message, the envelope attributes
-	// (ce_id, ce_type, ...) and content-type included. It belongs to the
-	// delivered message: read it, do not change or keep it.
+	// (ce_id, ce_type, ...) and content-type included. It is the Event's own
+	// copy: a handler may keep the Event, Header included.
 	Header map[string]string
 	Data   T // the decoded body
 
