@@ -103,17 +103,7 @@ func WithCodec(codec Codec) Option {
 // (Tracing, Metrics, DeadLetter, Retry belong here). Several WithMiddleware
 // options append. Default: none.
 func WithMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) Option {
-	return func(c *config) {
-		for i, m := range mw {
-			if m == nil {
-				c.errs = append(c.errs, fmt.Errorf("%w: WithMiddleware: middleware #%d is nil", ErrInvalidOptions, i))
-				return
-			}
-		}
-		for _, m := range mw {
-			c.mw = append(c.mw, m)
-		}
-	}
+	return func(c *config) { c.mw = appendMW(c.mw, &c.errs, "WithMiddleware", mw) }
 }
 
 // WithHandlerMiddleware adds middleware around every typed handler, the
@@ -121,33 +111,28 @@ func WithMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) Optio
 // handler of the group knows) and outside each subscription's
 // WithGroupMiddleware. Default: none.
 func WithHandlerMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) Option {
-	return func(c *config) {
-		for i, m := range mw {
-			if m == nil {
-				c.errs = append(c.errs, fmt.Errorf("%w: WithHandlerMiddleware: middleware #%d is nil", ErrInvalidOptions, i))
-				return
-			}
-		}
-		for _, m := range mw {
-			c.handlerMW = append(c.handlerMW, m)
-		}
-	}
+	return func(c *config) { c.handlerMW = appendMW(c.handlerMW, &c.errs, "WithHandlerMiddleware", mw) }
 }
 
 // WithPublishMiddleware adds publish-side middleware around the
 // transport's Publisher, the first outermost. Default: none.
 func WithPublishMiddleware[M ~func(transport.Publisher) transport.Publisher](mw ...M) Option {
-	return func(c *config) {
-		for i, m := range mw {
-			if m == nil {
-				c.errs = append(c.errs, fmt.Errorf("%w: WithPublishMiddleware: middleware #%d is nil", ErrInvalidOptions, i))
-				return
-			}
-		}
-		for _, m := range mw {
-			c.pubMW = append(c.pubMW, m)
+	return func(c *config) { c.pubMW = appendMW(c.pubMW, &c.errs, "WithPublishMiddleware", mw) }
+}
+
+// appendMW appends mw to dst, or, when one of them is nil, none of them and
+// an error naming the option to errs.
+func appendMW[X any, M ~func(X) X](dst []func(X) X, errs *[]error, option string, mw []M) []func(X) X {
+	for i, m := range mw {
+		if m == nil {
+			*errs = append(*errs, fmt.Errorf("%w: %s: middleware #%d is nil", ErrInvalidOptions, option, i))
+			return dst
 		}
 	}
+	for _, m := range mw {
+		dst = append(dst, m)
+	}
+	return dst
 }
 
 // WithLogger sets the logger of the Bus; it logs lifecycle events and

@@ -63,17 +63,7 @@ func WithStartFrom(p transport.StartPosition) SubscribeOption {
 // only, the first outermost, inside the Bus's WithMiddleware and
 // WithHandlerMiddleware. Default: none.
 func WithGroupMiddleware[M ~func(transport.Handler) transport.Handler](mw ...M) SubscribeOption {
-	return func(c *subConfig) {
-		for i, m := range mw {
-			if m == nil {
-				c.errs = append(c.errs, fmt.Errorf("%w: WithGroupMiddleware: middleware #%d is nil", ErrInvalidOptions, i))
-				return
-			}
-		}
-		for _, m := range mw {
-			c.mw = append(c.mw, m)
-		}
-	}
+	return func(c *subConfig) { c.mw = appendMW(c.mw, &c.errs, "WithGroupMiddleware", mw) }
 }
 
 // WithTransportOptions passes transport-specific subscribe options (see
