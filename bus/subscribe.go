@@ -118,13 +118,7 @@ func (s *Subscription) Close(ctx context.Context) error {
 	sub := r.sub
 	r.sub, r.running = nil, false
 	b.mu.Unlock()
-	if sub == nil {
-		return nil
-	}
-	if err := sub.Close(ctx); err != nil {
-		return fmt.Errorf("busway: close subscription to topic %q group %q: %w", s.key.topic, s.key.group, err)
-	}
-	return nil
+	return r.stop(ctx, sub)
 }
 
 // Subscribe subscribes fn, in group, to the events of type T (on T's topic,
