@@ -50,7 +50,9 @@ package bustest
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -304,10 +306,22 @@ func (h *Harness) recordPublish(next transport.Publisher) transport.Publisher {
 
 		err := next.Publish(ctx, topic, msgs...)
 
+		// A *transport.PublishError lists the messages that failed; the
+		// others were accepted.
+		var failed []int
+		var pe *transport.PublishError
+		if errors.As(err, &pe) {
+			for _, f := range pe.Failures {
+				failed = append(failed, f.Index)
+			}
+		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		if err == nil {
-			for _, m := range msgs {
+		if err == nil || pe != nil {
+			for i, m := range msgs {
+				if slices.Contains(failed, i) {
+					continue
+				}
 				c := m.Clone()
 				c.Topic = topic
 				h.published = append(h.published, record{msg: c})

@@ -191,3 +191,40 @@ func TestTransientErrorIsRedelivered(t *testing.T) {
 		t.Errorf("attempts %v", attempts)
 	}
 }
+
+// A batch the transport accepted in part: Published lists the events that
+// were accepted, not none of them.
+func TestPublishedPartialBatch(t *testing.T) {
+	failSecond := func(next transport.Publisher) transport.Publisher {
+		return publisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
+			if len(msgs) < 2 {
+				return next.Publish(ctx, topic, msgs...)
+			}
+			ok := append([]*transport.Message{msgs[0]}, msgs[2:]...)
+			if err := next.Publish(ctx, topic, ok...); err != nil {
+				return err
+			}
+			return &transport.PublishError{Topic: topic, Total: len(msgs),
+				Failures: []transport.MessageError{{Index: 1, ID: msgs[1].ID, Err: errors.New("refused")}}}
+		})
+	}
+	h := bustest.New(t, bustest.WithBusOptions(bus.WithPublishMiddleware(failSecond)))
+	orders := []OrderCreated{{ID: "1", Amount: 1}, {ID: "2", Amount: 2}, {ID: "3", Amount: 3}}
+	var pe *transport.PublishError
+	if err := bus.PublishBatch(t.Context(), h.Bus(), orders); !errors.As(err, &pe) {
+		t.Fatalf("PublishBatch: %v, want a *transport.PublishError", err)
+	}
+	var got []string
+	for _, e := range bustest.Published[OrderCreated](h) {
+		got = append(got, e.Data.ID)
+	}
+	if !slices.Equal(got, []string{"1", "3"}) {
+		t.Errorf("Published: %q, want the accepted [1 3]", got)
+	}
+}
+
+type publisherFunc func(ctx context.Context, topic string, msgs ...*transport.Message) error
+
+func (f publisherFunc) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	return f(ctx, topic, msgs...)
+}
