@@ -88,13 +88,8 @@ func Metrics(opts MetricsOptions) Middleware {
 		metric.WithDescription("Messages published to a dead-letter topic."))
 	var cache attrCache[procKey, *procAttrs]
 	build := func(k procKey) *procAttrs {
-		base := []attribute.KeyValue{sys, semconv.MessagingOperationName("process"),
-			semconv.MessagingDestinationName(k.topic), semconv.MessagingConsumerGroupName(k.group)}
-		with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
-			return metric.WithAttributeSet(attribute.NewSet(append(kv, base...)...))
-		}
-		return newProcAttrs(base, with(), with(AttrOutcome.String(string(OutcomeSuccess))),
-			with(AttrOutcome.String(string(OutcomeDuplicate))))
+		return newProcAttrs([]attribute.KeyValue{sys, semconv.MessagingOperationName("process"),
+			semconv.MessagingDestinationName(k.topic), semconv.MessagingConsumerGroupName(k.group)})
 	}
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
@@ -129,20 +124,25 @@ func Metrics(opts MetricsOptions) Middleware {
 
 type procKey struct{ topic, group string }
 
-// procAttrs are the attribute sets of one (topic, group), built once, with
-// the option slices the instruments take: an attribute set costs a sort and
-// allocations per measurement otherwise, and a variadic argument list one
-// more.
+// procAttrs are the attribute sets of one (topic, group), or of one topic
+// for PublishMetrics, built once, with the option slices the instruments
+// take: an attribute set costs a sort and allocations per measurement
+// otherwise, and a variadic argument list one more.
 type procAttrs struct {
 	base                      []attribute.KeyValue
 	plain, success, duplicate []metric.AddOption
+	plainRec                  []metric.RecordOption
 	successRec, duplicateRec  []metric.RecordOption
 }
 
-func newProcAttrs(base []attribute.KeyValue, plain, success, duplicate metric.MeasurementOption) *procAttrs {
-	return &procAttrs{base: base,
-		plain: []metric.AddOption{plain}, success: []metric.AddOption{success}, duplicate: []metric.AddOption{duplicate},
-		successRec: []metric.RecordOption{success}, duplicateRec: []metric.RecordOption{duplicate}}
+func newProcAttrs(base []attribute.KeyValue) *procAttrs {
+	a := &procAttrs{base: base}
+	success, duplicate := a.with(AttrOutcome.String(string(OutcomeSuccess))), a.with(AttrOutcome.String(string(OutcomeDuplicate)))
+	plain := a.with()
+	a.plain, a.plainRec = []metric.AddOption{plain}, []metric.RecordOption{plain}
+	a.success, a.duplicate = []metric.AddOption{success}, []metric.AddOption{duplicate}
+	a.successRec, a.duplicateRec = []metric.RecordOption{success}, []metric.RecordOption{duplicate}
+	return a
 }
 
 func (a *procAttrs) with(kv ...attribute.KeyValue) metric.MeasurementOption {
@@ -185,27 +185,23 @@ func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
 	dur, _ := meter.Float64Histogram(MetricOperationDuration, metric.WithUnit("s"),
 		metric.WithDescription("Duration of publish calls."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
-	var cache attrCache[string, []attribute.KeyValue]
-	build := func(topic string) []attribute.KeyValue {
-		return []attribute.KeyValue{sys, semconv.MessagingOperationName("send"),
-			semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(topic)}
+	var cache attrCache[string, *procAttrs]
+	build := func(topic string) *procAttrs {
+		return newProcAttrs([]attribute.KeyValue{sys, semconv.MessagingOperationName("send"),
+			semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(topic)})
 	}
-	var sets attrCache[string, metric.MeasurementOption]
 	return func(next transport.Publisher) transport.Publisher {
 		return PublisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
-			kvs := cache.get(topic, build)
-			base := sets.get(topic, func(string) metric.MeasurementOption {
-				return metric.WithAttributeSet(attribute.NewSet(kvs...))
-			})
+			a := cache.get(topic, build)
 			start := time.Now()
 			err := next.Publish(ctx, topic, msgs...)
 			elapsed := time.Since(start).Seconds()
 			if err == nil {
-				dur.Record(ctx, elapsed, base)
-				sent.Add(ctx, int64(len(msgs)), base)
+				dur.Record(ctx, elapsed, a.plainRec...)
+				sent.Add(ctx, int64(len(msgs)), a.plain...)
 				return nil
 			}
-			et := metric.WithAttributeSet(attribute.NewSet(append([]attribute.KeyValue{semconv.ErrorType(err)}, kvs...)...))
+			et := a.with(semconv.ErrorType(err))
 			dur.Record(ctx, elapsed, et)
 			failed := len(msgs)
 			var pe *transport.PublishError
@@ -213,7 +209,7 @@ func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
 				failed = len(pe.Failures)
 			}
 			if ok := len(msgs) - failed; ok > 0 {
-				sent.Add(ctx, int64(ok), base)
+				sent.Add(ctx, int64(ok), a.plain...)
 			}
 			if failed > 0 {
 				sent.Add(ctx, int64(failed), et)
