@@ -29,8 +29,7 @@ type Transport struct {
 	client *kafkago.Client
 	dialer *kafkago.Dialer
 	addr   net.Addr
-	ctx    context.Context // cancels the kafka.Transport's background work at Close
-	cancel context.CancelFunc
+	cancel context.CancelFunc // ends kt's background work (its Context) at Close
 
 	balancer kafkago.Murmur2Balancer
 	rr       atomic.Uint32 // spreads keyless publishes over partitions
@@ -73,7 +72,6 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 	t := &Transport{
 		cfg:    c,
 		addr:   kafkago.TCP(c.Brokers...),
-		ctx:    tctx,
 		cancel: cancel,
 		subs:   make(map[*subscription]struct{}),
 		topics: make(map[string]topicInfo),
