@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -74,21 +76,9 @@ func (m *Message) Clone() *Message {
 		return nil
 	}
 	c := *m
-	if m.Header != nil {
-		c.Header = make(map[string]string, len(m.Header))
-		for k, v := range m.Header {
-			c.Header[k] = v
-		}
-	}
-	if m.Meta != nil {
-		c.Meta = make(map[string]string, len(m.Meta))
-		for k, v := range m.Meta {
-			c.Meta[k] = v
-		}
-	}
-	if m.Body != nil {
-		c.Body = append(make([]byte, 0, len(m.Body)), m.Body...)
-	}
+	c.Header = maps.Clone(m.Header)
+	c.Meta = maps.Clone(m.Meta)
+	c.Body = bytes.Clone(m.Body)
 	return &c
 }
 
