@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/busway/busway/transport"
@@ -115,14 +116,13 @@ func validTable(t string) string {
 // Migrate creates the table and its index if they do not exist. It is safe
 // to run at every start.
 func (s *SQLStore) Migrate(ctx context.Context) error {
-	ts := "BIGINT"
 	stmts := []string{
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
 	group_name TEXT NOT NULL,
 	message_id TEXT NOT NULL,
-	handled_at %s NOT NULL,
+	handled_at BIGINT NOT NULL,
 	PRIMARY KEY (group_name, message_id)
-)`, s.table, ts),
+)`, s.table),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s_handled_at ON %s (handled_at)", indexBase(s.table), s.table),
 	}
 	for _, q := range stmts {
@@ -136,12 +136,7 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 // indexBase is the table name without a schema: an index lives in its
 // table's schema and PostgreSQL rejects a qualified index name.
 func indexBase(t string) string {
-	for i := len(t) - 1; i >= 0; i-- {
-		if t[i] == '.' {
-			return t[i+1:]
-		}
-	}
-	return t
+	return t[strings.LastIndexByte(t, '.')+1:]
 }
 
 // Seen reports whether group marked id.
