@@ -173,20 +173,19 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	workers := opts.Workers()
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	sub := &subscription{
-		t:       t,
-		topic:   topic,
-		opts:    opts,
-		group:   opts.Group,
-		h:       h,
-		ss:      ss,
-		hctx:    hctx,
-		cancel:  cancel,
-		slots:   make([]slot, workers),
-		free:    make(chan int, workers), // one token per worker slot: never blocks
-		lost:    make(chan struct{}, 1),  // a pending "consumer lost" signal; more would say nothing new
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		ackWait: ss.ackWait,
+		t:      t,
+		topic:  topic,
+		opts:   opts,
+		group:  opts.Group,
+		h:      h,
+		ss:     ss,
+		hctx:   hctx,
+		cancel: cancel,
+		slots:  make([]slot, workers),
+		free:   make(chan int, workers), // one token per worker slot: never blocks
+		lost:   make(chan struct{}, 1),  // a pending "consumer lost" signal; more would say nothing new
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 	}
 	sub.ackFloor.Store(cons.CachedInfo().AckFloor.Stream)
 	for i := range workers {
@@ -303,9 +302,8 @@ type subscription struct {
 	// hctx is the handlers' context, cancelled when Close gives up waiting.
 	// It lives here because the consume callback, which nats.go calls,
 	// cannot be handed one.
-	hctx    context.Context
-	cancel  context.CancelFunc
-	ackWait time.Duration
+	hctx   context.Context
+	cancel context.CancelFunc
 
 	ccMu     sync.Mutex
 	cc       jetstream.ConsumeContext // replaced when a lost consumer is recreated
@@ -434,7 +432,7 @@ func (s *subscription) nak(m jetstream.Msg, d time.Duration) {
 // so nothing unacked is skipped.
 func (s *subscription) progress() {
 	defer s.wg.Done()
-	every := s.ackWait / 3
+	every := s.ss.ackWait / 3
 	if every < 10*time.Millisecond {
 		every = 10 * time.Millisecond
 	}
