@@ -301,18 +301,29 @@ func checkBackOff(b []time.Duration, maxDeliver int) error {
 	return nil
 }
 
-// checkStreamName applies the server's rule for stream names: no
-// whitespace, '.', '*', '>', path separators or control characters.
 func checkStreamName(name string) error {
-	if len(name) > 255 {
-		return invalid("Stream %q is longer than 255 characters", name)
+	if p := nameProblem(name); p != "" {
+		return invalid("Stream %q: %s", name, p)
+	}
+	return nil
+}
+
+// nameProblem applies the server's rule for stream and consumer names (1
+// to 255 characters; no whitespace, '.', '*', '>', path separators or
+// control characters) and says what breaks it, or "".
+func nameProblem(name string) string {
+	switch {
+	case name == "":
+		return "empty"
+	case len(name) > 255:
+		return "longer than 255 characters"
 	}
 	for i, r := range name {
 		if r <= ' ' || r == 0x7f || strings.ContainsRune(".*>/\\", r) {
-			return invalid("Stream %q: character %q at %d is not allowed (no whitespace, '.', '*', '>', '/', '\\')", name, r, i)
+			return fmt.Sprintf("character %q at %d is not allowed (no whitespace, '.', '*', '>', '/', '\\')", r, i)
 		}
 	}
-	return nil
+	return ""
 }
 
 func checkSubjectPrefix(p string) error {

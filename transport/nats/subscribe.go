@@ -86,10 +86,8 @@ func MaxAckPending(n int) SubscribeOption {
 // topics.
 func Durable(name string) SubscribeOption {
 	return SubscribeOption{"Durable", func(s *subSettings) error {
-		if name == "" || len(name) > 255 || strings.ContainsFunc(name, func(r rune) bool {
-			return r <= ' ' || r == 0x7f || strings.ContainsRune(".*>/\\", r)
-		}) {
-			return fmt.Errorf("Durable %q is not a consumer name (1-255 characters, no whitespace, '.', '*', '>', '/', '\\')", name)
+		if p := nameProblem(name); p != "" {
+			return fmt.Errorf("Durable %q is not a consumer name: %s", name, p)
 		}
 		s.durable = name
 		return nil
