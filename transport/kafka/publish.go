@@ -72,7 +72,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		var p int
 		if m.Key == "" {
 			if keyless < 0 {
-				keyless = int(t.rr.Add(1)) % np
+				keyless = int(t.rr.Add(1) % uint32(np)) // in uint32: int may be 32 bits
 			}
 			p = keyless
 		} else {

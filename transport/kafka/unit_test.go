@@ -167,3 +167,18 @@ func TestConfigFromURL(t *testing.T) {
 		}
 	}
 }
+
+// The round-robin counter of keyless publishes wraps; past 2^31 its value
+// does not fit a 32-bit int, which must not make the partition negative.
+func TestKeylessPartitionWhenCounterIsLarge(t *testing.T) {
+	c := newCluster(t)
+	tr := open(t, testConfig(c.ListenAddrs()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range []uint32{1<<31 - 1, 1<<32 - 2, 1<<32 - 1} {
+		tr.rr.Store(n)
+		if err := tr.Publish(ctx, "rr-wrap", &transport.Message{Body: []byte("x")}); err != nil {
+			t.Fatalf("Publish with the counter at %d: %v", n, err)
+		}
+	}
+}
