@@ -46,7 +46,8 @@ func (MaxInFlight) Transport() string { return Scheme }
 // closes, and only up to the highest offset below which every message was
 // handled successfully. Message.Attempt counts the attempts in this
 // subscription (it starts at 1 again on another member or after a restart).
-// Message.Meta carries the partition and offset.
+// Message.Meta carries the partition and offset. A worker reuses its
+// Message, maps included, for its next message (a Handler must not keep it).
 func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Handler, opts transport.SubscribeOptions) (transport.Subscription, error) {
 	if err := transport.ValidateSubscribe(topic, h, opts); err != nil {
 		return nil, err
@@ -299,7 +300,7 @@ func (s *subscription) loop() {
 		s.log.Debug("kafka: generation started", "generation", gen.ID, "member", gen.MemberID, "partitions", len(assigned))
 		parts := make([]*partition, len(assigned))
 		for i, a := range assigned {
-			p := &partition{id: a.ID, next: -1, committed: -1, draining: make(chan struct{}), advanced: make(chan struct{}, 1)}
+			p := &partition{id: a.ID, idText: strconv.Itoa(a.ID), next: -1, committed: -1, draining: make(chan struct{}), advanced: make(chan struct{}, 1)}
 			p.ctx, p.cancel = context.WithCancel(s.runCtx)
 			parts[i] = p
 			s.start(gen, func(ctx context.Context) { s.consume(ctx, gen, p, a.Offset) })
@@ -321,6 +322,7 @@ func (s *subscription) start(gen *kafkago.Generation, fn func(context.Context)) 
 // partition is one assigned partition in one generation.
 type partition struct {
 	id     int
+	idText string          // id in decimal, for Message.Meta
 	ctx    context.Context // handlers' context; canceled when its messages are abandoned
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // dispatched, unfinished messages
@@ -556,15 +558,25 @@ func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Mes
 // work runs ready key queues' next messages until the subscription closes.
 func (s *subscription) work() {
 	defer s.workers.Done()
+	var d delivery
 	for q := range s.ready {
-		s.step(q)
+		s.step(q, &d)
 	}
+}
+
+// delivery is the Message a worker hands its handler, reused from one
+// message to the next with its maps (a Handler must not keep a Message),
+// which spares allocations per message.
+type delivery struct {
+	m         transport.Message
+	hdr, meta map[string]string
 }
 
 // step makes one attempt at q's next message, then passes q on: back to
 // the ready queue when another message of the key waits, to a retry timer
-// after a failure, or nowhere when the key has nothing left.
-func (s *subscription) step(q *keyQueue) {
+// after a failure, or nowhere when the key has nothing left. d is the
+// calling worker's.
+func (s *subscription) step(q *keyQueue, d *delivery) {
 	j := q.head
 	p := j.p
 	switch {
@@ -576,7 +588,7 @@ func (s *subscription) step(q *keyQueue) {
 		q.dead = p
 	default:
 		q.attempt++
-		err := s.call(p.ctx, j, q.attempt)
+		err := s.call(p.ctx, d.fill(s, j, q.attempt))
 		if err == nil {
 			p.finish(j.m.Offset)
 			break
@@ -640,33 +652,40 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-func (s *subscription) call(ctx context.Context, j *job, attempt int) (err error) {
+func (s *subscription) call(ctx context.Context, m *transport.Message) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("kafka: handler panicked: %v", r)
 			s.log.Error("kafka: handler panicked; the message will be retried", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	return s.h(ctx, s.message(&j.m, attempt))
+	return s.h(ctx, m)
 }
 
-func (s *subscription) message(m *kafkago.Message, attempt int) *transport.Message {
-	msg := &transport.Message{
+// fill makes d's Message the delivery of j's record, attempt attempt.
+func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message {
+	if d.meta == nil {
+		d.hdr, d.meta = make(map[string]string), make(map[string]string, 2)
+	}
+	clear(d.hdr)
+	clear(d.meta)
+	m := &j.m
+	d.meta[transport.MetaPartition] = j.p.idText
+	d.meta[transport.MetaOffset] = strconv.FormatInt(m.Offset, 10)
+	msg := &d.m
+	*msg = transport.Message{
 		Body:    m.Value,
 		Topic:   s.topic,
 		Group:   s.group,
 		Time:    m.Time,
 		Attempt: attempt,
-		Meta: map[string]string{
-			transport.MetaPartition: strconv.Itoa(m.Partition),
-			transport.MetaOffset:    strconv.FormatInt(m.Offset, 10),
-		},
+		Meta:    d.meta,
 	}
 	if len(m.Key) > 0 {
 		msg.Key = string(m.Key)
 	}
 	if len(m.Headers) > 0 {
-		msg.Header = make(map[string]string, len(m.Headers))
+		msg.Header = d.hdr
 		for _, h := range m.Headers {
 			msg.Header[h.Key] = string(h.Value)
 		}
