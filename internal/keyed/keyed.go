@@ -69,11 +69,8 @@ func (p *Pool) work(own chan func()) {
 	}
 }
 
-// Workers returns the number of workers.
-func (p *Pool) Workers() int { return len(p.shards) }
-
-// Shard returns the worker index of key among n workers (FNV-1a).
-func Shard(key string, n int) int {
+// shard returns the worker index of key among n workers (FNV-1a).
+func shard(key string, n int) int {
 	if n <= 1 {
 		return 0
 	}
@@ -93,7 +90,7 @@ func (p *Pool) Submit(ctx context.Context, key string, fn func()) error {
 	}
 	q := p.any
 	if key != "" {
-		q = p.shards[Shard(key, len(p.shards))]
+		q = p.shards[shard(key, len(p.shards))]
 	}
 	select {
 	case q <- fn:
