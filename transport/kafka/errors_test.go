@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -245,5 +246,53 @@ func TestClosedTransport(t *testing.T) {
 	if _, err := tr.Subscribe(t.Context(), "t", func(context.Context, *transport.Message) error { return nil },
 		transport.SubscribeOptions{Group: "g"}); !errors.Is(err, transport.ErrClosed) {
 		t.Fatalf("Subscribe after Close: %v", err)
+	}
+}
+
+// A second Close while the first still drains a subscription waits for it,
+// rather than returning before the transport is released.
+func TestConcurrentCloseWaitsForTheFirst(t *testing.T) {
+	c := newCluster(t)
+	tr, err := New(t.Context(), testConfig(c.ListenAddrs()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	_, err = tr.Subscribe(t.Context(), "close-twice", func(context.Context, *transport.Message) error {
+		once.Do(func() { close(started) })
+		<-release
+		return nil
+	}, transport.SubscribeOptions{Group: "g", StartFrom: transport.StartEarliest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(t.Context(), "close-twice", &transport.Message{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler did not start")
+	}
+	first := make(chan error, 1)
+	go func() { first <- tr.Close() }()
+	for !tr.isClosed() {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan error, 1)
+	go func() { second <- tr.Close() }()
+	select {
+	case err := <-second:
+		t.Errorf("second Close returned (%v) while the first was draining a handler", err)
+		second <- err
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Errorf("first Close: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }

@@ -39,6 +39,9 @@ type Transport struct {
 	// move the position past a message published after the first returned.
 	startMu sync.Mutex
 
+	closeOnce sync.Once
+	closeErr  error
+
 	mu     sync.Mutex
 	closed bool
 	subs   map[*subscription]struct{}
@@ -132,29 +135,29 @@ func (t *Transport) release() {
 
 // Close closes every subscription still open (draining them, together, for
 // at most DrainTimeout), then the connections. Publish and Subscribe after Close
-// return transport.ErrClosed. Idempotent.
+// return transport.ErrClosed. Idempotent; concurrent calls wait for the
+// first.
 func (t *Transport) Close() error {
-	t.mu.Lock()
-	if t.closed {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		t.closed = true
+		subs := make([]*subscription, 0, len(t.subs))
+		for s := range t.subs {
+			subs = append(subs, s)
+		}
 		t.mu.Unlock()
-		return nil
-	}
-	t.closed = true
-	subs := make([]*subscription, 0, len(t.subs))
-	for s := range t.subs {
-		subs = append(subs, s)
-	}
-	t.mu.Unlock()
-	errs := make([]error, len(subs))
-	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	for i, s := range subs {
-		wg.Go(func() { errs[i] = s.Close(ctx) })
-	}
-	wg.Wait()
-	t.release()
-	return errors.Join(errs...)
+		errs := make([]error, len(subs))
+		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for i, s := range subs {
+			wg.Go(func() { errs[i] = s.Close(ctx) })
+		}
+		wg.Wait()
+		t.release()
+		t.closeErr = errors.Join(errs...)
+	})
+	return t.closeErr
 }
 
 func (t *Transport) isClosed() bool {
