@@ -1,8 +1,11 @@
 package transport
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"strings"
 )
 
@@ -100,4 +103,48 @@ func (e *PublishError) Unwrap() []error {
 		errs[i] = f.Err
 	}
 	return errs
+}
+
+// PanicError is a handler panic turned into an error. Transports call
+// handlers through CallHandler, so a panicking handler never crashes the
+// process: its message counts as failed and is delivered again. Test for it
+// with errors.As.
+type PanicError struct {
+	// Value is what the handler passed to panic.
+	Value any
+	// Stack is the goroutine's stack at the panic (runtime/debug.Stack).
+	Stack []byte
+}
+
+// Error describes the panic value; the stack is in the Stack field, not in
+// the text, so that headers and log lines stay one line.
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("busway: handler panic: %v", e.Value)
+}
+
+// Unwrap returns the panic value when it is an error (panic(err)), so
+// errors.Is finds it.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}
+
+// CallHandler calls h and turns a panic into a *PanicError carrying the
+// panic value and stack, which it also logs at level Error to log (nil
+// discards): nobody else sees the stack of a panic a transport recovered.
+// A panic with a nil value (panic(nil)) is reported with a
+// *runtime.PanicNilError value, as Go 1.21+ does.
+func CallHandler(ctx context.Context, log *slog.Logger, h Handler, m *Message) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			pe := &PanicError{Value: v, Stack: debug.Stack()}
+			if log != nil {
+				log.LogAttrs(ctx, slog.LevelError, "busway: handler panicked; the message counts as failed",
+					slog.String("topic", m.Topic), slog.String("group", m.Group), slog.String("id", m.ID),
+					slog.Int("attempt", m.Attempt), slog.Any("panic", v), slog.String("stack", string(pe.Stack)))
+			}
+			err = pe
+		}
+	}()
+	return h(ctx, m)
 }

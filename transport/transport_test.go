@@ -3,6 +3,7 @@ package transport_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -239,5 +240,28 @@ func TestValidateSubscribe(t *testing.T) {
 	}
 	if err := transport.ValidateSubscribe("t", h, transport.SubscribeOptions{}); !errors.Is(err, transport.ErrInvalidOptions) {
 		t.Fatalf("no group: %v", err)
+	}
+}
+
+func TestCallHandlerRecoversPanics(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	m := &transport.Message{ID: "m1", Topic: "t", Group: "g", Attempt: 2}
+	boom := errors.New("boom")
+	err := transport.CallHandler(context.Background(), log, func(context.Context, *transport.Message) error { panic(boom) }, m)
+	var pe *transport.PanicError
+	if !errors.As(err, &pe) || !errors.Is(err, boom) || len(pe.Stack) == 0 {
+		t.Fatalf("CallHandler after a panic = %v, want a *PanicError with a stack wrapping the panic value", err)
+	}
+	for _, want := range []string{"level=ERROR", "id=m1", "topic=t", "group=g", "attempt=2", "panic=boom", "stack="} {
+		if !strings.Contains(logged.String(), want) {
+			t.Errorf("log %q lacks %s", logged.String(), want)
+		}
+	}
+	if err := transport.CallHandler(context.Background(), nil, func(context.Context, *transport.Message) error { return boom }, m); err != boom {
+		t.Fatalf("CallHandler passes the handler's error through: got %v", err)
+	}
+	if err := transport.CallHandler(context.Background(), nil, func(context.Context, *transport.Message) error { panic(nil) }, m); !errors.As(err, &pe) {
+		t.Fatalf("panic(nil) = %v, want a *PanicError", err)
 	}
 }

@@ -700,7 +700,7 @@ func (s *subscription) run(ctx context.Context, sh *shard) {
 		}
 		d.attempt++
 		d.msg.Attempt = d.attempt
-		if err := s.h(ctx, &d.msg); err != nil {
+		if err := transport.CallHandler(ctx, s.t.log, s.h, &d.msg); err != nil {
 			delay := s.t.backoffDelay(d.attempt)
 			s.t.log.LogAttrs(ctx, slog.LevelDebug, "chanbus: handler failed; will redeliver",
 				slog.String("topic", s.g.topic), slog.String("group", s.g.name), slog.String("id", d.msg.ID),

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"sync"
@@ -652,14 +651,8 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-func (s *subscription) call(ctx context.Context, m *transport.Message) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("kafka: handler panicked: %v", r)
-			s.log.Error("kafka: handler panicked; the message will be retried", "panic", r, "stack", string(debug.Stack()))
-		}
-	}()
-	return s.h(ctx, m)
+func (s *subscription) call(ctx context.Context, m *transport.Message) error {
+	return transport.CallHandler(ctx, s.log, s.h, m)
 }
 
 // fill makes d's Message the delivery of j's record, attempt attempt.

@@ -384,7 +384,7 @@ func (s *subscription) handle(ctx context.Context, jm jetstream.Msg) {
 	sl.gen++
 	sl.mu.Unlock()
 	attempt, id := m.Attempt, m.ID
-	err := s.h(ctx, m)
+	err := transport.CallHandler(ctx, s.t.log, s.h, m)
 	sl.mu.Lock()
 	sl.msg = nil
 	sl.mu.Unlock()

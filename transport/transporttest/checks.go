@@ -369,6 +369,29 @@ func (s *suite) testRedelivery(t *testing.T) {
 	}
 }
 
+// testHandlerPanic: a handler that panics does not crash the process; its
+// message counts as failed and is delivered again, and later messages of
+// the subscription are still handled.
+func (s *suite) testHandlerPanic(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	var panicked atomic.Int32
+	done := newRecorder()
+	s.subscribe(t, tr, topic, func(_ context.Context, m *transport.Message) error {
+		if m.ID == "panics" && panicked.Add(1) == 1 {
+			panic("transporttest: planned panic")
+		}
+		done.add(m)
+		return nil
+	}, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	msgs := []*transport.Message{{ID: "panics", Key: "k", Body: []byte("1")}, {ID: "after", Key: "k", Body: []byte("2")}}
+	s.publish(t, tr, topic, msgs, 0)
+	s.waitFor(t, "the message whose handler panicked, delivered again, and the next one", done.hasAll(ids(msgs)))
+	if n := panicked.Load(); n < 2 {
+		t.Errorf("the panicking message was delivered %d times, want a redelivery", n)
+	}
+}
+
 // testDurableRounds: on a durable transport, 5,000 messages consumed in 5
 // rounds of subscribe/close lose nothing, including those published while no
 // member was subscribed.

@@ -17,7 +17,8 @@
 // Capabilities.MaxBodyBytes); the fields set on delivery; topic isolation;
 // groups (every group gets every message, each message goes to one member
 // of a group); per-key order under Concurrency 8 while different keys
-// overlap; redelivery after a handler error; no loss across subscribe/close
+// overlap; redelivery after a handler error; a panicking handler that does
+// not crash the process and is redelivered; no loss across subscribe/close
 // rounds (durable transports only); StartEarliest and StartLatest; Close
 // draining in-flight handlers; Close twice; ErrClosed after Close; the
 // Concurrency limit; concurrent publishers; a cancelled Publish context; and
@@ -130,6 +131,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"Groups", s.testGroups},
 		{"KeyOrder", s.testKeyOrder},
 		{"Redelivery", s.testRedelivery},
+		{"HandlerPanic", s.testHandlerPanic},
 		{"DurableRounds", s.testDurableRounds},
 		{"StartEarliest", s.testStartEarliest},
 		{"StartLatest", s.testStartLatest},
