@@ -587,7 +587,7 @@ func (s *subscription) step(q *keyQueue, d *delivery) {
 		q.dead = p
 	default:
 		q.attempt++
-		err := s.call(p.ctx, d.fill(s, j, q.attempt))
+		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, q.attempt))
 		if err == nil {
 			p.finish(j.m.Offset)
 			break
@@ -649,10 +649,6 @@ func isClosed(c <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-func (s *subscription) call(ctx context.Context, m *transport.Message) error {
-	return transport.CallHandler(ctx, s.log, s.h, m)
 }
 
 // fill makes d's Message the delivery of j's record, attempt attempt.
