@@ -195,3 +195,25 @@ func (o SubscribeOptions) Workers() int {
 	}
 	return o.Concurrency
 }
+
+// GroupDeleter is implemented by transports that keep a group's position
+// in the broker after its subscriptions closed (a NATS durable consumer,
+// Kafka committed offsets), so that a program can remove a group it made
+// for a while only: a tool's throwaway reader, a retired service.
+// Transports whose groups end with their last subscription (chanbus) do
+// not implement it; test with a type assertion:
+//
+//	if d, ok := t.(transport.GroupDeleter); ok {
+//		err = d.DeleteGroup(ctx, topic, group)
+//	}
+//
+// Safe for concurrent use.
+type GroupDeleter interface {
+	// DeleteGroup removes what the broker keeps of group for topic: its
+	// position and its unacknowledged messages (the messages themselves stay
+	// in the topic). A group subscribed again afterwards starts anew, at its
+	// StartFrom. The group must have no open subscription on topic (close
+	// them first; a broker may refuse with an error otherwise). Deleting a
+	// group that does not exist is not an error.
+	DeleteGroup(ctx context.Context, topic, group string) error
+}

@@ -708,3 +708,50 @@ func (s *suite) testInvalidInput(t *testing.T) {
 		})
 	}
 }
+
+// testDeleteGroup: on a transport that implements transport.GroupDeleter, a
+// deleted group has no position left: subscribed again with StartEarliest
+// it gets the topic's messages once more, and another group's position is
+// untouched. Deleting a group that does not exist is not an error.
+func (s *suite) testDeleteGroup(t *testing.T) {
+	tr := s.open(t)
+	d, ok := tr.(transport.GroupDeleter)
+	if !ok {
+		t.Skip("transport does not implement transport.GroupDeleter")
+	}
+	topic, group, other := UniqueTopic(t), UniqueGroup(t), UniqueGroup(t)
+	opts := transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest}
+	first, kept := newRecorder(), newRecorder()
+	sub := s.subscribe(t, tr, topic, first.handle, opts)
+	keep := s.subscribe(t, tr, topic, kept.handle, transport.SubscribeOptions{Group: other, StartFrom: transport.StartEarliest})
+	msgs := makeMsgs(topic, 5, func(int) string { return "one-key" })
+	s.publish(t, tr, topic, msgs, 0)
+	s.waitFor(t, "the group to get the messages", first.hasAll(ids(msgs)))
+	s.waitFor(t, "the other group to get the messages", kept.hasAll(ids(msgs)))
+	s.closeSub(t, sub)
+	s.closeSub(t, keep)
+	if err := d.DeleteGroup(s.ctx(t), topic, group); err != nil {
+		t.Fatalf("DeleteGroup: %v", err)
+	}
+	if err := d.DeleteGroup(s.ctx(t), topic, UniqueGroup(t)); err != nil {
+		t.Errorf("DeleteGroup of a group that does not exist: %v", err)
+	}
+	if !s.h.Caps.Durable {
+		return
+	}
+	again := newRecorder()
+	s.subscribe(t, tr, topic, again.handle, opts)
+	s.waitFor(t, "the deleted group to start from the earliest again", again.hasAll(ids(msgs)))
+	// The other group kept its position: with StartEarliest it would get
+	// the old messages again if its position were gone too.
+	kept2 := newRecorder()
+	s.subscribe(t, tr, topic, kept2.handle, transport.SubscribeOptions{Group: other, StartFrom: transport.StartEarliest})
+	fresh := makeMsgs(topic+"-fresh", 1, func(int) string { return "one-key" })
+	s.publish(t, tr, topic, fresh, 0)
+	s.waitFor(t, "the other group to get a new message", kept2.hasAll(ids(fresh)))
+	for _, id := range ids(msgs) {
+		if kept2.has(id) {
+			t.Errorf("group %s got %s again: deleting group %s moved its position", other, id, group)
+		}
+	}
+}

@@ -21,8 +21,9 @@
 // not crash the process and is redelivered; no loss across subscribe/close
 // rounds (durable transports only); StartEarliest and StartLatest; Close
 // draining in-flight handlers; Close twice; ErrClosed after Close; the
-// Concurrency limit; concurrent publishers; a cancelled Publish context; and
-// bad input (the sentinel errors of package transport).
+// Concurrency limit; concurrent publishers; a cancelled Publish context;
+// bad input (the sentinel errors of package transport); and, where the
+// transport implements transport.GroupDeleter, DeleteGroup.
 //
 // # Brokers
 //
@@ -141,6 +142,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"ConcurrentPublishers", s.testConcurrentPublishers},
 		{"PublishCancelledContext", s.testPublishCancelled},
 		{"InvalidInput", s.testInvalidInput},
+		{"DeleteGroup", s.testDeleteGroup},
 	} {
 		t.Run(c.name, c.fn)
 	}
