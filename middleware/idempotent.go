@@ -30,10 +30,13 @@ type IdempotentOptions struct {
 	OnMarkError func(ctx context.Context, m *transport.Message, err error)
 }
 
-// Idempotent skips a message whose ID its group already handled
+// Idempotent skips a message whose event ID its group already handled
 // successfully, acknowledging it without calling the handler, and marks the
 // ID in store after the handler returned nil (never before, and never after
-// a failure). A message without an ID is always handled. A store error on
+// a failure). The event ID is the CloudEvents id, Header[transport.HeaderID],
+// else Message.ID: a derived message of the same event (a dead letter
+// replayed with a new Message.ID, the outbox's re-send) is the same event. A
+// message without either is always handled. A store error on
 // lookup fails the message (it is redelivered); a nil store, too, with an
 // error wrapping transport.ErrInvalidOptions.
 //
@@ -49,15 +52,19 @@ type IdempotentOptions struct {
 func Idempotent(store Store, opts IdempotentOptions) Middleware {
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
-			if m.ID == "" {
+			id := m.Header[transport.HeaderID]
+			if id == "" {
+				id = m.ID
+			}
+			if id == "" {
 				return next(ctx, m)
 			}
 			if store == nil {
 				return fmt.Errorf("%w: Idempotent has a nil Store", transport.ErrInvalidOptions)
 			}
-			seen, err := store.Seen(ctx, m.Group, m.ID)
+			seen, err := store.Seen(ctx, m.Group, id)
 			if err != nil {
-				return fmt.Errorf("busway: idempotency store lookup of %q: %w", m.ID, err)
+				return fmt.Errorf("busway: idempotency store lookup of %q: %w", id, err)
 			}
 			if seen {
 				if r := reportFrom(ctx); r != nil {
@@ -68,7 +75,7 @@ func Idempotent(store Store, opts IdempotentOptions) Middleware {
 			if err := next(ctx, m); err != nil {
 				return err
 			}
-			if err := store.Mark(ctx, m.Group, m.ID); err != nil && opts.OnMarkError != nil {
+			if err := store.Mark(ctx, m.Group, id); err != nil && opts.OnMarkError != nil {
 				opts.OnMarkError(ctx, m, err)
 			}
 			return nil

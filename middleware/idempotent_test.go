@@ -247,3 +247,23 @@ func TestSQLStoreOptions(t *testing.T) {
 		t.Fatal("pruned marker still seen")
 	}
 }
+
+// TestIdempotentEventID: the event identity is ce_id, not Message.ID: a
+// replayed dead letter (same ce_id, new Message.ID) is a duplicate for a
+// group that handled the event, and a new event for one that did not.
+func TestIdempotentEventID(t *testing.T) {
+	var calls atomic.Int32
+	h := middleware.Idempotent(middleware.NewMemoryStore(middleware.MemoryStoreOptions{}), middleware.IdempotentOptions{})(
+		func(context.Context, *transport.Message) error { calls.Add(1); return nil })
+	msg := func(msgID, group string) *transport.Message {
+		return &transport.Message{ID: msgID, Group: group, Header: map[string]string{transport.HeaderID: "event-1"}}
+	}
+	for _, m := range []*transport.Message{msg("publish-1", "billing"), msg("replay-1", "billing"), msg("replay-1", "shipping")} {
+		if err := h(t.Context(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("handler ran %d times, want 2 (billing once for event-1 whatever its Message.ID, shipping once)", n)
+	}
+}
