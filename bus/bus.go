@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/busway/busway/internal/bushook"
 	"github.com/busway/busway/transport"
 )
 
@@ -28,7 +29,8 @@ type Bus struct {
 	handlerMW []func(transport.Handler) transport.Handler
 	log       *slog.Logger
 	fallback  transport.Handler
-	err       error // an invalid argument of New, returned by every call
+	settle    func(context.Context) error // bushook.LiveSubscribe
+	err       error                       // an invalid argument of New, returned by every call
 
 	state atomic.Int32 // stateNew, stateStarted, stateDraining, stateClosed
 
@@ -68,7 +70,14 @@ type config struct {
 	pubMW     []func(transport.Publisher) transport.Publisher
 	log       *slog.Logger
 	fallback  transport.Handler
+	settle    func(context.Context) error
 	errs      []error
+}
+
+func init() {
+	bushook.LiveSubscribe = func(settle func(context.Context) error) any {
+		return Option(func(c *config) { c.settle = settle })
+	}
 }
 
 // WithSource sets the CloudEvents source of published events, a URI
@@ -185,6 +194,7 @@ func New(t transport.Transport, opts ...Option) *Bus {
 		handlerMW: c.handlerMW,
 		log:       c.log,
 		fallback:  c.fallback,
+		settle:    c.settle,
 		err:       errors.Join(c.errs...),
 		types:     make(map[reflect.Type]*typeInfo),
 		routes:    make(map[routeKey]*route),
@@ -225,6 +235,12 @@ func (b *Bus) Source() string { return b.source }
 
 // Transport returns the transport the Bus was created on.
 func (b *Bus) Transport() transport.Transport { return b.t }
+
+// Publisher returns the Publisher that Publish sends through: the
+// transport's, wrapped in the WithPublishMiddleware chain. Give it to
+// middleware that publishes, such as DeadLetter, so that what it sends is
+// traced and counted as the bus's own publishes are.
+func (b *Bus) Publisher() transport.Publisher { return b.pub }
 
 // Stats are counters of a Bus since New.
 type Stats struct {

@@ -174,6 +174,14 @@ func Subscribe[T any](b *Bus, group string, fn func(ctx context.Context, e Event
 	e := &entry{typ: ti.name, goType: rt, h: h}
 
 	key := routeKey{topic: ti.topic, group: group}
+	if b.settle != nil && b.state.Load() == stateStarted {
+		// A test harness's bus (bushook.LiveSubscribe): let everything
+		// published so far be delivered first, so that the new handler
+		// deterministically gets exactly the events published after this.
+		if err := b.settle(context.Background()); err != nil {
+			return nil, fmt.Errorf("busway: Subscribe %v in group %q: waiting for the bus to settle: %w", rt, group, err)
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if s := b.state.Load(); s == stateDraining || s == stateClosed {
@@ -181,6 +189,9 @@ func Subscribe[T any](b *Bus, group string, fn func(ctx context.Context, e Event
 	}
 	sub := &Subscription{b: b, key: key, typ: ti.name}
 	if r := b.routes[key]; r != nil {
+		if r.running && b.settle != nil {
+			return sub, r.addLive(&c, e, rt)
+		}
 		if r.running {
 			return nil, fmt.Errorf("busway: Subscribe %v: %w: group %q is already consuming topic %q; subscribe every handler of a (topic, group) before Start",
 				rt, ErrAlreadyStarted, group, ti.topic)
@@ -276,6 +287,38 @@ func (r *route) merge(c *subConfig) error {
 	}
 	r.opts.Specific = append(r.opts.Specific, c.specific...)
 	return nil
+}
+
+// addLive adds e to the running route r of a harness's bus (see
+// bushook.LiveSubscribe): it swaps the handler set, which dispatch reads
+// per message, so no event published after this is delivered without e.
+// When e's options change the route's (Concurrency, transport options), it
+// first subscribes a second member of the group with the new options and
+// then closes the first: the group never has no member, so a transport
+// such as chanbus, which drops a group's queue with its last member, loses
+// nothing. Called with b.mu held.
+func (r *route) addLive(c *subConfig, e *entry, rt reflect.Type) error {
+	hs := r.handlers.Load()
+	if o := hs.byType[e.typ]; o != nil {
+		return fmt.Errorf("busway: Subscribe %v: %w: group %q already has a handler for event type %q on topic %q (Go type %v)",
+			rt, ErrAlreadyRegistered, r.key.group, e.typ, r.key.topic, o.goType)
+	}
+	old := r.opts
+	if err := r.merge(c); err != nil {
+		return fmt.Errorf("busway: Subscribe %v in group %q on topic %q: %w", rt, r.key.group, r.key.topic, err)
+	}
+	byType := maps.Clone(hs.byType)
+	byType[e.typ] = e
+	r.handlers.Store(newHandlerSet(byType))
+	if r.opts.Concurrency == old.Concurrency && len(r.opts.Specific) == len(old.Specific) {
+		return nil
+	}
+	prev := r.sub
+	if err := r.start(context.Background()); err != nil {
+		r.sub, r.running = prev, true
+		return err
+	}
+	return r.stop(context.Background(), prev)
 }
 
 // start subscribes the route on the transport. Called with b.mu held.

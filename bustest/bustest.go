@@ -28,19 +28,37 @@
 // every group gets every event. A permanent error (bus.Permanent, a body
 // that does not decode) is recorded and the message acknowledged, as the
 // DeadLetter middleware of a production chain would: it is not delivered
-// again. Subscribe on a Harness starts the handler's
-// (topic, group) at once; every event published afterwards reaches it.
+// again. With WithDeadLetter, the harness's chain has the DeadLetter
+// middleware itself, and DeadLetters lists what it dead-lettered.
+//
+// # Subscribing
+//
+// A Harness holds any set of handlers that production code subscribes:
+// several event types in one (topic, group), subscribed in any order,
+// before or between publishes. The bus is started at New; Subscribe on it
+// first waits until everything published so far has been handled (as Wait
+// does), then adds the handler to its (topic, group), which keeps one
+// transport subscription and so the group's per-key order. So the bus's
+// rule holds that a consuming (topic, group) never silently skips events,
+// and deterministically: every event published before Subscribe was
+// delivered without the new handler (counted in Stats.Unknown when no
+// handler of the group knew it), every event published after Subscribe
+// returned reaches it. A handler must not call Subscribe: it would wait
+// for itself until the harness's timeout.
 //
 // # Errors
 //
 // Calls return the errors of package bus. Wait fails the test when the bus
-// does not become idle within its timeout; a Shutdown error at cleanup
-// fails the test too.
+// does not settle within its timeout (a handler that keeps failing with a
+// transient error is redelivered until then: the failure lists its
+// errors); a Shutdown error at cleanup fails the test too.
 //
 // # Observability
 //
-// Published, Handled and Failures return the records; Stats the bus's
-// counters (Stats.Unknown: events no handler of a group knew).
+// Published, Handled, Failures and DeadLetters return the records; Stats
+// the bus's counters (Stats.Unknown: events no handler of a group knew),
+// Unrouted the events published to a topic no group subscribes to, which
+// chanbus drops.
 //
 // # Concurrency
 //
@@ -53,11 +71,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/busway/busway/bus"
+	"github.com/busway/busway/internal/bushook"
+	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/chanbus"
 )
@@ -94,6 +115,18 @@ type config struct {
 	busOpts  []bus.Option
 	chanOpts []chanbus.Option
 	timeout  time.Duration
+	dlq      *middleware.DeadLetterOptions
+}
+
+// WithDeadLetter puts the DeadLetter middleware, publishing through the
+// harness's bus (Bus.Publisher, so dead letters are recorded), in the
+// bus's chain: outside the middleware of WithBusOptions, as a production
+// chain has it outside Retry. DeadLetters lists what it dead-lettered; a
+// group subscribed to the dead-letter topic receives them. Default: no
+// DeadLetter (a permanent failure is recorded and acknowledged; a
+// transient one is redelivered).
+func WithDeadLetter(opts middleware.DeadLetterOptions) Option {
+	return func(c *config) { c.dlq = &opts }
 }
 
 // WithBusOptions passes options to bus.New (source, codec, middleware,
@@ -137,11 +170,20 @@ func New(tb testing.TB, opts ...Option) *Harness {
 	h.ct = chanbus.New(c.chanOpts...)
 	// The recorders come first, outermost: they see what the test's code
 	// published and what the bus's handlers returned.
-	busOpts := append([]bus.Option{
+	busOpts := []bus.Option{
 		bus.WithPublishMiddleware(h.recordPublish),
 		bus.WithHandlerMiddleware(h.recordHandle),
 		bus.WithMiddleware(ackPermanent),
-	}, c.busOpts...)
+		bushook.LiveSubscribe(h.settle).(bus.Option),
+	}
+	if c.dlq != nil {
+		opts := *c.dlq
+		// Built when a subscription starts, once h.b exists.
+		busOpts = append(busOpts, bus.WithMiddleware(func(next transport.Handler) transport.Handler {
+			return middleware.DeadLetter(h.b.Publisher(), opts)(next)
+		}))
+	}
+	busOpts = append(busOpts, c.busOpts...)
 	h.b = bus.New(h.ct, busOpts...)
 	if err := h.b.Start(context.Background()); err != nil {
 		_ = h.ct.Close()
@@ -157,9 +199,25 @@ func New(tb testing.TB, opts ...Option) *Harness {
 	return h
 }
 
-// Bus returns the harness's bus, started: Subscribe on it starts the
-// handler at once.
+// Bus returns the harness's bus, started: Subscribe on it adds the
+// handler at once (see Subscribing in the package doc).
 func (h *Harness) Bus() *bus.Bus { return h.b }
+
+// Publisher returns the publisher of the harness's bus (Bus.Publisher):
+// what it publishes is recorded as the bus's publishes are. Give it to
+// middleware that publishes, such as a DeadLetter of the test's own.
+func (h *Harness) Publisher() transport.Publisher { return h.b.Publisher() }
+
+// Unrouted returns how many events were published to a topic that no
+// group subscribes to, which chanbus drops (chanbus.Stats.Unrouted).
+func (h *Harness) Unrouted() uint64 { return h.ct.Stats().Unrouted }
+
+// settle is WaitIdle bounded by the harness's timeout, for Subscribe.
+func (h *Harness) settle(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	defer cancel()
+	return h.WaitIdle(ctx)
+}
 
 // Transport returns the chanbus transport under the bus, for publishing
 // raw messages (a foreign producer's) with its Publish.
@@ -169,10 +227,11 @@ func (h *Harness) Transport() *chanbus.Transport { return h.ct }
 func (h *Harness) Stats() bus.Stats { return h.b.Stats() }
 
 // WaitIdle returns nil once everything published so far, also by handlers
-// while WaitIdle waits, has been handled, or failed and waits for its
-// retry; or ctx's error when ctx ends first. It does not sleep: it waits
-// for the Publish calls in flight and for chanbus's WaitIdle, until no new
-// Publish began meanwhile.
+// while WaitIdle waits, has been handled: a message that failed and waits
+// out its redelivery backoff is waited for, until it succeeds, fails
+// permanently or is dead-lettered. It returns ctx's error when ctx ends
+// first. It does not sleep: it waits for the Publish calls in flight and
+// for chanbus's WaitSettled, until no new Publish began meanwhile.
 func (h *Harness) WaitIdle(ctx context.Context) error {
 	for {
 		h.mu.Lock()
@@ -189,7 +248,7 @@ func (h *Harness) WaitIdle(ctx context.Context) error {
 		if busy {
 			continue
 		}
-		if err := h.ct.WaitIdle(ctx); err != nil {
+		if err := h.ct.WaitSettled(ctx); err != nil {
 			return err
 		}
 		h.mu.Lock()
@@ -209,7 +268,11 @@ func (h *Harness) Wait() {
 	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
 	defer cancel()
 	if err := h.WaitIdle(ctx); err != nil {
-		h.tb.Fatalf("bustest: bus not idle after %v: %v (stats %+v)", h.timeout, err, h.b.Stats())
+		f := h.Failures()
+		if len(f) > 5 {
+			f = f[len(f)-5:]
+		}
+		h.tb.Fatalf("bustest: bus not settled after %v: %v (stats %+v; last failures: %v)", h.timeout, err, h.b.Stats(), errors.Join(f...))
 	}
 }
 
@@ -223,8 +286,8 @@ type Handling[T any] struct {
 }
 
 // Published returns the events of type T published through the bus that
-// the transport accepted, in publish order. Topic is set; Group and
-// Attempt are zero.
+// the transport accepted, in publish order, dead letters excepted (see
+// DeadLetters). Topic is set; Group and Attempt are zero.
 func Published[T any](h *Harness) []bus.Event[T] {
 	h.tb.Helper()
 	name, err := bus.EventTypeOf[T]()
@@ -233,7 +296,7 @@ func Published[T any](h *Harness) []bus.Event[T] {
 	}
 	var out []bus.Event[T]
 	for _, r := range h.records(&h.published) {
-		if r.err != nil || r.msg.Header[transport.HeaderType] != name {
+		if r.err != nil || r.msg.Header[transport.HeaderType] != name || isDeadLetter(r.msg) {
 			continue
 		}
 		ev, err := bus.Decode[T](h.b.Codec(), r.msg)
@@ -279,6 +342,43 @@ func (h *Harness) Failures() []error {
 		}
 	}
 	return out
+}
+
+// DeadLetter is a message that the DeadLetter middleware published through
+// the harness's bus (WithDeadLetter, or one with the harness's Publisher).
+type DeadLetter struct {
+	// Topic is the dead-letter topic it was published to.
+	Topic string
+	// FromTopic and Group say where its handling failed.
+	FromTopic, Group string
+	// Err is the failure's text, as in middleware.HeaderDLQError.
+	Err string
+	// Attempts is the handler calls of the delivery that gave up.
+	Attempts int
+	// Permanent reports whether the failure was marked permanent.
+	Permanent bool
+	// Message is the message as published, the DLQ headers included.
+	Message *transport.Message
+}
+
+// DeadLetters returns the dead letters published so far, in publish order.
+func (h *Harness) DeadLetters() []DeadLetter {
+	var out []DeadLetter
+	for _, r := range h.records(&h.published) {
+		if !isDeadLetter(r.msg) {
+			continue
+		}
+		hd := r.msg.Header
+		n, _ := strconv.Atoi(hd[middleware.HeaderDLQAttempts])
+		out = append(out, DeadLetter{Topic: r.msg.Topic, FromTopic: hd[middleware.HeaderDLQTopic], Group: hd[middleware.HeaderDLQGroup],
+			Err: hd[middleware.HeaderDLQError], Attempts: n, Permanent: hd[middleware.HeaderDLQPermanent] == "true", Message: r.msg.Clone()})
+	}
+	return out
+}
+
+func isDeadLetter(m *transport.Message) bool {
+	_, ok := m.Header[middleware.HeaderDLQTopic]
+	return ok
 }
 
 // Reset forgets the records so far (not the bus's Stats).

@@ -5,13 +5,18 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/busway/busway/bus"
 	"github.com/busway/busway/bustest"
+	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/chanbus"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -227,4 +232,129 @@ type publisherFunc func(ctx context.Context, topic string, msgs ...*transport.Me
 
 func (f publisherFunc) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	return f(ctx, topic, msgs...)
+}
+
+type OrderCancelled struct {
+	ID string `json:"id"`
+}
+
+type OrderShipped struct {
+	ID string `json:"id"`
+}
+
+// The library's headline pattern: several event types on one topic, handled
+// by one group, subscribed before and between publishes. The group keeps one
+// subscription (one order per key), and no event published after a
+// Subscribe returned is skipped.
+func TestSeveralTypesInOneGroup(t *testing.T) {
+	h := bustest.New(t)
+	b := h.Bus()
+	for _, err := range []error{bus.Register[OrderCreated](b, "orders"), bus.Register[OrderCancelled](b, "orders"), bus.Register[OrderShipped](b, "orders")} {
+		must(t, err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	note := func(s string) { mu.Lock(); seen = append(seen, s); mu.Unlock() }
+	must(t, subscribe(b, "billing", func(ctx context.Context, e bus.Event[OrderCreated]) error { note("created " + e.Data.ID); return nil }))
+	pub := func(v any) {
+		t.Helper()
+		var err error
+		switch v := v.(type) {
+		case OrderCreated:
+			err = bus.Publish(t.Context(), b, v, bus.WithKey("o1"))
+		case OrderCancelled:
+			err = bus.Publish(t.Context(), b, v, bus.WithKey("o1"))
+		case OrderShipped:
+			err = bus.Publish(t.Context(), b, v, bus.WithKey("o1"))
+		}
+		must(t, err)
+	}
+	pub(OrderCreated{ID: "1"})
+	pub(OrderCancelled{ID: "1"}) // before its handler: unknown to the group
+	must(t, subscribe(b, "billing", func(ctx context.Context, e bus.Event[OrderCancelled]) error {
+		note("cancelled " + e.Data.ID)
+		return nil
+	}))
+	pub(OrderCreated{ID: "2"})
+	pub(OrderCancelled{ID: "2"})
+	// A third handler with options that change the group's subscription.
+	if _, err := bus.Subscribe(b, "billing", func(ctx context.Context, e bus.Event[OrderShipped]) error { note("shipped " + e.Data.ID); return nil },
+		bus.WithConcurrency(4)); err != nil {
+		t.Fatal(err)
+	}
+	pub(OrderShipped{ID: "2"})
+	pub(OrderCreated{ID: "3"})
+	h.Wait()
+
+	want := []string{"created 1", "created 2", "cancelled 2", "shipped 2", "created 3"}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, want) {
+		t.Errorf("handled %q, want %q", seen, want)
+	}
+	if s := h.Stats(); s.Unknown != 1 || s.Handled != 5 || s.Failed != 0 {
+		t.Errorf("Stats = %+v, want 1 unknown (the cancel published before its handler), 5 handled", s)
+	}
+	// A second handler of one type in the group is still an error.
+	if _, err := bus.Subscribe(b, "billing", func(ctx context.Context, e bus.Event[OrderCreated]) error { return nil }); !errors.Is(err, bus.ErrAlreadyRegistered) {
+		t.Errorf("second OrderCreated handler in billing: %v, want ErrAlreadyRegistered", err)
+	}
+}
+
+// Wait waits across a redelivery's backoff: a handler that fails once is
+// called again before Wait returns.
+func TestWaitAcrossRedelivery(t *testing.T) {
+	h := bustest.New(t, bustest.WithTransportOptions(chanbus.WithBackoff(100*time.Millisecond, 100*time.Millisecond)))
+	b := h.Bus()
+	var calls atomic.Int32
+	must(t, subscribe(b, "billing", func(ctx context.Context, e bus.Event[OrderCreated]) error {
+		if calls.Add(1) == 1 {
+			return errors.New("payment service unavailable")
+		}
+		return billing{b}.OnOrderCreated(ctx, e)
+	}))
+	must(t, bus.Publish(t.Context(), b, OrderCreated{ID: "42", Amount: 1}))
+	h.Wait()
+	if n := calls.Load(); n != 2 {
+		t.Errorf("handler calls after Wait: %d, want 2 (the failure and its redelivery)", n)
+	}
+	if got := bustest.Published[InvoiceIssued](h); len(got) != 1 {
+		t.Errorf("invoices after Wait: %d, want 1", len(got))
+	}
+	h.Wait() // idle: returns at once
+}
+
+// A dead-letter flow needs no closure trick: WithDeadLetter puts DeadLetter
+// in the chain, publishing through the harness, and DeadLetters shows what
+// it dead-lettered.
+func TestDeadLetters(t *testing.T) {
+	h := bustest.New(t, bustest.WithDeadLetter(middleware.DeadLetterOptions{}),
+		bustest.WithBusOptions(bus.WithMiddleware(middleware.Retry(middleware.RetryOptions{MaxAttempts: 2, InitialInterval: time.Millisecond}))))
+	b := h.Bus()
+	must(t, subscribe(b, "billing", billing{b}.OnOrderCreated))
+	must(t, subscribe(b, "flaky", func(ctx context.Context, e bus.Event[OrderCreated]) error { return errors.New("always down") }))
+	must(t, bus.Publish(t.Context(), b, OrderCreated{ID: "0"}))
+	h.Wait()
+
+	dl := h.DeadLetters()
+	slices.SortFunc(dl, func(x, y bustest.DeadLetter) int { return strings.Compare(x.Group, y.Group) })
+	if len(dl) != 2 {
+		t.Fatalf("dead letters: %+v, want 2", dl)
+	}
+	if d := dl[0]; d.Group != "billing" || d.Topic != "OrderCreated.dlq" || d.FromTopic != "OrderCreated" || !d.Permanent || d.Attempts != 1 || !strings.Contains(d.Err, "order without amount") {
+		t.Errorf("billing's dead letter: %+v", d)
+	}
+	if d := dl[1]; d.Group != "flaky" || d.Permanent || d.Attempts != 2 || !strings.Contains(d.Err, "always down") {
+		t.Errorf("flaky's dead letter: %+v", d)
+	}
+	if got := bustest.Published[OrderCreated](h); len(got) != 1 || got[0].Topic != "OrderCreated" {
+		t.Errorf("Published lists dead letters: %+v", got)
+	}
+	if n := h.Unrouted(); n != 2 {
+		t.Errorf("Unrouted = %d, want 2 (nobody subscribes to the dead-letter topic)", n)
+	}
+	// The harness's publisher, for a DeadLetter of the test's own.
+	if h.Publisher() == nil {
+		t.Error("Publisher is nil")
+	}
 }

@@ -8,7 +8,8 @@
 // chanbus is NOT durable. Messages live in memory only:
 //
 //   - A message published to a topic that has no subscribed group is dropped
-//     (Publish returns nil). A group exists while it has at least one member;
+//     (Publish returns nil), counted in Stats.Unrouted and logged at debug
+//     level: a dead-letter topic that nobody reads loses what reaches it. A group exists while it has at least one member;
 //     when its last member's subscription closes, the group is removed and the
 //     messages still queued for it are dropped. StartFrom therefore makes no
 //     difference: a new group gets what is published after Subscribe returned.
@@ -49,9 +50,12 @@
 // (until its context ends, then their context is cancelled) and, when it was
 // the group's last member, removes the group. Transport.Close closes every
 // subscription and waits for all of them; no goroutine outlives it. WaitIdle
-// tells tests when everything published so far was handled. A handler that
-// never returns keeps Transport.Close waiting; a handler panic is not
-// recovered (put middleware.Recover in the chain).
+// and WaitSettled tell tests when everything published so far was handled.
+// A handler that never returns keeps Transport.Close waiting. A handler
+// that panics does not crash the process: chanbus recovers the panic
+// (transport.CallHandler), logs it with its stack at level Error on the
+// WithLogger logger, and delivers the message again like any failure (a
+// bus.Bus recovers its handlers' panics itself, on its own logger, first).
 //
 // # Errors
 //
@@ -154,8 +158,10 @@ type Transport struct {
 	topics   map[string][]*group // copy-on-write slices: Publish reads them without the lock
 	subs     map[*subscription]struct{}
 
-	rr   atomic.Uint32 // spreads messages without a key over the shards
-	pend pending
+	rr       atomic.Uint32 // spreads messages without a key over the shards
+	pend     pending       // queued or being handled: WaitIdle
+	unacked  pending       // not yet acknowledged or dropped, backoff included: WaitSettled
+	unrouted atomic.Uint64 // messages published to a topic without groups
 }
 
 // New returns a Transport. It starts no goroutine until Subscribe.
@@ -202,7 +208,11 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	groups := t.topics[topic]
 	t.mu.RUnlock()
 	if len(groups) == 0 {
-		return nil // no group: dropped, as documented
+		// No group: dropped, as documented, and counted (Stats.Unrouted).
+		t.unrouted.Add(uint64(len(msgs)))
+		t.log.LogAttrs(ctx, slog.LevelDebug, "chanbus: no group subscribes to the topic; messages dropped",
+			slog.String("topic", topic), slog.Int("messages", len(msgs)))
+		return nil
 	}
 	now := time.Now()
 	for i, m := range msgs {
@@ -412,6 +422,25 @@ func (t *Transport) WaitIdle(ctx context.Context) error {
 	return t.pend.wait(ctx)
 }
 
+// WaitSettled returns nil once every message published so far has been
+// acknowledged or dropped; unlike WaitIdle it also waits for messages in
+// retry backoff to be delivered again and succeed. A message whose handler
+// keeps failing keeps it waiting until ctx ends.
+func (t *Transport) WaitSettled(ctx context.Context) error {
+	return t.unacked.wait(ctx)
+}
+
+// Stats are counters of a Transport since New.
+type Stats struct {
+	// Unrouted counts messages published to a topic that no group
+	// subscribed to, which chanbus drops (Publish returns nil): a
+	// dead-letter topic nobody reads, a typo in a topic name.
+	Unrouted uint64
+}
+
+// Stats returns the transport's counters.
+func (t *Transport) Stats() Stats { return Stats{Unrouted: t.unrouted.Load()} }
+
 // pending counts the messages queued or being handled, for WaitIdle.
 type pending struct {
 	mu      sync.Mutex
@@ -495,6 +524,7 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int) error {
 	}
 	sh := g.shards[idx]
 	g.t.pend.add(1)
+	g.t.unacked.add(1)
 	select {
 	case sh.q <- d:
 	default:
@@ -502,9 +532,11 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int) error {
 		case sh.q <- d:
 		case <-ctx.Done():
 			g.t.pend.add(-1)
+			g.t.unacked.add(-1)
 			return ctx.Err()
 		case <-g.gone:
 			g.t.pend.add(-1)
+			g.t.unacked.add(-1)
 			if g.t.closed.Load() {
 				return fmt.Errorf("chanbus: publish to %q: %w", g.topic, transport.ErrClosed)
 			}
@@ -553,6 +585,9 @@ func (g *group) teardown() {
 	}
 	if counted > 0 {
 		g.t.pend.add(-counted)
+	}
+	if dropped > 0 {
+		g.t.unacked.add(-dropped) // in backoff or queued: each was unacknowledged
 	}
 	if dropped > 0 {
 		g.t.log.LogAttrs(context.Background(), slog.LevelDebug, "chanbus: group removed; dropped its queued messages",
@@ -710,6 +745,7 @@ func (s *subscription) run(ctx context.Context, sh *shard) {
 		}
 		d.recycle()
 		s.t.pend.add(-1)
+		s.t.unacked.add(-1)
 	}
 }
 
