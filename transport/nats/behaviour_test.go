@@ -354,7 +354,7 @@ func TestWireHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"Nats-Msg-Id": "id-1", "ce-partitionkey": "order-7", "ce-type": "order.created", "content-type": "application/json", "x-app": "1"}
+	want := map[string]string{"Nats-Msg-Id": tr.Subject("ev") + "/id-1", "ce-partitionkey": "order-7", "ce-type": "order.created", "content-type": "application/json", "x-app": "1"}
 	for k, v := range want {
 		if got := wm.Header.Get(k); got != v {
 			t.Errorf("wire header %q = %q, want %q (all: %v)", k, got, v, wm.Header)

@@ -26,9 +26,15 @@
 //
 // # Delivery semantics
 //
-//   - Publish sets the Nats-Msg-Id header to Message.ID, so JetStream drops a
-//     re-publish of the same ID within Config.Duplicates (default 2m): an
-//     outbox relay that re-publishes after a crash does no harm. It returns
+//   - Publish sets the Nats-Msg-Id header to "<subject>/<Message.ID>", so
+//     JetStream drops a re-publish of the same ID to the same topic within
+//     Config.Duplicates (default 2m): an outbox relay that re-publishes after
+//     a crash does no harm. The duplicate window belongs to the stream, which
+//     holds every topic; scoped to the subject, the same ID published to
+//     another topic (a dead letter, one event sent to two topics) is stored
+//     and delivered there. A message derived from another (a dead letter, a
+//     replay) needs a new Message.ID to be taken for a new message on the
+//     same topic; the event's identity stays in ce_id. It returns
 //     once the server stored every message (a JetStream ack); a batch is
 //     published asynchronously and awaited as a whole.
 //   - At-least-once: a message is acked after its handler returned nil;
@@ -76,8 +82,9 @@
 // Message.Header) travel with the NATS binding's "ce-" prefix and come back
 // as "ce_"; the Key travels as "ce-partitionkey" and is delivered as
 // Message.Key and Header["ce_partitionkey"]. A foreign CloudEvents client
-// reads and writes them natively. Nats-Msg-Id is delivered as Message.ID
-// (ce-id when a foreign producer set no Nats-Msg-Id). Other headers travel
+// reads and writes them natively. Message.ID is delivered as the publisher
+// set it (Nats-Msg-Id without its "<subject>/" scope; a foreign producer's
+// Nats-Msg-Id as it is, or ce-id when it set none). Other headers travel
 // unchanged (case kept).
 //
 // # Reconnects

@@ -176,7 +176,8 @@ func (t *Transport) wrapPubErr(topic string, err error) error {
 }
 
 // toWire fills nm from m: the CloudEvents attributes with the NATS
-// binding's "ce-" prefix, Key as ce-partitionkey, ID as Nats-Msg-Id.
+// binding's "ce-" prefix, Key as ce-partitionkey, and ID scoped to the
+// subject as Nats-Msg-Id ("<subject>/<ID>", see msgID).
 func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message) error {
 	nm.Subject = subject
 	nm.Data = m.Body
@@ -210,7 +211,7 @@ func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message)
 		if err := checkHeader("ID", m.ID); err != nil {
 			return err
 		}
-		h[headerMsgID] = []string{m.ID}
+		h[headerMsgID] = []string{msgID(subject, m.ID)}
 	}
 	nm.Header = h
 	return nil
@@ -246,4 +247,24 @@ func wireSize(nm *natsgo.Msg) int {
 		}
 	}
 	return n
+}
+
+// msgID is the Nats-Msg-Id of a message with id published to subject.
+//
+// JetStream's duplicate window belongs to the stream, and one stream holds
+// every topic: were Nats-Msg-Id the bare ID, the same ID published to a
+// second topic (a dead letter, a replay, one event sent to two topics)
+// would be acked as a duplicate and never stored. Scoped to the subject,
+// only a true re-send (same ID, same topic) is dropped. The subject holds
+// no '/' (topics and SubjectPrefix allow none), so the ID is what follows
+// the first '/' after it.
+func msgID(subject, id string) string { return subject + "/" + id }
+
+// idOf undoes msgID for a message delivered on subject: a Nats-Msg-Id
+// that another producer set without the subject is returned as it is.
+func idOf(subject, v string) string {
+	if len(v) > len(subject) && v[len(subject)] == '/' && v[:len(subject)] == subject {
+		return v[len(subject)+1:]
+	}
+	return v
 }

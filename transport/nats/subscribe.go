@@ -547,7 +547,7 @@ func (sl *slot) fill(s *subscription, jm jetstream.Msg) *transport.Message {
 		}
 		v := vs[0]
 		if k == headerMsgID {
-			m.ID = v
+			m.ID = idOf(jm.Subject(), v)
 			continue
 		}
 		if strings.HasPrefix(k, wirePrefix) {
