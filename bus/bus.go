@@ -144,9 +144,15 @@ func appendMW[X any, M ~func(X) X](dst []func(X) X, errs *[]error, option string
 	return dst
 }
 
-// WithLogger sets the logger of the Bus; it logs lifecycle events and
-// messages of unknown types at Debug level, never an error it also returns.
-// Default (or nil): discard.
+// WithLogger sets the logger of the Bus. It logs lifecycle events and
+// messages of unknown types at Debug level, and a handler's panic, with
+// its stack, at Error level (the Bus recovers it, see Subscribe); never an
+// error it also returns. Default (or nil): discard.
+//
+// The transport keeps the logger it was made with, for its own events
+// (connections, rebalances, redeliveries): give it one there, usually the
+// same: chanbus.WithLogger, nats.Config.Logger (for URLs,
+// nats.URLOpener.Logger), kafka.Config.Logger.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.log = l }
 }
@@ -247,8 +253,8 @@ type Stats struct {
 	// Published counts events the transport accepted.
 	Published uint64
 	// Handled counts handler calls that returned nil; Failed those that
-	// returned an error or whose message did not decode. Each delivery
-	// attempt counts.
+	// returned an error, panicked or whose message did not decode. Each
+	// delivery attempt counts.
 	Handled, Failed uint64
 	// Unknown counts messages of an event type no handler of their group
 	// knows, acknowledged without a handler (no fallback was set).
@@ -289,6 +295,7 @@ func Register[T any](b *Bus, topic string) error {
 // typeOf returns the typeInfo of rt, fixing its topic: to topic if given
 // (Register), else to the registered one or the event type name.
 func (b *Bus) typeOf(rt reflect.Type, topic string) (*typeInfo, error) {
+	rt = baseType(rt) // *T publishes and subscribes as T
 	if topic == "" {
 		b.tmu.RLock()
 		ti := b.types[rt]
@@ -316,7 +323,7 @@ func (b *Bus) typeOf(rt reflect.Type, topic string) (*typeInfo, error) {
 		}
 	}
 	for _, o := range b.types {
-		if o.name == name && o.topic == topic && baseType(o.rt) != baseType(rt) {
+		if o.name == name && o.topic == topic && o.rt != rt {
 			return nil, fmt.Errorf("%w: event type %q on topic %q is already Go type %v, cannot also be %v", ErrAlreadyRegistered, name, topic, o.rt, rt)
 		}
 	}
@@ -325,7 +332,7 @@ func (b *Bus) typeOf(rt reflect.Type, topic string) (*typeInfo, error) {
 	return ti, nil
 }
 
-// baseType lets T and *T share an event type name.
+// baseType lets T and *T share an event type name and a topic.
 func baseType(rt reflect.Type) reflect.Type {
 	if rt.Kind() == reflect.Pointer {
 		return rt.Elem()

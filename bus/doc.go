@@ -17,7 +17,9 @@
 //
 // An event's type name is its Go type's EventType() string method if it has
 // one, else the Go type name ("OrderCreated"). Its topic is the one given
-// to Register, else the type name. Several types may share a topic (so that
+// to Register, else the type name. A pointer type is its element type:
+// Publish of an *OrderCreated publishes an OrderCreated, to its topic, and
+// Subscribe[*OrderCreated] handles OrderCreated events. Several types may share a topic (so that
 // an aggregate's events keep one order per key): each (topic, group) has one
 // transport subscription, and its handler dispatches by event type.
 //
@@ -71,8 +73,13 @@
 // event and the Go type), as is a malformed envelope (*EnvelopeError).
 // Without DeadLetter in the chain, the transport redelivers even a
 // permanent error, with backoff; a production chain should have one. A
-// handler that panics is not recovered by the bus: put the Recover
-// middleware in the chain to turn the panic into an error.
+// handler that panics does not crash the process: the Bus recovers the
+// panic into a *transport.PanicError (errors.As), logs it with its stack
+// at Error level on the WithLogger logger, counts it in Stats.Failed, and
+// returns it as the handler's error, so the middleware outside (Metrics,
+// Tracing, DeadLetter, Retry) see a failure and the message is redelivered
+// like any other. The Recover middleware does the same inside the chain,
+// for middleware that should see the panic as an error first.
 //
 // # Observability
 //

@@ -217,6 +217,9 @@ func prepare[T any](b *Bus, opts []PublishOption) (*typeInfo, pubConfig, error) 
 
 // encode builds the message of one event.
 func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
+	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer && reflect.ValueOf(any(v)).IsNil() {
+		return nil, fmt.Errorf("busway: publish %s: %w: nil %v", ti.name, transport.ErrInvalidMessage, rt)
+	}
 	body, err := b.codec.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("busway: publish %s: encode: %w", ti.name, err)

@@ -356,7 +356,7 @@ func (r *route) dispatch(ctx context.Context, m *transport.Message) error {
 	if e == nil {
 		if b.fallback != nil {
 			b.fellBack.Add(1)
-			return b.fallback(ctx, m)
+			return transport.CallHandler(ctx, b.log, b.fallback, m)
 		}
 		if typ == "" {
 			b.failed.Add(1)
@@ -367,7 +367,10 @@ func (r *route) dispatch(ctx context.Context, m *transport.Message) error {
 		b.log.Debug("busway: no handler for event type; acknowledged", "topic", m.Topic, "group", r.key.group, "type", typ, "id", m.ID)
 		return nil
 	}
-	if err := e.h(ctx, m); err != nil {
+	// CallHandler: a panicking handler counts as failed (Stats, and the
+	// Metrics and Tracing middleware outside see a *transport.PanicError),
+	// and the panic with its stack goes to the bus's logger.
+	if err := transport.CallHandler(ctx, b.log, e.h, m); err != nil {
 		b.failed.Add(1)
 		return err
 	}
