@@ -68,7 +68,9 @@ type Config struct {
 	RetryBackoffMax time.Duration
 	// DrainTimeout bounds how long a revoked partition waits for its
 	// in-flight handlers before its uncommitted messages are left to the new
-	// owner. Keep it below RebalanceTimeout. Default 10s.
+	// owner. It must be less than RebalanceTimeout (a member still
+	// draining when the rebalance times out is dropped from the group, and
+	// its commits fail): New rejects a Config where it is not. Default 10s.
 	DrainTimeout time.Duration
 	// SessionTimeout is the consumer group session timeout. Default 30s.
 	SessionTimeout time.Duration
@@ -295,6 +297,9 @@ func (c Config) resolve() (*config, error) {
 	}
 	if r.RetryBackoffMax < r.RetryBackoff {
 		return nil, invalid("RetryBackoffMax %v is less than RetryBackoff %v", r.RetryBackoffMax, r.RetryBackoff)
+	}
+	if r.DrainTimeout >= r.RebalanceTimeout {
+		return nil, invalid("DrainTimeout %v must be less than RebalanceTimeout %v (a partition still draining when the rebalance times out loses its commits)", r.DrainTimeout, r.RebalanceTimeout)
 	}
 	if r.HeartbeatInterval >= r.SessionTimeout {
 		return nil, invalid("HeartbeatInterval %v must be less than SessionTimeout %v", r.HeartbeatInterval, r.SessionTimeout)

@@ -113,10 +113,14 @@ func TestConfigValidation(t *testing.T) {
 		"negative interval": {Brokers: []string{"h"}, CommitInterval: -time.Second},
 		"backoff order":     {Brokers: []string{"h"}, RetryBackoff: time.Minute, RetryBackoffMax: time.Second},
 		"heartbeat>session": {Brokers: []string{"h"}, HeartbeatInterval: time.Minute},
+		"drain>=rebalance":  {Brokers: []string{"h"}, DrainTimeout: time.Minute},
+		"drain=rebalance":   {Brokers: []string{"h"}, DrainTimeout: 5 * time.Second, RebalanceTimeout: 5 * time.Second},
 	} {
 		_, err := New(context.Background(), cfg)
 		if !errors.Is(err, transport.ErrInvalidOptions) {
 			t.Errorf("%s: error %v, want ErrInvalidOptions", name, err)
+		} else if strings.HasPrefix(name, "drain") && (!strings.Contains(err.Error(), "DrainTimeout") || !strings.Contains(err.Error(), "RebalanceTimeout")) {
+			t.Errorf("%s: error %q does not name DrainTimeout and RebalanceTimeout", name, err)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
