@@ -248,7 +248,25 @@ type keyQueue struct {
 	head    *job
 	attempt int // attempts of head so far
 	backoff time.Duration
-	dead    *partition // a partition whose message of this key was abandoned
+	// dead holds the partitions whose message of this key was abandoned:
+	// their later messages of the key are skipped (redelivered after it).
+	// A key's messages may come from several partitions (a foreign
+	// partitioner, partitions added to the topic), so it is a set.
+	dead map[*partition]struct{}
+}
+
+// abandon gives up q's messages of partition p (the head and the ones
+// behind it): they are redelivered to the partition's next owner.
+func (q *keyQueue) abandon(p *partition) {
+	if q.dead == nil {
+		q.dead = make(map[*partition]struct{}, 1)
+	}
+	q.dead[p] = struct{}{}
+}
+
+func (q *keyQueue) abandoned(p *partition) bool {
+	_, ok := q.dead[p]
+	return ok
 }
 
 type job struct {
@@ -579,12 +597,12 @@ func (s *subscription) step(q *keyQueue, d *delivery) {
 	j := q.head
 	p := j.p
 	switch {
-	case p == q.dead || p.ctx.Err() != nil:
+	case q.abandoned(p) || p.ctx.Err() != nil:
 		// Skipped: redelivered after the abandoned message of its key.
 	case q.attempt > 0 && isClosed(p.draining):
 		// Failed before and the partition is draining: leave it to the
 		// new owner, with the rest of its key.
-		q.dead = p
+		q.abandon(p)
 	default:
 		q.attempt++
 		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, q.attempt))
@@ -593,7 +611,7 @@ func (s *subscription) step(q *keyQueue, d *delivery) {
 			break
 		}
 		if p.ctx.Err() != nil || isClosed(p.draining) {
-			q.dead = p
+			q.abandon(p)
 			break
 		}
 		if q.backoff == 0 {
