@@ -40,6 +40,13 @@
 // retry when its partition drains is left to the new owner at once, with the
 // later messages of its key.
 //
+// A group without committed offsets starts where SubscribeOptions.StartFrom
+// says (Subscribe commits the partitions' end offsets for StartLatest before
+// it returns). A partition added to the topic later joins the assignment at
+// the next rebalance (kafka-go checks for new partitions every 5s) and is
+// read from its earliest offset, also with StartLatest: it was created after
+// Subscribe began, so everything in it is new to the group.
+//
 // Message.Attempt counts the attempts within one subscription (Kafka keeps no
 // delivery count). Message.Time is the record's timestamp; Message.Meta holds
 // the partition (transport.MetaPartition) and offset (transport.MetaOffset).

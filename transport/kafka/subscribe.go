@@ -34,7 +34,11 @@ func (MaxInFlight) Transport() string { return Scheme }
 // and the group has a position on every partition: for a group without
 // committed offsets and StartLatest, the partitions' current end offsets
 // are committed for it, so a message published after Subscribe returned is
-// delivered even if the group has not finished joining.
+// delivered even if the group has not finished joining. A partition added
+// to the topic later (the group notices within kafka-go's partition watch
+// interval, 5s, and rebalances) has no committed offset and starts at its
+// earliest offset, whatever StartFrom says: all of it was published after
+// Subscribe began, so none of it is skipped.
 //
 // Within each partition, messages are dispatched to per-key queues: those
 // with the same key are handled one at a time in offset order, others in
@@ -68,10 +72,6 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	if err != nil {
 		return nil, err
 	}
-	start := kafkago.LastOffset
-	if opts.StartFrom == transport.StartEarliest {
-		start = kafkago.FirstOffset
-	}
 	if err := t.resolveStart(ctx, topic, opts.Group, ids, opts.StartFrom); err != nil {
 		return nil, err
 	}
@@ -88,7 +88,14 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		// Partitions added to the topic join the group's assignment.
 		WatchPartitionChanges: true,
 		JoinGroupBackoff:      min(time.Second, t.cfg.RetryBackoffMax),
-		StartOffset:           start,
+		// A partition without a committed offset starts at its earliest
+		// offset, also with StartLatest: resolveStart has committed the end
+		// of every partition the topic had when Subscribe began, so a
+		// partition without one was added to the topic after that, and
+		// everything in it was published after Subscribe began (starting it
+		// at its end would skip what was produced before the group noticed
+		// the partition).
+		StartOffset: kafkago.FirstOffset,
 		Timeout:               min(t.cfg.RequestTimeout, t.cfg.SessionTimeout),
 		Logger:                kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("kafka-go: " + fmt.Sprintf(f, a...)) }),
 		ErrorLogger:           kafkago.LoggerFunc(func(f string, a ...any) { log.Info("kafka-go: " + fmt.Sprintf(f, a...)) }),
@@ -147,6 +154,16 @@ func (t *Transport) resolveStart(ctx context.Context, topic, group string, ids [
 	defer t.startMu.Unlock()
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
+	// The partitions the topic has now: a partition this commits no start
+	// for is later read from its earliest offset (see Subscribe), so a
+	// stale count (metadata is cached) would replay a young partition.
+	if n, err := t.freshPartitionCount(ctx, topic); err == nil && n > len(ids) {
+		for id := len(ids); id < n; id++ {
+			ids = append(ids, id)
+		}
+	} else if err != nil {
+		t.cfg.log.Debug("kafka: fresh partition count unavailable; using cached metadata", "topic", topic, "err", err)
+	}
 	fetched, err := t.client.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
 	if err == nil {
 		err = fetched.Error
@@ -203,6 +220,30 @@ func (t *Transport) resolveStart(ctx context.Context, topic, group string, ids [
 		return nil
 	}
 	return fmt.Errorf("kafka: setting the start position of group %q: %w", group, classify(ctx, err))
+}
+
+// freshPartitionCount asks a broker, bypassing the metadata caches, how
+// many partitions topic has.
+func (t *Transport) freshPartitionCount(ctx context.Context, topic string) (int, error) {
+	var errs []error
+	for _, b := range t.cfg.Brokers {
+		conn, err := t.dialer.DialContext(ctx, "tcp", b)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			_ = conn.SetDeadline(dl)
+		}
+		parts, err := conn.ReadPartitions(topic)
+		conn.Close()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return len(parts), nil
+	}
+	return 0, errors.Join(errs...)
 }
 
 type subscription struct {
