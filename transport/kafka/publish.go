@@ -31,7 +31,10 @@ import (
 // Retriable broker errors are retried (Config.PublishRetries) with fresh
 // metadata. When some partitions fail, the error is a
 // *transport.PublishError listing the failed messages; the others were
-// accepted. A message over Config.MaxMessageBytes fails the call before
+// accepted. That holds also when ctx ends, or the metadata lookup fails,
+// while failed partitions wait to be retried: their messages fail with that
+// error (wrapping the broker's error too). Only when every message failed
+// and ctx ended is the error ctx.Err() as it is. A message over Config.MaxMessageBytes fails the call before
 // anything is sent.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	if err := transport.ValidatePublish(topic, msgs); err != nil {
@@ -120,13 +123,25 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		if len(retry) == 0 {
 			break
 		}
+		// The other partitions' messages were accepted: whatever ends the
+		// retries fails only the messages still to be retried.
+		giveUp := func(err error) {
+			for _, c := range retry {
+				for _, i := range c.idx {
+					failures = append(failures, transport.MessageError{Index: i, ID: msgs[i].ID,
+						Err: fmt.Errorf("partition %d: %w (while retrying after: %w)", c.partition, err, c.err)})
+				}
+			}
+		}
 		t.forget(topic) // leaders may have moved
 		if err := sleep(ctx, backoff); err != nil {
-			return err
+			giveUp(err)
+			break
 		}
 		backoff *= 2
 		if ti, err = t.topic(ctx, topic); err != nil {
-			return err
+			giveUp(err)
+			break
 		}
 		for _, c := range retry {
 			c.err = nil
