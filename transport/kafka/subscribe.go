@@ -96,9 +96,9 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		// at its end would skip what was produced before the group noticed
 		// the partition).
 		StartOffset: kafkago.FirstOffset,
-		Timeout:               min(t.cfg.RequestTimeout, t.cfg.SessionTimeout),
-		Logger:                kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("kafka-go: " + fmt.Sprintf(f, a...)) }),
-		ErrorLogger:           kafkago.LoggerFunc(func(f string, a ...any) { log.Info("kafka-go: " + fmt.Sprintf(f, a...)) }),
+		Timeout:     min(t.cfg.RequestTimeout, t.cfg.SessionTimeout),
+		Logger:      kafkago.LoggerFunc(func(f string, a ...any) { log.Debug("kafka-go: " + fmt.Sprintf(f, a...)) }),
+		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) { log.Info("kafka-go: " + fmt.Sprintf(f, a...)) }),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: kafka: %v", transport.ErrInvalidOptions, err)
