@@ -129,13 +129,31 @@ func (e *PanicError) Unwrap() error {
 	return err
 }
 
+// ErrHandlerGoexit is the failure of a handler that ended its goroutine
+// with runtime.Goexit, as t.FailNow, t.Fatal and t.SkipNow do when a test
+// calls them from a handler. Its message counts as failed and is delivered
+// again. Test for it with errors.Is.
+var ErrHandlerGoexit = errors.New("busway: handler called runtime.Goexit (t.FailNow, t.Fatal or t.SkipNow in a handler?); the message counts as failed")
+
 // CallHandler calls h and turns a panic into a *PanicError carrying the
 // panic value and stack, which it also logs at level Error to log (nil
 // discards): nobody else sees the stack of a panic a transport recovered.
 // A panic with a nil value (panic(nil)) is reported with a
 // *runtime.PanicNilError value, as Go 1.21+ does.
+//
+// A handler that calls runtime.Goexit ends the calling goroutine, and Go
+// offers no way to stop that: CallHandler does not return then. It logs the
+// exit at level Error (with ErrHandlerGoexit and the stack), and the calling
+// transport must see it in its own deferred call (a delivery still marked as
+// running when the goroutine unwinds), count the message as failed with
+// ErrHandlerGoexit and start a goroutine in place of the one that ended.
+// chanbus, nats and kafka do; the conformance check HandlerGoexit proves it.
 func CallHandler(ctx context.Context, log *slog.Logger, h Handler, m *Message) (err error) {
+	returned := false
 	defer func() {
+		if returned {
+			return
+		}
 		if v := recover(); v != nil {
 			pe := &PanicError{Value: v, Stack: debug.Stack()}
 			if log != nil {
@@ -144,7 +162,16 @@ func CallHandler(ctx context.Context, log *slog.Logger, h Handler, m *Message) (
 					slog.Int("attempt", m.Attempt), slog.Any("panic", v), slog.String("stack", string(pe.Stack)))
 			}
 			err = pe
+			return
+		}
+		// Neither returned nor panicked: runtime.Goexit.
+		if log != nil {
+			log.LogAttrs(ctx, slog.LevelError, ErrHandlerGoexit.Error(),
+				slog.String("topic", m.Topic), slog.String("group", m.Group), slog.String("id", m.ID),
+				slog.Int("attempt", m.Attempt), slog.String("stack", string(debug.Stack())))
 		}
 	}()
-	return h(ctx, m)
+	err = h(ctx, m)
+	returned = true
+	return err
 }

@@ -9,7 +9,8 @@
 //
 //   - A message published to a topic that has no subscribed group is dropped
 //     (Publish returns nil), counted in Stats.Unrouted and logged at debug
-//     level: a dead-letter topic that nobody reads loses what reaches it. A group exists while it has at least one member;
+//     level: a dead-letter topic that nobody reads loses what reaches it. A
+//     group exists while it has at least one member;
 //     when its last member's subscription closes, the group is removed and the
 //     messages still queued for it are dropped. StartFrom therefore makes no
 //     difference: a new group gets what is published after Subscribe returned.
@@ -42,20 +43,36 @@
 //     handler that keeps any of it must Clone it.
 //   - Backpressure: Publish blocks while the shard of a group is full, until
 //     its context ends; memory is bounded by shards x buffer messages per
-//     group.
+//     group. One exception keeps handlers that publish from deadlocking: a
+//     Publish from inside a handler of this transport (its ctx, or one
+//     derived from it) waits on a full shard only while a running worker is
+//     sure to make room there; when the room could only come from a worker
+//     that is itself waiting to publish (its own shard, say: a follow-up with
+//     the handler's own key, or a group whose every worker waits), the
+//     message is queued beyond the buffer instead. So handlers may publish
+//     to their own topic, and groups to each other's, under any load; what
+//     such publishes add beyond the buffer is what those handlers publish
+//     while every way out is blocked.
 //
 // # Shutdown
 //
 // Subscription.Close stops taking messages, lets the running handlers finish
 // (until its context ends, then their context is cancelled) and, when it was
 // the group's last member, removes the group. Transport.Close closes every
-// subscription and waits for all of them; no goroutine outlives it. WaitIdle
-// and WaitSettled tell tests when everything published so far was handled.
-// A handler that never returns keeps Transport.Close waiting. A handler
-// that panics does not crash the process: chanbus recovers the panic
-// (transport.CallHandler), logs it with its stack at level Error on the
+// subscription and waits for all of them, cancelling the handlers' context
+// once the drain timeout (WithDrainTimeout) has passed; no goroutine outlives
+// it. WaitIdle and WaitSettled tell tests when everything published so far
+// was handled. A handler that ignores its cancelled context and never returns
+// keeps Transport.Close waiting.
+//
+// A handler that panics does not crash the process: chanbus recovers the
+// panic (transport.CallHandler), logs it with its stack at level Error on the
 // WithLogger logger, and delivers the message again like any failure (a
-// bus.Bus recovers its handlers' panics itself, on its own logger, first).
+// bus.Bus recovers its handlers' panics itself, on its own logger, first). A
+// handler that ends its goroutine
+// with runtime.Goexit (t.FailNow or t.Fatal in a handler) is logged too and
+// its message is delivered again; a new worker goroutine takes the place of
+// the one that ended, so the shard and the subscription go on.
 //
 // # Errors
 //
@@ -92,6 +109,9 @@ const (
 	DefaultShards     = 16
 	DefaultBackoffMin = 10 * time.Millisecond
 	DefaultBackoffMax = time.Second
+	// DefaultDrainTimeout is how long Transport.Close waits for running
+	// handlers before it cancels their context.
+	DefaultDrainTimeout = 30 * time.Second
 )
 
 // batchPerTurn is how many messages a worker handles from one shard before
@@ -108,6 +128,7 @@ type config struct {
 	shards     int
 	backoffMin time.Duration
 	backoffMax time.Duration
+	drain      time.Duration
 	logger     *slog.Logger
 }
 
@@ -141,6 +162,18 @@ func WithBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = min, max }
 }
 
+// WithDrainTimeout sets how long Transport.Close waits for running handlers
+// to return before it cancels their context (and then waits for them to
+// return). Default DefaultDrainTimeout (30s); values below 0 mean the
+// default, 0 cancels at once.
+func WithDrainTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d >= 0 {
+			c.drain = d
+		}
+	}
+}
+
 // WithLogger sets the logger for handler failures and dropped messages.
 // Default: nil, which discards.
 func WithLogger(l *slog.Logger) Option {
@@ -162,11 +195,12 @@ type Transport struct {
 	pend     pending       // queued or being handled: WaitIdle
 	unacked  pending       // not yet acknowledged or dropped, backoff included: WaitSettled
 	unrouted atomic.Uint64 // messages published to a topic without groups
+	waits    waits
 }
 
 // New returns a Transport. It starts no goroutine until Subscribe.
 func New(opts ...Option) *Transport {
-	c := config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax}
+	c := config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: DefaultDrainTimeout}
 	for _, o := range opts {
 		if o != nil {
 			o(&c)
@@ -192,8 +226,10 @@ func New(opts ...Option) *Transport {
 }
 
 // Publish queues a copy of each message for every group subscribed to
-// topic, blocking while a group's shard is full until ctx ends. Messages
-// for a topic without groups are dropped. It returns ErrClosed after Close.
+// topic, blocking while a group's shard is full until ctx ends (but see the
+// package documentation for a Publish from inside a handler: it never waits
+// for room that only a waiting worker could make). Messages for a topic
+// without groups are dropped. It returns ErrClosed after Close.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	if err := transport.ValidatePublish(topic, msgs); err != nil {
 		return err
@@ -215,8 +251,9 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		return nil
 	}
 	now := time.Now()
+	w := t.publisher(ctx)
 	for i, m := range msgs {
-		if err := t.enqueueAll(ctx, groups, m, topic, now); err != nil {
+		if err := t.enqueueAll(ctx, groups, m, topic, now, w); err != nil {
 			if i == 0 && len(groups) == 1 {
 				return err // nothing was queued
 			}
@@ -235,7 +272,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 // opens then): otherwise a fast group's handler could publish a follow-up of
 // the same key that reaches a slower group before m does, an order a
 // broker's log never shows.
-func (t *Transport) enqueueAll(ctx context.Context, groups []*group, m *transport.Message, topic string, now time.Time) error {
+func (t *Transport) enqueueAll(ctx context.Context, groups []*group, m *transport.Message, topic string, now time.Time, w *worker) error {
 	idx := t.shardOf(m.Key)
 	var gate chan struct{}
 	if len(groups) > 1 {
@@ -245,7 +282,7 @@ func (t *Transport) enqueueAll(ctx context.Context, groups []*group, m *transpor
 	for _, g := range groups {
 		d := newDelivery(m, topic, g.name, now)
 		d.gate = gate
-		if err := g.enqueue(ctx, d, idx); err != nil {
+		if err := g.enqueue(ctx, d, idx, w); err != nil {
 			return err
 		}
 	}
@@ -354,8 +391,11 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	s.live.Store(int32(workers))
 	t.subs[s] = struct{}{}
 	t.mu.Unlock()
+	t.waits.started(g, workers)
 	for range workers {
-		go s.work(hctx)
+		w := &worker{s: s}
+		w.ctx = context.WithValue(hctx, workerKey{}, w)
+		go s.work(w)
 	}
 	return s, nil
 }
@@ -388,9 +428,10 @@ func (t *Transport) leave(s *subscription) {
 	}
 }
 
-// Close closes every subscription, waiting for their running handlers, and
-// makes Publish and Subscribe return ErrClosed. Idempotent; a concurrent
-// call waits for the first.
+// Close closes every subscription, waiting for their running handlers (and
+// cancelling their context once the drain timeout has passed, see
+// WithDrainTimeout), and makes Publish and Subscribe return ErrClosed.
+// Idempotent; a concurrent call waits for the first.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.closed.Load() {
@@ -407,7 +448,19 @@ func (t *Transport) Close() error {
 	for _, s := range subs {
 		s.stopOnce.Do(func() { close(s.stop) })
 	}
+	timer := time.NewTimer(t.cfg.drain)
+	defer timer.Stop()
 	for _, s := range subs {
+		select {
+		case <-s.done:
+			continue
+		case <-timer.C:
+			// Past the drain timeout: cancel every handler still running,
+			// then wait for them to return.
+			for _, s := range subs {
+				s.cancel()
+			}
+		}
 		<-s.done
 	}
 	close(t.closedCh)
@@ -500,6 +553,7 @@ type group struct {
 	mu      sync.RWMutex
 	removed bool
 	members int            // guarded by t.mu
+	running int            // workers of its members not waiting to publish; guarded by t.waits.mu
 	timers  sync.WaitGroup // retry timers that may still fire
 }
 
@@ -507,16 +561,16 @@ func (t *Transport) newGroup(topic, name string) *group {
 	g := &group{t: t, topic: topic, name: name, ready: make(chan *shard, t.cfg.shards), gone: make(chan struct{})}
 	g.shards = make([]*shard, t.cfg.shards)
 	for i := range g.shards {
-		// Buffered to the configured size: this is the bounded queue whose
-		// filling makes Publish block.
-		g.shards[i] = &shard{g: g, q: make(chan *delivery, t.cfg.buffer)}
+		g.shards[i] = &shard{g: g, limit: t.cfg.buffer, buf: make([]*delivery, t.cfg.buffer)}
 	}
 	return g
 }
 
 // enqueue puts d on shard idx, blocking while it is full until ctx ends.
-// A removed group drops d.
-func (g *group) enqueue(ctx context.Context, d *delivery, idx int) error {
+// w is the worker whose handler publishes, or nil: such a publish waits
+// only while waits.mayWait says room is sure to come, else it queues d
+// beyond the shard's limit. A removed group drops d.
+func (g *group) enqueue(ctx context.Context, d *delivery, idx int, w *worker) error {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	if g.removed {
@@ -525,11 +579,28 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int) error {
 	sh := g.shards[idx]
 	g.t.pend.add(1)
 	g.t.unacked.add(1)
-	select {
-	case sh.q <- d:
-	default:
+	sh.mu.Lock()
+	marked := false // w counted as waiting
+	defer func() {
+		if marked {
+			g.t.waits.resume(w)
+		}
+	}()
+	for sh.n >= sh.limit {
+		var changed <-chan struct{}
+		if w != nil {
+			var ok bool
+			ok, changed = g.t.waits.mayWait(w, sh, !marked)
+			marked = true
+			if !ok {
+				break // queued beyond the limit: waiting could deadlock
+			}
+		}
+		room := sh.roomChan()
+		sh.mu.Unlock()
 		select {
-		case sh.q <- d:
+		case <-room:
+		case <-changed: // a worker started waiting: look again
 		case <-ctx.Done():
 			g.t.pend.add(-1)
 			g.t.unacked.add(-1)
@@ -542,8 +613,20 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int) error {
 			}
 			return nil // the group's last member left: dropped, as documented
 		}
+		sh.mu.Lock()
 	}
-	sh.signal()
+	if sh.state == dead {
+		sh.mu.Unlock()
+		g.t.pend.add(-1)
+		g.t.unacked.add(-1)
+		return nil
+	}
+	sh.push(d)
+	if sh.state == idle {
+		sh.state = busy
+		sh.g.ready <- sh
+	}
+	sh.mu.Unlock()
 	return nil
 }
 
@@ -572,16 +655,12 @@ func (g *group) teardown() {
 	}
 	g.timers.Wait()
 	for _, sh := range g.shards {
-	drain:
-		for {
-			select {
-			case <-sh.q:
-				dropped++
-				counted++
-			default:
-				break drain
-			}
+		sh.mu.Lock()
+		for sh.pop() != nil {
+			dropped++
+			counted++
 		}
+		sh.mu.Unlock()
 	}
 	if counted > 0 {
 		g.t.pend.add(-counted)
@@ -608,22 +687,66 @@ const (
 // group.ready owns it (and retry) until it hands it back.
 type shard struct {
 	g     *group
-	q     chan *delivery
-	mu    sync.Mutex // guards state and timer
-	state shardState
-	retry *delivery // a failed message to deliver before q's
-	timer *time.Timer
+	limit int // messages queued before Publish waits (WithBuffer)
+	// owner is the worker holding the shard, nil while none does; read by
+	// waits.mayWait.
+	owner atomic.Pointer[worker]
+	retry *delivery // a failed message to deliver before the queue's
+
+	mu sync.Mutex // guards the fields below
+	// buf is a ring of n messages from head. It holds limit messages, more
+	// only for publishes that must not wait (see enqueue); it shrinks back
+	// once empty.
+	buf     []*delivery
+	head, n int
+	room    chan struct{} // closed when a message is taken; nil while no publisher waits
+	state   shardState
+	timer   *time.Timer
 }
 
-// signal makes an idle shard ready after a message was queued.
-func (sh *shard) signal() {
-	sh.mu.Lock()
-	if sh.state == idle {
-		sh.state = busy
-		sh.g.ready <- sh
+// push appends d; sh.mu is held.
+func (sh *shard) push(d *delivery) {
+	if sh.n == len(sh.buf) {
+		buf := make([]*delivery, 2*len(sh.buf))
+		for i := range sh.n {
+			buf[i] = sh.buf[(sh.head+i)%len(sh.buf)]
+		}
+		sh.buf, sh.head = buf, 0
 	}
-	sh.mu.Unlock()
+	sh.buf[(sh.head+sh.n)%len(sh.buf)] = d
+	sh.n++
 }
+
+// pop takes the oldest message, or returns nil; sh.mu is held.
+func (sh *shard) pop() *delivery {
+	if sh.n == 0 {
+		return nil
+	}
+	d := sh.buf[sh.head]
+	sh.buf[sh.head] = nil
+	sh.head = (sh.head + 1) % len(sh.buf)
+	sh.n--
+	if sh.n == 0 && len(sh.buf) > sh.limit {
+		sh.buf, sh.head = make([]*delivery, sh.limit), 0 // give back what an overflow took
+	}
+	if sh.room != nil && sh.n < sh.limit {
+		close(sh.room)
+		sh.room = nil
+	}
+	return d
+}
+
+// roomChan returns the channel closed when a message is taken; sh.mu is
+// held.
+func (sh *shard) roomChan() chan struct{} {
+	if sh.room == nil {
+		sh.room = make(chan struct{})
+	}
+	return sh.room
+}
+
+// take makes w the owner of sh, which it received from group.ready.
+func (sh *shard) take(w *worker) { sh.owner.Store(w) }
 
 // next returns the owner's next message, or nil after marking the shard
 // idle.
@@ -632,28 +755,26 @@ func (sh *shard) next() *delivery {
 		sh.retry = nil
 		return d
 	}
-	select {
-	case d := <-sh.q:
-		return d
-	default:
-	}
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	select {
-	case d := <-sh.q: // queued after the first look, before its publisher signalled
-		return d
-	default:
+	d := sh.pop()
+	if d == nil {
+		sh.owner.Store(nil)
+		sh.state = idle
 	}
-	sh.state = idle
-	return nil
+	sh.mu.Unlock()
+	return d
 }
 
 // release hands an owned shard back for another worker.
-func (sh *shard) release() { sh.g.ready <- sh }
+func (sh *shard) release() {
+	sh.owner.Store(nil)
+	sh.g.ready <- sh
+}
 
 // backoff keeps d at the head of the shard and makes the shard ready again
 // after delay.
 func (sh *shard) backoff(d *delivery, delay time.Duration) {
+	sh.owner.Store(nil)
 	sh.mu.Lock()
 	sh.retry = d
 	sh.state = waiting
@@ -673,6 +794,106 @@ func (sh *shard) wake() {
 	sh.state = busy
 	sh.g.t.pend.add(1)
 	sh.g.ready <- sh
+}
+
+// workerKey is the context key under which a handler's context carries its
+// *worker, so that Publish knows it is called from inside a handler.
+type workerKey struct{}
+
+// worker is one worker goroutine of a subscription (or the goroutine that
+// took its place after a handler's runtime.Goexit).
+type worker struct {
+	s   *subscription
+	ctx context.Context // the handlers' context, carrying the worker
+	// cur and sh are the delivery whose handler runs, and its shard: set
+	// while the handler runs, so that the goroutine's deferred call sees a
+	// handler that ended it with runtime.Goexit.
+	cur *delivery
+	sh  *shard
+	// waiting counts this worker's handler's publishes waiting for room;
+	// guarded by t.waits.mu.
+	waiting int
+}
+
+// publisher returns the worker whose handler called Publish with ctx, or
+// nil when ctx is not a handler's context of t.
+func (t *Transport) publisher(ctx context.Context) *worker {
+	if w, ok := ctx.Value(workerKey{}).(*worker); ok && w.s.t == t {
+		return w
+	}
+	return nil
+}
+
+// waits tracks which workers wait inside a handler's Publish, so that such a
+// publish never waits for room that only waiting workers could make.
+//
+// A publish from inside a handler may wait for room on a full shard only
+// while the shard's owner is a worker that is not waiting to publish (it
+// will take a message), or, when nobody owns the shard, while its group has
+// a worker that is not waiting (it will come to the shard). Whenever a
+// worker starts waiting, every waiting publish looks again (changed). A
+// chain of waits therefore always ends at a worker that runs, and no cycle
+// of waits can form: no deadlock.
+type waits struct {
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced when a worker starts waiting or stops
+}
+
+// started counts n new workers of g as running.
+func (ws *waits) started(g *group, n int) {
+	ws.mu.Lock()
+	g.running += n
+	ws.mu.Unlock()
+}
+
+// stopped counts a worker of g as gone.
+func (ws *waits) stopped(g *group) {
+	ws.mu.Lock()
+	g.running--
+	ws.broadcastLocked()
+	ws.mu.Unlock()
+}
+
+// mayWait reports whether w's handler may wait for room on the full shard
+// sh, and returns the channel closed when that should be looked at again.
+// With mark it first counts w as waiting (resume undoes it).
+func (ws *waits) mayWait(w *worker, sh *shard, mark bool) (bool, <-chan struct{}) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if mark {
+		w.waiting++
+		if w.waiting == 1 {
+			w.s.g.running--
+			ws.broadcastLocked()
+		}
+	}
+	ok := false
+	if o := sh.owner.Load(); o != nil {
+		ok = o.waiting == 0
+	} else {
+		ok = sh.g.running > 0
+	}
+	if ws.changed == nil {
+		ws.changed = make(chan struct{})
+	}
+	return ok, ws.changed
+}
+
+// resume counts w as no longer waiting for one of its publishes.
+func (ws *waits) resume(w *worker) {
+	ws.mu.Lock()
+	w.waiting--
+	if w.waiting == 0 {
+		w.s.g.running++
+	}
+	ws.mu.Unlock()
+}
+
+func (ws *waits) broadcastLocked() {
+	if ws.changed != nil {
+		close(ws.changed)
+		ws.changed = nil
+	}
 }
 
 // subscription is one member of a group.
@@ -696,8 +917,19 @@ func (s *subscription) stopping() bool {
 	}
 }
 
-func (s *subscription) work(ctx context.Context) {
+func (s *subscription) work(w *worker) {
 	defer func() {
+		if d := w.cur; d != nil {
+			// The handler ended this goroutine with runtime.Goexit
+			// (CallHandler logged it). Its delivery failed; a new goroutine
+			// takes this one's place, so the count of workers holds.
+			sh := w.sh
+			w.cur, w.sh = nil, nil
+			s.failed(w.ctx, sh, d, transport.ErrHandlerGoexit)
+			go s.work(w)
+			return
+		}
+		s.t.waits.stopped(s.g)
 		if s.live.Add(-1) == 0 {
 			s.t.leave(s)
 			s.cancel()
@@ -709,14 +941,16 @@ func (s *subscription) work(ctx context.Context) {
 		case <-s.stop:
 			return
 		case sh := <-s.g.ready:
-			s.run(ctx, sh)
+			sh.take(w)
+			s.run(w, sh)
 		}
 	}
 }
 
 // run handles messages of the owned shard sh until it is empty, a handler
 // fails, the turn is over or the subscription stops.
-func (s *subscription) run(ctx context.Context, sh *shard) {
+func (s *subscription) run(w *worker, sh *shard) {
+	ctx := w.ctx
 	for n := 0; ; n++ {
 		if n == batchPerTurn || s.stopping() {
 			sh.release()
@@ -735,18 +969,27 @@ func (s *subscription) run(ctx context.Context, sh *shard) {
 		}
 		d.attempt++
 		d.msg.Attempt = d.attempt
-		if err := transport.CallHandler(ctx, s.t.log, s.h, &d.msg); err != nil {
-			delay := s.t.backoffDelay(d.attempt)
-			s.t.log.LogAttrs(ctx, slog.LevelDebug, "chanbus: handler failed; will redeliver",
-				slog.String("topic", s.g.topic), slog.String("group", s.g.name), slog.String("id", d.msg.ID),
-				slog.Int("attempt", d.attempt), slog.Duration("backoff", delay), slog.Any("error", err))
-			sh.backoff(d, delay)
+		w.cur, w.sh = d, sh
+		err := transport.CallHandler(ctx, s.t.log, s.h, &d.msg)
+		w.cur, w.sh = nil, nil
+		if err != nil {
+			s.failed(ctx, sh, d, err)
 			return
 		}
 		d.recycle()
 		s.t.pend.add(-1)
 		s.t.unacked.add(-1)
 	}
+}
+
+// failed puts d back at the head of the owned shard sh, to be delivered
+// again after its backoff.
+func (s *subscription) failed(ctx context.Context, sh *shard, d *delivery, err error) {
+	delay := s.t.backoffDelay(d.attempt)
+	s.t.log.LogAttrs(ctx, slog.LevelDebug, "chanbus: handler failed; will redeliver",
+		slog.String("topic", s.g.topic), slog.String("group", s.g.name), slog.String("id", d.msg.ID),
+		slog.Int("attempt", d.attempt), slog.Duration("backoff", delay), slog.Any("error", err))
+	sh.backoff(d, delay)
 }
 
 func (t *Transport) backoffDelay(attempt int) time.Duration {
@@ -779,7 +1022,8 @@ func (s *subscription) Close(ctx context.Context) error {
 
 // Opener returns the opener of "chan://" URLs, for a transport.Mux. Query
 // options: buffer (WithBuffer), shards (WithShards), backoff_min and
-// backoff_max (WithBackoff, as Go durations: "10ms"); unknown options,
+// backoff_max (WithBackoff, as Go durations: "10ms"), drain_timeout
+// (WithDrainTimeout); unknown options,
 // a host or a path are errors.
 func Opener() transport.Opener { return transport.OpenerFunc(open) }
 
@@ -816,8 +1060,12 @@ func open(_ context.Context, u *url.URL) (transport.Transport, error) {
 	if bmax < bmin {
 		q.Fail("backoff_max", fmt.Errorf("%w: %v is less than backoff_min %v", transport.ErrInvalidURL, bmax, bmin))
 	}
+	drain := q.Duration("drain_timeout", DefaultDrainTimeout)
+	if drain < 0 {
+		q.Fail("drain_timeout", fmt.Errorf("%w: %v is negative", transport.ErrInvalidURL, drain))
+	}
 	if err := q.Err(); err != nil {
 		return nil, err
 	}
-	return New(WithBuffer(buffer), WithShards(shards), WithBackoff(bmin, bmax)), nil
+	return New(WithBuffer(buffer), WithShards(shards), WithBackoff(bmin, bmax), WithDrainTimeout(drain)), nil
 }

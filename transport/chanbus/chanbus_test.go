@@ -360,11 +360,11 @@ func TestOptions(t *testing.T) {
 		opts []Option
 		want config
 	}{
-		{"defaults", nil, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax}},
-		{"set", []Option{WithBuffer(3), WithShards(5), WithBackoff(time.Millisecond, time.Minute)}, config{buffer: 3, shards: 5, backoffMin: time.Millisecond, backoffMax: time.Minute}},
-		{"below 1 means default", []Option{WithBuffer(0), WithShards(-1), nil}, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax}},
-		{"max below min", []Option{WithBackoff(time.Second, 0)}, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: time.Second, backoffMax: time.Second}},
-		{"min 0 means default", []Option{WithBackoff(0, time.Minute)}, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: time.Minute}},
+		{"defaults", nil, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: DefaultDrainTimeout}},
+		{"set", []Option{WithBuffer(3), WithShards(5), WithBackoff(time.Millisecond, time.Minute), WithDrainTimeout(0)}, config{buffer: 3, shards: 5, backoffMin: time.Millisecond, backoffMax: time.Minute, drain: 0}},
+		{"below 1 means default", []Option{WithBuffer(0), WithShards(-1), WithDrainTimeout(-time.Second), nil}, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: DefaultDrainTimeout}},
+		{"max below min", []Option{WithBackoff(time.Second, 0)}, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: time.Second, backoffMax: time.Second, drain: DefaultDrainTimeout}},
+		{"min 0 means default", []Option{WithBackoff(0, time.Minute)}, config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: time.Minute, drain: DefaultDrainTimeout}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tr := New(c.opts...)
@@ -397,9 +397,9 @@ func TestURL(t *testing.T) {
 		url  string
 		want config
 	}{
-		{"chan://", config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax}},
-		{"chan:///", config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax}},
-		{"chan://?buffer=8&shards=4&backoff_min=5ms&backoff_max=2s", config{buffer: 8, shards: 4, backoffMin: 5 * time.Millisecond, backoffMax: 2 * time.Second}},
+		{"chan://", config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: DefaultDrainTimeout}},
+		{"chan:///", config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: DefaultDrainTimeout}},
+		{"chan://?buffer=8&shards=4&backoff_min=5ms&backoff_max=2s&drain_timeout=3s", config{buffer: 8, shards: 4, backoffMin: 5 * time.Millisecond, backoffMax: 2 * time.Second, drain: 3 * time.Second}},
 	}
 	for _, c := range ok {
 		tr, err := mux.Open(t.Context(), c.url)
