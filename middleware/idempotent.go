@@ -10,9 +10,14 @@ import (
 	"github.com/busway/busway/transport"
 )
 
-// Store remembers which message IDs a group has handled successfully: the
-// inbox of the inbox pattern. The group matters: every group gets every
-// message, so each group handles an ID once.
+// Store remembers which event IDs (EventID) a group has handled
+// successfully: the inbox of the inbox pattern. The group matters: every
+// group gets every message, so each group handles an ID once.
+//
+// There is one inbox concept in busway: this Store. Idempotent uses any
+// Store and marks after the handler; SQLStore additionally records the ID in
+// the same database transaction as the handler's own writes (HandleTx,
+// Transactional), which makes the effects on that database exactly-once.
 //
 // Implementations are safe for concurrent use.
 type Store interface {
@@ -30,13 +35,24 @@ type IdempotentOptions struct {
 	OnMarkError func(ctx context.Context, m *transport.Message, err error)
 }
 
-// Idempotent skips a message whose event ID its group already handled
-// successfully, acknowledging it without calling the handler, and marks the
-// ID in store after the handler returned nil (never before, and never after
-// a failure). The event ID is the CloudEvents id, Header[transport.HeaderID],
-// else Message.ID: a derived message of the same event (a dead letter
-// replayed with a new Message.ID, the outbox's re-send) is the same event. A
-// message without either is always handled. A store error on
+// EventID returns the identity Idempotent and the inbox (SQLStore.HandleTx,
+// SQLStore.Transactional) key on: the CloudEvents ce_id header when present,
+// else Message.ID. ce_id is the event's identity and Message.ID the identity
+// of one publish: an event sent again under a new Message.ID (a replay, the
+// same event on a second topic) is still the same event for the handler.
+// Empty when the message has neither.
+func EventID(m *transport.Message) string {
+	if id := m.Header[transport.HeaderID]; id != "" {
+		return id
+	}
+	return m.ID
+}
+
+// Idempotent skips a message whose event ID (EventID: ce_id, else
+// Message.ID) its group already handled successfully, acknowledging it
+// without calling the handler, and marks the ID in store after the handler
+// returned nil (never before, and never after a failure). A message without
+// an ID is always handled. A store error on
 // lookup fails the message (it is redelivered); a nil store, too, with an
 // error wrapping transport.ErrInvalidOptions.
 //
@@ -52,10 +68,7 @@ type IdempotentOptions struct {
 func Idempotent(store Store, opts IdempotentOptions) Middleware {
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
-			id := m.Header[transport.HeaderID]
-			if id == "" {
-				id = m.ID
-			}
+			id := EventID(m)
 			if id == "" {
 				return next(ctx, m)
 			}

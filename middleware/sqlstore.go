@@ -43,10 +43,21 @@ type SQLStoreOptions struct {
 	Now func() time.Time
 }
 
+// ErrNotMigrated is wrapped by the errors of SQLStore and of package outbox
+// when a table they use does not exist: run their Migrate method (once, at
+// deployment or start; it is idempotent).
+var ErrNotMigrated = errors.New("busway: table does not exist (run Migrate)")
+
 // SQLStore is a Store in a SQL table keyed by (group_name, message_id), so
-// markers survive restarts and are shared by every process of a group.
-// Create the table with Migrate; delete old markers with Prune. Safe for
-// concurrent use (as *sql.DB is).
+// markers survive restarts and are shared by every process of a group: the
+// inbox. Create the table with Migrate; delete old markers with Prune. Safe
+// for concurrent use (as *sql.DB is).
+//
+// Used by Idempotent, it marks after the handler returned, in a statement of
+// its own (a crash between the two handles the message again). Used through
+// HandleTx or Transactional, it records the ID in a transaction that the
+// handler's own database writes join, so effects and marker commit or roll
+// back together: exactly-once effects on that database.
 type SQLStore struct {
 	db      *sql.DB
 	dialect Dialect
@@ -55,6 +66,15 @@ type SQLStore struct {
 
 	seenQ, markQ, pruneQ string
 }
+
+// DB returns the database of the store.
+func (s *SQLStore) DB() *sql.DB { return s.db }
+
+// Dialect returns the store's dialect.
+func (s *SQLStore) Dialect() Dialect { return s.dialect }
+
+// Table returns the store's table name.
+func (s *SQLStore) Table() string { return s.table }
 
 var _ Store = (*SQLStore)(nil)
 
@@ -127,7 +147,7 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 	}
 	for _, q := range stmts {
 		if _, err := s.db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("busway: migrate idempotency table %s: %w", s.table, err)
+			return fmt.Errorf("busway: migrate inbox table %s: %w", s.table, err)
 		}
 	}
 	return nil
@@ -147,7 +167,7 @@ func (s *SQLStore) Seen(ctx context.Context, group, id string) (bool, error) {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil
 	case err != nil:
-		return false, fmt.Errorf("busway: idempotency lookup in %s: %w", s.table, err)
+		return false, fmt.Errorf("busway: idempotency lookup in %s: %w", s.table, s.tableErr(err))
 	}
 	return true, nil
 }
@@ -155,9 +175,129 @@ func (s *SQLStore) Seen(ctx context.Context, group, id string) (bool, error) {
 // Mark records that group handled id; marking twice is not an error.
 func (s *SQLStore) Mark(ctx context.Context, group, id string) error {
 	if _, err := s.db.ExecContext(ctx, s.markQ, group, id, s.now().UnixMicro()); err != nil {
-		return fmt.Errorf("busway: idempotency mark in %s: %w", s.table, err)
+		return fmt.Errorf("busway: idempotency mark in %s: %w", s.table, s.tableErr(err))
 	}
 	return nil
+}
+
+// tableErr adds ErrNotMigrated to err when it says that the table is
+// missing.
+func (s *SQLStore) tableErr(err error) error {
+	if MissingTable(err) {
+		return fmt.Errorf("%w: %s: %w", ErrNotMigrated, s.table, err)
+	}
+	return err
+}
+
+// MissingTable reports whether err is a database's "no such table" error
+// (PostgreSQL SQLSTATE 42P01, SQLite "no such table"), whatever the driver.
+func MissingTable(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "42P01") || strings.Contains(msg, "no such table") ||
+		(strings.Contains(msg, "relation ") && strings.Contains(msg, " does not exist"))
+}
+
+// MarkTx records in tx that group handled id, and reports whether this is
+// the first record of it: false means it was recorded before (by a
+// committed transaction), and the caller should roll back and treat the
+// message as a duplicate. On PostgreSQL a concurrent transaction that
+// recorded the same ID and has not finished makes MarkTx wait for its
+// outcome, so two deliveries of one event never both see "first".
+func (s *SQLStore) MarkTx(ctx context.Context, tx *sql.Tx, group, id string) (first bool, err error) {
+	if tx == nil {
+		return false, fmt.Errorf("%w: MarkTx: nil *sql.Tx", transport.ErrInvalidOptions)
+	}
+	res, err := tx.ExecContext(ctx, s.markQ, group, id, s.now().UnixMicro())
+	if err != nil {
+		if errors.Is(err, sql.ErrTxDone) {
+			return false, fmt.Errorf("busway: idempotency mark in %s: the transaction is already committed or rolled back: %w", s.table, err)
+		}
+		return false, fmt.Errorf("busway: idempotency mark in %s: %w", s.table, s.tableErr(err))
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("busway: idempotency mark in %s: %w", s.table, err)
+	}
+	return n == 1, nil
+}
+
+// HandleTx runs fn in a new transaction of the store's database that first
+// records (group, id) (MarkTx), and commits it when fn returns nil. When the
+// ID was recorded already it calls nothing and returns duplicate true and a
+// nil error. An error of fn, of the marker or of the commit rolls back and
+// is returned: nothing of fn's writes and no marker remain, so a
+// redelivery runs fn again. An empty id is an error wrapping
+// transport.ErrInvalidMessage: without an ID nothing can be deduplicated.
+func (s *SQLStore) HandleTx(ctx context.Context, group, id string, fn func(tx *sql.Tx) error) (duplicate bool, err error) {
+	if id == "" {
+		return false, fmt.Errorf("%w: the message has no ID (neither ce_id nor Message.ID) to record in the inbox", transport.ErrInvalidMessage)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("busway: inbox %s: begin: %w", s.table, err)
+	}
+	first, err := s.MarkTx(ctx, tx, group, id)
+	if err != nil || !first {
+		return err == nil, errors.Join(err, rollback(tx))
+	}
+	if err := fn(tx); err != nil {
+		if rbErr := rollback(tx); rbErr != nil {
+			return false, errors.Join(err, rbErr)
+		}
+		return false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("busway: inbox %s: commit: %w", s.table, err)
+	}
+	return false, nil
+}
+
+// rollback rolls tx back; a transaction already finished is not an error.
+func rollback(tx *sql.Tx) error {
+	if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("busway: inbox: rollback: %w", err)
+	}
+	return nil
+}
+
+type txKey struct{}
+
+// TxFromContext returns the transaction Transactional runs the handler in,
+// or nil outside it.
+func TxFromContext(ctx context.Context) *sql.Tx {
+	tx, _ := ctx.Value(txKey{}).(*sql.Tx)
+	return tx
+}
+
+// Transactional is the inbox as middleware: it runs the handler inside
+// HandleTx with the message's group and EventID, the transaction available
+// to the handler as TxFromContext(ctx). A redelivery of a handled event is
+// acknowledged without calling the handler (Metrics counts it as a
+// duplicate); a handler error, a store error or a failed commit rolls back
+// and fails the message, which is delivered again. It replaces Idempotent
+// with the same store; do not use both.
+//
+// Place it inside DeadLetter (a dead-lettered message is not recorded and
+// can be replayed) and, unlike Idempotent, inside Retry: each attempt then
+// runs in a transaction of its own, and a failed attempt's writes are rolled
+// back before the next one starts.
+func (s *SQLStore) Transactional() Middleware {
+	return func(next transport.Handler) transport.Handler {
+		return func(ctx context.Context, m *transport.Message) error {
+			dup, err := s.HandleTx(ctx, m.Group, EventID(m), func(tx *sql.Tx) error {
+				return next(context.WithValue(ctx, txKey{}, tx), m)
+			})
+			if dup {
+				if r := reportFrom(ctx); r != nil {
+					r.duplicate = true
+				}
+			}
+			return err
+		}
+	}
 }
 
 // Prune deletes markers handled before t and returns how many. Run it
