@@ -1,0 +1,103 @@
+// Package outbox is the transactional outbox and inbox of busway: an event
+// is written into an outbox table in the same database transaction as the
+// business change that caused it, and a Relay publishes committed rows to
+// any busway transport; on the consuming side, Handler runs a handler in a
+// transaction that also records the event in an inbox table, so its
+// effects on that database happen once although delivery is at-least-once.
+//
+// The core uses only database/sql (*sql.DB, *sql.Tx): open the database
+// with any driver (PostgreSQL: github.com/jackc/pgx/v5/stdlib; SQLite:
+// modernc.org/sqlite). Package pgnotify adds LISTEN/NOTIFY wake-ups and is
+// the only part importing a driver.
+//
+// # API
+//
+//	ob, err := outbox.New(db, outbox.Options{Dialect: outbox.PostgreSQL, Bus: b})
+//	err = ob.Migrate(ctx)                 // idempotent; creates outbox, _dead, _published, inbox tables
+//
+//	// Producer: the row and the event commit together.
+//	err = ob.Transact(ctx, func(tx *sql.Tx) error {
+//		if _, err := tx.ExecContext(ctx, "INSERT INTO orders ...", ...); err != nil {
+//			return err // rollback: no event
+//		}
+//		return outbox.Publish(ctx, ob, tx, OrderPlaced{ID: "42"}, bus.WithKey("42"))
+//	})
+//	// Own transactions: outbox.Publish(ctx, ob, tx, ...), then ob.Commit(tx)
+//	// (or tx.Commit() and ob.Wake()), which wakes the relays at once.
+//
+//	// Relay: in one or more processes.
+//	relay, err := outbox.NewRelay(ob, b.Transport(), outbox.RelayOptions{Listener: pgnotify.New(db)})
+//	err = relay.Start(ctx)                // ErrNotMigrated when the tables are missing
+//	defer relay.Stop(ctx)                 // finishes the round in flight
+//
+//	// Consumer: effects exactly-once on its database.
+//	bus.Subscribe(b, "billing", outbox.Handler(ob, func(ctx context.Context, tx *sql.Tx, e bus.Event[OrderPlaced]) error {
+//		_, err := tx.ExecContext(ctx, "INSERT INTO invoices ...", e.Data.ID)
+//		return err
+//	}))
+//
+// Publish writes exactly the message bus.Publish would send (it uses
+// bus.NewMessage: ce_id, ce_type, ce_source, ce_time, key, subject,
+// headers, content type) plus the W3C trace context of ctx. The inbox is
+// middleware.SQLStore (ob.Inbox()), the same store middleware.Idempotent
+// uses; its Transactional middleware is Handler for raw handlers
+// (middleware.TxFromContext gives the transaction).
+//
+// # Delivery semantics
+//
+// At-least-once from outbox to broker: the relay deletes (or archives) rows
+// only after the transport accepted them, so a crash between publish and
+// delete publishes them again, under the same Message.ID (= ce_id). NATS
+// JetStream drops such a re-send within its duplicate window; elsewhere the
+// inbox (Handler, middleware.Idempotent) makes it harmless.
+//
+// Nothing committed is skipped: the relay never reads "id > last seen".
+// Rows are deleted once published, and each round reads the oldest rows
+// still in the table, so a transaction that got its ids early and commits
+// late is delivered on the next round. No open transaction is waited for:
+// one that holds no outbox row, or whose rows are not committed, delays
+// nothing else.
+//
+// Order: rows of one key are published in id order, which is insert order
+// within a transaction and commit order across transactions (serialize
+// transactions that must be ordered, as locking the aggregate's row does).
+// Order is kept with any number of relays because only one leads: on
+// PostgreSQL the relay holds a session advisory lock on a connection of its
+// own and runs every round on it; the others block on the lock and take over
+// as soon as the leader's session ends (Stop, crash, connection loss). On
+// SQLite, run the relay in one process (SQLite has one writer); relays of
+// one Outbox in a process take turns the same way.
+//
+// Why a leader and not FOR UPDATE SKIP LOCKED across relays: with SKIP
+// LOCKED, a relay cannot see which rows another relay holds, so a key's
+// later rows can be published by one relay while its earlier ones are still
+// in flight at another (MassTransit's reordering); preventing it needs a
+// lock per key and a head-of-key check per row, for no throughput gain: the
+// broker and the commits are the limit, and one leader already publishes in
+// batches (see the benchmarks in README.md).
+//
+// Wake-ups: Transact, Commit and Wake wake the relays of this process
+// directly. When none of them leads, they also send a NOTIFY (PostgreSQL),
+// outside the writer's transaction and coalesced (at most one in flight;
+// wakes meanwhile become one more), so writers do not pay a NOTIFY per
+// transaction; a relay with a pgnotify Listener wakes on it. Polling
+// (RelayOptions.PollInterval, default 100ms) is the fallback for rows
+// committed otherwise.
+//
+// # Errors
+//
+// A missing table wraps ErrNotMigrated (Publish, Relay.Start, the inbox).
+// A transaction already committed wraps ErrTxDone. Bad arguments wrap
+// ErrInvalidOptions. While the transport is down the relay backs off
+// (RelayOptions.MinBackoff to MaxBackoff) and the rows stay. A row that can
+// never be published (corrupt headers, an invalid topic, a message the
+// transport rejects as invalid or too large) is moved to Table_dead, logged,
+// counted and given to RelayOptions.OnPoison; the rows after it go on.
+//
+// # Observability
+//
+// The relay's metrics (OpenTelemetry metric API, RelayOptions.MeterProvider):
+// MetricPending and MetricOldestAge (observed from the leader),
+// MetricPublished, MetricFailed, MetricPoisoned, each with AttrTable.
+// Relay.Stats and Relay.Pending give the same numbers to code.
+package outbox

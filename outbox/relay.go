@@ -1,0 +1,689 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/busway/busway/middleware"
+	"github.com/busway/busway/transport"
+)
+
+// Listener wakes a relay when another process committed outbox rows. Package
+// pgnotify implements it with PostgreSQL LISTEN.
+type Listener interface {
+	// Listen calls wake (which never blocks) for every notification on
+	// channel until ctx ends, then returns ctx.Err(). Another error means
+	// listening broke; the relay calls Listen again after a pause and polls
+	// meanwhile.
+	Listen(ctx context.Context, channel string, wake func()) error
+}
+
+// RelayOptions configure NewRelay. The zero value means the defaults.
+type RelayOptions struct {
+	// BatchSize is the most rows read, published and deleted per round.
+	// Default 500.
+	BatchSize int
+	// PollInterval is how long the relay waits for a wake-up before it
+	// looks for rows anyway (rows committed without Transact, Commit or
+	// Wake, and other processes' rows when there is no Listener). Default
+	// 100ms.
+	PollInterval time.Duration
+	// Listener wakes the relay on other processes' commits (PostgreSQL:
+	// pgnotify.New(db)). Default none: local wake-ups and polling.
+	Listener Listener
+	// MinBackoff and MaxBackoff bound the pause after a round that failed
+	// (the transport or the database is down); it doubles per failed round
+	// and resets after a good one. Defaults 100ms and 10s.
+	MinBackoff, MaxBackoff time.Duration
+	// Retention keeps published rows in Table_published for this long
+	// (for audit or replay) instead of deleting them at once; the relay
+	// deletes older ones about every Retention/2 (at most every minute).
+	// Default 0: delete at once.
+	Retention time.Duration
+	// OnPoison is called for each row that can never be published (corrupt
+	// headers, an invalid topic, a message the transport rejects as
+	// invalid or too large) after it was moved to Table_dead. Default:
+	// only logged and counted.
+	OnPoison func(ctx context.Context, p Poison)
+	// MeterProvider makes the meter of the relay's metrics. Default
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+}
+
+// Poison describes a row moved aside to Table_dead.
+type Poison struct {
+	RowID int64
+	Topic string
+	ID    string // the message ID
+	Err   error
+}
+
+// Metric names of the relay (OpenTelemetry API; each carries
+// AttrTable).
+const (
+	// MetricPending: gauge of rows waiting in the outbox table.
+	MetricPending = "busway.outbox.pending"
+	// MetricOldestAge: gauge of the age of the oldest waiting row, seconds.
+	MetricOldestAge = "busway.outbox.oldest_pending.age"
+	// MetricPublished: counter of rows published (and deleted or archived).
+	MetricPublished = "busway.outbox.published"
+	// MetricFailed: counter of row publish attempts that failed and will be
+	// retried.
+	MetricFailed = "busway.outbox.failed"
+	// MetricPoisoned: counter of rows moved to Table_dead.
+	MetricPoisoned = "busway.outbox.poisoned"
+)
+
+// AttrTable is the outbox table on the relay's metrics.
+const AttrTable = attribute.Key("busway.outbox.table")
+
+// RelayStats are counters of a Relay since NewRelay.
+type RelayStats struct {
+	Published, Failed, Poisoned uint64
+	// Rounds counts batches read (empty ones included).
+	Rounds uint64
+	// Leader reports whether the relay leads now.
+	Leader bool
+}
+
+// Relay moves committed outbox rows to a transport. See the package doc for
+// its delivery guarantees. Start it once; Stop it once.
+type Relay struct {
+	o    *Outbox
+	pub  transport.Publisher
+	opts RelayOptions
+
+	wake chan struct{} // 1: a wake-up is pending
+
+	mu       sync.Mutex
+	started  bool
+	stopping chan struct{}
+	stopCtx  context.Context // ends at Stop: waits, the leader lock
+	stopIt   context.CancelFunc
+	hardCtx  context.Context // ends when Stop's ctx ends: the round's work
+	hardStop context.CancelFunc
+	done     chan struct{}
+	wg       sync.WaitGroup
+	reg      metric.Registration
+
+	published, failed, poisoned, rounds atomic.Uint64
+	leader                              atomic.Bool
+	cPublished, cFailed, cPoisoned      metric.Int64Counter
+	attrs                               metric.MeasurementOption
+
+	// afterPublish, when set (tests), runs after a round's publish and
+	// before its delete; an error abandons the round as a crash there would.
+	afterPublish func() error
+}
+
+// NewRelay returns a relay of o's table to pub (typically the bus's
+// transport, b.Transport()). Start it.
+func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, error) {
+	switch {
+	case o == nil:
+		return nil, fmt.Errorf("%w: NewRelay: nil *Outbox", ErrInvalidOptions)
+	case pub == nil:
+		return nil, fmt.Errorf("%w: NewRelay: nil Publisher", ErrInvalidOptions)
+	case opts.BatchSize < 0, opts.PollInterval < 0, opts.MinBackoff < 0, opts.MaxBackoff < 0, opts.Retention < 0:
+		return nil, fmt.Errorf("%w: NewRelay: negative BatchSize, PollInterval, MinBackoff, MaxBackoff or Retention", ErrInvalidOptions)
+	}
+	if opts.BatchSize == 0 {
+		opts.BatchSize = 500
+	}
+	if opts.PollInterval == 0 {
+		opts.PollInterval = 100 * time.Millisecond
+	}
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 10 * time.Second
+	}
+	if opts.MaxBackoff < opts.MinBackoff {
+		return nil, fmt.Errorf("%w: NewRelay: MaxBackoff %v is below MinBackoff %v", ErrInvalidOptions, opts.MaxBackoff, opts.MinBackoff)
+	}
+	mp := opts.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	r := &Relay{o: o, pub: pub, opts: opts, wake: make(chan struct{}, 1)}
+	meter := mp.Meter("github.com/busway/busway/outbox")
+	r.attrs = metric.WithAttributes(AttrTable.String(o.q.table))
+	// Instrument errors come only from invalid names, constants here.
+	r.cPublished, _ = meter.Int64Counter(MetricPublished, metric.WithUnit("{row}"), metric.WithDescription("Outbox rows published."))
+	r.cFailed, _ = meter.Int64Counter(MetricFailed, metric.WithUnit("{row}"), metric.WithDescription("Outbox row publish attempts that failed and will be retried."))
+	r.cPoisoned, _ = meter.Int64Counter(MetricPoisoned, metric.WithUnit("{row}"), metric.WithDescription("Outbox rows moved to the dead table."))
+	pending, _ := meter.Int64ObservableGauge(MetricPending, metric.WithUnit("{row}"), metric.WithDescription("Outbox rows waiting to be published."))
+	oldest, _ := meter.Float64ObservableGauge(MetricOldestAge, metric.WithUnit("s"), metric.WithDescription("Age of the oldest outbox row waiting."))
+	reg, err := meter.RegisterCallback(func(ctx context.Context, ob metric.Observer) error {
+		if !r.leader.Load() {
+			return nil // one relay reports the table
+		}
+		n, age, err := r.pendingStats(ctx)
+		if err != nil {
+			return err
+		}
+		ob.ObserveInt64(pending, n, r.attrs)
+		ob.ObserveFloat64(oldest, age.Seconds(), r.attrs)
+		return nil
+	}, pending, oldest)
+	if err == nil {
+		r.reg = reg
+	}
+	return r, nil
+}
+
+// pendingStats counts the waiting rows and the age of the oldest.
+func (r *Relay) pendingStats(ctx context.Context) (int64, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var n, oldest int64
+	if err := r.o.db.QueryRowContext(ctx, r.o.q.stats).Scan(&n, &oldest); err != nil {
+		return 0, 0, fmt.Errorf("outbox: pending rows of %s: %w", r.o.q.table, err)
+	}
+	if n == 0 {
+		return 0, 0, nil
+	}
+	return n, max(0, r.o.now().Sub(time.UnixMicro(oldest))), nil
+}
+
+// Pending returns the number of rows waiting in the outbox table and the age
+// of the oldest.
+func (r *Relay) Pending(ctx context.Context) (rows int64, oldest time.Duration, err error) {
+	return r.pendingStats(ctx)
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() RelayStats {
+	return RelayStats{Published: r.published.Load(), Failed: r.failed.Load(), Poisoned: r.poisoned.Load(),
+		Rounds: r.rounds.Load(), Leader: r.leader.Load()}
+}
+
+func (r *Relay) wakeUp() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start checks that the tables exist (an error wrapping ErrNotMigrated
+// otherwise) and starts the relay in the background: it competes for
+// leadership (PostgreSQL: an advisory lock, see the package doc) and, while
+// it leads, moves rows. ctx bounds only the check. A second Start is an
+// error.
+func (r *Relay) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started {
+		return fmt.Errorf("outbox: relay of %s: Start called twice", r.o.q.table)
+	}
+	var n int64
+	if err := r.o.db.QueryRowContext(ctx, r.o.q.probe).Scan(&n); err != nil {
+		if middleware.MissingTable(err) {
+			return fmt.Errorf("outbox: relay: %w: %s (run (*outbox.Outbox).Migrate): %w", ErrNotMigrated, r.o.q.table, err)
+		}
+		return fmt.Errorf("outbox: relay of %s: %w", r.o.q.table, err)
+	}
+	r.started = true
+	r.stopping = make(chan struct{})
+	r.done = make(chan struct{})
+	r.stopCtx, r.stopIt = context.WithCancel(context.Background())
+	r.hardCtx, r.hardStop = context.WithCancel(context.Background())
+	r.o.addRelay(r)
+	if l := r.opts.Listener; l != nil {
+		r.wg.Add(1)
+		go r.listen(l)
+	}
+	r.wg.Add(1)
+	go r.run()
+	return nil
+}
+
+// Stop stops the relay: it finishes the round in flight (publish, then
+// delete) and returns. If ctx ends first, the round is cancelled (its rows
+// stay and are published again later) and Stop returns ctx's error once the
+// relay's goroutines ended. Stop before Start, or a second Stop, returns nil.
+func (r *Relay) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	if !r.started {
+		r.mu.Unlock()
+		return nil
+	}
+	select {
+	case <-r.stopping:
+	default:
+		close(r.stopping)
+		r.stopIt()
+	}
+	r.mu.Unlock()
+	var err error
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	r.hardStop()
+	r.wg.Wait()
+	r.o.removeRelay(r)
+	if r.reg != nil {
+		r.reg.Unregister()
+	}
+	return err
+}
+
+func (r *Relay) stopped() bool {
+	select {
+	case <-r.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// sleep waits d or until Stop; it reports whether the relay goes on.
+func (r *Relay) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.stopping:
+		return false
+	}
+}
+
+func (r *Relay) backoff(fails int) time.Duration {
+	d := r.opts.MinBackoff
+	for i := 1; i < fails && d < r.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, r.opts.MaxBackoff)
+}
+
+func (r *Relay) listen(l Listener) {
+	defer r.wg.Done()
+	for fails := 1; ; fails++ {
+		err := l.Listen(r.stopCtx, r.o.q.channel, r.wakeUp)
+		if r.stopped() {
+			return
+		}
+		r.o.log.Warn("outbox: listening for wake-ups failed; polling meanwhile", "table", r.o.q.table, "err", err)
+		r.wakeUp() // what was committed while not listening
+		if !r.sleep(r.backoff(fails)) {
+			return
+		}
+	}
+}
+
+// execer is what a round runs on: the leader's connection (PostgreSQL) or
+// the database (SQLite).
+type execer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+func (r *Relay) run() {
+	defer r.wg.Done()
+	defer close(r.done)
+	for fails := 0; !r.stopped(); {
+		ex, release, err := r.lead()
+		if err != nil {
+			if r.stopped() {
+				return
+			}
+			fails++
+			r.o.log.Warn("outbox: relay cannot take the lead", "table", r.o.q.table, "err", err)
+			if !r.sleep(r.backoff(fails)) {
+				return
+			}
+			continue
+		}
+		fails = 0
+		r.leader.Store(true)
+		r.o.setLeader(1)
+		r.o.log.Debug("outbox: relay leads", "table", r.o.q.table)
+		err = r.lead1(ex)
+		r.leader.Store(false)
+		r.o.setLeader(-1)
+		release()
+		if err != nil && !r.stopped() {
+			r.o.log.Warn("outbox: relay gave up the lead", "table", r.o.q.table, "err", err)
+			if !r.sleep(r.opts.MinBackoff) {
+				return
+			}
+		}
+	}
+}
+
+// lead blocks until this relay leads, and returns what its rounds run on
+// and the function that gives the lead up.
+//
+// PostgreSQL: a session advisory lock on a connection of its own, held for
+// as long as the relay leads; the rounds run on that connection, so a
+// leader whose session died (and lost the lock) fails its next statement and
+// steps down. A follower blocks in pg_advisory_lock and takes over the
+// moment the leader's session ends (Stop, crash, network loss once the
+// server notices). SQLite: one relay of the Outbox at a time in this
+// process (SQLite has one writer; run the relay of a SQLite database in one
+// process).
+func (r *Relay) lead() (execer, func(), error) {
+	if r.o.dialect == SQLite {
+		select {
+		case r.o.sqliteLead() <- struct{}{}:
+			return r.o.db, func() { <-r.o.sqliteLead() }, nil
+		case <-r.stopping:
+			return nil, nil, ErrClosed
+		}
+	}
+	conn, err := r.o.db.Conn(r.stopCtx)
+	if err != nil {
+		return nil, nil, err
+	}
+	discard := func() {
+		// Never back to the pool with the lock: end the session.
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		conn.Close()
+	}
+	if _, err := conn.ExecContext(r.stopCtx, "SELECT pg_advisory_lock($1)", r.o.q.lockKey); err != nil {
+		discard()
+		return nil, nil, fmt.Errorf("pg_advisory_lock: %w", err)
+	}
+	return conn, discard, nil
+}
+
+// lead1 runs rounds while the relay leads: until Stop, or until a database
+// error (the leader's connection may be gone: give the lead up).
+func (r *Relay) lead1(ex execer) error {
+	poll := time.NewTimer(r.opts.PollInterval)
+	defer poll.Stop()
+	var lastPrune time.Time
+	for fails := 0; ; {
+		n, err := r.round(r.hardCtx, ex)
+		r.rounds.Add(1)
+		if r.stopped() {
+			return nil
+		}
+		var dbErr *dbError
+		switch {
+		case errors.As(err, &dbErr) && r.o.dialect == PostgreSQL:
+			return err
+		case err != nil:
+			fails++
+			r.o.log.Warn("outbox: relay round failed; backing off", "table", r.o.q.table, "fails", fails, "err", err)
+			if !r.sleep(r.backoff(fails)) {
+				return nil
+			}
+			continue
+		}
+		fails = 0
+		if ret := r.opts.Retention; ret > 0 && r.o.now().Sub(lastPrune) >= min(ret/2, time.Minute) {
+			lastPrune = r.o.now()
+			if _, err := ex.ExecContext(r.hardCtx, r.o.q.pruneArchive, lastPrune.Add(-ret).UnixMicro()); err != nil {
+				r.o.log.Warn("outbox: retention delete failed", "table", r.o.q.published, "err", err)
+			}
+		}
+		if n >= r.opts.BatchSize {
+			continue // a backlog: no waiting
+		}
+		if !poll.Stop() {
+			select {
+			case <-poll.C:
+			default:
+			}
+		}
+		poll.Reset(r.opts.PollInterval)
+		select {
+		case <-r.wake:
+		case <-poll.C:
+		case <-r.stopping:
+			return nil
+		}
+	}
+}
+
+// dbError is a round's database failure (as opposed to the transport's).
+type dbError struct{ err error }
+
+func (e *dbError) Error() string { return e.err.Error() }
+func (e *dbError) Unwrap() error { return e.err }
+
+// row is one outbox row.
+type row struct {
+	id        int64
+	topic     string
+	key, mid  string
+	headers   []byte
+	body      []byte
+	createdAt int64
+}
+
+// round reads one batch, publishes it and deletes (or archives) what the
+// transport accepted. It returns the number of rows read.
+func (r *Relay) round(ctx context.Context, ex execer) (int, error) {
+	q := &r.o.q
+	rs, err := ex.QueryContext(ctx, q.selectBatch, r.opts.BatchSize)
+	if err != nil {
+		return 0, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+	}
+	var rows []row
+	for rs.Next() {
+		var x row
+		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
+			rs.Close()
+			return 0, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+		}
+		rows = append(rows, x)
+	}
+	if err := errors.Join(rs.Err(), rs.Close()); err != nil {
+		return 0, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+	}
+	if len(rows) == 0 {
+		return 0, nil
+	}
+
+	// Group by topic, keeping id order within each: per-key order is per
+	// topic.
+	type group struct {
+		topic string
+		idx   []int
+		msgs  []*transport.Message
+	}
+	var groups []*group
+	byTopic := make(map[string]*group)
+	var poison []Poison
+	msgs := make([]transport.Message, len(rows))
+	for i := range rows {
+		x := &rows[i]
+		h, err := decodeHeaders(x.headers)
+		if err == nil {
+			err = transport.ValidateTopic(x.topic)
+		}
+		if err != nil {
+			poison = append(poison, Poison{RowID: x.id, Topic: x.topic, ID: x.mid, Err: err})
+			continue
+		}
+		msgs[i] = transport.Message{ID: x.mid, Key: x.key, Header: h, Body: x.body}
+		g := byTopic[x.topic]
+		if g == nil {
+			g = &group{topic: x.topic}
+			byTopic[x.topic] = g
+			groups = append(groups, g)
+		}
+		g.idx = append(g.idx, i)
+		g.msgs = append(g.msgs, &msgs[i])
+	}
+
+	done := make([]int64, 0, len(rows))
+	var retry int
+	var pubErr error
+	for _, g := range groups {
+		ok, bad, failed, err := r.publish(ctx, g.topic, g.msgs)
+		for _, j := range ok {
+			done = append(done, rows[g.idx[j]].id)
+		}
+		for j, perr := range bad {
+			x := &rows[g.idx[j]]
+			poison = append(poison, Poison{RowID: x.id, Topic: x.topic, ID: x.mid, Err: perr})
+		}
+		retry += failed
+		if err != nil {
+			pubErr = errors.Join(pubErr, err)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if r.afterPublish != nil {
+		if err := r.afterPublish(); err != nil {
+			return len(rows), err
+		}
+	}
+	if len(done) > 0 {
+		if err := r.finish(ctx, ex, done); err != nil {
+			return len(rows), err
+		}
+		r.published.Add(uint64(len(done)))
+		r.cPublished.Add(ctx, int64(len(done)), r.attrs)
+	}
+	for _, p := range poison {
+		if err := r.moveAside(ctx, ex, p); err != nil {
+			return len(rows), err
+		}
+	}
+	if retry > 0 {
+		r.failed.Add(uint64(retry))
+		r.cFailed.Add(ctx, int64(retry), r.attrs)
+		return len(rows), fmt.Errorf("outbox: publish: %d of %d rows not accepted: %w", retry, len(rows), pubErr)
+	}
+	return len(rows), nil
+}
+
+// poisonous reports whether a publish error can never go away for this
+// message.
+func poisonous(err error) bool {
+	return transport.IsPermanent(err) || errors.Is(err, transport.ErrInvalidMessage) ||
+		errors.Is(err, transport.ErrMessageTooLarge) || errors.Is(err, transport.ErrInvalidTopic)
+}
+
+// publish sends msgs to topic and sorts them: accepted (indexes), poison
+// (index -> error) and the number to retry, with the error of those.
+func (r *Relay) publish(ctx context.Context, topic string, msgs []*transport.Message) (ok []int, bad map[int]error, retry int, err error) {
+	err = r.pub.Publish(ctx, topic, msgs...)
+	if err == nil {
+		ok = make([]int, len(msgs))
+		for i := range ok {
+			ok[i] = i
+		}
+		return ok, nil, 0, nil
+	}
+	var pe *transport.PublishError
+	if errors.As(err, &pe) && len(pe.Failures) > 0 {
+		failed := make(map[int]error, len(pe.Failures))
+		for _, f := range pe.Failures {
+			failed[f.Index] = f.Err
+		}
+		bad = make(map[int]error)
+		for i := range msgs {
+			ferr, f := failed[i]
+			switch {
+			case !f:
+				ok = append(ok, i)
+			case poisonous(ferr):
+				bad[i] = ferr
+			default:
+				retry++
+			}
+		}
+		if retry == 0 {
+			err = nil
+		}
+		return ok, bad, retry, err
+	}
+	if !poisonous(err) || ctx.Err() != nil {
+		return nil, nil, len(msgs), err
+	}
+	if len(msgs) == 1 {
+		return nil, map[int]error{0: err}, 0, nil
+	}
+	// The call failed for a reason one of the messages has: find which,
+	// one at a time, in order (a re-send keeps its ID, so brokers that
+	// deduplicate drop any the call did send).
+	bad = make(map[int]error)
+	var errs error
+	for i, m := range msgs {
+		if err := r.pub.Publish(ctx, topic, m); err == nil {
+			ok = append(ok, i)
+		} else if poisonous(err) {
+			bad[i] = err
+		} else {
+			retry++
+			errs = errors.Join(errs, err)
+		}
+	}
+	return ok, bad, retry, errs
+}
+
+// finish deletes the published rows, or archives them for Retention.
+func (r *Relay) finish(ctx context.Context, ex execer, ids []int64) error {
+	q := &r.o.q
+	list := idList(ids)
+	if r.opts.Retention <= 0 {
+		if _, err := ex.ExecContext(ctx, fmt.Sprintf(q.deleteIn, list)); err != nil {
+			return &dbError{fmt.Errorf("outbox: delete %d published rows from %s: %w", len(ids), q.table, err)}
+		}
+		return nil
+	}
+	tx, err := ex.BeginTx(ctx, nil)
+	if err != nil {
+		return &dbError{fmt.Errorf("outbox: archive published rows: %w", err)}
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(q.archiveIn, list), r.o.now().UnixMicro()); err != nil {
+		return &dbError{fmt.Errorf("outbox: archive %d published rows into %s: %w", len(ids), q.published, err)}
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(q.deleteIn, list)); err != nil {
+		return &dbError{fmt.Errorf("outbox: delete %d published rows from %s: %w", len(ids), q.table, err)}
+	}
+	if err := tx.Commit(); err != nil {
+		return &dbError{fmt.Errorf("outbox: archive published rows: %w", err)}
+	}
+	return nil
+}
+
+// moveAside moves a poison row to Table_dead and reports it.
+func (r *Relay) moveAside(ctx context.Context, ex execer, p Poison) error {
+	q := &r.o.q
+	tx, err := ex.BeginTx(ctx, nil)
+	if err != nil {
+		return &dbError{fmt.Errorf("outbox: move row %d aside: %w", p.RowID, err)}
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, q.deadInsert, r.o.now().UnixMicro(), p.Err.Error(), p.RowID); err != nil {
+		return &dbError{fmt.Errorf("outbox: move row %d into %s: %w", p.RowID, q.dead, err)}
+	}
+	if _, err := tx.ExecContext(ctx, q.deadDel, p.RowID); err != nil {
+		return &dbError{fmt.Errorf("outbox: move row %d out of %s: %w", p.RowID, q.table, err)}
+	}
+	if err := tx.Commit(); err != nil {
+		return &dbError{fmt.Errorf("outbox: move row %d aside: %w", p.RowID, err)}
+	}
+	r.poisoned.Add(1)
+	r.cPoisoned.Add(ctx, 1, r.attrs)
+	r.o.log.Error("outbox: row moved aside: it can never be published", "table", q.table, "dead_table", q.dead,
+		"row", p.RowID, "topic", p.Topic, "id", p.ID, "err", p.Err)
+	if r.opts.OnPoison != nil {
+		r.opts.OnPoison(ctx, p)
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package outbox
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+
+	"github.com/busway/busway/middleware"
+)
+
+// queries are the statements of one outbox table in one dialect.
+type queries struct {
+	table, dead, published string
+	channel                string // LISTEN/NOTIFY channel (PostgreSQL)
+	lockKey                int64  // advisory lock of the relay leader (PostgreSQL)
+
+	migrate             []string
+	insert              string
+	selectBatch         string // pending rows in id order, LIMIT by placeholder
+	deleteIn, archiveIn string // format with the id list
+	deadInsert, deadDel string
+	pruneArchive        string
+	stats               string
+	probe               string
+	notify              string
+}
+
+func indexBase(t string) string { return t[strings.LastIndexByte(t, '.')+1:] }
+
+func newQueries(d middleware.Dialect, table string) queries {
+	p := func(i int) string {
+		if d == middleware.PostgreSQL {
+			return "$" + strconv.Itoa(i)
+		}
+		return "?"
+	}
+	q := queries{table: table, dead: table + "_dead", published: table + "_published"}
+	h := fnv.New64a()
+	h.Write([]byte("busway.outbox.relay:" + table))
+	q.lockKey = int64(h.Sum64())
+	q.channel = strings.ReplaceAll(table, ".", "_")
+
+	id, blob := "BIGSERIAL PRIMARY KEY", "BYTEA"
+	if d == middleware.SQLite {
+		// AUTOINCREMENT: ids are never reused, also after the newest rows
+		// were deleted (the archive table is keyed by them).
+		id, blob = "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"
+	}
+	cols := func(idCol string) string {
+		return fmt.Sprintf(`id %s,
+	topic TEXT NOT NULL,
+	msg_key TEXT NOT NULL,
+	msg_id TEXT NOT NULL,
+	headers %s NOT NULL,
+	body %s NOT NULL,
+	created_at BIGINT NOT NULL`, idCol, blob, blob)
+	}
+	q.migrate = []string{
+		fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (\n\t%s\n)", q.table, cols(id)),
+		fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (\n\t%s,\n\tfailed_at BIGINT NOT NULL,\n\terror TEXT NOT NULL\n)", q.dead, cols("BIGINT PRIMARY KEY")),
+		fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (\n\t%s,\n\tpublished_at BIGINT NOT NULL\n)", q.published, cols("BIGINT PRIMARY KEY")),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s_published_at ON %s (published_at)", indexBase(q.published), q.published),
+	}
+	all := "id, topic, msg_key, msg_id, headers, body, created_at"
+	q.insert = fmt.Sprintf("INSERT INTO %s (topic, msg_key, msg_id, headers, body, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+		q.table, p(1), p(2), p(3), p(4), p(5), p(6))
+	q.selectBatch = fmt.Sprintf("SELECT %s FROM %s ORDER BY id LIMIT %s", all, q.table, p(1))
+	// The id lists are integers the relay read; formatting them into the
+	// statement avoids both a parameter limit (SQLite) and array types.
+	q.deleteIn = "DELETE FROM " + q.table + " WHERE id IN (%s)"
+	q.archiveIn = fmt.Sprintf("INSERT INTO %s (%s, published_at) SELECT %s, %s FROM %s WHERE id IN (%%s)", q.published, all, all, p(1), q.table)
+	q.deadInsert = fmt.Sprintf("INSERT INTO %s (%s, failed_at, error) SELECT %s, %s, %s FROM %s WHERE id = %s", q.dead, all, all, p(1), p(2), q.table, p(3))
+	q.deadDel = fmt.Sprintf("DELETE FROM %s WHERE id = %s", q.table, p(1))
+	q.pruneArchive = fmt.Sprintf("DELETE FROM %s WHERE published_at < %s", q.published, p(1))
+	q.stats = fmt.Sprintf("SELECT count(*), COALESCE(min(created_at), 0) FROM %s", q.table)
+	q.probe = fmt.Sprintf("SELECT (SELECT count(*) FROM %s WHERE 1 = 0) + (SELECT count(*) FROM %s WHERE 1 = 0) + (SELECT count(*) FROM %s WHERE 1 = 0)", q.table, q.dead, q.published)
+	q.notify = "SELECT pg_notify(" + p(1) + ", '')"
+	return q
+}
+
+func idList(ids []int64) string {
+	b := make([]byte, 0, len(ids)*8)
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, id, 10)
+	}
+	return string(b)
+}
