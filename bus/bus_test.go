@@ -293,6 +293,35 @@ func TestForeignAndMalformedMessages(t *testing.T) {
 			t.Errorf("event %+v", e)
 		}
 	})
+	t.Run("CloudEvents sdk-go NATS binding: ce-datacontenttype", func(t *testing.T) {
+		// sdk-go's NATS binding writes the content type as
+		// ce-datacontenttype (delivered as ce_datacontenttype), no
+		// content-type header.
+		sdk := func(id, ctype string) *transport.Message {
+			return &transport.Message{Header: map[string]string{
+				transport.HeaderSpecVersion: "1.0", transport.HeaderID: id, transport.HeaderSource: "/sdk-go",
+				transport.HeaderType: "OrderCreated", transport.HeaderDataContentType: ctype,
+			}, Body: []byte(`{"id":"8"}`)}
+		}
+		got = nil
+		if rs := f.deliver(ctx, "orders", sdk("sdk-1", "application/json")); len(rs) != 1 || rs[0].Err != nil || len(got) != 1 || got[0].Data.ID != "8" {
+			t.Fatalf("JSON in ce_datacontenttype: results %+v, handled %d", rs, len(got))
+		}
+		rs := f.deliver(ctx, "orders", sdk("sdk-2", "application/protobuf"))
+		var de *bus.DecodeError
+		if len(rs) != 1 || !errors.As(rs[0].Err, &de) || !strings.Contains(rs[0].Err.Error(), "application/protobuf") {
+			t.Fatalf("protobuf in ce_datacontenttype was not read: results %+v", rs)
+		}
+		both := sdk("sdk-3", "application/protobuf")
+		both.Header[transport.HeaderContentType] = "application/json"
+		if rs := f.deliver(ctx, "orders", both); len(rs) != 1 || rs[0].Err != nil {
+			t.Fatalf("content-type comes first: results %+v", rs)
+		}
+		env, err := bus.DecodeEnvelope(sdk("sdk-4", "text/plain"))
+		if err != nil || env.ContentType != "text/plain" {
+			t.Fatalf("DecodeEnvelope: %+v, %v", env, err)
+		}
+	})
 	t.Run("no headers, one type in the group", func(t *testing.T) {
 		var seen bus.Event[OrderShipped]
 		b2 := bus.New(newFake())

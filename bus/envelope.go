@@ -27,7 +27,7 @@ type Envelope struct {
 	Subject     string    // ce_subject, optional
 	Time        time.Time // ce_time, RFC 3339 with nanoseconds, UTC
 	Key         string    // ce_partitionkey; Message.Key as well
-	ContentType string    // content-type of the body, optional
+	ContentType string    // content-type of the body (on decode also ce_datacontenttype), optional
 	DataSchema  string    // ce_dataschema, optional
 	SpecVersion string    // ce_specversion; EncodeEnvelope always writes "1.0"
 	// Header holds the message's headers. DecodeEnvelope sets it to the
@@ -60,7 +60,9 @@ func EncodeEnvelope(e Envelope, body []byte) (*transport.Message, error) {
 // It decodes what is there: a message of a producer that knows nothing of
 // CloudEvents gives an Envelope with the ID, Key and Time of the message
 // itself and empty attributes. Key is Message.Key, else ce_partitionkey;
-// ID is ce_id, else Message.ID; Time is ce_time, else Message.Time. A nil
+// ID is ce_id, else Message.ID; Time is ce_time, else Message.Time;
+// ContentType is content-type, else ce_datacontenttype (as CloudEvents
+// sdk-go's NATS binding writes it). A nil
 // message wraps transport.ErrInvalidMessage; a malformed ce_time or a
 // ce_specversion other than 1.x gives an *EnvelopeError.
 func DecodeEnvelope(m *transport.Message) (Envelope, error) {
@@ -82,6 +84,11 @@ func DecodeEnvelope(m *transport.Message) (Envelope, error) {
 	}
 	if e.ID == "" {
 		e.ID = m.ID
+	}
+	if e.ContentType == "" {
+		// CloudEvents sdk-go's NATS binding writes ce-datacontenttype, not
+		// content-type.
+		e.ContentType = h[transport.HeaderDataContentType]
 	}
 	if e.Key == "" {
 		e.Key = h[transport.HeaderPartitionKey]
@@ -163,7 +170,7 @@ func reservedHeader(name string) bool {
 	switch name {
 	case transport.HeaderID, transport.HeaderSource, transport.HeaderSpecVersion, transport.HeaderType,
 		transport.HeaderSubject, transport.HeaderTime, transport.HeaderDataSchema, transport.HeaderPartitionKey,
-		transport.HeaderContentType:
+		transport.HeaderContentType, transport.HeaderDataContentType:
 		return true
 	}
 	return false

@@ -68,6 +68,13 @@ const (
 	HeaderDataSchema   = "ce_dataschema"
 	HeaderPartitionKey = "ce_partitionkey" // the partitioning extension: Key
 	HeaderContentType  = "content-type"
+	// HeaderDataContentType is the CloudEvents datacontenttype attribute in
+	// the canonical "ce_" spelling. busway writes the content type as
+	// HeaderContentType, as the Kafka and HTTP bindings do; some producers
+	// (CloudEvents sdk-go's NATS binding) write "ce-datacontenttype"
+	// instead, which transports deliver as this header. Readers take
+	// HeaderContentType first, then this.
+	HeaderDataContentType = "ce_datacontenttype"
 )
 
 // Clone returns a deep copy of m.
