@@ -85,7 +85,10 @@
 // reads and writes them natively. Message.ID is delivered as the publisher
 // set it (Nats-Msg-Id without its "<subject>/" scope; a foreign producer's
 // Nats-Msg-Id as it is, or ce-id when it set none). Other headers travel
-// unchanged (case kept).
+// unchanged (case kept). Header names are checked as nats.go checks them
+// (printable ASCII without space or "()/,:;<=>?@[\]{}); values are
+// sent as nats.go sends them, with surrounding whitespace trimmed and each
+// CR or LF as a space.
 //
 // # Reconnects
 //
@@ -109,10 +112,15 @@
 // transport.ErrUnavailable (no server answered, JetStream disabled),
 // transport.ErrAuthentication (credentials rejected) and
 // transport.ErrTopicNotFound (bind mode, stream missing). Publish returns
-// transport.ErrInvalidTopic, transport.ErrInvalidMessage (nil message,
-// header NATS cannot carry), transport.ErrMessageTooLarge (over the server's
-// max payload: nothing of the call is sent), transport.ErrClosed, or a
+// transport.ErrInvalidTopic, transport.ErrInvalidMessage (a nil message:
+// nothing of the call is sent), transport.ErrClosed, or a
 // *transport.PublishError naming the messages the server did not store.
+// A message that can never be stored fails alone, before it is sent, with
+// a permanent (transport.IsPermanent) error in the PublishError, while the
+// others of the call are published: transport.ErrMessageTooLarge when it
+// is larger than Transport.MaxMessageBytes with its headers (the error
+// states both sizes, so a caller can shrink it and try again), and
+// transport.ErrInvalidMessage for a header name nats.go refuses.
 // Context errors are returned as they are.
 //
 // # Observability

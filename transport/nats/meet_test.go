@@ -2,10 +2,14 @@ package nats_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	natsgo "github.com/nats-io/nats.go"
 
 	"github.com/busway/busway/transport"
 	busnats "github.com/busway/busway/transport/nats"
@@ -94,6 +98,92 @@ func TestSameIDOnManyTopics(t *testing.T) {
 					t.Errorf("%s delivered %d times, want 1", k, got[k])
 				}
 			}
+		}
+	})
+}
+
+// TestHeaderNamesAsNatsGo: Publish accepts exactly the header names nats.go
+// encodes; a message with one it refuses fails alone, up front, as a
+// permanent *PublishError naming it, and the others of the call are
+// stored. Values nats.go accepts (line breaks, as in a dead letter's
+// error text) are accepted.
+func TestHeaderNamesAsNatsGo(t *testing.T) {
+	onEachServer(t, func(t *testing.T, cfg busnats.Config) {
+		tr := open(t, cfg)
+		defer tr.Close()
+		topic := transporttest.UniqueTopic(t)
+		ok := map[string]string{
+			"x-error":      "first line\nsecond: line",
+			"X_Weird!#$%&": "v",
+			"ce_type":      "t",
+			"x-trail":      "a  ",
+		}
+		bad := []string{"x error", "a:b", "a/b", "q?", "(x)", "x@y", "é", "a=b", "{x}"}
+		for _, name := range bad {
+			msgs := []*transport.Message{{ID: "good-" + name, Header: ok}, {ID: "bad", Header: map[string]string{name: "v"}}}
+			err := tr.Publish(ctxT(t), topic, msgs...)
+			var pe *transport.PublishError
+			if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].ID != "bad" || pe.Failures[0].Index != 1 ||
+				!transport.IsPermanent(err) || !errors.Is(err, transport.ErrInvalidMessage) || !strings.Contains(err.Error(), name) {
+				t.Fatalf("header name %q: Publish = %v, want a permanent PublishError naming message bad and the header", name, err)
+			}
+			// Nothing of the bad message reaches nats.go, which would
+			// refuse it the same way.
+			nm := natsgo.NewMsg(tr.Subject(topic))
+			nm.Header.Set(name, "v")
+			if _, err := tr.JetStream().PublishMsg(ctxT(t), nm); err == nil {
+				t.Errorf("nats.go accepted header name %q that busway refuses", name)
+			}
+		}
+		t.Log(fmt.Sprint(tr.Publish(ctxT(t), topic, &transport.Message{ID: "x", Header: map[string]string{"a b": "v"}})))
+		if n := streamMsgs(t, tr); n != uint64(len(bad)) {
+			t.Fatalf("stream holds %d messages, want the %d good ones", n, len(bad))
+		}
+		for name := range ok {
+			nm := natsgo.NewMsg(tr.Subject(topic))
+			nm.Header.Set(name, "v")
+			if _, err := tr.JetStream().PublishMsg(ctxT(t), nm); err != nil {
+				t.Errorf("nats.go refused header name %q that busway accepts: %v", name, err)
+			}
+		}
+	})
+}
+
+// TestSizeAsServer: Publish counts a message's size as the server does
+// (headers included, values as nats.go sends them), accepts one of exactly
+// MaxMessageBytes and rejects one byte more, alone, as a permanent
+// PublishError wrapping ErrMessageTooLarge that states both sizes.
+func TestSizeAsServer(t *testing.T) {
+	onEachServer(t, func(t *testing.T, cfg busnats.Config) {
+		tr := open(t, cfg)
+		defer tr.Close()
+		topic := transporttest.UniqueTopic(t)
+		limit := tr.MaxMessageBytes()
+		if limit <= 0 {
+			t.Fatalf("MaxMessageBytes = %d", limit)
+		}
+		hdr := map[string]string{"ce_type": "order.created", "x-error": "  boom\nagain  ", "content-type": "application/json"}
+		msg := func(id string, body int) *transport.Message {
+			return &transport.Message{ID: id, Key: "k", Header: hdr, Body: make([]byte, body)}
+		}
+		// The headers' encoded size, by publishing an empty body through
+		// nats.go and asking the server what it stored.
+		headers := 12 + len("Nats-Msg-Id: ") + len(tr.Subject(topic)+"/fit") + 2 + len("ce-partitionkey: k\r\n") +
+			len("ce-type: order.created\r\n") + len("x-error: boom again\r\n") + len("content-type: application/json\r\n")
+		fit := msg("fit", limit-headers)
+		if err := tr.Publish(ctxT(t), topic, fit); err != nil {
+			t.Fatalf("Publish of exactly MaxMessageBytes %d: %v", limit, err)
+		}
+		over := msg("ovr", limit-headers+1)
+		err := tr.Publish(ctxT(t), topic, msg("a", 1), over)
+		var pe *transport.PublishError
+		if !errors.As(err, &pe) || len(pe.Failures) != 1 || pe.Failures[0].ID != "ovr" || !transport.IsPermanent(err) ||
+			!errors.Is(err, transport.ErrMessageTooLarge) || !strings.Contains(err.Error(), fmt.Sprint(limit+1)) || !strings.Contains(err.Error(), fmt.Sprint(limit)) {
+			t.Fatalf("Publish one byte over = %v, want a permanent PublishError for ovr stating %d and %d", err, limit+1, limit)
+		}
+		t.Log(err)
+		if n := streamMsgs(t, tr); n != 2 {
+			t.Fatalf("stream holds %d messages, want 2 (fit and a)", n)
 		}
 	})
 }

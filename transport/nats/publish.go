@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/textproto"
 	"slices"
 	"strings"
 
@@ -14,12 +15,19 @@ import (
 )
 
 // Publish sends msgs to topic's subject and returns once JetStream has
-// stored every one (or found it a duplicate of a message ID seen within
-// the Duplicates window). One message is published synchronously; several
-// are published asynchronously and awaited together. A batch that fails in
-// part returns a *transport.PublishError naming each failed message; the
-// others were stored. A message larger than the server's max payload fails
-// the call with transport.ErrMessageTooLarge before anything is sent.
+// stored every one (or found it a re-send of a message ID seen on this
+// topic within the Duplicates window). One message is published
+// synchronously; several are published asynchronously and awaited
+// together. A batch that fails in part returns a *transport.PublishError
+// naming each failed message; the others were stored.
+//
+// A message that can never be stored is rejected before anything is sent
+// and only it fails (the others of the call are published): one larger
+// than MaxMessageBytes with its headers (transport.ErrMessageTooLarge), or
+// one with a header name nats.go refuses (transport.ErrInvalidMessage).
+// Both are marked transport.Permanent in the PublishError, so a caller
+// (the Retry and DeadLetter middleware, an outbox relay) does not retry
+// them.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	if t.closed.Load() {
 		return t.errClosed("Publish")
@@ -31,16 +39,26 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		return nil
 	}
 	subject := t.s.subjectBase + topic
-	max := t.nc.MaxPayload()
+	limit := t.MaxMessageBytes()
 	nms := make([]natsgo.Msg, len(msgs))
+	var rejected []transport.MessageError
 	for i, m := range msgs {
-		if err := t.toWire(&nms[i], subject, m); err != nil {
-			return fmt.Errorf("%w: message #%d (id %q): %v", transport.ErrInvalidMessage, i, m.ID, err)
+		var err error
+		if err = t.toWire(&nms[i], subject, m); err != nil {
+			err = fmt.Errorf("%w: %v", transport.ErrInvalidMessage, err)
+		} else if size, hdr := wireSize(&nms[i]); limit > 0 && size > limit {
+			err = fmt.Errorf("%w: %d bytes with headers (%d of them headers), the limit is %d (MaxMessageBytes)",
+				transport.ErrMessageTooLarge, size, hdr, limit)
+		} else if hdr > maxHeaderBytes {
+			err = fmt.Errorf("%w: its headers are %d bytes, JetStream stores at most %d",
+				transport.ErrMessageTooLarge, hdr, maxHeaderBytes)
 		}
-		if size := wireSize(&nms[i]); max > 0 && int64(size) > max {
-			return fmt.Errorf("%w: message #%d (id %q) to %q is %d bytes with headers, the server's max payload is %d; nothing was sent",
-				transport.ErrMessageTooLarge, i, m.ID, topic, size, max)
+		if err != nil {
+			rejected = append(rejected, transport.MessageError{Index: i, ID: m.ID, Err: transport.Permanent(err)})
 		}
+	}
+	if len(rejected) > 0 {
+		return t.publishRest(ctx, topic, msgs, nms, rejected)
 	}
 	if err := ctx.Err(); err != nil {
 		return err // nothing sent
@@ -70,6 +88,44 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		return nil
 	}
 	return t.publishBatch(ctx, ctxErr, topic, msgs, nms)
+}
+
+// publishRest publishes the messages of msgs that were not rejected and
+// reports the rejected ones together with whatever else failed.
+func (t *Transport) publishRest(ctx context.Context, topic string, msgs []*transport.Message, nms []natsgo.Msg, rejected []transport.MessageError) error {
+	bad := make(map[int]bool, len(rejected))
+	for _, r := range rejected {
+		bad[r.Index] = true
+	}
+	var idx []int // positions in msgs of the messages to send
+	for i := range msgs {
+		if !bad[i] {
+			idx = append(idx, i)
+		}
+	}
+	fails := rejected
+	if len(idx) > 0 {
+		rest := make([]*transport.Message, len(idx))
+		for j, i := range idx {
+			rest[j] = msgs[i]
+		}
+		err := t.Publish(ctx, topic, rest...)
+		var pe *transport.PublishError
+		switch {
+		case err == nil:
+		case errors.As(err, &pe):
+			for _, f := range pe.Failures {
+				f.Index = idx[f.Index]
+				fails = append(fails, f)
+			}
+		default: // the context ended, or the transport closed: none stored
+			for _, i := range idx {
+				fails = append(fails, transport.MessageError{Index: i, ID: msgs[i].ID, Err: err})
+			}
+		}
+	}
+	slices.SortFunc(fails, func(a, b transport.MessageError) int { return a.Index - b.Index })
+	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}
 }
 
 func (t *Transport) publishBatch(ctx context.Context, ctxErr func() error, topic string, msgs []*transport.Message, nms []natsgo.Msg) error {
@@ -159,7 +215,9 @@ func (t *Transport) wrapPubErr(topic string, err error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	case errors.Is(err, natsgo.ErrMaxPayload), errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum):
-		return fmt.Errorf("%w: %v", transport.ErrMessageTooLarge, err)
+		// The server's limit is below what New saw: it does not go away
+		// by retrying.
+		return transport.Permanent(fmt.Errorf("%w: %v", transport.ErrMessageTooLarge, err))
 	case errors.Is(err, natsgo.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
 		if t.closed.Load() {
 			return fmt.Errorf("%w: %v", transport.ErrClosed, err)
@@ -193,7 +251,7 @@ func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message)
 	}
 	h := make(natsgo.Header, n)
 	for k, v := range m.Header {
-		if err := checkHeader(k, v); err != nil {
+		if err := checkHeader(k); err != nil {
 			return err
 		}
 		if strings.HasPrefix(k, transport.HeaderPrefix) {
@@ -202,51 +260,71 @@ func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message)
 		h[k] = []string{v}
 	}
 	if m.Key != "" {
-		if err := checkHeader("Key", m.Key); err != nil {
-			return err
-		}
 		h[wireKeyHeader] = []string{m.Key}
 	}
 	if m.ID != "" {
-		if err := checkHeader("ID", m.ID); err != nil {
-			return err
-		}
 		h[headerMsgID] = []string{msgID(subject, m.ID)}
 	}
 	nm.Header = h
 	return nil
 }
 
-// checkHeader rejects what the NATS header encoding cannot carry.
-func checkHeader(k, v string) error {
+// checkHeader rejects exactly the header names nats.go refuses to encode
+// (it fails the publish with ErrBadHeaderMsg): empty, or with a character
+// outside printable ASCII or one of "()/,:;<=>?@[\]{}. Every value is
+// accepted, as nats.go accepts it: it sends the value with surrounding
+// whitespace trimmed and each CR or LF as a space.
+func checkHeader(k string) error {
 	if k == "" {
 		return errors.New("empty header name")
 	}
 	for i := 0; i < len(k); i++ {
-		if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
-			return fmt.Errorf("header name %q: character %q is not allowed (printable ASCII without ':' or space)", k, rune(c))
+		if c := k[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(badHeaderChars, c) >= 0 {
+			return fmt.Errorf("header name %q: character %q is not allowed (printable ASCII except %s)", k, rune(c), badHeaderChars)
 		}
-	}
-	if strings.ContainsAny(v, "\r\n") {
-		return fmt.Errorf("header %q: value contains a line break", k)
 	}
 	return nil
 }
 
-// wireSize is the size the server counts against its max payload: the
-// encoded headers plus the body.
-func wireSize(nm *natsgo.Msg) int {
-	n := len(nm.Data)
-	if len(nm.Header) == 0 {
-		return n
+// badHeaderChars are the printable ASCII characters nats.go refuses in a
+// header name.
+const badHeaderChars = `"()/,:;<=>?@[\]{}`
+
+// maxHeaderBytes is the largest header block JetStream stores (the server
+// refuses more than 64 KiB - 1 of headers).
+const maxHeaderBytes = 1<<16 - 1
+
+// MaxMessageBytes is the largest message Publish accepts, headers
+// included, in bytes: the server's max payload, or the stream's
+// MaxMsgSize when it was smaller when New ran. A message's size is its
+// Body plus, when it has any header (ID and Key travel as headers), 12
+// bytes and for each header len(name) + len(value) + 4, where the ID's
+// header is Nats-Msg-Id with the value "<subject>/<ID>", the Key's
+// ce-partitionkey, and a "ce_" name is sent as "ce-". A larger message
+// fails with transport.ErrMessageTooLarge, and the error states both
+// sizes, so a caller that builds a message to fit (a dead letter) can
+// shrink it and try again. 0 means no limit is known.
+func (t *Transport) MaxMessageBytes() int {
+	limit := int(t.nc.MaxPayload())
+	if m := int(t.maxMsgSize.Load()); m > 0 && (limit <= 0 || m < limit) {
+		limit = m
 	}
-	n += len("NATS/1.0\r\n") + len("\r\n")
-	for k, vs := range nm.Header {
-		for _, v := range vs {
-			n += len(k) + len(": ") + len(v) + len("\r\n")
+	return limit
+}
+
+// wireSize is the size the server counts against its max payload, the
+// encoded headers plus the body, as nats.go encodes them; hdr is the
+// headers' part.
+func wireSize(nm *natsgo.Msg) (size, hdr int) {
+	if len(nm.Header) > 0 {
+		hdr = len("NATS/1.0\r\n") + len("\r\n")
+		for k, vs := range nm.Header {
+			for _, v := range vs {
+				hdr += len(k) + len(": ") + len(textproto.TrimString(v)) + len("\r\n")
+			}
 		}
 	}
-	return n
+	return hdr + len(nm.Data), hdr
 }
 
 // msgID is the Nats-Msg-Id of a message with id published to subject.

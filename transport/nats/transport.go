@@ -39,6 +39,9 @@ type Transport struct {
 	js  jetstream.JetStream
 	log *slog.Logger
 
+	// maxMsgSize is the stream's MaxMsgSize when New ran (<= 0: none).
+	maxMsgSize atomic.Int32
+
 	closed atomic.Bool
 	mu     sync.Mutex
 	subs   map[*subscription]struct{}
@@ -195,6 +198,7 @@ func (t *Transport) provision(ctx context.Context) error {
 	case err != nil:
 		return t.apiError("look up stream "+s.Stream, err)
 	}
+	t.maxMsgSize.Store(st.CachedInfo().Config.MaxMsgSize)
 	subjects := st.CachedInfo().Config.Subjects
 	covered := false
 	for _, p := range subjects {
