@@ -30,6 +30,7 @@ type Bus struct {
 	log       *slog.Logger
 	fallback  transport.Handler
 	settle    func(context.Context) error // bushook.LiveSubscribe
+	system    string                      // transport.SystemOf(t)
 	err       error                       // an invalid argument of New, returned by every call
 
 	state atomic.Int32 // stateNew, stateStarted, stateDraining, stateClosed
@@ -207,9 +208,18 @@ func New(t transport.Transport, opts ...Option) *Bus {
 		shutdown:  make(chan struct{}),
 	}
 	if t != nil {
+		b.system = transport.SystemOf(t)
 		var p transport.Publisher = t
 		for i := len(c.pubMW) - 1; i >= 0; i-- {
 			p = c.pubMW[i](p)
+		}
+		if len(c.pubMW) > 0 && b.system != "" {
+			// The middleware learn the transport's messaging.system from
+			// ctx (transport.SystemFromContext).
+			inner, sys := p, b.system
+			p = publisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
+				return inner.Publish(transport.ContextWithSystem(ctx, sys), topic, msgs...)
+			})
 		}
 		b.pub = p
 	}
@@ -431,4 +441,10 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 	close(b.shutdown)
 	b.log.Debug("busway: bus shut down", "subscriptions", len(rs), "error", b.shutErr)
 	return b.shutErr
+}
+
+type publisherFunc func(ctx context.Context, topic string, msgs ...*transport.Message) error
+
+func (f publisherFunc) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	return f(ctx, topic, msgs...)
 }

@@ -209,7 +209,7 @@ func Subscribe[T any](b *Bus, group string, fn func(ctx context.Context, e Event
 		r.handlers.Store(newHandlerSet(byType))
 		return sub, nil
 	}
-	r := &route{b: b, key: key, opts: so, concSet: c.concSet, startSet: c.startSet}
+	r := &route{b: b, key: key, opts: so, concSet: c.concSet, startSet: c.startSet, groupMW: len(c.mw) > 0}
 	r.handlers.Store(newHandlerSet(map[string]*entry{ti.name: e}))
 	if b.state.Load() == stateStarted {
 		// ctx: Subscribe has none (the API's shape); the transport bounds
@@ -239,6 +239,7 @@ type route struct {
 	opts     transport.SubscribeOptions
 	concSet  bool
 	startSet bool
+	groupMW  bool                       // a handler has WithGroupMiddleware
 	handlers atomic.Pointer[handlerSet] // replaced, never changed
 
 	// guarded by b.mu
@@ -286,6 +287,7 @@ func (r *route) merge(c *subConfig) error {
 		r.opts.StartFrom, r.startSet = c.start, true
 	}
 	r.opts.Specific = append(r.opts.Specific, c.specific...)
+	r.groupMW = r.groupMW || len(c.mw) > 0
 	return nil
 }
 
@@ -324,6 +326,14 @@ func (r *route) addLive(c *subConfig, e *entry, rt reflect.Type) error {
 // start subscribes the route on the transport. Called with b.mu held.
 func (r *route) start(ctx context.Context) error {
 	h := chain(r.dispatch, r.b.mw)
+	if sys := r.b.system; sys != "" && (len(r.b.mw) > 0 || len(r.b.handlerMW) > 0 || r.groupMW) {
+		// The middleware learn the transport's messaging.system from ctx
+		// (transport.SystemFromContext).
+		inner := h
+		h = func(ctx context.Context, m *transport.Message) error {
+			return inner(transport.ContextWithSystem(ctx, sys), m)
+		}
+	}
 	sub, err := r.b.t.Subscribe(ctx, r.key.topic, h, r.opts)
 	if err != nil {
 		return fmt.Errorf("busway: subscribe group %q to topic %q (event types %s): %w", r.key.group, r.key.topic, r.handlers.Load().names, err)
@@ -364,6 +374,7 @@ func (r *route) dispatch(ctx context.Context, m *transport.Message) error {
 				Reason: fmt.Sprintf("missing: cannot route among the event types of group %q (%s); set WithFallback to handle such messages", r.key.group, hs.names)})
 		}
 		b.unknown.Add(1)
+		transport.ReportOutcome(ctx, transport.OutcomeUnknownType)
 		b.log.Debug("busway: no handler for event type; acknowledged", "topic", m.Topic, "group", r.key.group, "type", typ, "id", m.ID)
 		return nil
 	}

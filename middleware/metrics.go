@@ -44,29 +44,31 @@ var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
 type MetricsOptions struct {
 	// MeterProvider makes the meter. Default otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
-	// System is the messaging.system attribute. Default DefaultSystem.
+	// System is the messaging.system attribute. Default: the transport's,
+	// from the context (see DefaultSystem), else DefaultSystem.
 	System string
 }
 
-func (o MetricsOptions) meter() (metric.Meter, attribute.KeyValue) {
+func (o MetricsOptions) meter() metric.Meter {
 	mp := o.MeterProvider
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	sys := o.System
-	if sys == "" {
-		sys = DefaultSystem
-	}
-	return mp.Meter(instrumentationName), semconv.MessagingSystemKey.String(sys)
+	return mp.Meter(instrumentationName)
 }
 
 // Metrics records, through the OpenTelemetry metric API (exportable to
 // Prometheus by the OTel Prometheus exporter), per message: its processing
 // duration (MetricProcessDuration), a count by outcome
 // (MetricConsumedMessages with AttrOutcome "success", "error",
-// "dead_lettered" or "duplicate", and error.type on failure), the number in
-// flight (MetricProcessActive) and the number dead-lettered
-// (MetricDeadLettered). Every instrument carries messaging.system,
+// "dead_lettered", "duplicate" or "unknown_type" (acknowledged by the bus
+// without a handler: bus.Stats.Unknown), and on failure error.type, the
+// class of the cause: transport.ErrorType), the number in flight
+// (MetricProcessActive) and the number dead-lettered (MetricDeadLettered).
+// A handler panic that reaches Metrics counts as an error with error.type
+// "*transport.PanicError" before it goes on (a bus.Bus recovers its
+// handlers' panics into that error first). Every instrument carries
+// messaging.system (MetricsOptions.System, else the transport's),
 // messaging.destination.name, messaging.consumer.group.name and
 // messaging.operation.name "process".
 //
@@ -74,7 +76,7 @@ func (o MetricsOptions) meter() (metric.Meter, attribute.KeyValue) {
 // sees their outcome (a dead-lettered or duplicate message returns nil) and
 // times the whole delivery, retries included.
 func Metrics(opts MetricsOptions) Middleware {
-	meter, sys := opts.meter()
+	meter := opts.meter()
 	// Instrument errors come only from invalid names or options, which are
 	// constants here; the API returns usable no-op instruments with them.
 	dur, _ := meter.Float64Histogram(MetricProcessDuration, metric.WithUnit("s"),
@@ -88,16 +90,29 @@ func Metrics(opts MetricsOptions) Middleware {
 		metric.WithDescription("Messages published to a dead-letter topic."))
 	var cache attrCache[procKey, *procAttrs]
 	build := func(k procKey) *procAttrs {
-		return newProcAttrs([]attribute.KeyValue{sys, semconv.MessagingOperationName("process"),
+		return newProcAttrs([]attribute.KeyValue{semconv.MessagingSystemKey.String(k.system), semconv.MessagingOperationName("process"),
 			semconv.MessagingDestinationName(k.topic), semconv.MessagingConsumerGroupName(k.group)})
 	}
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
-			a := cache.get(procKey{m.Topic, m.Group}, build)
+			a := cache.get(procKey{systemOf(opts.System, ctx), m.Topic, m.Group}, build)
 			active.Add(ctx, 1, a.plain...)
 			ctx, r := withReport(ctx)
 			start := time.Now()
+			returned := false
+			defer func() {
+				if returned {
+					return
+				}
+				// A panic goes through (to a Recover or the transport's
+				// CallHandler): count it as the failure it is.
+				active.Add(ctx, -1, a.plain...)
+				opt := a.with(AttrOutcome.String(string(OutcomeError)), semconv.ErrorTypeKey.String(panicErrorType))
+				dur.Record(ctx, time.Since(start).Seconds(), opt)
+				consumed.Add(ctx, 1, opt)
+			}()
 			err := next(ctx, m)
+			returned = true
 			elapsed := time.Since(start).Seconds()
 			active.Add(ctx, -1, a.plain...)
 			switch out := r.outcome(err); out {
@@ -107,13 +122,17 @@ func Metrics(opts MetricsOptions) Middleware {
 			case OutcomeDuplicate:
 				dur.Record(ctx, elapsed, a.duplicateRec...)
 				consumed.Add(ctx, 1, a.duplicate...)
+			case OutcomeUnknownType:
+				opt := a.with(AttrOutcome.String(string(out)))
+				dur.Record(ctx, elapsed, opt)
+				consumed.Add(ctx, 1, opt)
 			default:
 				cause := err
 				if out == OutcomeDeadLettered {
 					dlq.Add(ctx, 1, a.plain...)
 					cause = r.err
 				}
-				opt := a.with(AttrOutcome.String(string(out)), semconv.ErrorType(errType(cause)))
+				opt := a.with(AttrOutcome.String(string(out)), errorTypeAttr(cause))
 				dur.Record(ctx, elapsed, opt)
 				consumed.Add(ctx, 1, opt)
 			}
@@ -122,7 +141,21 @@ func Metrics(opts MetricsOptions) Middleware {
 	}
 }
 
-type procKey struct{ topic, group string }
+// panicErrorType is the error.type of a panic: that of the
+// *transport.PanicError it becomes.
+var panicErrorType = transport.ErrorType(&transport.PanicError{})
+
+// systemOf is the messaging.system of a measurement.
+func systemOf(fixed string, ctx context.Context) string {
+	if fixed == "" {
+		if fixed = transport.SystemFromContext(ctx); fixed == "" {
+			fixed = DefaultSystem
+		}
+	}
+	return fixed
+}
+
+type procKey struct{ system, topic, group string }
 
 // procAttrs are the attribute sets of one (topic, group), or of one topic
 // for PublishMetrics, built once, with the option slices the instruments
@@ -179,20 +212,20 @@ func (c *attrCache[K, V]) get(k K, build func(K) V) V {
 // messaging.destination.name, messaging.operation.name "send" and
 // messaging.operation.type "send".
 func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
-	meter, sys := opts.meter()
+	meter := opts.meter()
 	sent, _ := meter.Int64Counter(MetricSentMessages, metric.WithUnit("{message}"),
 		metric.WithDescription("Messages published."))
 	dur, _ := meter.Float64Histogram(MetricOperationDuration, metric.WithUnit("s"),
 		metric.WithDescription("Duration of publish calls."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
-	var cache attrCache[string, *procAttrs]
-	build := func(topic string) *procAttrs {
-		return newProcAttrs([]attribute.KeyValue{sys, semconv.MessagingOperationName("send"),
-			semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(topic)})
+	var cache attrCache[procKey, *procAttrs]
+	build := func(k procKey) *procAttrs {
+		return newProcAttrs([]attribute.KeyValue{semconv.MessagingSystemKey.String(k.system), semconv.MessagingOperationName("send"),
+			semconv.MessagingOperationTypeSend, semconv.MessagingDestinationName(k.topic)})
 	}
 	return func(next transport.Publisher) transport.Publisher {
 		return PublisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
-			a := cache.get(topic, build)
+			a := cache.get(procKey{system: systemOf(opts.System, ctx), topic: topic}, build)
 			start := time.Now()
 			err := next.Publish(ctx, topic, msgs...)
 			elapsed := time.Since(start).Seconds()
@@ -201,7 +234,7 @@ func PublishMetrics(opts MetricsOptions) PublisherMiddleware {
 				sent.Add(ctx, int64(len(msgs)), a.plain...)
 				return nil
 			}
-			et := a.with(semconv.ErrorType(err))
+			et := a.with(errorTypeAttr(err))
 			dur.Record(ctx, elapsed, et)
 			failed := len(msgs)
 			var pe *transport.PublishError

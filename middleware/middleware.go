@@ -72,6 +72,9 @@ const (
 	OutcomeDeadLettered Outcome = "dead_lettered"
 	// OutcomeDuplicate: Idempotent skipped a message already handled.
 	OutcomeDuplicate Outcome = "duplicate"
+	// OutcomeUnknownType: no handler of the group knows the message's
+	// event type; the bus acknowledged it unhandled (bus.Stats.Unknown).
+	OutcomeUnknownType Outcome = transport.OutcomeUnknownType
 )
 
 // report carries what inner middleware decided back to outer observers
@@ -85,15 +88,21 @@ type report struct {
 	deadLettered bool
 	duplicate    bool
 	dlqTopic     string
-	err          error // the handler error that led to dead-lettering
-	attempts     int   // handler calls, when known
+	err          error   // the handler error that led to dead-lettering
+	attempts     int     // handler calls, when known
+	other        Outcome // reported with transport.ReportOutcome
 }
+
+// ReportOutcome records an outcome reported by inner code
+// (transport.ReportOutcome), such as the bus's OutcomeUnknownType.
+func (r *report) ReportOutcome(outcome string) { r.other = Outcome(outcome) }
 
 type reportKey struct{}
 
 // Value returns r for reportKey and the parent's value otherwise.
 func (r *report) Value(key any) any {
-	if _, ok := key.(reportKey); ok {
+	switch key.(type) {
+	case reportKey, transport.OutcomeReporterKey:
 		return r
 	}
 	return r.Context.Value(key)
@@ -123,6 +132,8 @@ func (r *report) outcome(err error) Outcome {
 		return OutcomeDeadLettered
 	case r != nil && r.duplicate:
 		return OutcomeDuplicate
+	case r != nil && r.other != "":
+		return r.other
 	}
 	return OutcomeSuccess
 }

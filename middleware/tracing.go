@@ -19,7 +19,10 @@ import (
 // instrumentationName names the tracer and meter of this package.
 const instrumentationName = "github.com/busway/busway/middleware"
 
-// DefaultSystem is the messaging.system attribute when the options give none.
+// DefaultSystem is the messaging.system attribute when neither the options
+// nor the context name one: middleware used with a bus.Bus report its
+// transport's system ("nats", "kafka", "chanbus": transport.SystemOf,
+// passed in the context with transport.ContextWithSystem).
 const DefaultSystem = "busway"
 
 // Attribute keys of busway's own, beside the semantic conventions.
@@ -49,14 +52,35 @@ type TracingOptions struct {
 	// propagation.TraceContext{}): set one here or globally.
 	Propagator propagation.TextMapPropagator
 	// System is the messaging.system attribute, e.g. "kafka", "nats".
-	// Default DefaultSystem ("busway").
+	// Default: the transport's, from the context (see DefaultSystem), else
+	// DefaultSystem ("busway").
 	System string
 }
 
 type tracer struct {
 	t      trace.Tracer
 	prop   propagation.TextMapPropagator
-	system attribute.KeyValue
+	system string // fixed by the options, or ""
+}
+
+// systemAttr is messaging.system for a call with ctx.
+func systemAttr(fixed string, ctx context.Context) attribute.KeyValue {
+	if fixed == "" {
+		if fixed = transport.SystemFromContext(ctx); fixed == "" {
+			fixed = DefaultSystem
+		}
+	}
+	return semconv.MessagingSystemKey.String(fixed)
+}
+
+// errorTypeAttr is error.type for err: its class beneath the middleware's
+// wrappers (transport.ErrorType).
+func errorTypeAttr(err error) attribute.KeyValue {
+	s := transport.ErrorType(errType(err))
+	if s == "" {
+		s = transport.ErrorTypeOther
+	}
+	return semconv.ErrorTypeKey.String(s)
 }
 
 func newTracer(o TracingOptions) tracer {
@@ -68,24 +92,26 @@ func newTracer(o TracingOptions) tracer {
 	if prop == nil {
 		prop = otel.GetTextMapPropagator()
 	}
-	sys := o.System
-	if sys == "" {
-		sys = DefaultSystem
-	}
-	return tracer{t: tp.Tracer(instrumentationName), prop: prop, system: semconv.MessagingSystemKey.String(sys)}
+	return tracer{t: tp.Tracer(instrumentationName), prop: prop, system: o.System}
 }
 
 // Tracing starts a consumer span "process <topic>" per handler call,
 // following the OpenTelemetry messaging semantic conventions: the trace
-// context extracted from Message.Header (put there by PublishTracing) is the
-// parent, so one trace runs from producer to consumer. Attributes:
+// context extracted from Message.Header (put there by PublishTracing: the
+// message's creation context) is the parent, so one trace runs from
+// producer to consumer, and the span links to it, as the conventions ask
+// of process spans (a batch's messages each have their own creation
+// context, see PublishTracing). Attributes:
 // messaging.system, messaging.operation.type "process",
 // messaging.operation.name, messaging.destination.name,
 // messaging.consumer.group.name, messaging.message.id,
 // messaging.message.body.size, and what the transport put in Message.Meta
 // (Kafka partition and offset, NATS stream sequence). A failure sets the
-// span status to Error, records the error and its error.type; a
-// dead-lettered message also gets AttrDeadLetterTopic.
+// span status to Error, records the error and its error.type (the class of
+// the cause, transport.ErrorType: "*bus.DecodeError", not the Permanent or
+// Retry wrapper); a dead-lettered message also gets AttrDeadLetterTopic, a
+// message of an event type no handler knows AttrOutcome "unknown_type".
+// messaging.system is TracingOptions.System, else the transport's.
 //
 // Place it outermost, so the span covers every attempt, the dead-lettering
 // and the idempotency lookup, and inner middleware and the handler see the
@@ -100,7 +126,7 @@ func Tracing(opts TracingOptions) Middleware {
 			ctx = tr.prop.Extract(ctx, propagation.MapCarrier(m.Header))
 			attrs := make([]attribute.KeyValue, 0, 8+len(m.Meta))
 			attrs = append(attrs,
-				tr.system,
+				systemAttr(tr.system, ctx),
 				semconv.MessagingOperationTypeProcess,
 				semconv.MessagingOperationName("process"),
 				semconv.MessagingDestinationName(m.Topic),
@@ -111,7 +137,11 @@ func Tracing(opts TracingOptions) Middleware {
 				attrs = append(attrs, semconv.MessagingMessageID(m.ID))
 			}
 			attrs = appendMeta(attrs, m.Meta)
-			ctx, span := tr.t.Start(ctx, names.get(m.Topic, name), kind, trace.WithAttributes(attrs...))
+			opts := []trace.SpanStartOption{kind, trace.WithAttributes(attrs...)}
+			if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+			}
+			ctx, span := tr.t.Start(ctx, names.get(m.Topic, name), opts...)
 			defer span.End()
 			var r *report
 			if span.IsRecording() {
@@ -122,14 +152,16 @@ func Tracing(opts TracingOptions) Middleware {
 			case err != nil:
 				span.RecordError(err)
 				span.SetStatus(codes.Error, err.Error())
-				span.SetAttributes(semconv.ErrorType(errType(err)), AttrRetryAttempts.Int(Attempts(err)))
+				span.SetAttributes(errorTypeAttr(err), AttrRetryAttempts.Int(Attempts(err)))
 			case r != nil && r.deadLettered:
 				span.RecordError(r.err)
 				span.SetStatus(codes.Error, "dead-lettered: "+r.err.Error())
-				span.SetAttributes(semconv.ErrorType(errType(r.err)), AttrDeadLetterTopic.String(r.dlqTopic),
+				span.SetAttributes(errorTypeAttr(r.err), AttrDeadLetterTopic.String(r.dlqTopic),
 					AttrRetryAttempts.Int(r.attempts))
 			case r != nil && r.duplicate:
 				span.SetAttributes(AttrDuplicate.Bool(true))
+			case r != nil && r.other != "":
+				span.SetAttributes(AttrOutcome.String(string(r.other)))
 			}
 			return err
 		}
@@ -163,34 +195,23 @@ func appendMeta(attrs []attribute.KeyValue, meta map[string]string) []attribute.
 }
 
 // PublishTracing wraps a Publisher: each Publish call gets a producer span
-// "send <topic>" with messaging.system, messaging.operation.type "send",
-// messaging.destination.name and messaging.message.id (or
-// messaging.batch.message_count for a batch), and the span's context is
-// injected into every message's Header (W3C traceparent with the default
-// propagator) for Tracing to extract on the consumer side. The caller's
-// messages are not modified: the wrapper passes copies with their own
-// Header maps.
+// "send <topic>" with messaging.system (TracingOptions.System, else the
+// transport's), messaging.operation.type "send", messaging.destination.name
+// and messaging.message.id (or messaging.batch.message_count for a batch).
+// The message's creation context is injected into its Header (W3C
+// traceparent with the default propagator) for Tracing to extract on the
+// consumer side: for one message the send span's; for a batch, as the
+// messaging conventions describe, each message gets a "create <topic>"
+// span of its own (operation type "create", with its messaging.message.id),
+// whose context is injected into it and which the send span links to. The
+// caller's messages are not modified: the wrapper passes copies with their
+// own Header maps.
 func PublishTracing(opts TracingOptions) PublisherMiddleware {
 	tr := newTracer(opts)
+	producer := trace.WithSpanKind(trace.SpanKindProducer)
 	return func(next transport.Publisher) transport.Publisher {
 		return PublisherFunc(func(ctx context.Context, topic string, msgs ...*transport.Message) error {
-			attrs := []attribute.KeyValue{
-				tr.system,
-				semconv.MessagingOperationTypeSend,
-				semconv.MessagingOperationName("send"),
-				semconv.MessagingDestinationName(topic),
-			}
-			if len(msgs) == 1 && msgs[0] != nil {
-				if msgs[0].ID != "" {
-					attrs = append(attrs, semconv.MessagingMessageID(msgs[0].ID))
-				}
-				attrs = append(attrs, semconv.MessagingMessageBodySize(len(msgs[0].Body)))
-			} else {
-				attrs = append(attrs, semconv.MessagingBatchMessageCount(len(msgs)))
-			}
-			ctx, span := tr.t.Start(ctx, "send "+topic,
-				trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
-			defer span.End()
+			sys := systemAttr(tr.system, ctx)
 			out := make([]*transport.Message, len(msgs))
 			for i, m := range msgs {
 				if m == nil { // the transport rejects it with a clear error
@@ -199,14 +220,51 @@ func PublishTracing(opts TracingOptions) PublisherMiddleware {
 				c := *m
 				c.Header = make(map[string]string, len(m.Header)+2)
 				maps.Copy(c.Header, m.Header)
-				tr.prop.Inject(ctx, propagation.MapCarrier(c.Header))
 				out[i] = &c
+			}
+			attrs := []attribute.KeyValue{
+				sys,
+				semconv.MessagingOperationTypeSend,
+				semconv.MessagingOperationName("send"),
+				semconv.MessagingDestinationName(topic),
+			}
+			var links []trace.Link
+			if len(msgs) == 1 && msgs[0] != nil {
+				if msgs[0].ID != "" {
+					attrs = append(attrs, semconv.MessagingMessageID(msgs[0].ID))
+				}
+				attrs = append(attrs, semconv.MessagingMessageBodySize(len(msgs[0].Body)))
+			} else {
+				attrs = append(attrs, semconv.MessagingBatchMessageCount(len(msgs)))
+				// One creation context per message of the batch.
+				for _, c := range out {
+					if c == nil {
+						continue
+					}
+					cattrs := []attribute.KeyValue{sys, semconv.MessagingOperationTypeCreate,
+						semconv.MessagingOperationName("create"), semconv.MessagingDestinationName(topic),
+						semconv.MessagingMessageBodySize(len(c.Body))}
+					if c.ID != "" {
+						cattrs = append(cattrs, semconv.MessagingMessageID(c.ID))
+					}
+					cctx, cspan := tr.t.Start(ctx, "create "+topic, producer, trace.WithAttributes(cattrs...))
+					tr.prop.Inject(cctx, propagation.MapCarrier(c.Header))
+					cspan.End()
+					if sc := cspan.SpanContext(); sc.IsValid() {
+						links = append(links, trace.Link{SpanContext: sc})
+					}
+				}
+			}
+			ctx, span := tr.t.Start(ctx, "send "+topic, producer, trace.WithAttributes(attrs...), trace.WithLinks(links...))
+			defer span.End()
+			if len(msgs) == 1 && out[0] != nil {
+				tr.prop.Inject(ctx, propagation.MapCarrier(out[0].Header))
 			}
 			err := next.Publish(ctx, topic, out...)
 			if err != nil {
 				span.RecordError(err)
 				span.SetStatus(codes.Error, err.Error())
-				span.SetAttributes(semconv.ErrorType(err))
+				span.SetAttributes(errorTypeAttr(err))
 			}
 			return err
 		})

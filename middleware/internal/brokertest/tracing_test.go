@@ -155,6 +155,15 @@ func TestTracingOnBrokers(t *testing.T) {
 			if send.SpanKind() != trace.SpanKindProducer || process.SpanKind() != trace.SpanKindConsumer {
 				t.Errorf("kinds %v %v", send.SpanKind(), process.SpanKind())
 			}
+			// The process span links to the message's creation context,
+			// and the transport names the messaging.system the middleware
+			// report by default.
+			if l := process.Links(); len(l) != 1 || l[0].SpanContext.SpanID() != send.SpanContext().SpanID() {
+				t.Errorf("process span links %v, want one to the send span %v", l, send.SpanContext().SpanID())
+			}
+			if got := transport.SystemOf(tr); got != system {
+				t.Errorf("SystemOf(%T) = %q, want %q", tr, got, system)
+			}
 			want := map[attribute.Key]string{
 				"messaging.system": system, "messaging.destination.name": topic,
 				"messaging.message.id": "o-1", "messaging.consumer.group.name": "billing",
