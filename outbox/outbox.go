@@ -252,7 +252,7 @@ func (o *Outbox) insert(ctx context.Context, tx *sql.Tx, topic string, m *transp
 		case errors.Is(err, sql.ErrTxDone):
 			return fmt.Errorf("outbox: publish to %q: the transaction is already committed or rolled back: %w", topic, err)
 		case middleware.MissingTable(err):
-			return fmt.Errorf("outbox: publish to %q: %w: %s (run (*outbox.Outbox).Migrate): %w", topic, ErrNotMigrated, o.q.table, err)
+			return fmt.Errorf("outbox: publish to %q: %w: %s: %w", topic, ErrNotMigrated, o.q.table, err)
 		}
 		return fmt.Errorf("outbox: publish to %q: %w", topic, err)
 	}

@@ -230,7 +230,7 @@ func (r *Relay) Start(ctx context.Context) error {
 	var n int64
 	if err := r.o.db.QueryRowContext(ctx, r.o.q.probe).Scan(&n); err != nil {
 		if middleware.MissingTable(err) {
-			return fmt.Errorf("outbox: relay: %w: %s (run (*outbox.Outbox).Migrate): %w", ErrNotMigrated, r.o.q.table, err)
+			return fmt.Errorf("outbox: relay: %w: %s: %w", ErrNotMigrated, r.o.q.table, err)
 		}
 		return fmt.Errorf("outbox: relay of %s: %w", r.o.q.table, err)
 	}

@@ -1,0 +1,152 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport"
+)
+
+// TestBadInput: missing tables, a finished transaction, a closed database
+// and bad arguments give clear errors and lose nothing.
+func TestBadInput(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o, err := New(e.db, Options{Dialect: e.dialect, Bus: b, Table: e.table, InboxTable: e.inbox})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+
+		// Not migrated: Publish and Relay.Start say to run Migrate.
+		err = o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: "1"}) })
+		if !errors.Is(err, ErrNotMigrated) {
+			t.Fatalf("Publish before Migrate: %v, want ErrNotMigrated", err)
+		}
+		t.Log(err)
+		r, err := NewRelay(o, tr, RelayOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(ctx); !errors.Is(err, ErrNotMigrated) {
+			t.Fatalf("Relay.Start before Migrate: %v, want ErrNotMigrated", err)
+		}
+		_, err = o.Inbox().HandleTx(ctx, "g", "id", func(*sql.Tx) error { return nil })
+		if !errors.Is(err, ErrNotMigrated) {
+			t.Fatalf("inbox before Migrate: %v, want ErrNotMigrated", err)
+		}
+		if err := o.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Migrate(ctx); err != nil {
+			t.Fatalf("second Migrate: %v", err)
+		}
+
+		// A finished transaction.
+		tx, err := e.db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := Publish(ctx, o, tx, OrderPlaced{ID: "2"}); !errors.Is(err, ErrTxDone) {
+			t.Fatalf("Publish in a committed tx: %v, want ErrTxDone", err)
+		}
+		if err := o.Commit(tx); !errors.Is(err, ErrTxDone) {
+			t.Fatalf("Commit of a committed tx: %v", err)
+		}
+
+		// Bad arguments.
+		if err := Publish(ctx, o, nil, OrderPlaced{}); !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("nil tx: %v", err)
+		}
+		if err := Publish[OrderPlaced](ctx, nil, nil, OrderPlaced{}); !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("nil outbox: %v", err)
+		}
+		noBus, err := New(e.db, Options{Dialect: e.dialect, Table: e.table})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = noBus.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, noBus, tx, OrderPlaced{}) })
+		if !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("no Bus: %v", err)
+		}
+		err = o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{}, bus.WithHeader("ce_id", "x")) })
+		if !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("bad publish option: %v", err)
+		}
+		err = o.Transact(ctx, func(tx *sql.Tx) error { return o.PublishMessage(ctx, tx, "orders", &transport.Message{}) })
+		if !errors.Is(err, transport.ErrInvalidMessage) {
+			t.Fatalf("message without ID: %v", err)
+		}
+		err = o.Transact(ctx, func(tx *sql.Tx) error { return o.PublishMessage(ctx, tx, "bad topic", &transport.Message{ID: "x"}) })
+		if !errors.Is(err, transport.ErrInvalidTopic) {
+			t.Fatalf("bad topic: %v", err)
+		}
+		for _, bad := range []Options{{}, {Dialect: e.dialect, Table: "x; DROP TABLE y"}, {Dialect: e.dialect, InboxTable: "1x"}} {
+			if _, err := New(e.db, bad); !errors.Is(err, ErrInvalidOptions) {
+				t.Fatalf("New(%+v): %v, want ErrInvalidOptions", bad, err)
+			}
+		}
+		if _, err := New(nil, Options{Dialect: e.dialect}); !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("New(nil db): %v", err)
+		}
+		for _, bad := range []RelayOptions{{BatchSize: -1}, {PollInterval: -time.Second}, {MinBackoff: time.Second, MaxBackoff: time.Millisecond}} {
+			if _, err := NewRelay(o, tr, bad); !errors.Is(err, ErrInvalidOptions) {
+				t.Fatalf("NewRelay(%+v): %v", bad, err)
+			}
+		}
+		if _, err := NewRelay(o, nil, RelayOptions{}); !errors.Is(err, ErrInvalidOptions) {
+			t.Fatalf("NewRelay(nil publisher): %v", err)
+		}
+		if n := e.count(t, e.table); n != 0 {
+			t.Fatalf("%d rows written by failed calls", n)
+		}
+
+		// A good event, then the database closes under a running relay:
+		// errors, no crash, and the row is still there for the next relay.
+		if err := o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: "kept"}) }); err != nil {
+			t.Fatal(err)
+		}
+		other := e.openDB(t)
+		oo := e.newOutbox(t, other, nil)
+		rr, err := NewRelay(oo, failing{}, RelayOptions{MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rr.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "a failed round", 10*time.Second, func() bool { return rr.Stats().Failed > 0 })
+		other.Close()
+		if err := oo.Transact(ctx, func(tx *sql.Tx) error { return nil }); err == nil {
+			t.Fatal("Transact on a closed database: no error")
+		} else {
+			t.Log(err)
+		}
+		rounds := rr.Stats().Rounds
+		waitFor(t, "rounds against the closed database", 10*time.Second, func() bool { return rr.Stats().Rounds >= rounds+2 })
+		if err := rr.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.count(t, e.table); n != 1 {
+			t.Fatalf("%d rows after the failing relay, want 1 (nothing lost)", n)
+		}
+		s := subscribe(t, b)
+		startRelay(t, o, tr, RelayOptions{})
+		waitFor(t, "the kept event", 10*time.Second, func() bool { return s.byIDCount("kept") == 1 })
+	})
+}
+
+// failing is a transport that refuses everything.
+type failing struct{}
+
+func (failing) Publish(context.Context, string, ...*transport.Message) error {
+	return transport.ErrUnavailable
+}

@@ -1,0 +1,442 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport"
+)
+
+// orderChecker checks per-key order of delivered events by their Seq.
+type orderChecker struct {
+	mu    sync.Mutex
+	last  map[string]int
+	seen  map[string]int // id -> deliveries
+	errs  []string
+	total int
+	dupOK bool // duplicates allowed (across a crash), but not regressions to unseen
+}
+
+func (c *orderChecker) handle(_ context.Context, e bus.Event[OrderPlaced]) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last == nil {
+		c.last, c.seen = make(map[string]int), make(map[string]int)
+	}
+	c.total++
+	c.seen[e.Data.ID]++
+	last, ok := c.last[e.Data.Key]
+	if !ok {
+		last = -1
+	}
+	switch {
+	case e.Data.Seq == last+1:
+		c.last[e.Data.Key] = e.Data.Seq
+	case c.dupOK && e.Data.Seq <= last:
+		// a re-send of one already seen: harmless with the inbox
+	default:
+		if len(c.errs) < 10 {
+			c.errs = append(c.errs, fmt.Sprintf("key %s: seq %d after %d", e.Data.Key, e.Data.Seq, last))
+		}
+	}
+	return nil
+}
+
+func (c *orderChecker) distinct() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+// writeKeyed writes keys*perKey events, each key's in Seq order, in
+// transactions of txSize events, from one writer goroutine per 10 keys.
+func writeKeyed(t *testing.T, o *Outbox, keys, perKey, txSize int) {
+	t.Helper()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, keys)
+	for w := 0; w < keys; w += 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var batch []OrderPlaced
+			flush := func() error {
+				if len(batch) == 0 {
+					return nil
+				}
+				err := o.Transact(ctx, func(tx *sql.Tx) error {
+					for _, ev := range batch {
+						if err := Publish(ctx, o, tx, ev, bus.WithKey(ev.Key)); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				batch = batch[:0]
+				return err
+			}
+			for seq := range perKey {
+				for k := w; k < min(w+10, keys); k++ {
+					key := fmt.Sprint("key-", k)
+					batch = append(batch, OrderPlaced{ID: fmt.Sprintf("%s-%d", key, seq), Key: key, Seq: seq})
+					if len(batch) == txSize {
+						if err := flush(); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}
+			}
+			if err := flush(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestTwoRelaysKeepOrder: two relays (two "processes", each its own
+// *sql.DB and Outbox) on one PostgreSQL outbox, 10,000 events over 50
+// keys: all delivered once, per-key order kept, also when the leader stops
+// midway and the other takes over.
+func TestTwoRelaysKeepOrder(t *testing.T) {
+	e := needPostgres(t)
+	b, tr := newBus(t)
+	c := &orderChecker{}
+	if _, err := bus.Subscribe(b, "billing", c.handle, bus.WithConcurrency(8)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	writer := e.newOutbox(t, e.db, b)
+	o1 := e.newOutbox(t, e.openDB(t), nil)
+	o2 := e.newOutbox(t, e.openDB(t), nil)
+	r1, err := NewRelay(o1, tr, RelayOptions{BatchSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := startRelay(t, o2, tr, RelayOptions{BatchSize: 100})
+	if err := r1.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	const keys, perKey = 50, 200
+	done := make(chan struct{})
+	go func() { defer close(done); writeKeyed(t, writer, keys, perKey, 10) }()
+	waitFor(t, "3000 events", 60*time.Second, func() bool { return c.distinct() >= 3000 })
+	// Stop whichever leads; the other takes over. Stop r1 in any case (the
+	// one without cleanup), first r2 if it leads.
+	if r2.Stats().Leader {
+		t.Log("r2 led first; stopping it")
+		if err := r2.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "r1 to take the lead", 30*time.Second, func() bool { return r1.Stats().Leader })
+		waitFor(t, "every event", 120*time.Second, func() bool { return c.distinct() >= keys*perKey })
+		r1.Stop(context.Background())
+	} else {
+		t.Log("r1 led first; stopping it")
+		if err := r1.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "r2 to take the lead", 30*time.Second, func() bool { return r2.Stats().Leader })
+	}
+	<-done
+	waitFor(t, "every event", 120*time.Second, func() bool { return c.distinct() >= keys*perKey })
+	waitFor(t, "the outbox to empty", 10*time.Second, func() bool { return e.count(t, e.table) == 0 })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.errs) > 0 {
+		t.Fatalf("per-key order broken: %v", c.errs)
+	}
+	if c.total != keys*perKey {
+		t.Fatalf("%d deliveries of %d events: published twice without a crash", c.total, keys*perKey)
+	}
+	t.Logf("r1 published %d, r2 %d", r1.Stats().Published, r2.Stats().Published)
+	if r1.Stats().Published == 0 || r2.Stats().Published == 0 {
+		t.Fatal("one relay published nothing: no failover happened")
+	}
+}
+
+var errCrash = errors.New("injected crash between publish and delete")
+
+// TestCrashBetweenPublishAndDelete: a relay that dies after the transport
+// accepted a batch and before it deleted the rows: the next relay publishes
+// them again (same Message.ID and ce_id), and the inbox consumer applies
+// the effect once.
+func TestCrashBetweenPublishAndDelete(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		if _, err := e.db.Exec("CREATE TABLE " + e.tbl("invoices") + " (order_id TEXT NOT NULL)"); err != nil {
+			t.Fatal(err)
+		}
+		var deliveries, calls atomic.Int32 // messages delivered; handler calls
+		var mu sync.Mutex
+		ids := map[string]bool{} // ce_id and Message.ID of each delivery
+		count := func(next transport.Handler) transport.Handler {
+			return func(ctx context.Context, m *transport.Message) error {
+				mu.Lock()
+				ids[m.Header[transport.HeaderID]+" / "+m.ID] = true
+				mu.Unlock()
+				err := next(ctx, m)
+				deliveries.Add(1)
+				return err
+			}
+		}
+		_, err := bus.Subscribe(b, "billing", Handler(o, func(ctx context.Context, tx *sql.Tx, ev bus.Event[OrderPlaced]) error {
+			calls.Add(1)
+			_, err := tx.ExecContext(ctx, "INSERT INTO "+e.tbl("invoices")+" (order_id) VALUES ("+e.ph(1)+")", ev.Data.ID)
+			return err
+		}), bus.WithGroupMiddleware(count))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The first relay "crashes" after its first publish: it never
+		// deletes, and is gone (stopped during its long backoff).
+		crashed := make(chan struct{})
+		r1, err := NewRelay(o, tr, RelayOptions{MinBackoff: time.Hour, MaxBackoff: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var once sync.Once
+		r1.afterPublish = func() error {
+			once.Do(func() { close(crashed) })
+			return errCrash
+		}
+		if err := r1.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Transact(ctx, func(tx *sql.Tx) error {
+			return Publish(ctx, o, tx, OrderPlaced{ID: "42"}, bus.WithKey("42"))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		<-crashed
+		waitFor(t, "the first delivery", 10*time.Second, func() bool { return deliveries.Load() >= 1 })
+		if err := r1.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.count(t, e.table); n != 1 {
+			t.Fatalf("after the crash %d rows in the outbox, want 1 (not deleted)", n)
+		}
+		// A new relay (another process) takes over and re-sends.
+		startRelay(t, e.newOutbox(t, e.openDB(t), nil), tr, RelayOptions{})
+		waitFor(t, "the re-send", 10*time.Second, func() bool { return deliveries.Load() >= 2 })
+		waitFor(t, "the outbox to empty", 10*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		// The handler ran for the first delivery only: the re-send found
+		// the event in the inbox.
+		if c := calls.Load(); c != 1 {
+			t.Fatalf("handler ran %d times for 2 deliveries, want 1", c)
+		}
+		if n := e.count(t, e.tbl("invoices")); n != 1 {
+			t.Fatalf("%d invoices after a re-send, want 1 (effect exactly once)", n)
+		}
+		if n := e.count(t, e.inbox); n != 1 {
+			t.Fatalf("%d inbox rows, want 1", n)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(ids) != 1 {
+			t.Fatalf("the re-send had another ce_id or Message.ID: %v", ids)
+		}
+	})
+}
+
+// flaky is a Publisher that fails with transport.ErrUnavailable while down,
+// recording when it was called.
+type flaky struct {
+	next  transport.Publisher
+	down  atomic.Bool
+	mu    sync.Mutex
+	calls []time.Time
+}
+
+func (f *flaky) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	if f.down.Load() {
+		f.mu.Lock()
+		f.calls = append(f.calls, time.Now())
+		f.mu.Unlock()
+		return fmt.Errorf("%w: injected outage", transport.ErrUnavailable)
+	}
+	return f.next.Publish(ctx, topic, msgs...)
+}
+
+func (f *flaky) downCalls() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Time(nil), f.calls...)
+}
+
+// TestOutage: while the transport is down the relay backs off (each pause
+// at least double the one before, up to MaxBackoff), the rows stay, and
+// everything drains when it returns.
+func TestOutage(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		s := subscribe(t, b)
+		f := &flaky{next: tr}
+		f.down.Store(true)
+		const minB, maxB = 10 * time.Millisecond, 80 * time.Millisecond
+		r := startRelay(t, o, f, RelayOptions{MinBackoff: minB, MaxBackoff: maxB})
+		for i := range 30 {
+			if err := o.Transact(ctx, func(tx *sql.Tx) error {
+				return Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(i)})
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "6 failed rounds", 20*time.Second, func() bool { return len(f.downCalls()) >= 6 })
+		if n, _, err := r.Pending(ctx); err != nil || n != 30 {
+			t.Fatalf("during the outage: %d rows pending (err %v), want 30", n, err)
+		}
+		calls := f.downCalls()
+		for i := 2; i < len(calls); i++ {
+			// After the (i-1)-th failed round the relay paused at least
+			// min(minB*2^(i-2), maxB). Wake-ups of new commits may start a
+			// round early only before the first failure.
+			want := min(minB<<(i-2), maxB)
+			if gap := calls[i].Sub(calls[i-1]); gap < want {
+				t.Fatalf("pause %d was %v, want at least %v (backoff)", i-1, gap, want)
+			}
+		}
+		if r.Stats().Failed == 0 {
+			t.Fatal("Stats.Failed is 0 during an outage")
+		}
+		f.down.Store(false)
+		waitFor(t, "everything after the outage", 20*time.Second, func() bool { return s.distinct() == 30 })
+		waitFor(t, "the outbox to empty", 10*time.Second, func() bool { return e.count(t, e.table) == 0 })
+	})
+}
+
+// rejecting fails a whole Publish call with ErrMessageTooLarge when one of
+// its messages has a body containing "huge".
+type rejecting struct{ next transport.Publisher }
+
+func (p rejecting) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	for _, m := range msgs {
+		if strings.Contains(string(m.Body), "huge") {
+			return fmt.Errorf("%w: injected", transport.ErrMessageTooLarge)
+		}
+	}
+	return p.next.Publish(ctx, topic, msgs...)
+}
+
+// TestPoisonRows: rows that can never be published (corrupt headers, an
+// invalid topic, a message the transport rejects as too large) are moved
+// to Table_dead and reported; the rows around them are delivered.
+func TestPoisonRows(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		s := subscribe(t, b)
+		var mu sync.Mutex
+		var reported []Poison
+		pub := func(id string) {
+			t.Helper()
+			if err := o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: id}, bus.WithKey("k")) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		raw := func(topic string, headers []byte) {
+			t.Helper()
+			_, err := e.db.Exec("INSERT INTO "+e.table+" (topic, msg_key, msg_id, headers, body, created_at) VALUES ("+
+				e.ph(1)+", 'k', 'raw', "+e.ph(2)+", "+e.ph(3)+", 0)", topic, headers, []byte("{}"))
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		pub("a")
+		raw("orders", []byte("not headers"))
+		pub("b")
+		raw("bad topic", encodeHeaders(map[string]string{}))
+		pub("huge")
+		pub("c")
+		startRelay(t, o, rejecting{tr}, RelayOptions{OnPoison: func(_ context.Context, p Poison) {
+			mu.Lock()
+			reported = append(reported, p)
+			mu.Unlock()
+		}})
+		waitFor(t, "the good events", 10*time.Second, func() bool { return s.distinct() == 3 })
+		waitFor(t, "the outbox to empty", 10*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		if n := e.count(t, e.table+"_dead"); n != 3 {
+			t.Fatalf("%d rows in the dead table, want 3", n)
+		}
+		waitFor(t, "3 reports", 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(reported) >= 3 })
+		mu.Lock()
+		defer mu.Unlock()
+		if len(reported) != 3 {
+			t.Fatalf("reported %d poison rows, want 3: %+v", len(reported), reported)
+		}
+		for _, p := range reported {
+			t.Logf("poison: row %d topic %q: %v", p.RowID, p.Topic, p.Err)
+		}
+		var errText string
+		if err := e.db.QueryRow("SELECT error FROM " + e.table + "_dead ORDER BY id DESC LIMIT 1").Scan(&errText); err != nil || !strings.Contains(errText, "too large") {
+			t.Fatalf("dead row error %q (%v), want the transport's reason", errText, err)
+		}
+		for _, id := range []string{"a", "b", "c"} {
+			if s.byIDCount(id) != 1 {
+				t.Fatalf("event %s delivered %d times", id, s.byIDCount(id))
+			}
+		}
+	})
+}
+
+func (s *sink) byIDCount(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byID[id]
+}
+
+// TestRetention: with Retention, published rows are kept in
+// Table_published, then deleted once older than Retention.
+func TestRetention(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		var now atomic.Int64
+		now.Store(time.Now().UnixMicro())
+		o, err := New(e.db, Options{Dialect: e.dialect, Bus: b, Table: e.table, InboxTable: e.inbox,
+			Now: func() time.Time { return time.UnixMicro(now.Load()) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		s := subscribe(t, b)
+		startRelay(t, o, tr, RelayOptions{Retention: time.Hour, PollInterval: 5 * time.Millisecond})
+		for i := range 5 {
+			if err := o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(i)}) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "5 events", 10*time.Second, func() bool { return s.distinct() == 5 })
+		waitFor(t, "5 archived rows", 10*time.Second, func() bool { return e.count(t, e.table+"_published") == 5 })
+		if n := e.count(t, e.table); n != 0 {
+			t.Fatalf("%d rows still pending", n)
+		}
+		now.Add((2 * time.Hour).Microseconds())
+		waitFor(t, "the archive to be pruned", 10*time.Second, func() bool { return e.count(t, e.table+"_published") == 0 })
+	})
+}
