@@ -1,9 +1,8 @@
-# busway: make demo, make test, make lint, make bench.
+# busway: make demo, make test, make lint, make bench, make bench-short.
 GO          ?= go
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
-BENCHTIME   ?= 1s
 
-.PHONY: all demo test lint bench stress fuzz
+.PHONY: all demo test lint bench bench-short stress fuzz
 
 all: lint test
 
@@ -21,11 +20,17 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-# Benchmarks against raw clients and peers, in one run, printed as one table.
+# The benchmark suite (benchmarks/, its own module): every case against the raw clients and
+# peers, each several times, in one run of about 8 minutes; prints the comparison table and
+# writes benchmarks/RESULTS.md, results.svg (the chart the README shows) and results.txt.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... | tee bench.out
-	cd benchmarks && $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./... | tee -a ../bench.out
-	cd benchmarks && $(GO) run ./cmd/benchtable < ../bench.out
+	cd benchmarks && $(GO) run ./cmd/benchrun
+
+# A smoke run of every case (a few thousand messages each, about a minute), so the suite
+# cannot rot; CI runs it. Writes its report to BENCH_SHORT_OUT, not over the committed one.
+BENCH_SHORT_OUT ?= $(or $(TMPDIR),/tmp)/busway-bench-short
+bench-short:
+	cd benchmarks && $(GO) vet ./... && $(GO) test -count=1 ./cmd/... && $(GO) run ./cmd/benchrun -short -out $(BENCH_SHORT_OUT)
 
 # The conformance suites repeated: BUS_STRESS=N runs each N times.
 stress:

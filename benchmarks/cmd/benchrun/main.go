@@ -1,0 +1,226 @@
+// Command benchrun runs the benchmark suite and reports it: every case of
+// this module (and the outbox relay benchmarks of the main module, when it
+// has them) several times, then one table per case with the median and the
+// min-max, and the comparisons of busway with each reference measured in the
+// same run, against the targets. It writes RESULTS.md, results.svg (a bar
+// chart of the comparisons) and results.txt (the raw go test output, for
+// benchstat) into -out.
+//
+//	go run ./cmd/benchrun            # make bench: the full suite, about 8 minutes
+//	go run ./cmd/benchrun -short     # make bench-short: a smoke run of every case
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// A step is one invocation of the test binary: the cases matching pattern,
+// each with a fixed message count (or a duration), count times.
+type step struct {
+	pattern   string
+	benchtime string // "50000x" or "2s"
+	count     int
+}
+
+// plan: counts chosen so that every case runs for about a second here
+// (the slowest variant of each step), and the whole suite in under 10
+// minutes on 2 loaded cores.
+var plan = []step{
+	{`^BenchmarkInProc$`, "300000x", 5},
+	{`^BenchmarkTyped$`, "50000x", 5},
+	{`^BenchmarkKafkaPublish$`, "50000x", 3},
+	{`^BenchmarkKafkaConsume$`, "50000x", 3},
+	{`^BenchmarkKafkaSlowHandler$/^busway`, "20000x", 3},
+	{`^BenchmarkKafkaSlowHandler$/^raw`, "1500x", 3},
+	{`^BenchmarkNATSPublish$`, "20000x", 3},
+	{`^BenchmarkNATSConsume$`, "50000x", 3},
+	{`^BenchmarkLatency$`, "2s", 3},
+}
+
+// shortPlan: every case once with a few thousand messages.
+var shortPlan = []step{
+	{`^BenchmarkInProc$`, "5000x", 1},
+	{`^BenchmarkTyped$`, "3000x", 1},
+	{`^BenchmarkKafkaPublish$`, "3000x", 1},
+	{`^BenchmarkKafkaConsume$`, "3000x", 1},
+	{`^BenchmarkKafkaSlowHandler$/^busway`, "2000x", 1},
+	{`^BenchmarkKafkaSlowHandler$/^raw`, "200x", 1},
+	{`^BenchmarkNATSPublish$`, "2000x", 1},
+	{`^BenchmarkNATSConsume$`, "3000x", 1},
+	{`^BenchmarkLatency$`, "0.3s", 1},
+}
+
+func main() {
+	short := flag.Bool("short", false, "smoke run: every case once with a few thousand messages")
+	out := flag.String("out", ".", "directory for RESULTS.md, results.svg and results.txt")
+	outboxTime := flag.String("outbox-benchtime", "", "benchtime of the main module's outbox benchmarks (default 1s, 200x with -short)")
+	flag.Parse()
+	if err := run(*short, *out, *outboxTime); err != nil {
+		fmt.Fprintln(os.Stderr, "benchrun:", err)
+		os.Exit(1)
+	}
+}
+
+func run(short bool, out, outboxTime string) error {
+	steps, outboxCount := plan, 3
+	if short {
+		steps, outboxCount = shortPlan, 1
+	}
+	if outboxTime == "" {
+		outboxTime = "1s"
+		if short {
+			outboxTime = "200x"
+		}
+	}
+	start := time.Now()
+	env := machine()
+	tmp, err := os.MkdirTemp("", "benchrun")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin := filepath.Join(tmp, "benchmarks.test")
+	if err := sh(os.Stderr, ".", "go", "test", "-c", "-o", bin, "."); err != nil {
+		return fmt.Errorf("building the benchmarks: %w", err)
+	}
+	var raw bytes.Buffer
+	for _, s := range steps {
+		fmt.Fprintf(os.Stderr, "== %s (%s, %d runs)\n", s.pattern, s.benchtime, s.count)
+		err := sh(io.MultiWriter(&raw, os.Stdout), ".", bin, "-test.run", "^$", "-test.bench", s.pattern,
+			"-test.benchtime", s.benchtime, "-test.count", fmt.Sprint(s.count), "-test.benchmem", "-test.timeout", "30m")
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.pattern, err)
+		}
+	}
+	// The outbox relay benchmarks live in the main module (package outbox).
+	if hasBenchmarks("../outbox") {
+		fmt.Fprintf(os.Stderr, "== outbox (%s, %d runs)\n", outboxTime, outboxCount)
+		if err := sh(io.MultiWriter(&raw, os.Stdout), "..", "go", "test", "-run", "^$", "-bench", ".", "-benchmem",
+			"-benchtime", outboxTime, "-count", fmt.Sprint(outboxCount), "-timeout", "30m", "./outbox/"); err != nil {
+			return fmt.Errorf("outbox benchmarks: %w", err)
+		}
+	}
+	cases, err := parse(bytes.NewReader(raw.Bytes()))
+	if err != nil {
+		return err
+	}
+	if len(cases.list) == 0 {
+		return errors.New("no benchmark results in the output")
+	}
+	env.duration = time.Since(start)
+	env.loadEnd = loadavg()
+	env.short = short
+	cmps := compare(cases)
+
+	var md bytes.Buffer
+	writeMarkdown(&md, env, cases, cmps)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "RESULTS.md"), md.Bytes(), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "results.txt"), raw.Bytes(), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "results.svg"), chart(cmps, env), 0o644); err != nil {
+		return err
+	}
+	fmt.Println()
+	writeComparisons(os.Stdout, cmps)
+	fmt.Fprintf(os.Stderr, "wrote %s/RESULTS.md, results.svg, results.txt in %v\n", out, env.duration.Round(time.Second))
+	return nil
+}
+
+func sh(w io.Writer, dir, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Stdout = w
+	cmd.Stderr = os.Stderr
+	return cmd.Run()
+}
+
+// hasBenchmarks reports whether a package directory has a Benchmark func.
+func hasBenchmarks(dir string) bool {
+	files, _ := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && bytes.Contains(b, []byte("\nfunc Benchmark")) {
+			return true
+		}
+	}
+	return false
+}
+
+type env struct {
+	date, cpu, kernel, mem, goVersion, loadStart, loadEnd, busway string
+	cores                                                         int
+	modules                                                       [][2]string
+	duration                                                      time.Duration
+	short                                                         bool
+}
+
+func machine() env {
+	e := env{
+		date:      time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		cores:     runtime.NumCPU(),
+		goVersion: strings.TrimSpace(output(".", "go", "env", "GOVERSION")) + " " + runtime.GOOS + "/" + runtime.GOARCH,
+		loadStart: loadavg(),
+		kernel:    strings.TrimSpace(readFile("/proc/sys/kernel/osrelease")),
+	}
+	for _, l := range strings.Split(readFile("/proc/cpuinfo"), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+			e.cpu = strings.TrimSpace(v)
+			break
+		}
+	}
+	for _, l := range strings.Split(readFile("/proc/meminfo"), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			e.mem = fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
+		}
+	}
+	e.busway = strings.TrimSpace(output("..", "git", "describe", "--always", "--dirty", "--exclude", "*"))
+	for _, m := range []string{
+		"github.com/ThreeDotsLabs/watermill", "github.com/segmentio/kafka-go", "github.com/twmb/franz-go",
+		"github.com/twmb/franz-go/pkg/kfake", "github.com/nats-io/nats.go", "github.com/nats-io/nats-server/v2",
+	} {
+		v := strings.TrimSpace(output(".", "go", "list", "-m", "-f", "{{.Version}}", m))
+		e.modules = append(e.modules, [2]string{m, v})
+	}
+	return e
+}
+
+func loadavg() string {
+	f := strings.Fields(readFile("/proc/loadavg"))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func readFile(name string) string {
+	b, _ := os.ReadFile(name)
+	return string(b)
+}
+
+func output(dir, name string, args ...string) string {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	b, err := cmd.Output()
+	if err != nil {
+		return "?"
+	}
+	return string(b)
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"encoding/xml"
+	"io"
+	"math"
+	"strings"
+	"testing"
+)
+
+const sample = `goos: linux
+pkg: github.com/busway/busway/benchmarks
+BenchmarkInProc/256B/raw-chan-2         	  100000	        50 ns/op	  20000000 msgs/s	       0 B/op	       0 allocs/op
+BenchmarkInProc/256B/busway-chanbus-2   	  100000	       200 ns/op	   5000000 msgs/s	       4 B/op	       0 allocs/op
+BenchmarkInProc/256B/raw-chan-2         	  100000	        40 ns/op	  25000000 msgs/s	       0 B/op	       0 allocs/op
+BenchmarkInProc/256B/busway-chanbus-2   	  100000	       250 ns/op	   4000000 msgs/s	       4 B/op	       0 allocs/op
+BenchmarkInProc/256B/raw-chan-2         	  100000	        45 ns/op	  22000000 msgs/s	       0 B/op	       0 allocs/op
+BenchmarkInProc/256B/busway-chanbus-2   	  100000	       238 ns/op	   4200000 msgs/s	       4 B/op	       0 allocs/op
+BenchmarkLatency/nats/busway-2          	    1000	    400000 ns/op	      2500 msgs/s	      2500 offered-msgs/s	       100 p50-µs	       900 p99-µs	      2000 p99.9-µs	    7000 B/op	      80 allocs/op
+BenchmarkLatency/nats/raw-nats-2        	    1000	    400000 ns/op	      2500 msgs/s	      2500 offered-msgs/s	       100 p50-µs	       600 p99-µs	      2000 p99.9-µs	    7000 B/op	      80 allocs/op
+--- BENCH: something
+PASS
+pkg: github.com/busway/busway/outbox
+BenchmarkRelay/sqlite-2                 	    2000	    500000 ns/op
+`
+
+func TestParseCompareReport(t *testing.T) {
+	cs, err := parse(strings.NewReader(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs.list) != 5 {
+		t.Fatalf("%d cases, want 5: %v", len(cs.list), cs.byName)
+	}
+	st, ok := cs.get("InProc/256B/busway-chanbus").stat("msgs/s")
+	if !ok || st.med != 4.2e6 || st.min != 4e6 || st.max != 5e6 || st.n != 3 {
+		t.Fatalf("chanbus msgs/s = %+v", st)
+	}
+	if st, ok := cs.get("outbox: Relay/sqlite").stat("msgs/s"); !ok || st.med != 2000 {
+		t.Fatalf("outbox msgs/s from ns/op = %+v, %v", st, ok)
+	}
+
+	cmps := compare(cs)
+	byTitle := map[string]*comparison{}
+	for _, c := range cmps {
+		byTitle[c.title] = c
+	}
+	c := byTitle["chanbus vs raw channel 256B"]
+	if c == nil || math.Abs(c.ratio-4.2/22) > 1e-9 || math.Abs(c.ratioMin-0.16) > 1e-9 || math.Abs(c.ratioMax-0.25) > 1e-9 || c.met() {
+		t.Fatalf("chanbus vs raw channel = %+v", c)
+	}
+	l := byTitle["latency p99, NATS vs nats.go"]
+	if l == nil || l.ratio != 1.5 || l.met() {
+		t.Fatalf("latency = %+v", l)
+	}
+	if _, ok := byTitle["Kafka consume c1 vs kgo group 256B"]; ok {
+		t.Fatal("a comparison whose cases did not run is reported")
+	}
+
+	var md bytes.Buffer
+	writeMarkdown(&md, env{cpu: "test cpu", cores: 2}, cs, cmps)
+	for _, want := range []string{"| chanbus vs raw channel 256B | 4.20M msgs/s | 22.00M msgs/s | 0.19x | 0.16–0.25x | ≥ 0.2x (within 5x) | **missed** |",
+		"| latency p99, NATS vs nats.go | 900 µs | 600 µs | 1.50x |", "| outbox: Relay/sqlite | 1 |", "100 / 900 / 2.0k at 2.5k msgs/s"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("RESULTS.md lacks %q:\n%s", want, md.String())
+		}
+	}
+
+	svg := chart(cmps, env{cpu: "cpu <&>", cores: 2})
+	d := xml.NewDecoder(bytes.NewReader(svg))
+	rects := 0
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("chart is not well-formed XML: %v\n%s", err, svg)
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "rect" {
+			rects++
+		}
+	}
+	if rects != 1+2 { // the background and one bar per comparison with a reference
+		t.Fatalf("chart has %d rects, want 3", rects)
+	}
+}

@@ -1,0 +1,86 @@
+package benchmarks
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Payload sizes every throughput case runs at: the body of each message
+// (for the typed cases, the size of the event's Note field, so that the
+// JSON body is about this size).
+var sizes = []struct {
+	name string
+	n    int
+}{
+	{"256B", 256},
+	{"4KiB", 4096},
+}
+
+// forSizes runs f as a sub-benchmark per payload size.
+func forSizes(b *testing.B, f func(b *testing.B, body []byte)) {
+	for _, s := range sizes {
+		body := payload(s.n)
+		b.Run(s.name, func(b *testing.B) { f(b, body) })
+	}
+}
+
+// payload is n printable bytes (valid in a JSON string without escaping).
+func payload(n int) []byte {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = alphabet[(i*7+i/64)%len(alphabet)]
+	}
+	return p
+}
+
+// keys is the key space of keyed cases: 1000 keys, like an aggregate ID.
+var keys = func() []string {
+	k := make([]string, 1000)
+	for i := range k {
+		k[i] = "k-" + strconv.Itoa(i)
+	}
+	return k
+}()
+
+// OrderPlaced is the event every typed case publishes and decodes.
+type OrderPlaced struct {
+	ID     string `json:"id"`
+	Amount int    `json:"amount"`
+	Note   string `json:"note"`
+}
+
+// startMeasuring resets the clock and the allocation counters: everything
+// before it (servers, clusters, prefilled topics, subscriptions that are
+// not part of the case) is not measured.
+func startMeasuring(b *testing.B) {
+	b.ReportAllocs()
+	b.ResetTimer()
+}
+
+// report stops the clock and reports the throughput: every case's
+// iteration is one message.
+func report(b *testing.B) {
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// waitDone waits for done, failing the case after d with what was seen.
+func waitDone(b *testing.B, done <-chan struct{}, d time.Duration, what func() string) {
+	b.Helper()
+	select {
+	case <-done:
+	case <-time.After(d):
+		b.Fatalf("timed out after %v: %s", d, what())
+	}
+}
+
+// uniq makes names unique within the process (topics, groups, streams).
+var uniqSeq int
+
+func uniq(prefix string) string {
+	uniqSeq++
+	return prefix + "-" + strconv.Itoa(uniqSeq) + "-" + strings.ReplaceAll(strconv.FormatInt(time.Now().UnixNano()%1e9, 36), "-", "")
+}
