@@ -113,7 +113,7 @@ func compare(c *cases) []*comparison {
 		cmp.rMed = rs.med
 		cmp.have, cmp.ratio = true, bs.med/rs.med
 		// Runs pair up: run i of busway and run i of the reference ran
-		// one after the other in the same pass.
+		// in the same pass, one soon after the other.
 		bv, rv := b.runs[cmp.unit], r.runs[cmp.unit]
 		var per []float64
 		for i := range min(len(bv), len(rv)) {

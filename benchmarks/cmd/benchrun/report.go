@@ -108,7 +108,7 @@ func writeMarkdown(w io.Writer, e env, cs *cases, cmps []*comparison) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Throughput: busway's msgs/s ÷ the reference's (higher is better). Latency: busway's p99 ÷")
 	fmt.Fprintln(w, "the reference's (lower is better). The ratio is of the medians; the range is of the")
-	fmt.Fprintln(w, "ratios of each run's pair (busway and its reference ran one after the other).")
+	fmt.Fprintln(w, "ratios of each pass's pair (every pass runs each case once, busway's beside its references).")
 	fmt.Fprintln(w)
 	writeComparisons(w, cmps)
 	fmt.Fprintln(w)
