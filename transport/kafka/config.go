@@ -60,6 +60,13 @@ type Config struct {
 	// finished messages; it also commits when a partition is revoked and at
 	// Close. Default 1s.
 	CommitInterval time.Duration
+	// CommitEvery makes a subscription commit as soon as a partition has
+	// this many finished messages past its committed offset, without
+	// waiting for CommitInterval. A partition pauses fetching while
+	// MaxInFlight + CommitEvery of its messages are past its committed
+	// offset, so after a crash at most that many messages per partition are
+	// handled again, however fast the handlers are. Default 1000.
+	CommitEvery int
 	// RetryBackoff is the first wait before a failed message is handled
 	// again, in place (Kafka has no negative acknowledgement). It doubles
 	// after every failure up to RetryBackoffMax. Default 100ms.
@@ -252,6 +259,7 @@ func (c Config) resolve() (*config, error) {
 		def  int
 	}{
 		{"MaxMessageBytes", &r.MaxMessageBytes, 1<<20 + 64<<10},
+		{"CommitEvery", &r.CommitEvery, 1000},
 		{"FetchMaxBytes", &r.FetchMaxBytes, 0},
 	}
 	for _, f := range ints {

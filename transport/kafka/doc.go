@@ -27,14 +27,17 @@
 // are handled one at a time, in offset order; different keys run in parallel
 // up to SubscribeOptions.Concurrency. A handler error retries the message in
 // place with exponential backoff (Kafka has no negative acknowledgement);
-// only its key waits. Offsets are committed every Config.CommitInterval, when
-// a partition is revoked and at Close, and never past a message whose
-// handler has not returned nil, so delivery is at-least-once: after a crash
-// or a rebalance, the messages handled since the last commit are handled
-// again (per partition, at most the MaxInFlight messages fetched past its
-// commit position, plus a commit interval's worth). Fetching pauses while
-// MaxInFlight messages are unfinished, or fetched past a partition's commit
-// position, so memory is bounded. When a partition is revoked it stops
+// only its key waits. Offsets are committed every Config.CommitInterval, as
+// soon as a partition has Config.CommitEvery finished messages past its
+// committed offset, when a partition is revoked and at Close, and never past
+// a message whose handler has not returned nil, so delivery is
+// at-least-once: after a crash, the messages handled since the last commit
+// are handled again. A partition pauses fetching while MaxInFlight +
+// CommitEvery of its messages are past its committed offset, so a crash
+// makes the group handle again at most that many messages per partition
+// (by default 256 + 1000), however fast the handlers run. Fetching also
+// pauses while MaxInFlight messages are unfinished, or fetched past a
+// partition's first unfinished one, so memory is bounded. When a partition is revoked it stops
 // fetching and drains for at most Config.DrainTimeout; what did not finish
 // goes to the new owner. A message that failed and is still waiting for its
 // retry when its partition drains is left to the new owner at once, with the

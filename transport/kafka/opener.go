@@ -24,9 +24,9 @@ const Scheme = "kafka"
 // information), create_topics (default true), partitions,
 // replication_factor, acks (all, leader, none), compression (none, gzip,
 // snappy, lz4, zstd), max_message_bytes, publish_retries, commit_interval,
-// retry_backoff, retry_backoff_max, drain_timeout, session_timeout,
-// heartbeat_interval, rebalance_timeout, fetch_max_bytes, fetch_max_wait,
-// dial_timeout, request_timeout. An unknown option, or a bad value, is an
+// commit_every, retry_backoff, retry_backoff_max, drain_timeout,
+// session_timeout, heartbeat_interval, rebalance_timeout, fetch_max_bytes,
+// fetch_max_wait, dial_timeout, request_timeout. An unknown option, or a bad value, is an
 // error naming it.
 func Opener() transport.Opener {
 	return transport.OpenerFunc(func(ctx context.Context, u *url.URL) (transport.Transport, error) {
@@ -92,6 +92,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 	cfg.MaxMessageBytes = q.Int("max_message_bytes", 0)
 	cfg.PublishRetries = q.Int("publish_retries", 0)
 	cfg.CommitInterval = q.Duration("commit_interval", 0)
+	cfg.CommitEvery = q.Int("commit_every", 0)
 	cfg.RetryBackoff = q.Duration("retry_backoff", 0)
 	cfg.RetryBackoffMax = q.Duration("retry_backoff_max", 0)
 	cfg.DrainTimeout = q.Duration("drain_timeout", 0)

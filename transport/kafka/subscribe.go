@@ -17,11 +17,13 @@ import (
 
 // MaxInFlight is a subscribe option (in SubscribeOptions.Specific) bounding
 // the messages a subscription has fetched but not finished, across its
-// partitions, and, per partition, the messages fetched past its commit
-// position (the window above an unfinished message): when either is
-// reached, fetching pauses. It bounds memory, and the messages handled again
-// after a crash (at most MaxInFlight per partition). Default
-// max(256, 8*Concurrency).
+// partitions, and, per partition, the messages fetched past its first
+// unfinished one (the window in which handlers finish out of order): when
+// either is reached, fetching pauses. It bounds memory. Together with
+// Config.CommitEvery it bounds the messages handled again after a crash: a
+// partition pauses fetching while MaxInFlight + CommitEvery of its messages
+// are past its committed offset, so a crash redelivers at most that many
+// per partition. Default max(256, 8*Concurrency).
 type MaxInFlight int
 
 // Transport returns Scheme: the option belongs to this transport.
@@ -116,6 +118,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		// capacity is the bound on them (MaxInFlight).
 		inflight: make(chan struct{}, maxInFlight),
 		window:   maxInFlight,
+		every:    t.cfg.CommitEvery,
 		keys:     make(map[string]*keyQueue),
 		loopDone: make(chan struct{}),
 	}
@@ -256,6 +259,7 @@ type subscription struct {
 
 	inflight chan struct{} // fetched, unfinished messages (MaxInFlight)
 	window   int           // per partition, fetched messages past the commit position (MaxInFlight)
+	every    int           // per partition, finished messages past the committed offset that ask for a commit (CommitEvery)
 	keyMu    sync.Mutex
 	keys     map[string]*keyQueue // keys with unfinished messages
 	// ready holds the key queues whose next message may run now; the
@@ -357,13 +361,15 @@ func (s *subscription) loop() {
 		assigned := gen.Assignments[s.topic]
 		s.log.Debug("kafka: generation started", "generation", gen.ID, "member", gen.MemberID, "partitions", len(assigned))
 		parts := make([]*partition, len(assigned))
+		commitNow := make(chan struct{}, 1) // a partition asks commitLoop for a commit
 		for i, a := range assigned {
-			p := &partition{id: a.ID, idText: strconv.Itoa(a.ID), next: -1, committed: -1, draining: make(chan struct{}), advanced: make(chan struct{}, 1)}
+			p := &partition{id: a.ID, idText: strconv.Itoa(a.ID), next: -1, committed: -1, draining: make(chan struct{}), advanced: make(chan struct{}, 1),
+				every: int64(s.every), commitNow: commitNow}
 			p.ctx, p.cancel = context.WithCancel(s.runCtx)
 			parts[i] = p
 			s.start(gen, func(ctx context.Context) { s.consume(ctx, gen, p, a.Offset) })
 		}
-		s.start(gen, func(ctx context.Context) { s.commitLoop(ctx, gen, parts) })
+		s.start(gen, func(ctx context.Context) { s.commitLoop(ctx, gen, parts, commitNow) })
 	}
 }
 
@@ -386,14 +392,20 @@ type partition struct {
 	wg     sync.WaitGroup // dispatched, unfinished messages
 	// draining is closed when the partition stops fetching: a failed
 	// message then waits for the new owner instead of its backoff.
-	draining chan struct{}
-	advanced chan struct{} // 1-buffered: the commit position moved
+	draining  chan struct{}
+	advanced  chan struct{}   // 1-buffered: the commit position moved, or a commit succeeded
+	every     int64           // CommitEvery
+	commitNow chan<- struct{} // 1-buffered, shared by the generation's partitions
 
 	mu        sync.Mutex
 	pending   []pendingOffset // fetched and not yet contiguous-done, in offset order
 	head      int
 	next      int64 // offset to commit: everything below it is done; -1 none
 	committed int64
+	// done counts the messages below next (ever), doneCommitted those
+	// below committed: done-doneCommitted finished messages wait for a
+	// commit.
+	done, doneCommitted int64
 }
 
 type pendingOffset struct {
@@ -415,6 +427,16 @@ func (p *partition) pendingCount() int {
 	return len(p.pending) - p.head
 }
 
+// full reports whether fetching must pause: window messages are fetched
+// past the first unfinished one, or window+every past the committed offset
+// (the most a crash can make the group handle again).
+func (p *partition) full(window int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pending := int64(len(p.pending) - p.head)
+	return pending >= int64(window) || pending+p.done-p.doneCommitted >= int64(window)+p.every
+}
+
 func (p *partition) finish(off int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -427,12 +449,19 @@ func (p *partition) finish(off int64) {
 	for p.head < len(p.pending) && p.pending[p.head].done {
 		p.next = p.pending[p.head].off + 1
 		p.head++
+		p.done++
 		moved = true
 	}
 	if moved {
 		select {
 		case p.advanced <- struct{}{}:
 		default:
+		}
+		if p.done-p.doneCommitted >= p.every && p.commitNow != nil {
+			select {
+			case p.commitNow <- struct{}{}:
+			default: // a commit is asked for already
+			}
 		}
 	}
 	switch {
@@ -473,7 +502,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 			}
 			continue
 		}
-		for err == nil && p.pendingCount() >= s.window {
+		for err == nil && p.full(s.window) {
 			select {
 			case <-p.advanced:
 			case <-fctx.Done():
@@ -536,7 +565,9 @@ func (s *subscription) drain(p *partition) {
 	<-done
 }
 
-func (s *subscription) commitLoop(ctx context.Context, gen *kafkago.Generation, parts []*partition) {
+// commitLoop commits every CommitInterval, and when a partition has
+// CommitEvery finished messages past its committed offset.
+func (s *subscription) commitLoop(ctx context.Context, gen *kafkago.Generation, parts []*partition, now <-chan struct{}) {
 	tick := time.NewTicker(s.t.cfg.CommitInterval)
 	defer tick.Stop()
 	for {
@@ -544,8 +575,9 @@ func (s *subscription) commitLoop(ctx context.Context, gen *kafkago.Generation, 
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			s.commit(gen, parts...)
+		case <-now:
 		}
+		s.commit(gen, parts...)
 	}
 }
 
@@ -555,13 +587,15 @@ func (s *subscription) commit(gen *kafkago.Generation, parts ...*partition) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	var offs map[int]int64
-	for _, p := range parts {
+	dones := make([]int64, len(parts))
+	for i, p := range parts {
 		p.mu.Lock()
 		if p.next > p.committed {
 			if offs == nil {
 				offs = make(map[int]int64, len(parts))
 			}
 			offs[p.id] = p.next
+			dones[i] = p.done
 		}
 		p.mu.Unlock()
 	}
@@ -572,11 +606,15 @@ func (s *subscription) commit(gen *kafkago.Generation, parts ...*partition) {
 		s.log.Warn("kafka: commit failed; the messages after the last commit may be delivered again", "generation", gen.ID, "err", classify(context.Background(), err))
 		return
 	}
-	for _, p := range parts {
+	for i, p := range parts {
 		if off, ok := offs[p.id]; ok {
 			p.mu.Lock()
-			p.committed = off
+			p.committed, p.doneCommitted = off, dones[i]
 			p.mu.Unlock()
+			select { // fetching may wait for this commit
+			case p.advanced <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
