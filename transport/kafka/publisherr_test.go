@@ -62,7 +62,7 @@ func failPartition(c *kfake.Cluster, topic string, partition int32) <-chan struc
 // topic while the leader of partition 0 refuses its requests, calls
 // interrupt at the first refusal, and checks that Publish reports exactly
 // the refused messages in a *transport.PublishError whose errors wrap want.
-func partlyFailedPublish(t *testing.T, disableTopics bool, interrupt func(c *kfake.Cluster, topic string, cancel context.CancelFunc), want error) {
+func partlyFailedPublish(t *testing.T, disableTopics bool, interrupt func(c *kfake.Cluster, topic string, cancel context.CancelFunc, accepted func()), want error) {
 	c := newCluster(t)
 	cfg := testConfig(c.ListenAddrs())
 	cfg.PublishRetries = 30 // the backoff, doubling from 50ms, outlasts the test
@@ -78,7 +78,7 @@ func partlyFailedPublish(t *testing.T, disableTopics bool, interrupt func(c *kfa
 	}
 	failLeader := c.LeaderFor(topic, 0)
 	var msgs []*transport.Message
-	var wantFailed []int
+	var wantFailed, acceptedParts []int
 	var balancer kafkago.Murmur2Balancer
 	covered := make(map[int]bool)
 	for i := 0; len(covered) < 3; i++ {
@@ -90,6 +90,8 @@ func partlyFailedPublish(t *testing.T, disableTopics bool, interrupt func(c *kfa
 		covered[p] = true
 		if c.LeaderFor(topic, int32(p)) == failLeader {
 			wantFailed = append(wantFailed, len(msgs))
+		} else {
+			acceptedParts = append(acceptedParts, p)
 		}
 		msgs = append(msgs, &transport.Message{ID: fmt.Sprintf("m-p%d", p), Key: key, Body: []byte("x")})
 	}
@@ -99,10 +101,36 @@ func partlyFailedPublish(t *testing.T, disableTopics bool, interrupt func(c *kfa
 	first := failPartition(c, topic, 0)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	// accepted waits until the other leaders stored their messages. (It
+	// runs on another goroutine than the test's: no t.Fatal.)
+	accepted := func() {
+		stored := func() bool {
+			var reqs []kafkago.OffsetRequest
+			for _, p := range acceptedParts {
+				reqs = append(reqs, kafkago.LastOffsetOf(p))
+			}
+			res, err := tr.client.ListOffsets(ctx, &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{topic: reqs}})
+			if err != nil {
+				return false
+			}
+			for _, p := range res.Topics[topic] {
+				if p.Error != nil || p.LastOffset < 1 {
+					return false
+				}
+			}
+			return len(res.Topics[topic]) == len(acceptedParts)
+		}
+		for deadline := time.Now().Add(30 * time.Second); !stored(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Error("the other partitions' messages were not stored")
+				return
+			}
+		}
+	}
 	go func() {
 		select {
 		case <-first:
-			interrupt(c, topic, cancel)
+			interrupt(c, topic, cancel, accepted)
 		case <-ctx.Done():
 		}
 	}()
@@ -129,7 +157,7 @@ func partlyFailedPublish(t *testing.T, disableTopics bool, interrupt func(c *kfa
 
 // Defect 5: the context ends while refused partitions wait for their retry.
 func TestPublishPartlyAcceptedContextEnds(t *testing.T) {
-	partlyFailedPublish(t, false, func(_ *kfake.Cluster, _ string, cancel context.CancelFunc) {
+	partlyFailedPublish(t, false, func(_ *kfake.Cluster, _ string, cancel context.CancelFunc, _ func()) {
 		// The retries back off 50ms, 100ms, ... doubling: one second in,
 		// Publish is almost surely asleep between two of them.
 		time.Sleep(time.Second)
@@ -140,7 +168,8 @@ func TestPublishPartlyAcceptedContextEnds(t *testing.T) {
 // Defect 5: the metadata lookup before a retry fails (the topic was
 // deleted, and creating topics is disabled).
 func TestPublishPartlyAcceptedMetadataFails(t *testing.T) {
-	partlyFailedPublish(t, true, func(c *kfake.Cluster, topic string, _ context.CancelFunc) {
+	partlyFailedPublish(t, true, func(c *kfake.Cluster, topic string, _ context.CancelFunc, accepted func()) {
+		accepted()
 		if err := c.DeleteTopic(topic); err != nil {
 			t.Errorf("DeleteTopic: %v", err)
 		}
