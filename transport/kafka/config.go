@@ -73,6 +73,20 @@ type Config struct {
 	RetryBackoff time.Duration
 	// RetryBackoffMax caps RetryBackoff's growth. Default 10s.
 	RetryBackoffMax time.Duration
+	// MaxAttempts is the retry budget of a message whose handler fails:
+	// after this many attempts in place, the subscription gives the message
+	// up (logged at Error level with its topic, partition, offset, ID and
+	// last error) and commits past it, so that one message cannot stop its
+	// key and, as the commit position cannot pass it, its partition (a
+	// retrying message holds the commit position, and fetching pauses
+	// MaxInFlight messages past it). Every error counts, a permanent one
+	// too: with middleware.DeadLetter in the chain (the way to keep such
+	// messages) an error reaches the transport only when the dead letter
+	// could not be published, which a retry may fix. Given up means not
+	// delivered again: Message.Attempt == MaxAttempts was its last
+	// delivery. Default 10; -1 retries without limit (strict at-least-once:
+	// a message that never succeeds stalls its partition for good).
+	MaxAttempts int
 	// DrainTimeout bounds how long a revoked partition waits for its
 	// in-flight handlers before its uncommitted messages are left to the new
 	// owner. It must be less than RebalanceTimeout (a member still
@@ -272,6 +286,12 @@ func (c Config) resolve() (*config, error) {
 	}
 	if r.FetchMaxBytes == 0 {
 		r.FetchMaxBytes = 2 * r.MaxMessageBytes
+	}
+	switch {
+	case r.MaxAttempts == 0:
+		r.MaxAttempts = 10
+	case r.MaxAttempts < -1:
+		return nil, invalid("MaxAttempts %d is below -1 (-1 means unlimited, 0 the default 10)", r.MaxAttempts)
 	}
 	switch {
 	case r.PublishRetries == 0:

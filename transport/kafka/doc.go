@@ -27,7 +27,12 @@
 // are handled one at a time, in offset order; different keys run in parallel
 // up to SubscribeOptions.Concurrency. A handler error retries the message in
 // place with exponential backoff (Kafka has no negative acknowledgement);
-// only its key waits. Offsets are committed every Config.CommitInterval, as
+// only its key waits, until Config.MaxAttempts attempts (default 10) have
+// failed: then the message is given up, logged at Error level, and
+// committed past, so that one message never stops its partition (whose
+// commit position it holds) for longer than its retry budget. Put
+// middleware.DeadLetter in the chain to keep such messages; MaxAttempts -1
+// retries without limit. Offsets are committed every Config.CommitInterval, as
 // soon as a partition has Config.CommitEvery finished messages past its
 // committed offset, when a partition is revoked and at Close, and never past
 // a message whose handler has not returned nil, so delivery is

@@ -24,7 +24,7 @@ const Scheme = "kafka"
 // information), create_topics (default true), partitions,
 // replication_factor, acks (all, leader, none), compression (none, gzip,
 // snappy, lz4, zstd), max_message_bytes, publish_retries, commit_interval,
-// commit_every, retry_backoff, retry_backoff_max, drain_timeout,
+// commit_every, retry_backoff, retry_backoff_max, max_attempts, drain_timeout,
 // session_timeout, heartbeat_interval, rebalance_timeout, fetch_max_bytes,
 // fetch_max_wait, dial_timeout, request_timeout. An unknown option, or a bad value, is an
 // error naming it.
@@ -95,6 +95,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 	cfg.CommitEvery = q.Int("commit_every", 0)
 	cfg.RetryBackoff = q.Duration("retry_backoff", 0)
 	cfg.RetryBackoffMax = q.Duration("retry_backoff_max", 0)
+	cfg.MaxAttempts = q.Int("max_attempts", 0)
 	cfg.DrainTimeout = q.Duration("drain_timeout", 0)
 	cfg.SessionTimeout = q.Duration("session_timeout", 0)
 	cfg.HeartbeatInterval = q.Duration("heartbeat_interval", 0)

@@ -693,6 +693,13 @@ func (s *subscription) step(q *keyQueue, d *delivery) {
 			q.abandon(p)
 			break
 		}
+		if max := s.t.cfg.MaxAttempts; max > 0 && q.attempt >= max {
+			// Out of budget: give it up, so that its key and partition go on.
+			s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
+				"offset", j.m.Offset, "id", d.m.ID, "attempts", q.attempt, "err", err)
+			p.finish(j.m.Offset)
+			break
+		}
 		if q.backoff == 0 {
 			q.backoff = s.t.cfg.RetryBackoff
 		}

@@ -115,6 +115,7 @@ func TestConfigValidation(t *testing.T) {
 		"heartbeat>session": {Brokers: []string{"h"}, HeartbeatInterval: time.Minute},
 		"drain>=rebalance":  {Brokers: []string{"h"}, DrainTimeout: time.Minute},
 		"drain=rebalance":   {Brokers: []string{"h"}, DrainTimeout: 5 * time.Second, RebalanceTimeout: 5 * time.Second},
+		"attempts -2":       {Brokers: []string{"h"}, MaxAttempts: -2},
 	} {
 		_, err := New(context.Background(), cfg)
 		if !errors.Is(err, transport.ErrInvalidOptions) {
@@ -129,14 +130,14 @@ func TestConfigValidation(t *testing.T) {
 
 func TestConfigFromURL(t *testing.T) {
 	u, _ := url.Parse("kafka://alice:s3cret@h1,h2:9093?client_id=svc&partitions=6&replication_factor=3&acks=leader" +
-		"&compression=zstd&sasl=scram-sha-512&tls=true&commit_interval=2s&commit_every=77&create_topics=false&retry_backoff=50ms")
+		"&compression=zstd&sasl=scram-sha-512&tls=true&commit_interval=2s&commit_every=77&max_attempts=3&create_topics=false&retry_backoff=50ms")
 	cfg, err := ConfigFromURL(u)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(cfg.Brokers, ",") != "h1,h2:9093" || cfg.ClientID != "svc" || cfg.Topics.Partitions != 6 ||
 		cfg.Topics.ReplicationFactor != 3 || cfg.Acks != AcksLeader || cfg.Compression != "zstd" ||
-		cfg.SASL != (SASL{"SCRAM-SHA-512", "alice", "s3cret"}) || cfg.TLS == nil || cfg.CommitInterval != 2*time.Second || cfg.CommitEvery != 77 ||
+		cfg.SASL != (SASL{"SCRAM-SHA-512", "alice", "s3cret"}) || cfg.TLS == nil || cfg.CommitInterval != 2*time.Second || cfg.CommitEvery != 77 || cfg.MaxAttempts != 3 ||
 		!cfg.Topics.Disable || cfg.RetryBackoff != 50*time.Millisecond {
 		t.Errorf("parsed %+v", cfg)
 	}
