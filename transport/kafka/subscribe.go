@@ -419,14 +419,6 @@ func (p *partition) add(off int64) {
 	p.mu.Unlock()
 }
 
-// pendingCount is the number of fetched messages at or past the commit
-// position.
-func (p *partition) pendingCount() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.pending) - p.head
-}
-
 // full reports whether fetching must pause: window messages are fetched
 // past the first unfinished one, or window+every past the committed offset
 // (the most a crash can make the group handle again).
