@@ -114,3 +114,5 @@ func shared(tr transport.Transport) openFunc {
 type noClose struct{ transport.Transport }
 
 func (noClose) Close() error { return nil }
+
+func strconvFormat(n int64) string { return strconv.FormatInt(n, 36) }
