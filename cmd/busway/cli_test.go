@@ -72,9 +72,9 @@ func TestTailJSON(t *testing.T) {
 	}
 	var ev struct {
 		SpecVersion, ID, Type, Source, Subject, PartitionKey, DataContentType, Topic string
-		Time                                                                          time.Time
-		Data                                                                          map[string]any
-		Headers                                                                       map[string]string
+		Time                                                                         time.Time
+		Data                                                                         map[string]any
+		Headers                                                                      map[string]string
 	}
 	if err := json.Unmarshal([]byte(tail.out.String()), &ev); err != nil {
 		t.Fatalf("tail --json printed %q: %v", tail.out, err)

@@ -36,8 +36,6 @@ func embeddedNATS(t *testing.T) (string, *busnats.Transport) {
 	return "nats://" + u.Host, srv
 }
 
-
-
 // kafkaURL starts a kfake cluster and returns a URL for it with settings
 // that keep the test quick.
 func kafkaURL(t *testing.T) string {
@@ -48,7 +46,7 @@ func kafkaURL(t *testing.T) string {
 	}
 	t.Cleanup(c.Close)
 	return "kafka://" + strings.Join(c.ListenAddrs(), ",") +
-		"?partitions=3&commit_interval=100ms&session_timeout=3s&heartbeat_interval=100ms&rebalance_timeout=5s&fetch_max_wait=100ms&retry_backoff=20ms&retry_backoff_max=500ms"
+		"?partitions=3&commit_interval=100ms&session_timeout=3s&heartbeat_interval=100ms&rebalance_timeout=5s&drain_timeout=3s&fetch_max_wait=100ms&retry_backoff=20ms&retry_backoff_max=500ms"
 }
 
 func TestTailNATS(t *testing.T) {

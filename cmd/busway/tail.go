@@ -217,4 +217,3 @@ func writeJSONLine(a *app, m *transport.Message, env bus.Envelope) {
 	}
 	fmt.Fprintf(a.stdout, "%s\n", b)
 }
-
