@@ -117,7 +117,7 @@ func TestChanbusPanicRetriedThenDeadLettered(t *testing.T) {
 	if calls.Load() != 3 {
 		t.Errorf("handler called %d times, want 3 (retried)", calls.Load())
 	}
-	if d.ID != "o-1" || d.Key != "42" || string(d.Body) != "x" || d.Header["a"] != "b" {
+	if d.Header[transport.HeaderID] != "o-1" || d.ID != middleware.DeadLetterID("o-1", "orders", "billing") || d.Key != "42" || string(d.Body) != "x" || d.Header["a"] != "b" {
 		t.Errorf("dead letter changed the message: %+v", d)
 	}
 	for k, want := range map[string]string{
@@ -170,7 +170,7 @@ func TestChanbusDeadLetterPublishFailureRedelivers(t *testing.T) {
 		t.Errorf("handler saw deliveries %v, want %v", deliveries, want)
 	}
 	got := dlq.got()
-	if len(got) != 1 || got[0].ID != "o-2" || got[0].Header[middleware.HeaderDLQDelivery] != "3" {
+	if len(got) != 1 || got[0].Header[middleware.HeaderDLQID] != "o-2" || got[0].Header[middleware.HeaderDLQDelivery] != "3" {
 		t.Errorf("dead letters: %+v", got)
 	}
 }

@@ -1,13 +1,17 @@
 package middleware
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/google/uuid"
 
 	"github.com/busway/busway/transport"
 )
@@ -15,7 +19,8 @@ import (
 // Headers DeadLetter adds to a dead-lettered message.
 const (
 	// HeaderDLQError is the error text of the last failure, on one line,
-	// at most MaxDLQErrorLen bytes.
+	// at most MaxDLQErrorLen bytes (less when the other headers need the
+	// room: all of them fit in DLQHeaderBudget).
 	HeaderDLQError = "busway-dlq-error"
 	// HeaderDLQAttempts is the number of handler calls made in the delivery
 	// that gave up (Retry's count; 1 without Retry).
@@ -32,11 +37,25 @@ const (
 	HeaderDLQTime = "busway-dlq-time"
 	// HeaderDLQPermanent is "true" when the error was marked permanent.
 	HeaderDLQPermanent = "busway-dlq-permanent"
+	// HeaderDLQID is the Message.ID of the original message (the dead letter
+	// has an ID of its own, see DeadLetterID), when it is at most
+	// MaxDLQIDLen bytes.
+	HeaderDLQID = "busway-dlq-id"
 )
 
-// MaxDLQErrorLen caps the error text in HeaderDLQError: brokers limit header
-// sizes, and a panic value may be long.
-const MaxDLQErrorLen = 1024
+// Limits of what DeadLetter adds, so that a dead letter fits wherever its
+// original fitted, give or take DLQHeaderBudget.
+const (
+	// MaxDLQErrorLen caps the error text in HeaderDLQError: a panic value
+	// or a wrapped error chain may be long.
+	MaxDLQErrorLen = 256
+	// MaxDLQIDLen is the longest original ID written to HeaderDLQID (and
+	// to transport.HeaderID when the original had none).
+	MaxDLQIDLen = 128
+	// DLQHeaderBudget bounds the bytes (names and values) of all the
+	// headers DeadLetter adds.
+	DLQHeaderBudget = 1024
+)
 
 // DeadLetterOptions configure DeadLetter. The zero value means the defaults.
 type DeadLetterOptions struct {
@@ -46,24 +65,73 @@ type DeadLetterOptions struct {
 	Topic func(topic string) string
 	// Now is the clock for HeaderDLQTime. Default time.Now.
 	Now func() time.Time
+	// OnUnpublishable is called when the dead letter itself cannot be
+	// published for good (the broker refuses it as too large or invalid,
+	// even stripped to its essential headers): the message can neither be
+	// handled nor dead-lettered. Returning nil acknowledges the original:
+	// it is dropped, after the hook had the chance to keep it elsewhere.
+	// Returning an error leaves it unacknowledged, so it is delivered again
+	// (and blocks its key each time, on Kafka its partition too).
+	// Default nil: the original is dropped and acknowledged, logged at
+	// level Error on Logger with what is needed to find it again.
+	OnUnpublishable func(ctx context.Context, m *transport.Message, err error) error
+	// Logger receives that Error record. Default slog.Default(): dropping a
+	// message must never be silent.
+	Logger *slog.Logger
 }
 
 // DLQTopic is the default dead-letter topic name: topic + ".dlq".
 func DLQTopic(topic string) string { return topic + ".dlq" }
 
+// dlqNamespace is the UUID namespace of DeadLetterID.
+var dlqNamespace = uuid.MustParse("6f1d2a0e-9c1b-5d7e-8a44-0b5e6d7c8f90")
+
+// DeadLetterID returns the Message.ID of the dead letter of the message
+// with ID id consumed from topic by group: a name-based UUID (version 5) of
+// the three, or "" when id is "". It is deterministic, so a re-send of one
+// dead letter is a true re-send (NATS drops it as a duplicate), and
+// different for each group and source topic, so that two groups' dead
+// letters of one message are two messages. The event's identity stays in
+// transport.HeaderID (ce_id), which DeadLetter keeps.
+func DeadLetterID(id, topic, group string) string {
+	if id == "" {
+		return ""
+	}
+	return uuid.NewSHA1(dlqNamespace, []byte(id+"\x00"+topic+"\x00"+group)).String()
+}
+
 // DeadLetter publishes a message whose inner chain failed (retries
 // exhausted, or a permanent error at once) through pub to its dead-letter
-// topic, then acknowledges it by returning nil. The message is published
-// unchanged (a clone: same ID, Key, Body and headers) plus the
-// HeaderDLQ* headers, so it can be inspected and replayed.
+// topic, then acknowledges it by returning nil.
 //
-// If that publish fails, DeadLetter returns the handler error joined with
-// the publish error, so the original is not acknowledged and is delivered
-// again: nothing is lost. When ctx has ended (the subscription is closing),
-// it does not dead-letter but returns the error, so the message is
-// redelivered after the restart instead of being parked. A nil pub makes
-// every failure an error wrapping transport.ErrInvalidOptions, so nothing is
-// acknowledged by mistake.
+// The dead letter is a copy of the message: same Key, Body and headers,
+// plus the HeaderDLQ* headers, so that it can be inspected and replayed. It
+// has an ID of its own (DeadLetterID), as it is a new message and not a
+// re-send of the original; the event's ID stays in transport.HeaderID
+// (ce_id), which is set to the original ID when the original had none, so
+// an idempotent consumer still recognises the event; HeaderDLQID has the
+// original Message.ID. A replay of it must get a new ID too, keeping ce_id.
+//
+// It is built to be publishable wherever the original was: the headers it
+// adds take at most DLQHeaderBudget bytes; a copied header whose name a
+// transport would refuse (transport.ValidHeaderName) is renamed with its
+// refused bytes percent-encoded, and line breaks in copied values become
+// spaces. If the broker still refuses it for good (transport.
+// ErrMessageTooLarge, ErrInvalidMessage or a permanent error: the original
+// was near the size limit), DeadLetter publishes it once more stripped to
+// the short headers (group, topic, attempts, original ID). If that fails
+// for good too, retrying cannot help: the message could only block its key
+// (on Kafka its partition) for ever, so OnUnpublishable decides; by default
+// the message is dropped and acknowledged, logged at level Error with its
+// topic, group, IDs, size and both errors.
+//
+// If the publish fails otherwise (the broker is unavailable), DeadLetter
+// returns the handler error joined with a *DeadLetterError, so the original
+// is not acknowledged and is delivered again: nothing is lost. When ctx has
+// ended (the subscription is closing), it does not dead-letter but returns
+// the error, so the message is redelivered after the restart instead of
+// being parked. A nil pub makes every failure an error wrapping
+// transport.ErrInvalidOptions, so nothing is acknowledged by mistake.
 //
 // Place it outside Retry, so it sees only what retrying could not fix, and
 // outside Idempotent, so a dead-lettered message is not marked handled and
@@ -87,23 +155,22 @@ func DeadLetter(pub transport.Publisher, opts DeadLetterOptions) Middleware {
 				return errors.Join(err, fmt.Errorf("%w: DeadLetter has a nil Publisher", transport.ErrInvalidOptions))
 			}
 			topic := name(m.Topic)
-			d := m.Clone()
-			d.Topic, d.Group, d.Time, d.Attempt, d.Meta = "", "", time.Time{}, 0, nil
-			if d.Header == nil {
-				d.Header = make(map[string]string, 7)
+			d := deadLetter(m, err, now())
+			perr := pub.Publish(ctx, topic, d)
+			if perr != nil && unpublishable(perr) {
+				// Too large or refused: once more with the short headers only.
+				strip(d)
+				if perr2 := pub.Publish(ctx, topic, d); perr2 == nil {
+					perr = nil
+				} else {
+					perr = errors.Join(perr, perr2)
+					if !unpublishable(perr2) {
+						return errors.Join(err, &DeadLetterError{Topic: topic, Err: perr})
+					}
+					return opts.unpublishable(ctx, m, topic, err, &DeadLetterError{Topic: topic, Err: perr})
+				}
 			}
-			d.Header[HeaderDLQError] = oneLine(err.Error(), MaxDLQErrorLen)
-			d.Header[HeaderDLQAttempts] = strconv.Itoa(Attempts(err))
-			if m.Attempt > 0 {
-				d.Header[HeaderDLQDelivery] = strconv.Itoa(m.Attempt)
-			}
-			d.Header[HeaderDLQGroup] = m.Group
-			d.Header[HeaderDLQTopic] = m.Topic
-			d.Header[HeaderDLQTime] = now().UTC().Format(time.RFC3339Nano)
-			if transport.IsPermanent(err) {
-				d.Header[HeaderDLQPermanent] = "true"
-			}
-			if perr := pub.Publish(ctx, topic, d); perr != nil {
+			if perr != nil {
 				return errors.Join(err, &DeadLetterError{Topic: topic, Err: perr})
 			}
 			if r := reportFrom(ctx); r != nil {
@@ -112,6 +179,121 @@ func DeadLetter(pub transport.Publisher, opts DeadLetterOptions) Middleware {
 			return nil
 		}
 	}
+}
+
+// unpublishable reports whether a publish error is one that publishing the
+// same message again cannot fix.
+func unpublishable(err error) bool {
+	return errors.Is(err, transport.ErrMessageTooLarge) || errors.Is(err, transport.ErrInvalidMessage) || transport.IsPermanent(err)
+}
+
+// unpublishable handles a message whose dead letter cannot be published.
+func (o DeadLetterOptions) unpublishable(ctx context.Context, m *transport.Message, topic string, herr error, derr *DeadLetterError) error {
+	if o.OnUnpublishable != nil {
+		if err := o.OnUnpublishable(ctx, m, errors.Join(herr, derr)); err != nil {
+			return errors.Join(herr, derr, err)
+		}
+	} else {
+		log := o.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.LogAttrs(ctx, slog.LevelError, "busway: dead letter cannot be published; message dropped",
+			slog.String("topic", m.Topic), slog.String("group", m.Group), slog.String("id", m.ID),
+			slog.String("event_id", m.Header[transport.HeaderID]), slog.String("key", m.Key),
+			slog.Int("body_bytes", len(m.Body)), slog.Int("headers", len(m.Header)),
+			slog.String("dlq_topic", topic), slog.Any("error", herr), slog.Any("dlq_error", derr.Err))
+	}
+	if r := reportFrom(ctx); r != nil {
+		r.dropped, r.err, r.attempts = true, herr, Attempts(herr)
+	}
+	return nil
+}
+
+// deadLetter builds the dead letter of m, which failed with err at t.
+func deadLetter(m *transport.Message, err error, t time.Time) *transport.Message {
+	d := &transport.Message{ID: DeadLetterID(m.ID, m.Topic, m.Group), Key: m.Key, Body: bytes.Clone(m.Body), Header: make(map[string]string, len(m.Header)+9)}
+	for k, v := range m.Header {
+		if strings.HasPrefix(k, dlqPrefix) {
+			continue // of an earlier dead-lettering: this one's replace them
+		}
+		if strings.ContainsAny(v, "\r\n") {
+			v = strings.Map(func(r rune) rune { // as nats.go does: same length
+				if r == '\r' || r == '\n' {
+					return ' '
+				}
+				return r
+			}, v)
+		}
+		d.Header[headerName(k)] = v
+	}
+	if len(m.ID) <= MaxDLQIDLen {
+		if m.ID != "" {
+			d.Header[HeaderDLQID] = m.ID
+		}
+		if d.Header[transport.HeaderID] == "" && m.ID != "" {
+			d.Header[transport.HeaderID] = m.ID // the event's identity, which the new ID no longer carries
+		}
+	}
+	d.Header[HeaderDLQAttempts] = strconv.Itoa(Attempts(err))
+	if m.Attempt > 0 {
+		d.Header[HeaderDLQDelivery] = strconv.Itoa(m.Attempt)
+	}
+	d.Header[HeaderDLQGroup] = oneLine(m.Group, transport.MaxNameLength)
+	d.Header[HeaderDLQTopic] = oneLine(m.Topic, transport.MaxNameLength)
+	d.Header[HeaderDLQTime] = t.UTC().Format(time.RFC3339Nano)
+	if transport.IsPermanent(err) {
+		d.Header[HeaderDLQPermanent] = "true"
+	}
+	used := len(HeaderDLQError)
+	for k, v := range d.Header {
+		if strings.HasPrefix(k, dlqPrefix) {
+			used += len(k) + len(v)
+		}
+	}
+	if _, ok := m.Header[transport.HeaderID]; !ok {
+		used += len(transport.HeaderID) + len(d.Header[transport.HeaderID])
+	}
+	if room := min(MaxDLQErrorLen, DLQHeaderBudget-used); room > 0 {
+		d.Header[HeaderDLQError] = oneLine(err.Error(), room)
+	}
+	return d
+}
+
+// dlqPrefix starts every HeaderDLQ* name.
+const dlqPrefix = "busway-dlq-"
+
+// strip removes the long headers DeadLetter added (the error text and the
+// time), keeping group, topic, attempts and the original ID.
+func strip(d *transport.Message) {
+	delete(d.Header, HeaderDLQError)
+	delete(d.Header, HeaderDLQTime)
+	delete(d.Header, HeaderDLQDelivery)
+}
+
+// headerName returns name, or, when some transport would refuse it, name
+// with each refused byte percent-encoded ("%" itself too, so it stays
+// reversible).
+func headerName(name string) string {
+	if transport.ValidHeaderName(name) && !strings.Contains(name, "%") {
+		return name
+	}
+	if name == "" {
+		return "%"
+	}
+	const hexdigits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c == '%' || !transport.ValidHeaderName(name[i:i+1]) {
+			b.WriteByte('%')
+			b.WriteByte(hexdigits[c>>4])
+			b.WriteByte(hexdigits[c&0xf])
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // DeadLetterError is a failed publish to the dead-letter topic. DeadLetter
@@ -127,8 +309,8 @@ func (e *DeadLetterError) Error() string {
 
 func (e *DeadLetterError) Unwrap() error { return e.Err }
 
-// oneLine replaces line breaks so the text is a valid header value on every
-// broker, and truncates it to max bytes on a rune boundary.
+// oneLine replaces line breaks with spaces so the text is a valid header
+// value on every broker, and truncates it to max bytes on a rune boundary.
 func oneLine(s string, max int) string {
 	if strings.ContainsAny(s, "\r\n") {
 		s = strings.NewReplacer("\r\n", " | ", "\n", " | ", "\r", " | ").Replace(s)

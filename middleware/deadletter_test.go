@@ -29,8 +29,14 @@ func TestDeadLetter(t *testing.T) {
 			t.Fatalf("published %v", topics)
 		}
 		d := msgs[0]
-		if d.ID != "m1" || d.Key != "k-m1" || string(d.Body) != `{"n":1}` || d.Header["h"] != "v" {
+		if d.Key != "k-m1" || string(d.Body) != `{"n":1}` || d.Header["h"] != "v" {
 			t.Fatalf("dead-lettered message changed: %+v", d)
+		}
+		if d.ID != middleware.DeadLetterID("m1", "orders", "billing") || d.ID == "m1" {
+			t.Errorf("dead letter ID %q, want DeadLetterID of the original (a new message)", d.ID)
+		}
+		if d.Header[transport.HeaderID] != "m1" || d.Header[middleware.HeaderDLQID] != "m1" {
+			t.Errorf("ce_id %q, %s %q: want the original ID in both", d.Header[transport.HeaderID], middleware.HeaderDLQID, d.Header[middleware.HeaderDLQID])
 		}
 		want := map[string]string{
 			middleware.HeaderDLQAttempts: "3",

@@ -42,7 +42,7 @@ func ExampleChain() {
 
 	_ = t.Publish(ctx, "orders", &transport.Message{ID: "order-42", Body: []byte(`{"total":1250}`)})
 	m := <-dead
-	fmt.Println(m.ID, string(m.Body))
+	fmt.Println(m.Header[transport.HeaderID], string(m.Body)) // the event's ID; the dead letter has an ID of its own
 	fmt.Println(m.Header[middleware.HeaderDLQTopic], m.Header[middleware.HeaderDLQGroup], m.Header[middleware.HeaderDLQAttempts])
 	fmt.Println(m.Header[middleware.HeaderDLQError])
 	// Output:

@@ -75,6 +75,10 @@ const (
 	// OutcomeUnknownType: no handler of the group knows the message's
 	// event type; the bus acknowledged it unhandled (bus.Stats.Unknown).
 	OutcomeUnknownType Outcome = transport.OutcomeUnknownType
+	// OutcomeDropped: the handler failed and DeadLetter could not publish
+	// the dead letter for good, so the message was acknowledged without
+	// being handled (see DeadLetterOptions.OnUnpublishable).
+	OutcomeDropped Outcome = "dropped"
 )
 
 // report carries what inner middleware decided back to outer observers
@@ -86,6 +90,7 @@ const (
 type report struct {
 	context.Context
 	deadLettered bool
+	dropped      bool // acknowledged unhandled: the dead letter was unpublishable
 	duplicate    bool
 	dlqTopic     string
 	err          error   // the handler error that led to dead-lettering
@@ -130,6 +135,8 @@ func (r *report) outcome(err error) Outcome {
 		return OutcomeError
 	case r != nil && r.deadLettered:
 		return OutcomeDeadLettered
+	case r != nil && r.dropped:
+		return OutcomeDropped
 	case r != nil && r.duplicate:
 		return OutcomeDuplicate
 	case r != nil && r.other != "":

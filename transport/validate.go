@@ -1,6 +1,9 @@
 package transport
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // MaxNameLength is the longest topic or group name accepted; Kafka's limit.
 const MaxNameLength = 249
@@ -78,6 +81,48 @@ func ValidateSubscribe(topic string, h Handler, opts SubscribeOptions) error {
 	}
 	if h == nil {
 		return fmt.Errorf("%w: nil Handler for topic %q", ErrInvalidOptions, topic)
+	}
+	return nil
+}
+
+// headerNameForbidden are the printable ASCII characters nats.go refuses in
+// a header name (its ADR-4 rule, slightly stricter: the HTTP separators).
+const headerNameForbidden = "\"()/,:;<=>?@[\\]{}"
+
+// ValidHeaderName reports whether name is a header name every busway
+// transport carries: one or more printable ASCII characters (33 to 126)
+// other than "()/,:;<=>?@[\]{} and the double quote. That is nats.go's rule,
+// the strictest of the brokers' clients (Kafka takes any string).
+func ValidHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < 33 || c > 126 || strings.IndexByte(headerNameForbidden, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateHeader checks a header by the strictest transport's rule: a name
+// ValidHeaderName accepts and a value without CR or LF (NATS headers are
+// lines). It wraps ErrInvalidMessage and names what was wrong.
+func ValidateHeader(name, value string) error {
+	if !ValidHeaderName(name) {
+		if name == "" {
+			return fmt.Errorf("%w: empty header name", ErrInvalidMessage)
+		}
+		for i := 0; i < len(name); i++ {
+			if c := name[i]; c < 33 || c > 126 || strings.IndexByte(headerNameForbidden, c) >= 0 {
+				return fmt.Errorf("%w: header name %q: character %q at %d is not allowed (printable ASCII other than space and %s)",
+					ErrInvalidMessage, name, rune(c), i, headerNameForbidden)
+			}
+		}
+	}
+	if i := strings.IndexAny(value, "\r\n"); i >= 0 {
+		return fmt.Errorf("%w: header %q: the value has a line break at %d", ErrInvalidMessage, name, i)
 	}
 	return nil
 }
