@@ -1,0 +1,300 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/chanbus"
+)
+
+// Benchmarks (PostgreSQL ones need BUS_TEST_POSTGRES_DSN). Each reports
+// events/s; the Raw ones are the same run's database-only baselines:
+//
+//	go test -run '^$' -bench . -benchtime 20000x ./outbox/
+//
+// b.N is the number of events.
+
+func benchPG(b *testing.B) *env {
+	if pgDSN() == "" {
+		b.Skip("BUS_TEST_POSTGRES_DSN unset")
+	}
+	return newPostgres(b)
+}
+
+// counter counts delivered events on a chanbus bus and records latency
+// from the event's time (set at Publish) when lat is set.
+type counter struct {
+	n   atomic.Int64
+	mu  sync.Mutex
+	lat []time.Duration
+	rec bool
+}
+
+func (c *counter) handle(_ context.Context, e bus.Event[OrderPlaced]) error {
+	if c.rec {
+		d := time.Since(e.Time)
+		c.mu.Lock()
+		c.lat = append(c.lat, d)
+		c.mu.Unlock()
+	}
+	c.n.Add(1)
+	return nil
+}
+
+func benchBus(b *testing.B) (*bus.Bus, *chanbus.Transport, *counter) {
+	bb, tr := newBus(b)
+	c := &counter{}
+	if _, err := bus.Subscribe(bb, "billing", c.handle, bus.WithConcurrency(4)); err != nil {
+		b.Fatal(err)
+	}
+	if err := bb.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return bb, tr, c
+}
+
+func waitCount(b *testing.B, c *counter, n int64) {
+	deadline := time.Now().Add(10 * time.Minute)
+	for c.n.Load() < n {
+		if time.Now().After(deadline) {
+			b.Fatalf("delivered %d of %d", c.n.Load(), n)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func reportRate(b *testing.B, n int, d time.Duration) {
+	b.ReportMetric(float64(n)/d.Seconds(), "events/s")
+	b.ReportMetric(float64(d.Nanoseconds())/float64(n), "ns/event")
+}
+
+// writers runs 4 writers, each committing transactions of txSize calls of
+// write until n events were written in all.
+func writers(b *testing.B, db *sql.DB, n, txSize int, write func(tx *sql.Tx, i int) error, commit func(*sql.Tx) error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				start := int(next.Add(int64(txSize))) - txSize
+				if start >= n {
+					return
+				}
+				tx, err := db.Begin()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for i := start; i < min(start+txSize, n); i++ {
+					if err := write(tx, i); err != nil {
+						tx.Rollback()
+						b.Error(err)
+						return
+					}
+				}
+				if err := commit(tx); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkPGWriters: 4 writers publishing through the outbox while a relay
+// delivers to chanbus (time until the last event was delivered), beside
+// Raw: the same 4 writers inserting the same rows into a table without a
+// relay.
+func BenchmarkPGWriters(b *testing.B) {
+	for _, txSize := range []int{1, 10} {
+		b.Run(fmt.Sprintf("Raw/tx=%d", txSize), func(b *testing.B) {
+			e := benchPG(b)
+			o := e.newOutbox(b, e.db, nil)
+			headers := encodeHeaders(map[string]string{"ce_id": "0192d3c4-0000-7000-8000-000000000000", "ce_type": "OrderPlaced",
+				"ce_source": "orders-svc", "ce_specversion": "1.0", "ce_time": time.Now().Format(time.RFC3339Nano), "content-type": "application/json"})
+			body := []byte(`{"id":"123456","key":"k","seq":1}`)
+			b.ResetTimer()
+			start := time.Now()
+			writers(b, e.db, b.N, txSize, func(tx *sql.Tx, i int) error {
+				_, err := tx.Exec(o.q.insert, "orders", "k", "id", headers, body, int64(i))
+				return err
+			}, (*sql.Tx).Commit)
+			reportRate(b, b.N, time.Since(start))
+		})
+		b.Run(fmt.Sprintf("PublishOnly/tx=%d", txSize), func(b *testing.B) {
+			e := benchPG(b)
+			bb, _ := newBus(b)
+			o := e.newOutbox(b, e.db, bb)
+			ctx := context.Background()
+			b.ResetTimer()
+			start := time.Now()
+			writers(b, e.db, b.N, txSize, func(tx *sql.Tx, i int) error {
+				return Publish(ctx, o, tx, OrderPlaced{ID: "123456", Key: "k", Seq: i}, bus.WithKey(fmt.Sprint(i%50)))
+			}, (*sql.Tx).Commit)
+			reportRate(b, b.N, time.Since(start))
+		})
+		b.Run(fmt.Sprintf("Relay/tx=%d", txSize), func(b *testing.B) {
+			e := benchPG(b)
+			bb, tr, c := benchBus(b)
+			o := e.newOutbox(b, e.db, bb)
+			startRelay(b, o, tr, RelayOptions{})
+			ctx := context.Background()
+			b.ResetTimer()
+			start := time.Now()
+			writers(b, e.db, b.N, txSize, func(tx *sql.Tx, i int) error {
+				return Publish(ctx, o, tx, OrderPlaced{ID: "123456", Key: "k", Seq: i}, bus.WithKey(fmt.Sprint(i%50)))
+			}, o.Commit)
+			waitCount(b, c, int64(b.N))
+			reportRate(b, b.N, time.Since(start))
+		})
+	}
+}
+
+// fillBacklog writes n events into the outbox, untimed.
+func fillBacklog(b *testing.B, o *Outbox, n int) {
+	b.Helper()
+	ctx := context.Background()
+	for i := 0; i < n; i += 1000 {
+		err := o.Transact(ctx, func(tx *sql.Tx) error {
+			for j := i; j < min(i+1000, n); j++ {
+				if err := Publish(ctx, o, tx, OrderPlaced{ID: "123456", Key: "k", Seq: j}, bus.WithKey(fmt.Sprint(j%50))); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPGDrain: a backlog of b.N rows drained to chanbus by the relay,
+// beside Raw: selecting and deleting the same rows in batches of the same
+// size, publishing nowhere.
+func BenchmarkPGDrain(b *testing.B) {
+	b.Run("Raw", func(b *testing.B) {
+		e := benchPG(b)
+		bb, _ := newBus(b)
+		o := e.newOutbox(b, e.db, bb)
+		fillBacklog(b, o, b.N)
+		b.ResetTimer()
+		start := time.Now()
+		ctx := context.Background()
+		for done := 0; done < b.N; {
+			n, err := rawRound(ctx, o, 500)
+			if err != nil {
+				b.Fatal(err)
+			}
+			done += n
+		}
+		reportRate(b, b.N, time.Since(start))
+	})
+	b.Run("Relay", func(b *testing.B) {
+		e := benchPG(b)
+		bb, tr, c := benchBus(b)
+		o := e.newOutbox(b, e.db, bb)
+		fillBacklog(b, o, b.N)
+		b.ResetTimer()
+		start := time.Now()
+		startRelay(b, o, tr, RelayOptions{})
+		waitCount(b, c, int64(b.N))
+		reportRate(b, b.N, time.Since(start))
+	})
+}
+
+// rawRound selects and deletes one batch, decoding nothing.
+func rawRound(ctx context.Context, o *Outbox, size int) (int, error) {
+	rs, err := o.db.QueryContext(ctx, o.q.selectBatch, size)
+	if err != nil {
+		return 0, err
+	}
+	var ids []int64
+	for rs.Next() {
+		var x row
+		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
+			rs.Close()
+			return 0, err
+		}
+		ids = append(ids, x.id)
+	}
+	rs.Close()
+	if len(ids) > 0 {
+		if _, err := o.db.ExecContext(ctx, fmt.Sprintf(o.q.deleteIn, idList(ids))); err != nil {
+			return 0, err
+		}
+	}
+	return len(ids), nil
+}
+
+// BenchmarkSQLiteDrain: the same on SQLite (WAL, one file).
+func BenchmarkSQLiteDrain(b *testing.B) {
+	e := newSQLite(b)
+	bb, tr, c := benchBus(b)
+	o := e.newOutbox(b, e.db, bb)
+	fillBacklog(b, o, b.N)
+	b.ResetTimer()
+	start := time.Now()
+	startRelay(b, o, tr, RelayOptions{})
+	waitCount(b, c, int64(b.N))
+	reportRate(b, b.N, time.Since(start))
+}
+
+// BenchmarkPGLatency: commit-to-handler latency at 500 events/s, one event
+// per transaction: woken (Commit wakes the local relay) against polling
+// (tx.Commit without a wake; the relay polls every 100 ms). Reports p50
+// and p99 in ms; b.N is the number of events (at 500/s).
+func BenchmarkPGLatency(b *testing.B) {
+	for _, mode := range []string{"Wake", "Poll100ms"} {
+		b.Run(mode, func(b *testing.B) {
+			e := benchPG(b)
+			bb, tr, c := benchBus(b)
+			c.rec = true
+			o := e.newOutbox(b, e.db, bb)
+			startRelay(b, o, tr, RelayOptions{PollInterval: 100 * time.Millisecond})
+			ctx := context.Background()
+			commit := o.Commit
+			if mode != "Wake" {
+				commit = (*sql.Tx).Commit
+			}
+			tick := time.NewTicker(2 * time.Millisecond)
+			defer tick.Stop()
+			b.ResetTimer()
+			for i := range b.N {
+				<-tick.C
+				tx, err := e.db.Begin()
+				if err != nil {
+					b.Fatal(err)
+				}
+				// The event time is taken at Publish; commit follows at once.
+				if err := Publish(ctx, o, tx, OrderPlaced{ID: "1", Seq: i}, bus.WithTime(time.Now())); err != nil {
+					b.Fatal(err)
+				}
+				if err := commit(tx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			waitCount(b, c, int64(b.N))
+			b.StopTimer()
+			c.mu.Lock()
+			lat := slices.Clone(c.lat)
+			c.mu.Unlock()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
+
+var _ transport.Publisher = (*chanbus.Transport)(nil)
