@@ -645,10 +645,24 @@ func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Mes
 
 // work runs ready key queues' next messages until the subscription closes.
 func (s *subscription) work() {
-	defer s.workers.Done()
 	var d delivery
+	var running *keyQueue // whose handler runs on this goroutine
+	defer func() {
+		if running == nil {
+			s.workers.Done()
+			return
+		}
+		// The handler called runtime.Goexit (t.FailNow in a test, say):
+		// this goroutine is ending and nothing can stop that. The attempt
+		// failed (transport.CallHandler logged it); a new worker takes
+		// this one's place in s.workers.
+		s.settle(running, &d, transport.ErrHandlerGoexit)
+		go s.work()
+	}()
 	for q := range s.ready {
+		running = q
 		s.step(q, &d)
+		running = nil
 	}
 }
 
@@ -677,21 +691,28 @@ func (s *subscription) step(q *keyQueue, d *delivery) {
 	default:
 		q.attempt++
 		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, q.attempt))
-		if err == nil {
-			p.finish(j.m.Offset)
-			break
-		}
-		if p.ctx.Err() != nil || isClosed(p.draining) {
-			q.abandon(p)
-			break
-		}
-		if max := s.t.cfg.MaxAttempts; max > 0 && q.attempt >= max {
-			// Out of budget: give it up, so that its key and partition go on.
-			s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
-				"offset", j.m.Offset, "id", d.m.ID, "attempts", q.attempt, "err", err)
-			p.finish(j.m.Offset)
-			break
-		}
+		s.settle(q, d, err)
+		return
+	}
+	s.advance(q)
+}
+
+// settle acts on the result err of an attempt at q's head: done, given up
+// (MaxAttempts), abandoned (its partition drains), or retried later.
+func (s *subscription) settle(q *keyQueue, d *delivery, err error) {
+	j := q.head
+	p := j.p
+	switch {
+	case err == nil:
+		p.finish(j.m.Offset)
+	case p.ctx.Err() != nil || isClosed(p.draining):
+		q.abandon(p)
+	case s.t.cfg.MaxAttempts > 0 && q.attempt >= s.t.cfg.MaxAttempts:
+		// Out of budget: give it up, so that its key and partition go on.
+		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
+			"offset", j.m.Offset, "id", d.m.ID, "attempts", q.attempt, "err", err)
+		p.finish(j.m.Offset)
+	default:
 		if q.backoff == 0 {
 			q.backoff = s.t.cfg.RetryBackoff
 		}
@@ -700,8 +721,14 @@ func (s *subscription) step(q *keyQueue, d *delivery) {
 		s.retryLater(q, p)
 		return
 	}
+	s.advance(q)
+}
+
+// advance is done with q's head: it passes q on to its key's next message,
+// or drops it when the key has none.
+func (s *subscription) advance(q *keyQueue) {
 	q.attempt, q.backoff = 0, 0
-	p.wg.Done()
+	q.head.p.wg.Done()
 	<-s.inflight
 	s.keyMu.Lock()
 	if len(q.rest) == 0 {
