@@ -13,12 +13,13 @@ import (
 	"github.com/busway/busway/transport/transporttest"
 )
 
-// failingPublisher refuses every publish, as a dead-letter topic that
-// cannot take the message would.
+// failingPublisher fails every publish, as a dead-letter topic whose
+// brokers are down would (an error retrying may fix, so DeadLetter returns
+// it and the message is not acknowledged).
 type failingPublisher struct{}
 
 func (failingPublisher) Publish(context.Context, string, ...*transport.Message) error {
-	return fmt.Errorf("%w: dead letter refused", transport.ErrMessageTooLarge)
+	return fmt.Errorf("%w: dead-letter topic unreachable", transport.ErrUnavailable)
 }
 
 // A message whose handler keeps failing and whose dead letter cannot be
