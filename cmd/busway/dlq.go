@@ -32,7 +32,20 @@ const (
 // dlqHeaders are the headers DeadLetter adds, removed from a replay.
 var dlqHeaders = []string{
 	middleware.HeaderDLQError, middleware.HeaderDLQAttempts, middleware.HeaderDLQDelivery, middleware.HeaderDLQGroup,
-	middleware.HeaderDLQTopic, middleware.HeaderDLQTime, middleware.HeaderDLQPermanent,
+	middleware.HeaderDLQTopic, middleware.HeaderDLQTime, middleware.HeaderDLQPermanent, middleware.HeaderDLQID,
+}
+
+// stripDLQHeaders removes the dead-letter headers: the middleware's
+// constants, and any other of its "busway-dlq-" family.
+func stripDLQHeaders(h map[string]string) {
+	for _, k := range dlqHeaders {
+		delete(h, k)
+	}
+	for k := range h {
+		if strings.HasPrefix(k, "busway-dlq-") {
+			delete(h, k)
+		}
+	}
 }
 
 type dlqFlags struct {
@@ -176,9 +189,7 @@ type dlqLine struct {
 func (d *deadLetter) jsonLine() dlqLine {
 	l := dlqLine{jsonEvent: toJSONEvent(d.msg, d.env), Group: d.group(), Attempts: d.msg.Header[middleware.HeaderDLQAttempts],
 		Reason: d.reason(), Permanent: d.msg.Header[middleware.HeaderDLQPermanent] == "true", Original: d.topic}
-	for _, h := range dlqHeaders {
-		delete(l.Headers, h)
-	}
+	stripDLQHeaders(l.Headers)
 	if len(l.Headers) == 0 {
 		l.Headers = nil
 	}
@@ -430,9 +441,7 @@ func missingError(missing []string, failed, unmarked int) error {
 // the dead-letter headers, the same event ID (ce_id), a new Message.ID.
 func (a *app) republish(ctx context.Context, t transport.Transport, d *deadLetter) (string, error) {
 	m := d.msg.Clone()
-	for _, h := range dlqHeaders {
-		delete(m.Header, h)
-	}
+	stripDLQHeaders(m.Header)
 	id, err := uuid.NewV7()
 	if err != nil {
 		return "", err

@@ -154,6 +154,8 @@ func testDeadLetters(t *testing.T, u, wait string) {
 	}
 	t.Cleanup(func() { _ = svc.Close() })
 	var fixed atomic.Bool
+	var seenMu sync.Mutex
+	var shippingMsgs []*transport.Message                          // shipping's deliveries of the poison event
 	delivered := map[string]*counts{"billing": {}, "shipping": {}} // outside Idempotent
 	handled := map[string]*counts{"billing": {}, "shipping": {}}   // the handler's successes
 	for _, g := range []string{"billing", "shipping"} {
@@ -168,6 +170,11 @@ func testDeadLetters(t *testing.T, u, wait string) {
 			func(next transport.Handler) transport.Handler {
 				return func(ctx context.Context, m *transport.Message) error {
 					delivered[g].add(m.Header[transport.HeaderID])
+					if g == "shipping" && strings.Contains(string(m.Body), "poison") {
+						seenMu.Lock()
+						shippingMsgs = append(shippingMsgs, m.Clone())
+						seenMu.Unlock()
+					}
 					return next(ctx, m)
 				}
 			},
@@ -243,6 +250,18 @@ func testDeadLetters(t *testing.T, u, wait string) {
 	waitFor(t, time.Minute, "billing to handle the replayed event and shipping to get it", func() bool {
 		return handled["billing"].get(poison) == 1 && delivered["shipping"].get(poison) == 2
 	})
+	seenMu.Lock()
+	orig, replay := shippingMsgs[0], shippingMsgs[1]
+	seenMu.Unlock()
+	if replay.Header[transport.HeaderID] != poison || replay.ID == orig.ID || replay.ID == "" {
+		t.Errorf("the replay has ce_id %q and Message.ID %q (original %q): want the event ID kept and a new Message.ID",
+			replay.Header[transport.HeaderID], replay.ID, orig.ID)
+	}
+	for k := range replay.Header {
+		if strings.HasPrefix(k, "busway-dlq-") {
+			t.Errorf("the replay carries the dead-letter header %s", k)
+		}
+	}
 	if n := handled["shipping"].get(poison); n != 1 {
 		t.Errorf("shipping handled the event %d times, want 1 (Idempotent skips the replay)", n)
 	}
