@@ -43,7 +43,25 @@
 //     error Naks it with a delay (Config.NakDelays, by attempt); a handler
 //     that outlives a third of AckWait has its message kept with in-progress
 //     acks; a crashed member's messages are redelivered after AckWait.
-//     MaxDeliver is unlimited by default.
+//     MaxDeliver is unlimited by default; a message whose handler fails on
+//     its last delivery (Message.Attempt == MaxDeliver) is terminated (Term,
+//     logged at level Error): it stays in the stream but this group does
+//     not get it again, and the consumer's ack floor moves past it. Put
+//     DeadLetter in the chain to keep such messages.
+//   - Nothing ages unseen: a subscription holds at most MaxHeld messages
+//     (default min(max(64, 2*Concurrency), max(MaxAckPending/8,
+//     Concurrency))) received and not yet finished, and pulls only as many
+//     as it has room for, so no message waits in a client buffer; every
+//     message it holds, waiting behind others of its key or running, is
+//     reported in progress every quarter of AckWait, so it is not
+//     redelivered while it waits.
+//   - After a member crashes, the messages it held (at most MaxHeld) are
+//     redelivered after AckWait, by then possibly after later messages of
+//     their keys: that is the order a crash does not keep. Every other
+//     message keeps its key's order, and as what dead members hold is
+//     bounded by MaxHeld, well below MaxAckPending, they cannot stall the
+//     group. Messages the server was sending when it shut down come back
+//     after AckWait too.
 //   - Durable: a group's position lives in the server. Messages published
 //     while no member runs are delivered when one subscribes again, also
 //     after a process or server restart (file storage). StartFrom applies
@@ -52,9 +70,9 @@
 //     messages with the same Key are handled one at a time in stream order,
 //     different keys in parallel up to Concurrency.
 //   - Backpressure: the consumer's MaxAckPending (default
-//     max(1000, 64*Concurrency)) bounds the messages handed out and not yet
-//     acked, and a subscription pulls at most 500 messages ahead of its
-//     handlers (MaxAckPending when smaller); a slow handler slows the pulls.
+//     max(1000, 64*Concurrency)) bounds the messages handed out to the
+//     group and not yet acked, and MaxHeld what one subscription holds; a
+//     slow handler slows the pulls.
 //   - Message.Attempt is the server's delivery count, Message.Time the time
 //     the stream stored the message, Message.Meta[transport.MetaSequence]
 //     its stream sequence. The delivered Message and its Header and Meta
@@ -70,11 +88,12 @@
 //     the consumer by message, not by key, so two members may handle
 //     messages of one key at the same time.
 //   - Durable and replayable, where chanbus drops what no group waits for.
-//   - A subscription that closes hands its buffered, unstarted messages back
-//     (Nak without delay, once its pull subscription is gone), which counts
-//     as a delivery in Message.Attempt. A message the server was sending just
-//     as the pull subscription went away can, rarely, wait for AckWait before
-//     another member gets it.
+//   - A subscription that closes runs the messages it holds until its
+//     context ends and hands back (Nak without delay) those that arrived as
+//     it began closing or did not start, which counts as a delivery in
+//     Message.Attempt. A message the server was sending just as the pull
+//     request was cancelled can, rarely, wait for AckWait before another
+//     member gets it.
 //
 // # Headers
 //

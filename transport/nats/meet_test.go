@@ -10,6 +10,7 @@ import (
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/busway/busway/transport"
 	busnats "github.com/busway/busway/transport/nats"
@@ -184,6 +185,63 @@ func TestSizeAsServer(t *testing.T) {
 		t.Log(err)
 		if n := streamMsgs(t, tr); n != 2 {
 			t.Fatalf("stream holds %d messages, want 2 (fit and a)", n)
+		}
+	})
+}
+
+// TestMaxDeliverTerminates: a message whose handler fails on its last
+// allowed delivery is terminated, so the consumer's ack floor moves past
+// it and nothing stays pending; the next message is handled.
+func TestMaxDeliverTerminates(t *testing.T) {
+	onEachServer(t, func(t *testing.T, cfg busnats.Config) {
+		tr := open(t, cfg)
+		defer tr.Close()
+		topic := transporttest.UniqueTopic(t)
+		var mu sync.Mutex
+		var calls []string
+		subscribe(t, tr, topic, func(_ context.Context, m *transport.Message) error {
+			mu.Lock()
+			calls = append(calls, fmt.Sprintf("%s#%d", m.ID, m.Attempt))
+			mu.Unlock()
+			if m.ID == "poison" {
+				return errors.New("always fails")
+			}
+			return nil
+		}, transport.SubscribeOptions{Group: "g", Specific: []transport.SpecificOption{busnats.MaxDeliver(2)}})
+		if err := tr.Publish(ctxT(t), topic, &transport.Message{ID: "poison"}); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 10*time.Second, "two attempts", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) >= 2 })
+		if err := tr.Publish(ctxT(t), topic, &transport.Message{ID: "next"}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := tr.JetStream().Stream(ctxT(t), tr.Stream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info *jetstream.ConsumerInfo
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			for name := range st.ConsumerNames(ctxT(t)).Name() {
+				c, err := st.Consumer(ctxT(t), name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				info = c.CachedInfo()
+			}
+			if info != nil && info.AckFloor.Stream == 2 && info.NumAckPending == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				mu.Lock()
+				t.Fatalf("ack floor %d, %d pending ack, want floor 2 and none pending (calls %v)", info.AckFloor.Stream, info.NumAckPending, calls)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if fmt.Sprint(calls) != "[poison#1 poison#2 next#1]" {
+			t.Fatalf("calls %v, want [poison#1 poison#2 next#1]", calls)
 		}
 	})
 }

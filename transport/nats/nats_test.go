@@ -214,7 +214,10 @@ func TestRestart(t *testing.T) {
 	srv := startServer(t, &server.Options{StoreDir: dir})
 	port := portOf(srv)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	tr := open(t, busnats.Config{Servers: []string{url}, NakDelays: []time.Duration{20 * time.Millisecond}, PublishTimeout: time.Second})
+	tr := open(t, busnats.Config{Servers: []string{url}, NakDelays: []time.Duration{20 * time.Millisecond}, PublishTimeout: time.Second, Logger: debugLogger(),
+		// Messages the server was sending as it shut down come back after
+		// AckWait (see the package doc).
+		AckWait: 5 * time.Second})
 	t.Cleanup(func() { _ = tr.Close() })
 
 	topic := transporttest.UniqueTopic(t)

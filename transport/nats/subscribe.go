@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/busway/busway/internal/keyed"
 	"github.com/busway/busway/transport"
 )
 
@@ -94,11 +93,29 @@ func Durable(name string) SubscribeOption {
 	}}
 }
 
+// MaxHeld caps the messages one subscription holds, received from the
+// server and not yet finished (queued for a worker or being handled). The
+// default is min(max(64, 2*Concurrency), max(MaxAckPending/8,
+// Concurrency)), at most MaxAckPending: enough to keep the workers busy,
+// small enough that a member that dies takes few messages with it (they
+// come back after AckWait, see the package doc) and that several dead
+// members cannot fill MaxAckPending and stall the group.
+func MaxHeld(n int) SubscribeOption {
+	return SubscribeOption{"MaxHeld", func(s *subSettings) error {
+		if n <= 0 {
+			return fmt.Errorf("MaxHeld %d is not positive", n)
+		}
+		s.maxHeld = n
+		return nil
+	}}
+}
+
 type subSettings struct {
 	ackWait       time.Duration
 	maxDeliver    int
 	nakDelays     []time.Duration
 	maxAckPending int
+	maxHeld       int
 	durable       string
 }
 
@@ -117,8 +134,16 @@ func (t *Transport) subSettings(topic string, opts transport.SubscribeOptions) (
 			return nil, fmt.Errorf("%w: nats: %v", transport.ErrInvalidOptions, err)
 		}
 	}
+	w := opts.Workers()
 	if ss.maxAckPending == 0 {
-		ss.maxAckPending = max(1000, 64*opts.Workers())
+		ss.maxAckPending = max(1000, 64*w)
+	}
+	if ss.maxHeld == 0 {
+		ss.maxHeld = min(max(64, 2*w), max(ss.maxAckPending/8, w))
+	}
+	if ss.maxHeld > ss.maxAckPending {
+		return nil, fmt.Errorf("%w: nats: MaxHeld %d is above MaxAckPending %d (the server would never hand out that many)",
+			transport.ErrInvalidOptions, ss.maxHeld, ss.maxAckPending)
 	}
 	if err := checkBackOff(s.BackOff, ss.maxDeliver); err != nil {
 		return nil, err
@@ -179,64 +204,105 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		ss:     ss,
 		hctx:   hctx,
 		cancel: cancel,
+		cons:   cons,
 		slots:  make([]slot, workers),
-		free:   make(chan int, workers), // one token per worker slot: never blocks
-		lost:   make(chan struct{}, 1),  // a pending "consumer lost" signal; more would say nothing new
+		queues: make([][]*held, workers),
+		wake:   make([]chan struct{}, workers),
+		held:   make(map[*held]struct{}, ss.maxHeld),
+		room:   make(chan struct{}, 1), // a pending "a message finished"; more would say nothing new
+		lost:   make(chan struct{}, 1), // a pending "consumer lost" signal; more would say nothing new
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
 	sub.ackFloor.Store(cons.CachedInfo().AckFloor.Stream)
-	for i := range workers {
-		sub.free <- i
+	for i := range sub.wake {
+		sub.wake[i] = make(chan struct{}, 1) // a pending wake-up; more would say nothing new
 	}
-	if workers > 1 {
-		// Depth 2: a worker has its next message ready while the callback
-		// moves on to other keys; memory is bounded by MaxAckPending anyway.
-		sub.pool = keyed.New(workers, 2)
-	}
-	cc, err := sub.consume(cons)
-	if err != nil {
-		cancel()
-		if sub.pool != nil {
-			sub.pool.Close()
-		}
-		return nil, err
-	}
-	sub.cc, sub.cons = cc, cons
 	t.mu.Lock()
 	if t.closed.Load() {
-		// Close ran meanwhile and did not see this subscription.
 		t.mu.Unlock()
-		cctx, ccancel := context.WithTimeout(context.Background(), t.s.ConnectTimeout)
-		_ = sub.Close(cctx)
-		ccancel()
+		cancel()
 		return nil, t.errClosed("Subscribe")
 	}
 	t.subs[sub] = struct{}{}
 	t.mu.Unlock()
-	sub.wg.Add(1)
+	sub.workers.Add(workers)
+	for i := range workers {
+		go sub.work(i)
+	}
+	sub.wg.Add(2)
+	go sub.pull()
 	go sub.progress()
 	return sub, nil
 }
 
-// consume starts pulling from cons into the subscription's handlers.
-func (s *subscription) consume(cons jetstream.Consumer) (jetstream.ConsumeContext, error) {
-	batch := min(s.ss.maxAckPending, 500)
-	cc, err := cons.Consume(func(m jetstream.Msg) { s.receive(s.hctx, m) },
-		jetstream.PullMaxMessages(batch),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-				select {
-				case s.lost <- struct{}{}:
-				default:
-				}
+// fetchWait is how long one pull request waits on the server for
+// messages before the subscription asks again.
+const fetchWait = 5 * time.Second
+
+// pull fetches messages while the subscription runs, never more than
+// there is room for: what a subscription holds is bounded by MaxHeld,
+// and every message it holds is in the held set, which progress keeps in
+// progress on the server. Nothing waits unseen in a client buffer.
+func (s *subscription) pull() {
+	defer s.wg.Done()
+	refill := max(1, s.ss.maxHeld/2)
+	backoff := time.Duration(0)
+	for {
+		// Wait until at least half the room is free (or nothing is held).
+		var n int
+		for {
+			s.dmu.Lock()
+			h := len(s.held)
+			s.dmu.Unlock()
+			if n = s.ss.maxHeld - h; n >= refill || h == 0 {
+				break
 			}
-			s.t.log.Warn("nats: consume", "topic", s.topic, "group", s.group, "error", err)
-		}))
-	if err != nil {
-		return nil, s.t.apiError("consume "+s.ss.durable, err)
+			select {
+			case <-s.room:
+			case <-s.stop:
+				return
+			}
+		}
+		s.ccMu.Lock()
+		if s.closing.Load() {
+			s.ccMu.Unlock()
+			return
+		}
+		cons := s.cons
+		ctx, cancel := context.WithTimeout(context.Background(), fetchWait)
+		s.fetchCancel = cancel
+		s.ccMu.Unlock()
+		batch, err := cons.Fetch(n, jetstream.FetchContext(ctx))
+		if err == nil {
+			for m := range batch.Messages() {
+				s.accept(m)
+			}
+			err = batch.Error()
+		}
+		cancel()
+		if err == nil || s.closing.Load() || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			backoff = 0
+			continue
+		}
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			select {
+			case s.lost <- struct{}{}:
+			default:
+			}
+		}
+		s.t.log.Warn("nats: fetch", "topic", s.topic, "group", s.group, "error", err)
+		// Wait a little before asking again: the server is away or
+		// refused the request (a lost consumer is recreated meanwhile).
+		backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+		tm := time.NewTimer(backoff)
+		select {
+		case <-tm.C:
+		case <-s.stop:
+			tm.Stop()
+			return
+		}
 	}
-	return cc, nil
 }
 
 // ensureConsumer creates the group's consumer or updates it, keeping the
@@ -296,107 +362,161 @@ type subscription struct {
 	group string
 	h     transport.Handler
 	ss    *subSettings
-	pool  *keyed.Pool // nil with one worker: the handler runs in the callback
 	// hctx is the handlers' context, cancelled when Close gives up waiting.
-	// It lives here because the consume callback, which nats.go calls,
-	// cannot be handed one.
 	hctx   context.Context
 	cancel context.CancelFunc
 
-	ccMu     sync.Mutex
-	cc       jetstream.ConsumeContext // replaced when a lost consumer is recreated
-	cons     jetstream.Consumer
-	lost     chan struct{}
-	ackFloor atomic.Uint64 // the consumer's ack floor (stream sequence), last seen
+	ccMu        sync.Mutex
+	cons        jetstream.Consumer // replaced when a lost consumer is recreated
+	fetchCancel context.CancelFunc // ends the pull request in progress
+	lost        chan struct{}
+	ackFloor    atomic.Uint64 // the consumer's ack floor (stream sequence), last seen
 
-	closing  atomic.Bool
-	hbMu     sync.Mutex
-	handback []jetstream.Msg // received while closing; at most one pull batch
-	running  sync.WaitGroup  // messages received and not yet acked or naked
-	slots    []slot          // the message each running handler works on
-	free     chan int        // indexes of idle slots
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	once     sync.Once
-	done     chan struct{}
-	err      error
+	// dmu guards the held messages and the workers' queues.
+	dmu      sync.Mutex
+	held     map[*held]struct{} // received and not finished, at most MaxHeld
+	queues   [][]*held          // per worker: its messages not yet started, in stream order
+	qclosed  bool               // no more messages are queued; workers exit when idle
+	handback []jetstream.Msg    // received while closing; at most one pull batch
+	wake     []chan struct{}    // per worker: its queue grew or closed
+	room     chan struct{}      // a held message finished
+
+	closing atomic.Bool
+	running sync.WaitGroup // messages received and not yet acked or naked
+	workers sync.WaitGroup
+	slots   []slot // per worker: the Message its handler gets
+	stop    chan struct{}
+	wg      sync.WaitGroup // pull and progress
+	once    sync.Once
+	done    chan struct{}
+	err     error
 }
 
-// slot records a running handler's message for progress reports.
-//
-// A slot also holds the Message its handler gets, reused from one message
+// held is a message the subscription holds: queued or being handled.
+type held struct {
+	m     jetstream.Msg
+	since time.Time // when received or last reported in progress
+}
+
+// slot holds the Message a worker's handler gets, reused from one message
 // to the next with its maps (transport.Message allows that: a handler must
 // not keep it), which spares the allocations per message.
 type slot struct {
-	mu  sync.Mutex
-	msg jetstream.Msg
-	gen uint64 // counts messages, to tell a long-running one from the next
-
 	m         transport.Message
 	hdr, meta map[string]string
 }
 
-// receive runs on the consumer's callback goroutine.
-func (s *subscription) receive(ctx context.Context, m jetstream.Msg) {
-	s.hbMu.Lock()
+// accept takes a received message into the held set and queues it on the
+// worker of its key (the shortest queue when it has none). It never blocks:
+// pull asked for no more than there is room for.
+func (s *subscription) accept(m jetstream.Msg) {
+	s.dmu.Lock()
 	if s.closing.Load() {
-		// Buffered but not started when Close began: Close hands it back
-		// (Nak) once the pull subscription is gone, so that the server
-		// gives it to another member (or the next subscription) at once.
-		// A Nak now could have it redelivered to this subscription's
-		// still-open pull request, where it would be lost until AckWait.
+		// Received while Close began: Close hands it back (Nak) once the
+		// pull request is over, so that the server gives it to another
+		// member (or the next subscription) at once. A Nak now could have
+		// it redelivered to this pull request, where it would wait for
+		// AckWait.
 		s.handback = append(s.handback, m)
-		s.hbMu.Unlock()
+		s.dmu.Unlock()
 		return
 	}
-	// Counted under hbMu while not closing, so every Add happens before
-	// Close waits.
-	s.running.Add(1)
-	s.hbMu.Unlock()
-	if s.pool == nil {
-		s.handle(ctx, m)
-		return
-	}
-	key := ""
-	if h := m.Headers(); h != nil {
-		if v := h[wireKeyHeader]; len(v) > 0 {
-			key = v[0]
+	h := &held{m: m, since: time.Now()}
+	s.held[h] = struct{}{}
+	w := 0
+	if len(s.queues) > 1 {
+		key := ""
+		if hdr := m.Headers(); hdr != nil {
+			if v := hdr[wireKeyHeader]; len(v) > 0 {
+				key = v[0]
+			}
+		}
+		if key != "" {
+			f := fnv.New32a()
+			f.Write([]byte(key))
+			w = int(f.Sum32() % uint32(len(s.queues)))
+		} else {
+			for i := range s.queues {
+				if len(s.queues[i]) < len(s.queues[w]) {
+					w = i
+				}
+			}
 		}
 	}
-	if err := s.pool.Submit(ctx, key, func() { s.handle(ctx, m) }); err != nil {
-		s.nak(m, 0)
-		s.running.Done()
+	s.queues[w] = append(s.queues[w], h)
+	// Counted under dmu while not closing, so every Add happens before
+	// Close waits.
+	s.running.Add(1)
+	s.dmu.Unlock()
+	select {
+	case s.wake[w] <- struct{}{}:
+	default:
 	}
 }
 
-// handle runs the handler on one message and acks or naks it.
-func (s *subscription) handle(ctx context.Context, jm jetstream.Msg) {
-	defer s.running.Done()
+// work runs worker i: the messages of its queue, one at a time, in order.
+func (s *subscription) work(i int) {
+	defer s.workers.Done()
+	for {
+		s.dmu.Lock()
+		for len(s.queues[i]) == 0 && !s.qclosed {
+			s.dmu.Unlock()
+			<-s.wake[i]
+			s.dmu.Lock()
+		}
+		if len(s.queues[i]) == 0 {
+			s.dmu.Unlock()
+			return
+		}
+		h := s.queues[i][0]
+		s.queues[i][0] = nil
+		s.queues[i] = s.queues[i][1:]
+		s.dmu.Unlock()
+		s.handle(s.hctx, &s.slots[i], h)
+	}
+}
+
+// handle runs the handler on one message and acks, naks or terminates it.
+func (s *subscription) handle(ctx context.Context, sl *slot, h *held) {
+	defer s.release(h)
+	jm := h.m
 	if s.closing.Load() && ctx.Err() != nil {
 		s.nak(jm, 0)
 		return
 	}
-	i := <-s.free
-	sl := &s.slots[i]
 	m := sl.fill(s, jm)
-	sl.mu.Lock()
-	sl.msg = jm
-	sl.gen++
-	sl.mu.Unlock()
 	attempt, id := m.Attempt, m.ID
 	err := transport.CallHandler(ctx, s.t.log, s.h, m)
-	sl.mu.Lock()
-	sl.msg = nil
-	sl.mu.Unlock()
-	s.free <- i
-	if err != nil {
+	switch {
+	case err == nil:
+		if aerr := jm.Ack(); aerr != nil {
+			// Not acked: the server redelivers after AckWait (at-least-once).
+			s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", id, "error", aerr)
+		}
+	case s.ss.maxDeliver > 0 && attempt >= s.ss.maxDeliver:
+		// The server will not deliver it again: terminate it, so that it
+		// stops holding the consumer's ack floor (it stays in the stream).
+		s.t.log.Error("nats: message failed on its last delivery (MaxDeliver) and is terminated; it stays in the stream but is not delivered to this group again",
+			"topic", s.topic, "group", s.group, "id", id, "attempt", attempt, "max_deliver", s.ss.maxDeliver, "error", err)
+		// Plain Term: nats-server 2.9 ignores a Term with a reason.
+		if terr := jm.Term(); terr != nil {
+			s.t.log.Warn("nats: term", "topic", s.topic, "group", s.group, "id", id, "error", terr)
+		}
+	default:
 		s.nak(jm, s.ss.nakDelay(attempt))
-		return
 	}
-	if aerr := jm.Ack(); aerr != nil {
-		// Not acked: the server redelivers after AckWait (at-least-once).
-		s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", id, "error", aerr)
+}
+
+// release drops a finished message from the held set.
+func (s *subscription) release(h *held) {
+	s.dmu.Lock()
+	delete(s.held, h)
+	s.dmu.Unlock()
+	select {
+	case s.room <- struct{}{}:
+	default:
 	}
+	s.running.Done()
 }
 
 func (ss *subSettings) nakDelay(attempt int) time.Duration {
@@ -422,21 +542,19 @@ func (s *subscription) nak(m jetstream.Msg, d time.Duration) {
 	}
 }
 
-// progress runs while the subscription does: it tells the server that
-// handlers running longer than a third of AckWait are still at work (so
-// their messages are not redelivered meanwhile), and it watches the
+// progress runs while the subscription does: every message it holds,
+// waiting in a queue or being handled, is reported in progress to the
+// server once it was held for a quarter of AckWait, so that nothing the
+// subscription holds is redelivered meanwhile; and it watches the
 // consumer, recreating it when it was lost (deleted by an operator, or
 // gone with a server that keeps no state) from the last ack floor it saw,
 // so nothing unacked is skipped.
 func (s *subscription) progress() {
 	defer s.wg.Done()
-	every := s.ss.ackWait / 3
-	if every < 10*time.Millisecond {
-		every = 10 * time.Millisecond
-	}
+	every := max(s.ss.ackWait/4, 10*time.Millisecond)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	seen := make([]uint64, len(s.slots))
+	var due []jetstream.Msg
 	for {
 		select {
 		case <-s.stop:
@@ -446,18 +564,22 @@ func (s *subscription) progress() {
 			continue
 		case <-tick.C:
 		}
-		for i := range s.slots {
-			sl := &s.slots[i]
-			sl.mu.Lock()
-			m, gen := sl.msg, sl.gen
-			sl.mu.Unlock()
-			if m != nil && gen == seen[i] {
-				if err := m.InProgress(); err != nil {
-					s.t.log.Warn("nats: in-progress", "topic", s.topic, "group", s.group, "error", err)
-				}
+		now := time.Now()
+		due = due[:0]
+		s.dmu.Lock()
+		for h := range s.held {
+			if now.Sub(h.since) >= every {
+				h.since = now
+				due = append(due, h.m)
 			}
-			seen[i] = gen
 		}
+		s.dmu.Unlock()
+		for _, m := range due {
+			if err := m.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				s.t.log.Warn("nats: in-progress", "topic", s.topic, "group", s.group, "error", err)
+			}
+		}
+		clear(due)
 		s.check(every)
 	}
 }
@@ -485,7 +607,7 @@ func (s *subscription) check(timeout time.Duration) {
 }
 
 // recreate makes the consumer again, starting after the last ack floor
-// seen, and consumes it, retrying with backoff until it works or Close.
+// seen, and has pull use it, retrying with backoff until it works or Close.
 func (s *subscription) recreate() {
 	backoff := 100 * time.Millisecond
 	for !s.closing.Load() {
@@ -495,21 +617,14 @@ func (s *subscription) recreate() {
 		cancel()
 		if err == nil {
 			s.ccMu.Lock()
-			if s.closing.Load() {
-				s.ccMu.Unlock()
-				return
-			}
-			s.cc.Stop()
-			var cc jetstream.ConsumeContext
-			cc, err = s.consume(cons)
-			if err == nil {
-				s.cc, s.cons = cc, cons
-				s.ccMu.Unlock()
-				s.t.log.Warn("nats: consumer was lost and is recreated", "topic", s.topic, "group", s.group,
-					"consumer", s.ss.durable, "from_sequence", start)
-				return
+			s.cons = cons
+			if s.fetchCancel != nil {
+				s.fetchCancel() // the pull request to the lost consumer
 			}
 			s.ccMu.Unlock()
+			s.t.log.Warn("nats: consumer was lost and is recreated", "topic", s.topic, "group", s.group,
+				"consumer", s.ss.durable, "from_sequence", start)
+			return
 		}
 		s.t.log.Warn("nats: recreating lost consumer", "topic", s.topic, "group", s.group, "consumer", s.ss.durable, "error", err)
 		t := time.NewTimer(backoff)
@@ -579,25 +694,21 @@ func (sl *slot) fill(s *subscription, jm jetstream.Msg) *transport.Message {
 	return m
 }
 
-// Close stops pulling, hands back buffered messages that no handler has
-// started, lets running handlers finish until ctx ends (then cancels their
-// context), acks what succeeded and flushes the acks to the server.
+// Close stops pulling, hands back received messages that arrived as it
+// began, lets the workers finish their queued and running messages until
+// ctx ends (then cancels the handlers' context and hands back what did not
+// start), acks what succeeded and flushes the acks to the server.
 // Idempotent; concurrent calls wait for the first.
 func (s *subscription) Close(ctx context.Context) error {
 	s.once.Do(func() {
-		s.hbMu.Lock()
+		s.dmu.Lock()
 		s.closing.Store(true)
-		s.hbMu.Unlock()
+		s.dmu.Unlock()
 		s.ccMu.Lock()
-		cc := s.cc
-		s.ccMu.Unlock()
-		if s.t.nc.IsConnected() {
-			cc.Drain()
-		} else {
-			// Draining needs the server; without it, buffered messages
-			// are dropped here and redelivered after AckWait.
-			cc.Stop()
+		if s.fetchCancel != nil {
+			s.fetchCancel()
 		}
+		s.ccMu.Unlock()
 		var ctxErr error
 		giveUp := func() {
 			if ctxErr == nil {
@@ -605,37 +716,21 @@ func (s *subscription) Close(ctx context.Context) error {
 				s.cancel() // the handlers see their context end
 			}
 		}
-		// Wait until the pull subscription is gone. Without a server
-		// that never happens (nats.go waits for a reconnect); then only
-		// the running handlers are awaited.
-		drained := cc.Closed()
-		poll := time.NewTicker(50 * time.Millisecond)
-	wait:
-		for {
-			select {
-			case <-drained:
-				break wait
-			case <-ctx.Done():
-				giveUp()
-				break wait
-			case <-poll.C:
-				if !s.t.nc.IsConnected() {
-					break wait
-				}
-			}
-		}
-		poll.Stop()
-		s.hbMu.Lock()
-		for _, m := range s.handback {
-			s.nak(m, 0)
-		}
-		s.handback = nil
-		s.hbMu.Unlock()
+		// Stop pull (its request is over once it returns) and progress
+		// only after the workers: progress keeps the queued messages in
+		// progress while they wait.
 		finished := make(chan struct{})
 		go func() {
-			if s.pool != nil {
-				s.pool.Close()
+			s.dmu.Lock()
+			s.qclosed = true
+			s.dmu.Unlock()
+			for _, w := range s.wake {
+				select {
+				case w <- struct{}{}:
+				default:
+				}
 			}
+			s.workers.Wait()
 			s.running.Wait()
 			close(finished)
 		}()
@@ -647,6 +742,12 @@ func (s *subscription) Close(ctx context.Context) error {
 		}
 		close(s.stop)
 		s.wg.Wait()
+		s.dmu.Lock()
+		for _, m := range s.handback {
+			s.nak(m, 0)
+		}
+		s.handback = nil
+		s.dmu.Unlock()
 		s.cancel()
 		// Acks are fire-and-forget; a flush round trip makes sure the server
 		// has them before Close returns, so a finished message is not
