@@ -202,3 +202,42 @@ func committedOffsets(t testing.TB, tr *Transport, topic, group string) map[int]
 	}
 	return out
 }
+
+// TestCloseInterruptsHeldFetch: with nothing left to read, the broker
+// holds a partition reader's fetch open for FetchMaxWait; Close must not
+// wait that out (kafka-go's Reader.Close would).
+func TestCloseInterruptsHeldFetch(t *testing.T) {
+	c := newCluster(t)
+	cfg := testConfig(c.ListenAddrs())
+	cfg.FetchMaxWait = time.Minute
+	cfg.RequestTimeout = 2 * time.Minute
+	tr := open(t, cfg)
+	topic := transporttest.UniqueTopic(t)
+	ctx := context.Background()
+	if err := tr.Publish(ctx, topic, &transport.Message{Key: "k", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan struct{}, 1)
+	sub, err := tr.Subscribe(ctx, topic, func(context.Context, *transport.Message) error {
+		select {
+		case handled <- struct{}{}:
+		default:
+		}
+		return nil
+	}, transport.SubscribeOptions{Group: transporttest.UniqueGroup(t), StartFrom: transport.StartEarliest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-handled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the message was not handled")
+	}
+	// Every partition reader now waits in a fetch the broker holds for a
+	// minute.
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := sub.Close(cctx); err != nil {
+		t.Fatalf("Close waited for the held fetches: %v", err)
+	}
+}

@@ -469,17 +469,22 @@ func (p *partition) finish(off int64) {
 // subscription closes, then drains it and commits.
 func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *partition, offset int64) {
 	cfg := s.t.cfg
+	conns := &fetchConns{}
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers:        cfg.Brokers,
 		Topic:          s.topic,
 		Partition:      p.id,
-		Dialer:         s.t.dialer,
+		Dialer:         conns.dialer(s.t.dialer),
 		MinBytes:       1,
 		MaxBytes:       cfg.FetchMaxBytes,
 		MaxWait:        cfg.FetchMaxWait,
 		ReadBackoffMin: cfg.RetryBackoff,
 		ReadBackoffMax: cfg.RetryBackoffMax,
-		ErrorLogger:    kafkago.LoggerFunc(func(f string, a ...any) { s.log.Info("kafka-go reader: " + fmt.Sprintf(f, a...)) }),
+		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
+			if !conns.stopped.Load() { // a stopped reader's interrupted fetch is no news
+				s.log.Info("kafka-go reader: " + fmt.Sprintf(f, a...))
+			}
+		}),
 	})
 	fctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.stopCtx, cancel)
@@ -509,6 +514,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 	}
 	stop()
 	cancel()
+	conns.stop() // else r.Close waits for a fetch the broker holds open
 	if err := r.Close(); err != nil {
 		s.log.Debug("kafka: closing partition reader", "partition", p.id, "err", err)
 	}

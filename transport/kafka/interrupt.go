@@ -1,0 +1,90 @@
+package kafka
+
+import (
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+)
+
+// fetchConns are the connections of one partition reader. kafka-go's
+// Reader cannot interrupt a fetch that the broker holds open (up to
+// Config.FetchMaxWait when the partition has no new records): its Close
+// waits the fetch out, so every Subscription.Close and every revoked
+// partition would wait most of FetchMaxWait. Once stopped, every read
+// deadline of these connections is in the past: the fetch in flight fails
+// at once and the reader, whose context is already canceled, returns.
+type fetchConns struct {
+	stopped atomic.Bool
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+// dialer is base with a DialFunc that registers each connection.
+func (f *fetchConns) dialer(base *kafkago.Dialer) *kafkago.Dialer {
+	d := *base
+	dial := base.DialFunc
+	if dial == nil {
+		// What kafka-go's Dialer does without a DialFunc (DualStack, which
+		// it also copies, is the net package's default).
+		dial = (&net.Dialer{
+			LocalAddr:     base.LocalAddr,
+			FallbackDelay: base.FallbackDelay,
+			KeepAlive:     base.KeepAlive,
+		}).DialContext
+	}
+	d.DialFunc = func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := dial(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		sc := &stoppableConn{Conn: c, f: f}
+		f.mu.Lock()
+		f.conns = append(f.conns, sc)
+		f.mu.Unlock()
+		if f.stopped.Load() {
+			_ = sc.SetReadDeadline(time.Time{})
+		}
+		return sc, nil
+	}
+	return &d
+}
+
+// stop interrupts the reads in flight and every later one.
+func (f *fetchConns) stop() {
+	f.stopped.Store(true)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		_ = c.SetReadDeadline(time.Time{})
+	}
+}
+
+var pastDeadline = time.Unix(1, 0)
+
+// stoppableConn is a connection whose read deadline is in the past once its
+// reader stopped, whatever deadline kafka-go sets.
+type stoppableConn struct {
+	net.Conn
+	f *fetchConns
+}
+
+func (c *stoppableConn) SetReadDeadline(t time.Time) error {
+	if c.f.stopped.Load() {
+		t = pastDeadline
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *stoppableConn) SetDeadline(t time.Time) error {
+	if c.f.stopped.Load() {
+		if err := c.Conn.SetWriteDeadline(t); err != nil {
+			return err
+		}
+		return c.Conn.SetReadDeadline(pastDeadline)
+	}
+	return c.Conn.SetDeadline(t)
+}
