@@ -39,6 +39,7 @@ func kafkaConfig(brokers []string) buskafka.Config {
 		SessionTimeout:    3 * time.Second,
 		HeartbeatInterval: 100 * time.Millisecond,
 		RebalanceTimeout:  5 * time.Second,
+		DrainTimeout:      3 * time.Second,
 		FetchMaxWait:      100 * time.Millisecond,
 	}
 }
