@@ -40,15 +40,19 @@ type Config struct {
 	// Compression compresses produced record batches: "none", "gzip",
 	// "snappy", "lz4" or "zstd". Default "none".
 	Compression string
-	// MaxMessageBytes is the largest record (key, value and headers) Publish
-	// sends, and the most bytes one produce request carries per partition;
-	// a larger record fails with transport.ErrMessageTooLarge before anything
-	// is sent. Topics this transport creates get a max.message.bytes that
-	// admits such a record; an existing topic keeps its own limit (the
-	// broker's default is just over 1 MiB for a whole batch), and a record
-	// over it fails with transport.ErrMessageTooLarge from the broker.
-	// Default 1 MiB + 64 KiB, so that a 1 MiB body with its key and headers
-	// fits.
+	// MaxMessageBytes is the largest record batch Publish sends to a
+	// partition, measured as the broker measures it against the topic's
+	// max.message.bytes: encoded as sent (compressed, when Compression is
+	// set) with its batch header. A message that does not fit a batch of
+	// its own fails with transport.ErrMessageTooLarge before anything is
+	// sent, so a large body that compresses well is accepted. Topics this
+	// transport creates get max.message.bytes = MaxMessageBytes, so
+	// Publish refuses a message exactly when their broker would. An
+	// existing topic keeps its own limit (the broker's default is 1 MiB +
+	// 12 bytes): when it refuses a batch of several messages, Publish
+	// splits it, and a message refused alone fails with
+	// transport.ErrMessageTooLarge, the rest of the call going on. Default
+	// 1 MiB + 64 KiB, so that a 1 MiB body with its key and headers fits.
 	MaxMessageBytes int
 	// PublishRetries is how many times a produce request that failed with a
 	// retriable broker error (leader moved, not enough replicas, network) is

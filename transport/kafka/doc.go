@@ -70,8 +70,10 @@
 // Errors wrap the sentinels of package transport: ErrInvalidOptions for a bad
 // Config or URL option (ErrInvalidURL), ErrUnavailable when no broker answers,
 // ErrAuthentication for rejected SASL credentials or a denied ACL,
-// ErrMessageTooLarge for a record over Config.MaxMessageBytes or the broker's
-// limit (in a *transport.PublishError naming the message), ErrTopicNotFound,
+// ErrMessageTooLarge for a record whose batch, as sent (compressed), is over
+// Config.MaxMessageBytes or the topic's max.message.bytes (in a
+// *transport.PublishError naming the message; permanent: it never fits),
+// ErrTopicNotFound,
 // ErrClosed after Close.
 //
 // # Concurrency

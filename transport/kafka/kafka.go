@@ -58,9 +58,6 @@ type topicInfo struct {
 // looked up again (partitions may be added to a topic).
 const topicTTL = time.Minute
 
-// batchOverhead is what a record batch adds around its records, rounded up.
-const batchOverhead = 1024
-
 // New returns a Transport for cfg. It checks the configuration and that a
 // broker answers (with the credentials) before it returns: an invalid
 // configuration gives an error wrapping transport.ErrInvalidOptions,
@@ -259,8 +256,9 @@ func (t *Transport) lookup(ctx context.Context, topic string, refresh bool) ([]i
 
 func (t *Transport) createTopic(ctx context.Context, topic string) error {
 	return t.createTopicWith(ctx, topic, []kafkago.ConfigEntry{{
-		// Room for a batch holding one record of MaxMessageBytes.
-		ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(t.cfg.MaxMessageBytes + batchOverhead),
+		// The broker's limit is the one Publish checks: the record batch
+		// as sent.
+		ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(t.cfg.MaxMessageBytes),
 	}})
 }
 

@@ -34,8 +34,11 @@ import (
 // accepted. That holds also when ctx ends, or the metadata lookup fails,
 // while failed partitions wait to be retried: their messages fail with that
 // error (wrapping the broker's error too). Only when every message failed
-// and ctx ended is the error ctx.Err() as it is. A message over Config.MaxMessageBytes fails the call before
-// anything is sent.
+// and ctx ended is the error ctx.Err() as it is. A message whose record
+// batch alone, as sent (compressed), is over Config.MaxMessageBytes fails
+// the call with transport.ErrMessageTooLarge before anything is sent; a
+// batch the topic's smaller limit refuses is split, down to the message
+// that is too large alone, which fails with transport.ErrMessageTooLarge.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	if err := transport.ValidatePublish(topic, msgs); err != nil {
 		return err
@@ -49,11 +52,21 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// The broker limits the record batch as sent (compressed, with its
+	// header): a message that cannot fit a batch of its own fails. The
+	// bound is cheap and never under the real size; only a message near or
+	// over the limit is encoded to learn its real size.
+	now := time.Now()
 	var failures []transport.MessageError
 	for i, m := range msgs {
-		if n := recordSize(m); n > t.cfg.MaxMessageBytes {
+		if batchHeader+recordBound(m) <= t.cfg.MaxMessageBytes {
+			continue
+		}
+		n := t.batchSize(msgs[i:i+1], now)
+		if n > t.cfg.MaxMessageBytes {
 			failures = append(failures, transport.MessageError{Index: i, ID: m.ID, Err: fmt.Errorf(
-				"%w: record of %d bytes exceeds MaxMessageBytes %d", transport.ErrMessageTooLarge, n, t.cfg.MaxMessageBytes)})
+				"%w: a record batch holding it alone is %d bytes as sent (compression %s), over MaxMessageBytes %d",
+				transport.ErrMessageTooLarge, n, t.compressionName(), t.cfg.MaxMessageBytes)})
 		}
 	}
 	if len(failures) > 0 {
@@ -65,8 +78,8 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	}
 
 	// Group the messages by partition, keeping their order, and cut each
-	// partition's into chunks of at most MaxMessageBytes.
-	now := time.Now()
+	// partition's into chunks of at most MaxMessageBytes (by recordBound:
+	// a message over it alone is a chunk of its own, checked above).
 	np := len(ti.ids)
 	keyless := -1
 	byPart := make(map[int][]int, min(np, len(msgs)))
@@ -90,9 +103,9 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	for _, p := range order {
 		idx := byPart[p]
 		for start := 0; start < len(idx); {
-			end, size := start, 0
+			end, size := start, batchHeader
 			for end < len(idx) {
-				n := recordSize(msgs[idx[end]])
+				n := recordBound(msgs[idx[end]])
 				if end > start && size+n > t.cfg.MaxMessageBytes {
 					break
 				}
@@ -106,7 +119,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 
 	backoff := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		t.send(ctx, topic, ti.leaders, pending, msgs, now)
+		pending = t.send(ctx, topic, ti.leaders, pending, msgs, now)
 		var retry []*chunk
 		for _, c := range pending {
 			switch {
@@ -173,9 +186,12 @@ type chunk struct {
 
 // send produces the chunks: one request per leader broker and round, a
 // round holding at most one chunk per partition, the leaders' requests
-// concurrently. It sets each chunk's err. After a chunk fails, its
-// partition's later chunks are not sent (they would overtake it).
-func (t *Transport) send(ctx context.Context, topic string, leaders []int32, chunks []*chunk, msgs []*transport.Message, now time.Time) {
+// concurrently. It returns the chunks as sent (a chunk the broker refused
+// as too large is split), each with its err. After a chunk fails, its
+// partition's later chunks are not sent (they would overtake it), unless
+// it is a single message the broker refused as too large: that one can
+// never be accepted, so nothing overtakes it.
+func (t *Transport) send(ctx context.Context, topic string, leaders []int32, chunks []*chunk, msgs []*transport.Message, now time.Time) []*chunk {
 	byLeader := make(map[int32][]*chunk, 1)
 	var order []int32
 	for _, c := range chunks {
@@ -189,25 +205,28 @@ func (t *Transport) send(ctx context.Context, topic string, leaders []int32, chu
 		byLeader[l] = append(byLeader[l], c)
 	}
 	if len(order) == 1 {
-		t.sendToLeader(ctx, topic, byLeader[order[0]], msgs, now)
-		return
+		return t.sendToLeader(ctx, topic, byLeader[order[0]], msgs, now)
 	}
+	sent := make([][]*chunk, len(order))
 	var wg sync.WaitGroup
-	for _, l := range order {
-		wg.Go(func() { t.sendToLeader(ctx, topic, byLeader[l], msgs, now) })
+	for i, l := range order {
+		wg.Go(func() { sent[i] = t.sendToLeader(ctx, topic, byLeader[l], msgs, now) })
 	}
 	wg.Wait()
+	return slices.Concat(sent...)
 }
 
-func (t *Transport) sendToLeader(ctx context.Context, topic string, chunks []*chunk, msgs []*transport.Message, now time.Time) {
+func (t *Transport) sendToLeader(ctx context.Context, topic string, chunks []*chunk, msgs []*transport.Message, now time.Time) []*chunk {
 	failed := make(map[int]error)
+	var done []*chunk
 	for len(chunks) > 0 {
 		var round, later []*chunk
 		inRound := make(map[int]bool, len(chunks))
 		for _, c := range chunks {
 			switch {
 			case failed[c.partition] != nil:
-				c.err = failed[c.partition]
+				c.err = failed[c.partition] // not sent: it would overtake the failed one
+				done = append(done, c)
 			case inRound[c.partition]:
 				later = append(later, c)
 			default:
@@ -215,16 +234,29 @@ func (t *Transport) sendToLeader(ctx context.Context, topic string, chunks []*ch
 				round = append(round, c)
 			}
 		}
+		var split []*chunk
 		if len(round) > 0 {
 			t.produceRound(ctx, topic, round, msgs, now)
 			for _, c := range round {
-				if c.err != nil {
+				switch {
+				case c.err == nil:
+				case errors.Is(c.err, transport.ErrMessageTooLarge) && len(c.idx) > 1:
+					// The topic's limit is below MaxMessageBytes: send the
+					// halves (before the partition's later chunks), down to
+					// single messages, as the Java producer splits a batch.
+					h := len(c.idx) / 2
+					split = append(split, &chunk{partition: c.partition, idx: c.idx[:h]}, &chunk{partition: c.partition, idx: c.idx[h:]})
+					continue
+				case errors.Is(c.err, transport.ErrMessageTooLarge):
+				default:
 					failed[c.partition] = c.err
 				}
+				done = append(done, c)
 			}
 		}
-		chunks = later
+		chunks = append(split, later...)
 	}
+	return done
 }
 
 // produceRound sends one produce request for chunks of distinct partitions
@@ -317,10 +349,17 @@ func toRecord(m *transport.Message, now time.Time) kafkago.Record {
 // is removed from Header on delivery.
 const idHeader = "busway-id"
 
-// recordSize estimates a record's size in a batch: its fields plus the
-// varints and attributes around them.
-func recordSize(m *transport.Message) int {
-	n := 21 + len(m.Key) + len(m.Body)
+// batchHeader is the size of a record batch's header (format v2), which
+// the broker counts against max.message.bytes.
+const batchHeader = 61
+
+// recordBound is at least the size of m's record in an uncompressed batch
+// (format v2): its fields plus the largest varints around them (length 5,
+// attributes 1, timestamp delta 1 as a batch's records share a timestamp,
+// offset delta 5, key and value lengths 5 each, header count 5; 10 per
+// header).
+func recordBound(m *transport.Message) int {
+	n := 32 + len(m.Key) + len(m.Body)
 	for k, v := range m.Header {
 		n += 10 + len(k) + len(v)
 	}
@@ -328,6 +367,47 @@ func recordSize(m *transport.Message) int {
 		n += 10 + len(idHeader) + len(m.ID)
 	}
 	return n
+}
+
+// batchSize is the size of the record batch of msgs as Publish sends it:
+// encoded (and compressed) by kafka-go's encoder, header included, the
+// number the broker compares with max.message.bytes.
+func (t *Transport) batchSize(msgs []*transport.Message, now time.Time) int {
+	records := make([]kafkago.Record, len(msgs))
+	for i, m := range msgs {
+		records[i] = toRecord(m, now)
+	}
+	rs := protocol.RecordSet{
+		Version:    2,
+		Attributes: protocol.Attributes(t.cfg.compression) & 0x7,
+		Records:    kafkago.NewRecordReader(records...),
+	}
+	var w countingWriter
+	n, err := rs.WriteTo(&w)
+	if err != nil {
+		// Not encodable here, not encodable when sent: let the send report
+		// it; the bound stands in for the size.
+		size := batchHeader
+		for _, m := range msgs {
+			size += recordBound(m)
+		}
+		return size
+	}
+	return int(n) - 4 // the 4-byte length in front of the batch
+}
+
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	return len(p), nil
+}
+
+func (t *Transport) compressionName() string {
+	if t.cfg.compression == 0 {
+		return "none"
+	}
+	return t.cfg.compression.String()
 }
 
 func sortFailures(f []transport.MessageError) {
