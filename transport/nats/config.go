@@ -14,13 +14,19 @@ import (
 type Provision int
 
 const (
-	// ProvisionCreate creates the stream when it is missing and, when it
-	// exists, adds the transport's subjects to it and applies Config's
-	// stream settings (CreateOrUpdateStream). The default.
+	// ProvisionCreate creates the stream with Config's stream settings
+	// when it is missing. When it exists, its settings (limits, storage,
+	// replicas, duplicate window) are kept as they are: New only adds the
+	// transport's subjects when the stream lacks them, and logs (at Warn)
+	// the settings that differ from Config. The default.
 	ProvisionCreate Provision = iota
 	// ProvisionBind uses an existing stream as it is (managed by an operator
 	// or by infrastructure code); New fails with an error wrapping
 	// transport.ErrTopicNotFound that names the stream when it is missing.
+	//
+	// In both modes New refuses (transport.ErrInvalidOptions) an existing
+	// stream with work-queue or interest retention: it removes messages
+	// before every group has them.
 	ProvisionBind
 )
 
@@ -111,6 +117,8 @@ type Config struct {
 	// existing one.
 	Provision Provision
 	// Storage of a created stream: StorageFile (default) or StorageMemory.
+	// Storage, Replicas, MaxAge and Duplicates apply to a stream New
+	// creates; an existing stream keeps its own.
 	Storage Storage
 	// Replicas of a created stream (1 to 5). Default 1.
 	Replicas int

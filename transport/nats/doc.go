@@ -14,10 +14,16 @@
 // One stream (Config.Stream, default "BUSWAY") holds every topic: topic t is
 // the subject "<SubjectPrefix>.t" (default "busway.t") and the stream holds
 // "<SubjectPrefix>.>". With ProvisionCreate (the default) New creates the
-// stream or adds the subjects to it and applies the storage, replicas, max
-// age and duplicate window of Config; with ProvisionBind it uses a stream an
-// operator made and fails with transport.ErrTopicNotFound when it is
-// missing or does not hold the subjects.
+// stream with the storage, replicas, max age and duplicate window of Config
+// when it is missing; a stream that exists keeps every setting an operator
+// (or an earlier start) gave it: New only adds the subjects when it lacks
+// them and logs, without applying them, the settings that differ from
+// Config. With ProvisionBind it uses a stream an operator made and fails
+// with transport.ErrTopicNotFound when it is missing or does not hold the
+// subjects. In both modes a stream with work-queue or interest retention is
+// refused (transport.ErrInvalidOptions): it deletes a message once one
+// consumer, or the consumers of the moment, acked it, so not every group
+// would get every message.
 //
 // Each (group, topic) is a durable pull consumer of that stream, named
 // "<group>_<topic>_<hash>" ('.' becomes '_'; the hash keeps names apart)

@@ -198,10 +198,13 @@ func (t *Transport) provision(ctx context.Context) error {
 	case err != nil:
 		return t.apiError("look up stream "+s.Stream, err)
 	}
-	t.maxMsgSize.Store(st.CachedInfo().Config.MaxMsgSize)
-	subjects := st.CachedInfo().Config.Subjects
+	cur := st.CachedInfo().Config
+	t.maxMsgSize.Store(cur.MaxMsgSize)
+	if err := checkRetention(cur); err != nil {
+		return err
+	}
 	covered := false
-	for _, p := range subjects {
+	for _, p := range cur.Subjects {
 		if subjectCovers(p, subject) {
 			covered = true
 			break
@@ -210,17 +213,90 @@ func (t *Transport) provision(ctx context.Context) error {
 	if s.Provision == ProvisionBind {
 		if !covered {
 			return fmt.Errorf("%w: nats: stream %q holds subjects %q, not %q (Provision is bind: add the subject to the stream or change SubjectPrefix)",
-				transport.ErrTopicNotFound, s.Stream, subjects, subject)
+				transport.ErrTopicNotFound, s.Stream, cur.Subjects, subject)
 		}
 		return nil
 	}
-	if !covered {
-		subjects = append(subjects, subject)
+	// The stream exists: its settings are the operator's (or an earlier
+	// busway's) and stay as they are. Only the subjects busway needs are
+	// added; what differs from Config is logged, never applied, so that
+	// starting a service cannot weaken a limit someone set on purpose.
+	t.logDifferences(cur)
+	if covered {
+		return nil
 	}
-	if _, err := t.js.UpdateStream(ctx, t.streamConfig(subjects)); err != nil {
-		return t.apiError("update stream "+s.Stream, err)
+	upd := cur
+	upd.Subjects = append(append([]string(nil), cur.Subjects...), subject)
+	if _, err := t.js.UpdateStream(ctx, upd); err != nil {
+		return t.apiError("add subject "+subject+" to stream "+s.Stream, err)
 	}
+	t.log.Info("nats: added the subject to the existing stream", "stream", s.Stream, "subject", subject)
 	return nil
+}
+
+// checkRetention refuses a stream whose retention policy removes messages
+// that busway's groups still need: with work-queue retention a message is
+// gone once one consumer acked it (and the server allows one consumer per
+// subject), with interest retention once the consumers that exist at the
+// time acked it, so a group that subscribes later, or a message published
+// while no member runs, would be lost.
+func checkRetention(cfg jetstream.StreamConfig) error {
+	if cfg.Retention == jetstream.LimitsPolicy {
+		return nil
+	}
+	return fmt.Errorf("%w: nats: stream %q has %s retention, which removes messages before every group has them (busway needs limits retention: every group gets every message, also groups that subscribe later); use a stream with limits retention (Config.Stream names another stream)",
+		transport.ErrInvalidOptions, cfg.Name, retentionName(cfg.Retention))
+}
+
+func retentionName(r jetstream.RetentionPolicy) string {
+	switch r {
+	case jetstream.LimitsPolicy:
+		return "limits"
+	case jetstream.InterestPolicy:
+		return "interest"
+	case jetstream.WorkQueuePolicy:
+		return "work-queue"
+	}
+	return r.String()
+}
+
+// logDifferences logs the settings of an existing stream that differ from
+// those Config would give a stream it creates; they are kept.
+func (t *Transport) logDifferences(cur jetstream.StreamConfig) {
+	want := t.streamConfig(cur.Subjects)
+	var attrs []any
+	diff := func(name string, have, config any) {
+		attrs = append(attrs, slog.Group(name, "stream", have, "config", config))
+	}
+	if cur.Storage != want.Storage {
+		diff("storage", cur.Storage.String(), want.Storage.String())
+	}
+	if cur.Replicas != want.Replicas {
+		diff("replicas", cur.Replicas, want.Replicas)
+	}
+	if cur.MaxAge != want.MaxAge {
+		diff("max_age", cur.MaxAge.String(), want.MaxAge.String())
+	}
+	if cur.Duplicates != want.Duplicates {
+		diff("duplicates", cur.Duplicates.String(), want.Duplicates.String())
+	}
+	if cur.MaxBytes > 0 {
+		diff("max_bytes", cur.MaxBytes, "unlimited")
+	}
+	if cur.MaxMsgs > 0 {
+		diff("max_msgs", cur.MaxMsgs, "unlimited")
+	}
+	if cur.MaxMsgsPerSubject > 0 {
+		diff("max_msgs_per_subject", cur.MaxMsgsPerSubject, "unlimited")
+	}
+	if cur.Discard != jetstream.DiscardOld {
+		diff("discard", cur.Discard.String(), jetstream.DiscardOld.String())
+	}
+	if len(attrs) == 0 {
+		return
+	}
+	t.log.Warn("nats: the stream exists with settings that differ from Config; they are kept (busway does not change an existing stream: change it on the server, or use a new Stream name)",
+		append([]any{"stream", cur.Name}, attrs...)...)
 }
 
 func (t *Transport) streamConfig(subjects []string) jetstream.StreamConfig {
