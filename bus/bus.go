@@ -202,7 +202,7 @@ func New(t transport.Transport, opts ...Option) *Bus {
 		log:       c.log,
 		fallback:  c.fallback,
 		settle:    c.settle,
-		err:       errors.Join(c.errs...),
+		err:       newErr(c.errs),
 		types:     make(map[reflect.Type]*typeInfo),
 		routes:    make(map[routeKey]*route),
 		shutdown:  make(chan struct{}),
@@ -224,6 +224,14 @@ func New(t transport.Transport, opts ...Option) *Bus {
 		b.pub = p
 	}
 	return b
+}
+
+// newErr is the error of New's invalid arguments, or nil.
+func newErr(errs []error) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("busway: New: %w", errors.Join(errs...))
 }
 
 func defaultSource() string {
@@ -329,7 +337,7 @@ func (b *Bus) typeOf(rt reflect.Type, topic string) (*typeInfo, error) {
 	if topic == "" {
 		topic = name
 		if err := transport.ValidateTopic(topic); err != nil {
-			return nil, fmt.Errorf("busway: event type %q of Go type %v is not a valid topic name; Register the type with a topic: %w", name, rt, err)
+			return nil, fmt.Errorf("event type %q of Go type %v is not a valid topic name; Register the type with a topic: %w", name, rt, err)
 		}
 	}
 	for _, o := range b.types {

@@ -240,7 +240,7 @@ func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (
 func newIDAndTime(t time.Time) (id, ts string, err error) {
 	u, err := uuid.NewV7()
 	if err != nil {
-		return "", "", fmt.Errorf("busway: new event ID: %w", err)
+		return "", "", fmt.Errorf("new event ID: %w", err)
 	}
 	var buf [36 + len(time.RFC3339Nano) + 8]byte
 	b := appendUUID(buf[:0], u)

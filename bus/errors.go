@@ -20,19 +20,19 @@ var (
 	// (topic, group) that is already consuming. Adding a handler to a
 	// running subscription would open a window in which its events were
 	// acknowledged unhandled; busway refuses instead.
-	ErrAlreadyStarted = errors.New("busway: already started")
+	ErrAlreadyStarted = errors.New("already started")
 	// ErrAlreadyRegistered: a Go type registered to a second topic, two Go
 	// types with one event type name on one topic, or a second handler for
 	// one event type in one (topic, group).
-	ErrAlreadyRegistered = errors.New("busway: already registered")
+	ErrAlreadyRegistered = errors.New("already registered")
 	// ErrInvalidEventType: a Go type whose event type name is empty or not
 	// usable (an unnamed type without an EventType method, a name with
 	// control characters).
-	ErrInvalidEventType = errors.New("busway: invalid event type")
+	ErrInvalidEventType = errors.New("invalid event type")
 	// ErrInvalidEnvelope: a message whose CloudEvents attributes are
 	// malformed (bad ce_time, unsupported ce_specversion), or one without
 	// ce_type where routing by type is needed.
-	ErrInvalidEnvelope = errors.New("busway: invalid event envelope")
+	ErrInvalidEnvelope = errors.New("invalid event envelope")
 )
 
 // Permanent marks err as an error that retrying cannot fix: Retry
@@ -55,7 +55,7 @@ type EnvelopeError struct {
 }
 
 func (e *EnvelopeError) Error() string {
-	return fmt.Sprintf("busway: message %s: header %s %q: %s", where(e.ID, e.Topic), e.Attribute, e.Value, e.Reason)
+	return fmt.Sprintf("message %s: header %s %q: %s", where(e.ID, e.Topic), e.Attribute, e.Value, e.Reason)
 }
 
 // Unwrap returns ErrInvalidEnvelope.
@@ -76,7 +76,7 @@ func (e *DecodeError) Error() string {
 	if typ == "" {
 		typ = "(no ce_type)"
 	}
-	return fmt.Sprintf("busway: decode event %s of type %q into %s: %v", where(e.ID, e.Topic), typ, e.GoType, e.Err)
+	return fmt.Sprintf("decode event %s of type %q into %s: %v", where(e.ID, e.Topic), typ, e.GoType, e.Err)
 }
 
 // Unwrap returns the codec's error.

@@ -133,7 +133,7 @@ func ExampleDecode() {
 	fmt.Println(bus.IsPermanent(err), err)
 	// Output:
 	// A234-1234-1234 /legacy/shop 2018 {7 300} <nil>
-	// true busway: decode event "A234-1234-1234" on topic "orders" of type "OrderCreated" into bus_test.OrderCreated: json: cannot unmarshal number into Go struct field OrderCreated.id of type string
+	// true decode event "A234-1234-1234" on topic "orders" of type "OrderCreated" into bus_test.OrderCreated: json: cannot unmarshal number into Go struct field OrderCreated.id of type string
 }
 
 // Messages of types that no handler of their group knows go to the

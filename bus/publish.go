@@ -161,7 +161,7 @@ func PublishBatch[T any](ctx context.Context, b *Bus, events []T, opts ...Publis
 	for i, v := range events {
 		box, err := encode(b, ti, &c, v)
 		if err != nil {
-			return fmt.Errorf("busway: publish batch: event #%d: %w", i, err)
+			return fmt.Errorf("busway: publish batch of %d %s events: event #%d: %w", len(events), ti.name, i, err)
 		}
 		msgs[i] = &box.msg
 	}
@@ -185,7 +185,10 @@ func newMessage[T any](b *Bus, v T, opts []PublishOption) (*typeInfo, *msgBox, e
 		return nil, nil, err
 	}
 	box, err := encode(b, ti, &c, v)
-	return ti, box, err
+	if err != nil {
+		return nil, nil, fmt.Errorf("busway: publish %s: %w", ti.name, err)
+	}
+	return ti, box, nil
 }
 
 // prepare checks the bus, resolves T and applies opts.
@@ -194,12 +197,12 @@ func prepare[T any](b *Bus, opts []PublishOption) (*typeInfo, pubConfig, error) 
 	if err := b.Err(); err != nil {
 		return nil, c, err
 	}
-	if b.state.Load() == stateClosed {
-		return nil, c, fmt.Errorf("busway: publish: %w: the bus is shut down", ErrClosed)
-	}
 	ti, err := b.typeOf(reflect.TypeFor[T](), "")
 	if err != nil {
 		return nil, c, fmt.Errorf("busway: publish: %w", err)
+	}
+	if b.state.Load() == stateClosed {
+		return nil, c, fmt.Errorf("busway: publish %s: %w: the bus is shut down", ti.name, ErrClosed)
 	}
 	for _, o := range opts {
 		o.apply(&c)
@@ -218,11 +221,11 @@ func prepare[T any](b *Bus, opts []PublishOption) (*typeInfo, pubConfig, error) 
 // encode builds the message of one event.
 func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
 	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer && reflect.ValueOf(any(v)).IsNil() {
-		return nil, fmt.Errorf("busway: publish %s: %w: nil %v", ti.name, transport.ErrInvalidMessage, rt)
+		return nil, fmt.Errorf("%w: nil %v", transport.ErrInvalidMessage, rt)
 	}
 	body, err := b.codec.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("busway: publish %s: encode: %w", ti.name, err)
+		return nil, fmt.Errorf("encode: %w", err)
 	}
 	key := c.key
 	if c.keyFn != nil {
@@ -239,7 +242,7 @@ func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
 	}
 	box, err := buildMessage(&env, nil, c.headers, body)
 	if err != nil {
-		return nil, fmt.Errorf("busway: publish %s: %w", ti.name, err)
+		return nil, err
 	}
 	return box, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/busway/busway/transport"
@@ -82,7 +83,9 @@ type RetryError struct {
 }
 
 func (e *RetryError) Error() string {
-	return fmt.Sprintf("busway: after %d attempt(s): %v", e.Attempts, e.Err)
+	// One "busway: " per chain (see package transport): the handler's
+	// error may be busway's own, such as a failed bus.Publish.
+	return fmt.Sprintf("busway: after %d attempt(s): %s", e.Attempts, strings.TrimPrefix(fmt.Sprint(e.Err), "busway: "))
 }
 
 func (e *RetryError) Unwrap() error { return e.Err }

@@ -46,7 +46,7 @@ type SQLStoreOptions struct {
 // ErrNotMigrated is wrapped by the errors of SQLStore and of package outbox
 // when a table they use does not exist: run their Migrate method (once, at
 // deployment or start; it is idempotent).
-var ErrNotMigrated = errors.New("busway: table does not exist (run Migrate)")
+var ErrNotMigrated = errors.New("table does not exist (run Migrate)")
 
 // SQLStore is a Store in a SQL table keyed by (group_name, message_id), so
 // markers survive restarts and are shared by every process of a group: the

@@ -32,6 +32,32 @@
 // retrying cannot fix; middleware and transports recognise it with
 // IsPermanent.
 //
+// The one rule of busway's error texts: a chain names busway at most once,
+// at its start. Sentinels (ErrClosed reads "transport closed") and the
+// error types that other errors wrap (PermanentError, PublishError,
+// MessageError, PanicError, bus.DecodeError, bus.EnvelopeError) carry no
+// prefix, as os.ErrNotExist and *fs.PathError carry none: their text always
+// sits inside something that says where. The error that a call of package
+// bus, transport, middleware or bustest creates and returns begins with
+// "busway: " (as do the types that are returned whole: *URLError,
+// middleware's *RetryError and *DeadLetterError); a transport's own errors
+// begin with its name instead ("nats: ", "kafka: ", "chanbus: "). A busway
+// error that wraps another one that already begins with "busway: " (Retry
+// giving up on a handler's failed bus.Publish) leaves the inner prefix out.
+// So a closed bus reads
+//
+//	busway: publish OrderCreated: transport closed: the bus is shut down
+//
+// and a dead letter's error header
+//
+//	busway: after 1 attempt(s): decode event "0190..." on topic "orders" of type "OrderCreated" into main.OrderCreated: ...
+//
+// # URLs
+//
+// Errors about a transport URL (*URLError) echo the URL as the caller
+// wrote it to Mux.Open, with any password (or a user name given without a
+// password, which for NATS is a token) replaced by "xxxxx".
+//
 // # Concurrency
 //
 // Publisher, Subscriber, Subscription and Transport implementations are safe

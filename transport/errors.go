@@ -12,28 +12,28 @@ import (
 // Sentinel errors. Transports wrap them with detail; test with errors.Is.
 var (
 	// ErrClosed: the transport or subscription was closed.
-	ErrClosed = errors.New("busway: transport closed")
+	ErrClosed = errors.New("transport closed")
 	// ErrInvalidTopic: a topic name is empty or has characters that not
 	// every broker accepts.
-	ErrInvalidTopic = errors.New("busway: invalid topic")
+	ErrInvalidTopic = errors.New("invalid topic")
 	// ErrInvalidMessage: a nil message, or one the transport cannot send.
-	ErrInvalidMessage = errors.New("busway: invalid message")
+	ErrInvalidMessage = errors.New("invalid message")
 	// ErrMessageTooLarge: the message exceeds the broker's size limit.
-	ErrMessageTooLarge = errors.New("busway: message too large")
+	ErrMessageTooLarge = errors.New("message too large")
 	// ErrInvalidOptions: a subscribe option or a transport config value is
 	// invalid.
-	ErrInvalidOptions = errors.New("busway: invalid options")
+	ErrInvalidOptions = errors.New("invalid options")
 	// ErrInvalidURL: a transport URL could not be parsed or has a bad part.
-	ErrInvalidURL = errors.New("busway: invalid transport URL")
+	ErrInvalidURL = errors.New("invalid transport URL")
 	// ErrUnknownScheme: no opener is registered for a URL's scheme.
-	ErrUnknownScheme = errors.New("busway: unknown transport scheme")
+	ErrUnknownScheme = errors.New("unknown transport scheme")
 	// ErrTopicNotFound: the topic (Kafka topic, NATS stream) does not exist
 	// and the transport may not create it.
-	ErrTopicNotFound = errors.New("busway: topic not found")
+	ErrTopicNotFound = errors.New("topic not found")
 	// ErrUnavailable: the broker could not be reached.
-	ErrUnavailable = errors.New("busway: broker unavailable")
+	ErrUnavailable = errors.New("broker unavailable")
 	// ErrAuthentication: the broker rejected the credentials.
-	ErrAuthentication = errors.New("busway: authentication failed")
+	ErrAuthentication = errors.New("authentication failed")
 )
 
 // PermanentError marks an error that retrying cannot fix (a body that does
@@ -84,7 +84,7 @@ type PublishError struct {
 
 func (e *PublishError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "busway: publish to %q: %d of %d messages failed", e.Topic, len(e.Failures), e.Total)
+	fmt.Fprintf(&b, "publish to %q: %d of %d messages failed", e.Topic, len(e.Failures), e.Total)
 	for i, f := range e.Failures {
 		if i == 3 {
 			fmt.Fprintf(&b, "; and %d more", len(e.Failures)-i)
@@ -119,7 +119,7 @@ type PanicError struct {
 // Error describes the panic value; the stack is in the Stack field, not in
 // the text, so that headers and log lines stay one line.
 func (e *PanicError) Error() string {
-	return fmt.Sprintf("busway: handler panic: %v", e.Value)
+	return fmt.Sprintf("handler panic: %v", e.Value)
 }
 
 // Unwrap returns the panic value when it is an error (panic(err)), so
@@ -133,7 +133,7 @@ func (e *PanicError) Unwrap() error {
 // with runtime.Goexit, as t.FailNow, t.Fatal and t.SkipNow do when a test
 // calls them from a handler. Its message counts as failed and is delivered
 // again. Test for it with errors.Is.
-var ErrHandlerGoexit = errors.New("busway: handler called runtime.Goexit (t.FailNow, t.Fatal or t.SkipNow in a handler?); the message counts as failed")
+var ErrHandlerGoexit = errors.New("handler called runtime.Goexit (t.FailNow, t.Fatal or t.SkipNow in a handler?); the message counts as failed")
 
 // CallHandler calls h and turns a panic into a *PanicError carrying the
 // panic value and stack, which it also logs at level Error to log (nil

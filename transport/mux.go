@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -81,9 +82,14 @@ func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
 		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLErr(err))}
 	}
 	if u.Scheme == "" {
-		return nil, &URLError{URL: Redact(u), Part: "scheme", Err: fmt.Errorf("%w: no scheme (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
+		return nil, &URLError{URL: redactRaw(rawURL), Part: "scheme", Err: fmt.Errorf("%w: no scheme (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
 	}
-	return m.OpenURL(ctx, u)
+	t, err := m.OpenURL(ctx, u)
+	var ue *URLError
+	if errors.As(err, &ue) {
+		ue.URL = redactRaw(rawURL) // as the caller wrote it, not as net/url re-renders it
+	}
+	return t, err
 }
 
 // OpenURL opens the transport u's scheme names.
@@ -111,18 +117,48 @@ func (e *URLError) Error() string {
 }
 func (e *URLError) Unwrap() error { return e.Err }
 
-// Redact returns u as a string with any password replaced by "xxxxx".
-func Redact(u *url.URL) string { return u.Redacted() }
-
-func redactRaw(raw string) string {
-	// A URL that does not parse may still hold credentials: drop userinfo.
-	if i := strings.Index(raw, "://"); i >= 0 {
-		rest := raw[i+3:]
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			return raw[:i+3] + "xxxxx@" + rest[at+1:]
+// Redact returns u as a string with any password replaced by "xxxxx", as
+// does a user name given without a password (a NATS token). A URL with a
+// scheme and an empty host keeps its "//" ("chan://?buffer=64", which
+// net/url would render "chan:?buffer=64").
+func Redact(u *url.URL) string {
+	c := *u
+	if c.User != nil {
+		if _, ok := c.User.Password(); ok {
+			c.User = url.UserPassword(c.User.Username(), "xxxxx")
+		} else {
+			c.User = url.User("xxxxx")
 		}
 	}
-	return raw
+	s := c.String()
+	if c.Scheme != "" && c.Opaque == "" && c.Host == "" && !c.OmitHost && !strings.HasPrefix(s, c.Scheme+"://") {
+		s = c.Scheme + "://" + strings.TrimPrefix(s, c.Scheme+":")
+	}
+	return s
+}
+
+// redactRaw returns raw, as written, with the password of its user
+// information (or a user name without password) replaced by "xxxxx". It
+// works on URLs that do not parse, which may still hold credentials.
+func redactRaw(raw string) string {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return raw
+	}
+	rest := raw[i+3:]
+	authority := rest
+	if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+		authority = rest[:end]
+	}
+	at := strings.LastIndex(authority, "@")
+	if at < 0 {
+		return raw
+	}
+	user := "xxxxx"
+	if colon := strings.IndexByte(authority[:at], ':'); colon >= 0 {
+		user = authority[:colon] + ":xxxxx"
+	}
+	return raw[:i+3] + user + rest[at:]
 }
 
 func unwrapURLErr(err error) error {

@@ -2,8 +2,10 @@ package nats
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -33,6 +35,11 @@ func startEmbedded(ctx context.Context, e *EmbeddedConfig, log *slog.Logger) (*s
 	if opts.Port == 0 {
 		opts.Port = server.RANDOM_PORT
 	}
+	// The server reports an unusable store only in its log, and then never
+	// becomes ready: find out at once, with the cause.
+	if err := checkStoreDir(e.StoreDir); err != nil {
+		return nil, fmt.Errorf("nats: embedded server: store_dir %q is not a usable directory: %w: %w", e.StoreDir, transport.ErrInvalidOptions, err)
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: nats: embedded server: %v", transport.ErrInvalidOptions, err)
@@ -53,6 +60,20 @@ func startEmbedded(ctx context.Context, e *EmbeddedConfig, log *slog.Logger) (*s
 		}
 	}
 	return s, nil
+}
+
+// checkStoreDir creates dir if needed and checks that a file can be
+// written in it.
+func checkStoreDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".busway-probe-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	return errors.Join(f.Close(), os.Remove(name))
 }
 
 // stopServer shuts s down and waits until its goroutines have ended.
