@@ -89,7 +89,7 @@ func TestConformance(t *testing.T) {
 			}
 			return tr
 		},
-		Caps:    transporttest.Capabilities{Durable: true, CountsAttempts: true, SkipHandlerGoexit: "issue 8: a handler's runtime.Goexit kills the worker (Close hangs); being fixed"},
+		Caps:    transporttest.Capabilities{Durable: true, CountsAttempts: true},
 		Timeout: 30 * time.Second,
 	})
 }
@@ -110,7 +110,7 @@ func TestConformanceRealCluster(t *testing.T) {
 			}
 			return tr
 		},
-		Caps:    transporttest.Capabilities{Durable: true, CountsAttempts: true, SkipHandlerGoexit: "issue 8: a handler's runtime.Goexit kills the worker (Close hangs); being fixed"},
+		Caps:    transporttest.Capabilities{Durable: true, CountsAttempts: true},
 		Timeout: 60 * time.Second,
 	})
 }
