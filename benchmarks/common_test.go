@@ -1,6 +1,7 @@
 package benchmarks
 
 import (
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,12 +27,15 @@ func forSizes(b *testing.B, f func(b *testing.B, body []byte)) {
 	}
 }
 
-// payload is n printable bytes (valid in a JSON string without escaping).
+// payload is n printable bytes (valid in a JSON string without escaping),
+// pseudo-random so that no compression shrinks them: a compressible body
+// would measure the codec, not the bus.
 func payload(n int) []byte {
-	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+	r := rand.New(rand.NewPCG(uint64(n), 12))
 	p := make([]byte, n)
 	for i := range p {
-		p[i] = alphabet[(i*7+i/64)%len(alphabet)]
+		p[i] = alphabet[r.IntN(len(alphabet))]
 	}
 	return p
 }

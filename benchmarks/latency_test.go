@@ -277,7 +277,8 @@ func rawKgoPipe(b *testing.B, recv func([]byte)) pipe {
 	brokers := kafkaCluster(b)
 	topic := uniq("latency")
 	kafkaCreateTopic(b, brokers, topic)
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()))
 	if err != nil {
 		b.Fatal(err)
 	}
