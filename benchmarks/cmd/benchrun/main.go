@@ -4,7 +4,8 @@
 // min-max, and the comparisons of busway with each reference measured in the
 // same run, against the targets. It writes RESULTS.md, results.svg (a bar
 // chart of the comparisons) and results.txt (the raw go test output, for
-// benchstat) into -out.
+// benchstat) into -out, and the comparisons into the README between its
+// bench markers.
 //
 //	go run ./cmd/benchrun            # make bench: the full suite, about 8 minutes
 //	go run ./cmd/benchrun -short     # make bench-short: a smoke run of every case
@@ -64,14 +65,18 @@ func main() {
 	short := flag.Bool("short", false, "smoke run: every case once with a few thousand messages")
 	out := flag.String("out", ".", "directory for RESULTS.md, results.svg and results.txt")
 	outboxTime := flag.String("outbox-benchtime", "", "benchtime of the main module's outbox benchmarks (default 1s, 200x with -short)")
+	readme := flag.String("readme", "../README.md", "README whose bench markers get the comparisons (not with -short; empty: none)")
 	flag.Parse()
-	if err := run(*short, *out, *outboxTime); err != nil {
+	if *short {
+		*readme = ""
+	}
+	if err := run(*short, *out, *outboxTime, *readme); err != nil {
 		fmt.Fprintln(os.Stderr, "benchrun:", err)
 		os.Exit(1)
 	}
 }
 
-func run(short bool, out, outboxTime string) error {
+func run(short bool, out, outboxTime, readme string) error {
 	steps, outboxCount := plan, 3
 	if short {
 		steps, outboxCount = shortPlan, 1
@@ -147,6 +152,11 @@ func run(short bool, out, outboxTime string) error {
 	}
 	if err := os.WriteFile(filepath.Join(out, "results.svg"), chart(cmps, env), 0o644); err != nil {
 		return err
+	}
+	if readme != "" {
+		if err := updateReadme(readme, readmeBlock(env, cmps)); err != nil {
+			return err
+		}
 	}
 	fmt.Println()
 	writeComparisons(os.Stdout, cmps)

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"testing"
 )
@@ -84,5 +85,28 @@ func TestParseCompareReport(t *testing.T) {
 	}
 	if rects != 1+2 { // the background and one bar per comparison with a reference
 		t.Fatalf("chart has %d rects, want 3", rects)
+	}
+}
+
+func TestUpdateReadme(t *testing.T) {
+	path := t.TempDir() + "/README.md"
+	doc := "# x\n\nbefore\n" + readmeBegin + "\nold table\n" + readmeEnd + "\nafter\n"
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := updateReadme(path, []byte("new table\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := os.ReadFile(path)
+	if want := "# x\n\nbefore\n" + readmeBegin + "\nnew table\n" + readmeEnd + "\nafter\n"; string(got) != want {
+		t.Fatalf("README = %q, want %q", got, want)
+	}
+	if err := os.WriteFile(path, []byte("no markers"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := updateReadme(path, nil); err == nil {
+		t.Fatal("no error for a README without markers")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"html"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"time"
 )
@@ -222,4 +223,41 @@ func chart(cmps []*comparison, e env) []byte {
 	fmt.Fprintf(&s, `<text x="10" y="%.0f" fill="#555">green: target met · red: target missed · grey: no target · black tick: the target · latency bars: reference p99 ÷ busway p99</text>`+"\n", bottom+40)
 	s.WriteString("</svg>\n")
 	return s.Bytes()
+}
+
+const (
+	readmeBegin = "<!-- bench:begin (written by make bench) -->"
+	readmeEnd   = "<!-- bench:end -->"
+)
+
+// readmeBlock is what make bench writes into the README between the
+// markers: the run's machine and versions, and the comparisons.
+func readmeBlock(e env, cmps []*comparison) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "Run of %s on %s, %d cores (load average %s at the start, %s at the end), %s; busway %s",
+		e.date, e.cpu, e.cores, e.loadStart, e.loadEnd, e.goVersion, e.busway)
+	for _, m := range e.modules {
+		fmt.Fprintf(&b, ", %s %s", m[0][strings.LastIndexByte(m[0], '/')+1:], m[1])
+	}
+	fmt.Fprint(&b, ".\n\n")
+	writeComparisons(&b, cmps)
+	return b.Bytes()
+}
+
+// updateReadme replaces what is between the markers in the file at path.
+func updateReadme(path string, block []byte) error {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	i, j := bytes.Index(old, []byte(readmeBegin)), bytes.Index(old, []byte(readmeEnd))
+	if i < 0 || j < i {
+		return fmt.Errorf("%s has no %q ... %q markers", path, readmeBegin, readmeEnd)
+	}
+	var b bytes.Buffer
+	b.Write(old[:i+len(readmeBegin)])
+	b.WriteString("\n")
+	b.Write(block)
+	b.Write(old[j:])
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }
