@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -120,8 +122,8 @@ func writeMarkdown(w io.Writer, e env, cs *cases, cmps []*comparison) {
 	fmt.Fprintln(w, "Median of the runs (min–max). One iteration is one message. Latency cases send at the")
 	fmt.Fprintln(w, "offered rate, so their msgs/s is that rate.")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| case | runs | msgs/s | ns/msg | allocs/msg | B/msg | p50 / p99 / p99.9 µs |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| case | runs | msgs/s | ns/msg | allocs/msg | B/msg | p50 / p99 / p99.9 µs | other metrics (median) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range cs.list {
 		m, _ := r.stat("msgs/s")
 		ns, _ := r.stat("ns/op")
@@ -143,8 +145,17 @@ func writeMarkdown(w io.Writer, e env, cs *cases, cmps []*comparison) {
 		if okB {
 			bytesPer = fmt.Sprintf("%.0f", by.med)
 		}
-		fmt.Fprintf(w, "| %s | %d | %s (%s–%s) | %s | %s | %s | %s |\n", r.name, m.n, human(m.med), human(m.min), human(m.max),
-			human(ns.med), allocs, bytesPer, lat)
+		var other []string
+		for _, u := range slices.Sorted(maps.Keys(r.runs)) {
+			switch u {
+			case "msgs/s", "ns/op", "allocs/op", "B/op", "p50-µs", "p99-µs", "p99.9-µs", "offered-msgs/s":
+				continue
+			}
+			st, _ := r.stat(u)
+			other = append(other, human(st.med)+" "+u)
+		}
+		fmt.Fprintf(w, "| %s | %d | %s (%s–%s) | %s | %s | %s | %s | %s |\n", r.name, m.n, human(m.med), human(m.min), human(m.max),
+			human(ns.med), allocs, bytesPer, lat, strings.Join(other, ", "))
 	}
 }
 
