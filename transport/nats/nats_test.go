@@ -54,7 +54,7 @@ func open(t testing.TB, cfg busnats.Config) *busnats.Transport {
 func TestConformanceEmbedded(t *testing.T) {
 	transporttest.Run(t, transporttest.Harness{
 		Open: func(t *testing.T) transport.Transport { return open(t, embeddedConfig(t)) },
-		Caps: transporttest.Capabilities{Durable: true, CountsAttempts: true, SkipHandlerGoexit: "issue 8: a handler's runtime.Goexit kills the worker (Close hangs); being fixed"},
+		Caps: transporttest.Capabilities{Durable: true, CountsAttempts: true},
 		// Generous for a 2-core machine shared with other test runs.
 		Timeout: 30 * time.Second,
 	})
@@ -114,7 +114,7 @@ func TestConformanceRealServer(t *testing.T) {
 	probe.Close()
 	transporttest.Run(t, transporttest.Harness{
 		Open: func(t *testing.T) transport.Transport { return open(t, realConfig(t, url)) },
-		Caps: transporttest.Capabilities{Durable: true, CountsAttempts: true, MaxBodyBytes: maxBody, SkipHandlerGoexit: "issue 8: a handler's runtime.Goexit kills the worker (Close hangs); being fixed"},
+		Caps: transporttest.Capabilities{Durable: true, CountsAttempts: true, MaxBodyBytes: maxBody},
 	})
 }
 

@@ -456,7 +456,18 @@ func (s *subscription) accept(m jetstream.Msg) {
 
 // work runs worker i: the messages of its queue, one at a time, in order.
 func (s *subscription) work(i int) {
-	defer s.workers.Done()
+	running := false // a handler runs on this goroutine
+	defer func() {
+		if running {
+			// The handler called runtime.Goexit (t.FailNow in a test, say):
+			// this goroutine is ending and nothing can stop that. handle
+			// settled the message as failed (transport.CallHandler logged
+			// it); a new goroutine takes this worker's place.
+			go s.work(i)
+			return
+		}
+		s.workers.Done()
+	}()
 	for {
 		s.dmu.Lock()
 		for len(s.queues[i]) == 0 && !s.qclosed {
@@ -472,7 +483,9 @@ func (s *subscription) work(i int) {
 		s.queues[i][0] = nil
 		s.queues[i] = s.queues[i][1:]
 		s.dmu.Unlock()
+		running = true
 		s.handle(s.hctx, &s.slots[i], h)
+		running = false
 	}
 }
 
@@ -486,7 +499,19 @@ func (s *subscription) handle(ctx context.Context, sl *slot, h *held) {
 	}
 	m := sl.fill(s, jm)
 	attempt, id := m.Attempt, m.ID
+	returned := false
+	defer func() {
+		if !returned { // runtime.Goexit in the handler: a failed delivery
+			s.settle(jm, attempt, id, transport.ErrHandlerGoexit)
+		}
+	}()
 	err := transport.CallHandler(ctx, s.t.log, s.h, m)
+	returned = true
+	s.settle(jm, attempt, id, err)
+}
+
+// settle acks, naks or terminates a message whose handler returned err.
+func (s *subscription) settle(jm jetstream.Msg, attempt int, id string, err error) {
 	switch {
 	case err == nil:
 		if aerr := jm.Ack(); aerr != nil {
