@@ -42,7 +42,8 @@
 //     dead-letter topic.
 //   - DeadLetter sees only what Retry gave up on (or a permanent error at
 //     once), parks it on "<topic>.dlq" and acknowledges it; if the park
-//     fails the original is not acknowledged.
+//     fails the original is not acknowledged (unless the broker refuses
+//     the dead letter for good, see DeadLetter).
 //   - Metrics and Tracing are outermost, so they time and see the whole
 //     delivery and its outcome, including a message dead-lettered or
 //     skipped as a duplicate (both return nil to the transport). Logging,
@@ -57,7 +58,11 @@
 // Nothing here weakens at-least-once delivery: a middleware returns nil
 // (acknowledge) only when the handler succeeded, Idempotent found the
 // message already handled, or DeadLetter published it to the dead-letter
-// topic. When ctx ends (the subscription is closing), Retry stops at once
+// topic. The one exception is a message whose dead letter the broker
+// refuses for good, even stripped to its short headers: retrying could
+// only block its key (on Kafka its partition) for ever, so DeadLetter drops
+// it, logged at level Error, unless DeadLetterOptions.OnUnpublishable says
+// otherwise (OutcomeDropped). When ctx ends (the subscription is closing), Retry stops at once
 // and DeadLetter does not dead-letter, so the message is redelivered later.
 //
 // # Errors
