@@ -83,9 +83,15 @@
 //
 // # Observability
 //
-// Stats counts published, handled, failed and unknown events. The Bus logs
-// lifecycle events and unknown types at Debug level through WithLogger; it
-// never logs an error it also returns. Tracing, metrics and logging of each
+// Stats counts published, handled, failed (panics included) and unknown
+// events. The Bus logs lifecycle events and unknown types at Debug level,
+// and handler panics with their stacks at Error level, through WithLogger;
+// it never logs an error it also returns. Its transport logs to the logger
+// it was made with (see WithLogger). The Bus passes its transport's
+// messaging system (transport.SystemOf: "nats", "kafka", "chanbus") to its
+// middleware chains in the context (transport.ContextWithSystem), so
+// tracing and metrics report it without configuration, and tells them of
+// messages of an unknown type (transport.ReportOutcome). Tracing, metrics and logging of each
 // message are middleware (package middleware): consume-side with
 // WithMiddleware (around every subscription, seeing every message),
 // WithHandlerMiddleware (around every typed handler) and

@@ -158,3 +158,31 @@ func TestErrorType(t *testing.T) {
 		}
 	}
 }
+
+// A panic that goes through Metrics (no Recover inside, no bus) counts as a
+// failed message with the class of the error it becomes, and leaves
+// nothing in flight.
+func TestMetricsCountsPanics(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	h := middleware.Metrics(middleware.MetricsOptions{MeterProvider: mp})(func(context.Context, *transport.Message) error {
+		panic("boom")
+	})
+	m := &transport.Message{ID: "p1", Topic: "orders", Group: "billing"}
+	var pe *transport.PanicError
+	if err := transport.CallHandler(t.Context(), nil, h, m); !errors.As(err, &pe) {
+		t.Fatalf("CallHandler: %v, want a *transport.PanicError", err)
+	}
+	data := metricsOf(t, reader)
+	dps := data[middleware.MetricConsumedMessages].(metricdata.Sum[int64]).DataPoints
+	if len(dps) != 1 || dps[0].Value != 1 || attrVal(dps[0].Attributes, "busway.outcome") != "error" ||
+		attrVal(dps[0].Attributes, "error.type") != "*transport.PanicError" {
+		t.Errorf("consumed after a panic: %+v", dps)
+	}
+	for _, dp := range data[middleware.MetricProcessActive].(metricdata.Sum[int64]).DataPoints {
+		if dp.Value != 0 {
+			t.Errorf("%d messages still in flight after the panic", dp.Value)
+		}
+	}
+}
