@@ -95,7 +95,7 @@ func checkScheme(mux *transport.Mux, c Config) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s=%q: unknown scheme %q (known: %v)", ErrInvalidConfig, EnvURL, c.redacted(), scheme, mux.Schemes())
+	return fmt.Errorf("%w: %s=%q: unknown scheme %q (known: %v)", ErrInvalidConfig, EnvURL, c.Redacted(), scheme, mux.Schemes())
 }
 
 // Params are what NewBus takes.
@@ -153,7 +153,7 @@ func NewBus(p Params) (Result, error) {
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: func(ctx context.Context) error {
 			if r.hooks == 0 {
-				return b.Start(ctx)
+				return r.start(ctx)
 			}
 			return nil
 		},

@@ -124,11 +124,13 @@ type billing struct {
 	s       *store
 	j       *journal
 	closing chan struct{}
+	started chan struct{} // the slow handler runs
 	got     chan string
 }
 
 func (b *billing) OnPlaced(ctx context.Context, e bus.Event[OrderPlaced]) error {
 	if e.Data.ID == "slow" {
+		close(b.started)
 		// In flight while the app stops: returns only after the
 		// subscription began closing, so the drain must wait for it.
 		<-b.closing
@@ -154,6 +156,7 @@ func (b *billing) OnCancelled(ctx context.Context, e bus.Event[OrderCancelled]) 
 func TestStartStopOrder(t *testing.T) {
 	j := &journal{}
 	closing := make(chan struct{})
+	started := make(chan struct{})
 	got := make(chan string, 10)
 	var b *bus.Bus
 	var lt *lazyTransport
@@ -164,7 +167,7 @@ func TestStartStopOrder(t *testing.T) {
 		// billing publishes too, so it needs the bus, which is therefore
 		// constructed before the store: the bus's start and stop must
 		// still come after and before the store's.
-		fx.Provide(newStore, func(_ *bus.Bus, s *store) *billing { return &billing{s: s, j: j, closing: closing, got: got} }),
+		fx.Provide(newStore, func(_ *bus.Bus, s *store) *billing { return &billing{s: s, j: j, closing: closing, started: started, got: got} }),
 		Register[OrderPlaced]("orders"),
 		Register[OrderCancelled]("orders"),
 		Subscribe("billing", (*billing).OnPlaced, bus.WithConcurrency(2)),
@@ -193,6 +196,7 @@ func TestStartStopOrder(t *testing.T) {
 	if err := bus.Publish(ctx, b, OrderPlaced{ID: "slow"}, bus.WithKey("slow")); err != nil {
 		t.Fatal(err)
 	}
+	<-started // stop while it is in flight
 	app.RequireStop()
 
 	g := j.list()

@@ -110,8 +110,9 @@ func (c Config) shutdownTimeout() time.Duration {
 	return c.ShutdownTimeout
 }
 
-// redacted is the URL with its password hidden, for errors and logs.
-func (c Config) redacted() string {
+// Redacted is the URL (the default when empty) with its password hidden,
+// for errors and logs.
+func (c Config) Redacted() string {
 	u, err := url.Parse(c.url())
 	if err != nil {
 		return "(unparsable)"

@@ -2,6 +2,7 @@ package busfx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,6 +21,36 @@ type Runner struct {
 	lazy    *lazyTransport // nil when the app decorated the transport
 	timeout time.Duration
 	hooks   int // Subscribe hooks appended (fx runs invokes one at a time)
+	// started: the bus started; later holds what waits for that (relays).
+	// fx runs hooks one at a time, so these need no lock.
+	started bool
+	later   []func(context.Context) error
+}
+
+// start starts the bus and then what waited for it. If one of those fails
+// it shuts the bus down again: fx does not call the OnStop of a hook whose
+// OnStart failed.
+func (r *Runner) start(ctx context.Context) error {
+	if err := r.b.Start(ctx); err != nil {
+		return err
+	}
+	r.started = true
+	for _, f := range r.later {
+		if err := f(ctx); err != nil {
+			return errors.Join(err, r.shutdown(ctx))
+		}
+	}
+	r.later = nil
+	return nil
+}
+
+// afterStart runs f now if the bus started, else once it did.
+func (r *Runner) afterStart(ctx context.Context, f func(context.Context) error) error {
+	if r.started {
+		return f(ctx)
+	}
+	r.later = append(r.later, f)
+	return nil
 }
 
 // shutdown stops the bus within the shutdown timeout: it stops fetching,
@@ -39,7 +70,7 @@ func (r *Runner) hook() fx.Hook {
 			if i != r.hooks {
 				return nil
 			}
-			return r.b.Start(ctx)
+			return r.start(ctx)
 		},
 		OnStop: func(ctx context.Context) error {
 			if i != r.hooks {

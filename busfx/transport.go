@@ -47,7 +47,7 @@ func (l *lazyTransport) open(ctx context.Context) error {
 	}
 	t, err := l.mux.Open(ctx, l.cfg.url())
 	if err != nil {
-		return fmt.Errorf("busfx: open %s=%q: %w", EnvURL, l.cfg.redacted(), err)
+		return fmt.Errorf("busfx: open %s=%q: %w", EnvURL, l.cfg.Redacted(), err)
 	}
 	l.t.Store(&t)
 	return nil
