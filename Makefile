@@ -2,12 +2,18 @@
 GO          ?= go
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all demo test lint bench bench-short stress fuzz
+.PHONY: all demo quickstart test lint bench bench-short stress fuzz
 
 all: lint test
 
-# Runs the quickstart on embedded defaults: no server needed.
+# Runs the orders example (examples/orders) in its scripted mode on embedded defaults
+# (NATS JetStream in process, data in ./orders-data): places 300 orders through its HTTP
+# API, waits until each reached its final state, prints a summary. No server needed.
 demo:
+	$(GO) run ./examples/orders -demo
+
+# The smallest example: the typed API on Go channels.
+quickstart:
 	$(GO) run ./examples/quickstart
 
 # The test command CI runs. Services are optional: NATS, PostgreSQL and real Kafka tests
