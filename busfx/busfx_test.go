@@ -167,7 +167,9 @@ func TestStartStopOrder(t *testing.T) {
 		// billing publishes too, so it needs the bus, which is therefore
 		// constructed before the store: the bus's start and stop must
 		// still come after and before the store's.
-		fx.Provide(newStore, func(_ *bus.Bus, s *store) *billing { return &billing{s: s, j: j, closing: closing, started: started, got: got} }),
+		fx.Provide(newStore, func(_ *bus.Bus, s *store) *billing {
+			return &billing{s: s, j: j, closing: closing, started: started, got: got}
+		}),
 		Register[OrderPlaced]("orders"),
 		Register[OrderCancelled]("orders"),
 		Subscribe("billing", (*billing).OnPlaced, bus.WithConcurrency(2)),
