@@ -157,6 +157,12 @@ func (t *Transport) Close() error {
 	return t.closeErr
 }
 
+// MaxMessageBytes is the largest record batch Publish sends
+// (Config.MaxMessageBytes): a message whose batch alone, as sent
+// (compressed), is larger fails with transport.ErrMessageTooLarge, so a
+// caller that builds a message to fit (a dead letter) can shrink it.
+func (t *Transport) MaxMessageBytes() int { return t.cfg.MaxMessageBytes }
+
 func (t *Transport) isClosed() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -36,7 +36,8 @@ import (
 // error (wrapping the broker's error too). Only when every message failed
 // and ctx ended is the error ctx.Err() as it is. A message whose record
 // batch alone, as sent (compressed), is over Config.MaxMessageBytes fails
-// the call with transport.ErrMessageTooLarge before anything is sent; a
+// with transport.ErrMessageTooLarge before it is sent (the call's other
+// messages are sent); a
 // batch the topic's smaller limit refuses is split, down to the message
 // that is too large alone, which fails with transport.ErrMessageTooLarge.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
@@ -69,8 +70,17 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 				transport.ErrMessageTooLarge, n, t.compressionName(), t.cfg.MaxMessageBytes)})
 		}
 	}
+	// The others are sent: a *PublishError says that what it does not list
+	// was accepted.
+	var tooLarge []bool
 	if len(failures) > 0 {
-		return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: failures}
+		if len(failures) == len(msgs) {
+			return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: failures}
+		}
+		tooLarge = make([]bool, len(msgs))
+		for _, f := range failures {
+			tooLarge[f.Index] = true
+		}
 	}
 	ti, err := t.topic(ctx, topic)
 	if err != nil {
@@ -85,6 +95,9 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	byPart := make(map[int][]int, min(np, len(msgs)))
 	var order []int
 	for i, m := range msgs {
+		if tooLarge != nil && tooLarge[i] {
+			continue
+		}
 		var p int
 		if m.Key == "" {
 			if keyless < 0 {

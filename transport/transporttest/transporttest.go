@@ -158,6 +158,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"ConcurrentPublishers", s.testConcurrentPublishers},
 		{"PublishCancelledContext", s.testPublishCancelled},
 		{"InvalidInput", s.testInvalidInput},
+		{"OversizeInBatch", s.testOversizeInBatch},
 		{"DeleteGroup", s.testDeleteGroup},
 		{"HandlerGoexit", s.testHandlerGoexit},
 		{"HandlerPublishesToOwnTopic", s.testHandlerPublishesToOwnTopic},
