@@ -382,3 +382,105 @@ func (s *suite) testHandlerGoexit(t *testing.T) {
 		t.Errorf("the message whose handler called Goexit was delivered %d times, want a redelivery", n)
 	}
 }
+
+// maxMessageBytes is implemented by transports that know their broker's
+// size limit (nats.Transport).
+type maxMessageBytes interface{ MaxMessageBytes() int }
+
+// largestBody finds, by publishing probes to a topic nobody reads, the
+// largest body that a message like m (its headers, an ID of m's length)
+// may have on topics with names as long as topic's, between 0 and limit.
+func (s *suite) largestBody(t *testing.T, tr transport.Transport, topic string, m *transport.Message, limit int) int {
+	t.Helper()
+	probeTopic := UniqueTopic(t)
+	for len(probeTopic) < len(topic) {
+		probeTopic += "x"
+	}
+	probeTopic = probeTopic[:len(topic)]
+	ctx := s.ctx(t)
+	lo, hi := 0, limit // lo fits; hi does not (or is the limit)
+	body := make([]byte, limit)
+	for i := range body {
+		body[i] = byte('a' + i%26)
+	}
+	for n := 0; lo < hi-1; n++ {
+		mid := (lo + hi) / 2
+		p := m.Clone()
+		p.ID = fmt.Sprintf("%s%0*d", m.ID[:len(m.ID)-6], 6, n) // same length as m.ID
+		p.Body = body[:mid]
+		err := tr.Publish(ctx, probeTopic, p)
+		switch {
+		case err == nil:
+			lo = mid
+		case errors.Is(err, transport.ErrMessageTooLarge):
+			hi = mid
+		default:
+			t.Fatalf("probing the size limit: %v", err)
+		}
+	}
+	return lo
+}
+
+// testDeadLetterNearLimit: issue 8, defect 6. A message a little below the
+// broker's size limit, whose handler fails with a long error, is
+// dead-lettered (the dead letter stripped to its short headers if need be),
+// and one exactly at the limit, whose dead letter can fit nowhere, does not
+// block its key: the key's next message is handled either way.
+func (s *suite) testDeadLetterNearLimit(t *testing.T) {
+	tr := s.open(t)
+	mb, ok := tr.(maxMessageBytes)
+	if !ok || mb.MaxMessageBytes() <= 0 || mb.MaxMessageBytes() > 16<<20 {
+		t.Skip("transport does not report its size limit (MaxMessageBytes)")
+	}
+	topic := UniqueTopic(t)
+	dlq := newRecorder()
+	s.subscribe(t, tr, middleware.DLQTopic(topic), dlq.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	var dropped sync.Map // IDs OnUnpublishable saw
+	done := newRecorder()
+	longErr := strings.Repeat("the handler failed with a long explanation; ", 40)
+	h := middleware.DeadLetter(tr, middleware.DeadLetterOptions{
+		OnUnpublishable: func(_ context.Context, m *transport.Message, err error) error {
+			dropped.Store(m.ID, err)
+			return nil
+		},
+	})(func(_ context.Context, m *transport.Message) error {
+		if m.Header["fail"] != "" {
+			return errors.New(longErr)
+		}
+		done.add(m)
+		return nil
+	})
+	s.subscribe(t, tr, topic, h, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	near := event(topic+"-near-000000", "k", "")
+	near.Header["fail"] = "1"
+	max := s.largestBody(t, tr, topic, near, mb.MaxMessageBytes())
+	atLimit := near.Clone()
+	atLimit.ID, atLimit.Header[transport.HeaderID] = topic+"-full-000000", topic+"-full-000000"
+	atLimit.Body = make([]byte, max)
+	near.Body = make([]byte, max-700) // room for the short dead-letter headers, not for all
+	after := event(topic+"-after-00000", "k", "after")
+	s.publish(t, tr, topic, []*transport.Message{near, atLimit, after}, 1)
+	s.waitFor(t, "the key's next message, after the two that failed", done.hasAll([]string{after.ID}))
+	s.waitFor(t, "the dead letter of the message just below the limit", func() (bool, string) {
+		for _, id := range dlq.ids() {
+			if m, _ := dlq.get(id); m.Header[transport.HeaderID] == near.ID {
+				return true, ""
+			}
+		}
+		_, wasDropped := dropped.Load(near.ID)
+		return false, fmt.Sprintf("dead letters %d; dropped: %v", dlq.distinct(), wasDropped)
+	})
+	var gotFull bool
+	for _, id := range dlq.ids() {
+		if m, _ := dlq.get(id); m.Header[transport.HeaderID] == atLimit.ID {
+			gotFull = true
+			if m.Header[middleware.HeaderDLQGroup] == "" {
+				t.Errorf("dead letter of the message at the limit lacks its group header: %v", m.Header)
+			}
+		}
+	}
+	if _, wasDropped := dropped.Load(atLimit.ID); !wasDropped && !gotFull {
+		t.Errorf("the message at the limit was neither dead-lettered nor handed to OnUnpublishable")
+	}
+	t.Logf("size limit %d, largest body %d; message at the limit: dead-lettered %v", mb.MaxMessageBytes(), max, gotFull)
+}

@@ -32,7 +32,9 @@
 // topic); and busway's middleware over the transport: DeadLetter (each
 // failing group's dead letter arrives once, with its reason headers, an ID
 // of its own and the event's ce_id; the original is acknowledged only after
-// it; a replay is delivered again), Idempotent (a re-sent ID is handled
+// it; a replay is delivered again; next to the broker's size limit, where
+// the transport reports it with a MaxMessageBytes method, a dead letter
+// still fits, or at least does not block its key), Idempotent (a re-sent ID is handled
 // once) and Retry in place (key order kept). The suite imports package
 // middleware for these (middleware imports only package transport, so no
 // cycle arises): each of these promises depends on what the broker does
@@ -164,6 +166,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"HandlerPublishesToOwnTopic", s.testHandlerPublishesToOwnTopic},
 		{"SameEventTwoTopics", s.testSameEventTwoTopics},
 		{"MiddlewareDeadLetter", s.testDeadLetter},
+		{"MiddlewareDeadLetterNearLimit", s.testDeadLetterNearLimit},
 		{"MiddlewareIdempotent", s.testIdempotent},
 		{"MiddlewareRetryInPlace", s.testRetryInPlace},
 	} {
