@@ -87,7 +87,7 @@ func NewTransport(p TransportParams) (TransportResult, error) {
 func checkScheme(mux *transport.Mux, c Config) error {
 	u, err := url.Parse(c.url())
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrInvalidConfig, EnvURL, err)
+		return fmt.Errorf("busway: %w: %s: %v", ErrInvalidConfig, EnvURL, err)
 	}
 	scheme := u.Scheme
 	for _, s := range mux.Schemes() {
@@ -95,7 +95,7 @@ func checkScheme(mux *transport.Mux, c Config) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s=%q: unknown scheme %q (known: %v)", ErrInvalidConfig, EnvURL, c.Redacted(), scheme, mux.Schemes())
+	return fmt.Errorf("busway: %w: %s=%q: unknown scheme %q (known: %v)", ErrInvalidConfig, EnvURL, c.Redacted(), scheme, mux.Schemes())
 }
 
 // Params are what NewBus takes.
@@ -137,11 +137,11 @@ func NewBus(p Params) (Result, error) {
 	opts = append(opts, p.Options...)
 	b := bus.New(p.Transport, opts...)
 	if err := b.Err(); err != nil {
-		return Result{}, fmt.Errorf("busfx: %w", err)
+		return Result{}, err // names busway and the bad option
 	}
 	for _, r := range p.Types {
 		if err := r.apply(b); err != nil {
-			return Result{}, fmt.Errorf("busfx: %w", err)
+			return Result{}, err
 		}
 	}
 	r := &Runner{b: b, timeout: p.Config.shutdownTimeout()}

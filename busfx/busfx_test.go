@@ -323,6 +323,7 @@ func TestBadConfigFailsStartup(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
+			t.Log(err)
 			for _, m := range tc.mentions {
 				if !strings.Contains(err.Error(), m) {
 					t.Errorf("error %q does not mention %s", err, m)

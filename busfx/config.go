@@ -25,7 +25,7 @@ const DefaultShutdownTimeout = 30 * time.Second
 
 // ErrInvalidConfig is wrapped by every error of LoadConfig, ParseEnv and
 // Config.Validate.
-var ErrInvalidConfig = errors.New("busfx: invalid configuration")
+var ErrInvalidConfig = errors.New("invalid configuration")
 
 // Config is what the Module needs to build a bus. The zero value means the
 // defaults; Module reads it from the environment with LoadConfig, and
@@ -61,7 +61,7 @@ func ParseEnv(lookup func(string) (string, bool)) (Config, error) {
 	if v := get(EnvShutdownTimeout); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
-			return Config{}, fmt.Errorf("%w: %s=%q: want a positive Go duration such as 10s", ErrInvalidConfig, EnvShutdownTimeout, v)
+			return Config{}, fmt.Errorf("busway: %w: %s=%q: want a positive Go duration such as 10s", ErrInvalidConfig, EnvShutdownTimeout, v)
 		}
 		c.ShutdownTimeout = d
 	}
@@ -81,17 +81,17 @@ func (c Config) Validate() error {
 	if c.URL != "" {
 		u, err := url.Parse(c.URL)
 		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrInvalidConfig, EnvURL, err)
+			return fmt.Errorf("busway: %w: %s: %v", ErrInvalidConfig, EnvURL, err)
 		}
 		if u.Scheme == "" {
-			return fmt.Errorf("%w: %s=%q: no scheme (want chan://, nats://... or kafka://...)", ErrInvalidConfig, EnvURL, transport.Redact(u))
+			return fmt.Errorf("busway: %w: %s=%q: no scheme (want chan://, nats://... or kafka://...)", ErrInvalidConfig, EnvURL, transport.Redact(u))
 		}
 	}
 	if strings.ContainsFunc(c.Source, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
-		return fmt.Errorf("%w: %s=%q: a CloudEvents source must not contain spaces or control characters", ErrInvalidConfig, EnvSource, c.Source)
+		return fmt.Errorf("busway: %w: %s=%q: a CloudEvents source must not contain spaces or control characters", ErrInvalidConfig, EnvSource, c.Source)
 	}
 	if c.ShutdownTimeout < 0 {
-		return fmt.Errorf("%w: ShutdownTimeout %v is negative", ErrInvalidConfig, c.ShutdownTimeout)
+		return fmt.Errorf("busway: %w: ShutdownTimeout %v is negative", ErrInvalidConfig, c.ShutdownTimeout)
 	}
 	return nil
 }

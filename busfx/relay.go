@@ -48,7 +48,7 @@ func Relay(opts outbox.RelayOptions) fx.Option {
 		}
 		r, err := outbox.NewRelay(ob, t, o)
 		if err != nil {
-			return fmt.Errorf("busfx: relay of %s: %w", ob.Table(), err)
+			return fmt.Errorf("busway: relay of %s: %w", ob.Table(), err)
 		}
 		stop := func(ctx context.Context) error {
 			err := r.Stop(ctx)
@@ -56,7 +56,7 @@ func Relay(opts outbox.RelayOptions) fx.Option {
 				testHookRelayStopped()
 			}
 			if err != nil {
-				return fmt.Errorf("busfx: stop relay of %s: %w", ob.Table(), err)
+				return fmt.Errorf("busway: stop relay of %s: %w", ob.Table(), err)
 			}
 			return nil
 		}

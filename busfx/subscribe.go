@@ -96,12 +96,12 @@ func (r *Runner) hook() fx.Hook {
 // their in-flight calls, before those services stop.
 func Subscribe[S, T any](group string, method func(S, context.Context, bus.Event[T]) error, opts ...bus.SubscribeOption) fx.Option {
 	if method == nil {
-		return fx.Error(fmt.Errorf("busfx: Subscribe(%q): nil method", group))
+		return fx.Error(fmt.Errorf("busway: busfx.Subscribe(%q): nil method", group))
 	}
 	return fx.Invoke(func(svc S, b *bus.Bus, r *Runner, lc fx.Lifecycle) error {
 		h := func(ctx context.Context, e bus.Event[T]) error { return method(svc, ctx, e) }
 		if _, err := bus.Subscribe(b, group, h, opts...); err != nil {
-			return fmt.Errorf("busfx: %w", err)
+			return err // names busway, the group and the type
 		}
 		lc.Append(r.hook())
 		return nil
@@ -111,11 +111,11 @@ func Subscribe[S, T any](group string, method func(S, context.Context, bus.Event
 // SubscribeFunc is Subscribe for a handler that needs no service.
 func SubscribeFunc[T any](group string, fn func(context.Context, bus.Event[T]) error, opts ...bus.SubscribeOption) fx.Option {
 	if fn == nil {
-		return fx.Error(fmt.Errorf("busfx: SubscribeFunc(%q): nil handler", group))
+		return fx.Error(fmt.Errorf("busway: busfx.SubscribeFunc(%q): nil handler", group))
 	}
 	return fx.Invoke(func(b *bus.Bus, r *Runner, lc fx.Lifecycle) error {
 		if _, err := bus.Subscribe(b, group, fn, opts...); err != nil {
-			return fmt.Errorf("busfx: %w", err)
+			return err
 		}
 		lc.Append(r.hook())
 		return nil

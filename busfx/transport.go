@@ -13,7 +13,7 @@ import (
 // ErrNotStarted is returned by the Module's transport when it is used
 // before the fx app started (the transport opens in OnStart, as fx
 // expects of anything that starts goroutines or connects).
-var ErrNotStarted = errors.New("busfx: transport not open: the fx app has not started")
+var ErrNotStarted = errors.New("transport not open: the fx app has not started")
 
 // lazyTransport is the transport.Transport the Module provides: it opens
 // the configured URL in OnStart and, when closed (by bus.Shutdown, after
@@ -40,14 +40,16 @@ func (l *lazyTransport) open(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closing {
-		return fmt.Errorf("busfx: open %s: %w", EnvURL, transport.ErrClosed)
+		return fmt.Errorf("busway: open %s: %w", EnvURL, transport.ErrClosed)
 	}
 	if l.t.Load() != nil {
 		return nil
 	}
 	t, err := l.mux.Open(ctx, l.cfg.url())
 	if err != nil {
-		return fmt.Errorf("busfx: open %s=%q: %w", EnvURL, l.cfg.Redacted(), err)
+		// The transport's error names the URL and its bad part, and begins
+		// with "busway: " or the transport's name.
+		return fmt.Errorf("%w (from %s)", err, EnvURL)
 	}
 	l.t.Store(&t)
 	return nil
@@ -61,7 +63,7 @@ func (l *lazyTransport) get() (transport.Transport, error) {
 	case <-l.closed:
 		return nil, transport.ErrClosed
 	default:
-		return nil, ErrNotStarted
+		return nil, fmt.Errorf("busway: %w", ErrNotStarted)
 	}
 }
 
