@@ -267,6 +267,17 @@ func (s Summary) Print(w io.Writer) {
 	for _, r := range reasons {
 		fmt.Fprintf(w, "                 %4d × %s\n", s.Reasons[r], r)
 	}
-	fmt.Fprintf(w, "  latency        p50 %v, p99 %v (placed → shipped or dead-lettered)\n", s.P50.Round(100*time.Microsecond), s.P99.Round(100*time.Microsecond))
+	fmt.Fprintf(w, "  latency        p50 %v, p99 %v (placed → shipped or dead-lettered)\n", round(s.P50), round(s.P99))
 	fmt.Fprintf(w, "  took           %v\n", s.Took.Round(time.Millisecond))
+}
+
+// round keeps a duration's first four digits or so.
+func round(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond)
+	case d >= 10*time.Millisecond:
+		return d.Round(100 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
 }
