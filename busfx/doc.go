@@ -9,6 +9,7 @@
 //		busfx.Register[OrderPlaced]("orders"),
 //		busfx.Subscribe("billing", (*billing.Service).OnOrderPlaced),
 //		fx.Supply(busfx.Middleware{middleware.Retry(middleware.RetryOptions{}), middleware.Recover()}),
+//		busfx.Relay(outbox.RelayOptions{}), // relays the *outbox.Outbox the app provides
 //	).Run()
 //
 // The Module is thin and everything it wires is usable without fx: it
@@ -38,7 +39,7 @@
 // event. Shutdown runs the other way: the bus stops fetching, lets
 // in-flight handlers finish (within BUS_SHUTDOWN_TIMEOUT and the fx stop
 // deadline), acknowledges and commits what finished, stops the outbox
-// relays, and closes the transport; only then do the services the
+// relays (Relay), and closes the transport; only then do the services the
 // handlers used (a database) stop. Hooks of code that starts after the
 // last Subscribe option (an HTTP server that publishes) stop before the
 // bus does.
