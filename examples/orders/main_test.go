@@ -498,3 +498,30 @@ func TestObservability(t *testing.T) {
 		t.Errorf("the order's trace has spans %q, want %q (all traces: %v)", trace, want, traceIDs)
 	}
 }
+
+// TestDemo runs the program's -demo mode as make demo does (on chanbus,
+// and fewer orders): it exits without error and prints the summary.
+func TestDemo(t *testing.T) {
+	t.Setenv("BUS_URL", "chan://")
+	var out bytes.Buffer
+	dir := t.TempDir()
+	if err := run(t.Context(), []string{"-demo", "-n", "50", "-data", dir, "-trace-stdout", filepath.Join(dir, "spans.json")}, &out, io.Discard); err != nil {
+		t.Fatalf("run -demo: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"orders demo on chan://",
+		"placed           50",
+		"paid             49",
+		"shipped          49",
+		"dead-lettered     1  to orders.dlq",
+		"1 × billing: busway: after 1 attempt(s): card declined: card …0002 reported stolen",
+		"latency        p50 ",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "spans.json")); err != nil || fi.Size() == 0 {
+		t.Errorf("-trace-stdout wrote no spans: %v", err)
+	}
+}
