@@ -121,8 +121,39 @@ func TestKafkaURLAtNonKafkaPort(t *testing.T) {
 	}()
 	web := httptest.NewServer(http.NotFoundHandler()) // answers, but HTTP
 	defer web.Close()
+	// Speaks first, as a NATS server does: its INFO line read as a Kafka
+	// response size asks for far more bytes than ever come.
+	chatty, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chattyDone := make(chan struct{})
+	go func() {
+		defer close(chattyDone)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := chatty.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+			c.Write([]byte("INFO {\"server_id\":\"x\",\"version\":\"2.9.10\"}\r\n"))
+		}
+	}()
+	defer func() { chatty.Close(); <-chattyDone }()
 
-	for _, addr := range []string{ln.Addr().String(), strings.TrimPrefix(web.URL, "http://")} {
+	silent, httpAddr, natsLike := ln.Addr().String(), strings.TrimPrefix(web.URL, "http://"), chatty.Addr().String()
+	for _, c := range []struct{ addr, want string }{
+		{silent, silent + " accepted the connection but sent no Kafka response within dial_timeout 500ms (is it a Kafka broker?)"},
+		{httpAddr, httpAddr + " accepted the connection but sent no Kafka response within dial_timeout 500ms (is it a Kafka broker?)"}, // waits for a request line
+		{natsLike, natsLike + ` is not a Kafka broker: it answered "INFO {\"s"`},
+	} {
+		addr := c.addr
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		tr, err := busway.Open(ctx, "kafka://"+addr+"?dial_timeout=500ms")
 		ctxErr := ctx.Err()
@@ -134,7 +165,7 @@ func TestKafkaURLAtNonKafkaPort(t *testing.T) {
 		if ctxErr != nil || errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("%s: dial_timeout not honoured: %v", addr, err)
 		}
-		checkErr(t, addr, err, transport.ErrUnavailable, "kafka: connecting to ["+addr+"]: broker unavailable: ...")
+		checkErr(t, addr, err, transport.ErrUnavailable, "kafka: connecting to ["+addr+"]: broker unavailable: "+c.want)
 	}
 }
 

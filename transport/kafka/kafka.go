@@ -93,7 +93,23 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 		TLS:           c.TLS,
 		SASLMechanism: c.mechanism,
 	}
-	if _, err := t.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{}}); err != nil {
+	// DialTimeout bounds connecting, which includes a broker's first
+	// answer: a port that accepts connections but does not speak Kafka
+	// (a NATS or PostgreSQL server) would otherwise hold New until the
+	// caller's deadline.
+	if err := probe(ctx, c.Brokers, c.DialTimeout, c.TLS); err != nil {
+		t.release()
+		return nil, fmt.Errorf("kafka: connecting to %v: %w", c.Brokers, err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, c.DialTimeout)
+	_, err = t.client.Metadata(pctx, &kafkago.MetadataRequest{Topics: []string{}})
+	timedOut := pctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+	pcancel()
+	if err != nil && timedOut {
+		t.release()
+		return nil, fmt.Errorf("kafka: connecting to %v: %w: no Kafka response within dial_timeout %v (is it a Kafka broker?)", c.Brokers, transport.ErrUnavailable, c.DialTimeout)
+	}
+	if err != nil {
 		t.release()
 		err = classify(ctx, err)
 		if errors.Is(err, transport.ErrUnavailable) {
