@@ -45,5 +45,12 @@ bench-short:
 stress:
 	BUS_STRESS=$${BUS_STRESS:-5} $(GO) test -race -count=1 -timeout 60m -run Conformance ./transport/...
 
+# Each fuzz target for FUZZTIME (go test -fuzz runs one target at a time). Inputs that found
+# a bug are kept under each package's testdata/fuzz and run by every go test.
+FUZZTIME ?= 20s
+FUZZ_TARGETS = ./bus:FuzzDecodeEnvelope .:FuzzOpenURL ./middleware:FuzzDeadLetter
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecodeEnvelope -fuzztime 60s ./bus
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done

@@ -348,3 +348,17 @@ func TestParseEnvDefaults(t *testing.T) {
 	}
 	_ = os.Getenv
 }
+
+// TestValidateHidesCredentials: a BUS_URL that does not parse is reported
+// without its password or token (url.Parse's own error quotes it whole).
+func TestValidateHidesCredentials(t *testing.T) {
+	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port", "nats://h:port?token=t0kenvalue"} {
+		err := Config{URL: raw}.Validate()
+		if err == nil {
+			t.Fatalf("Validate(%q) = nil", raw)
+		}
+		if strings.Contains(err.Error(), "hunter2pw") || strings.Contains(err.Error(), "t0kenvalue") {
+			t.Errorf("Validate(%q) = %v: shows the secret", raw, err)
+		}
+	}
+}

@@ -81,7 +81,10 @@ func (c Config) Validate() error {
 	if c.URL != "" {
 		u, err := url.Parse(c.URL)
 		if err != nil {
-			return fmt.Errorf("busway: %w: %s: %v", ErrInvalidConfig, EnvURL, err)
+			if ue, ok := err.(*url.Error); ok {
+				err = ue.Err // its text has the whole URL, credentials included
+			}
+			return fmt.Errorf("busway: %w: %s=%q: %v", ErrInvalidConfig, EnvURL, transport.RedactRaw(c.URL), err)
 		}
 		if u.Scheme == "" {
 			return fmt.Errorf("busway: %w: %s=%q: no scheme (want chan://, nats://... or kafka://...)", ErrInvalidConfig, EnvURL, transport.Redact(u))
@@ -110,12 +113,8 @@ func (c Config) shutdownTimeout() time.Duration {
 	return c.ShutdownTimeout
 }
 
-// Redacted is the URL (the default when empty) with its password hidden,
-// for errors and logs.
+// Redacted is the URL (the default when empty) with its credentials
+// hidden (transport.RedactRaw), for errors and logs.
 func (c Config) Redacted() string {
-	u, err := url.Parse(c.url())
-	if err != nil {
-		return "(unparsable)"
-	}
-	return transport.Redact(u)
+	return transport.RedactRaw(c.url())
 }

@@ -39,7 +39,7 @@ const (
 	HeaderDLQPermanent = "busway-dlq-permanent"
 	// HeaderDLQID is the Message.ID of the original message (the dead letter
 	// has an ID of its own, see DeadLetterID), when it is at most
-	// MaxDLQIDLen bytes.
+	// MaxDLQIDLen bytes on one line.
 	HeaderDLQID = "busway-dlq-id"
 )
 
@@ -227,7 +227,7 @@ func deadLetter(m *transport.Message, err error, t time.Time) *transport.Message
 		}
 		d.Header[headerName(k)] = v
 	}
-	if len(m.ID) <= MaxDLQIDLen {
+	if len(m.ID) <= MaxDLQIDLen && !strings.ContainsAny(m.ID, "\r\n") { // a header value must be one line
 		if m.ID != "" {
 			d.Header[HeaderDLQID] = m.ID
 		}
@@ -323,4 +323,109 @@ func oneLine(s string, max int) string {
 		s = s[:cut]
 	}
 	return s
+}
+
+// DeadLetterInfo is what DeadLetter recorded on a dead letter (the
+// HeaderDLQ* headers), as ParseDeadLetter reads it. Absent headers leave
+// their field zero.
+type DeadLetterInfo struct {
+	Topic      string    // HeaderDLQTopic: where the original was consumed
+	Group      string    // HeaderDLQGroup: the group that failed
+	Error      string    // HeaderDLQError: the last error, on one line, maybe cut
+	OriginalID string    // HeaderDLQID: the original Message.ID
+	Attempts   int       // HeaderDLQAttempts: handler calls in the delivery that gave up
+	Delivery   int       // HeaderDLQDelivery: the transport's delivery count
+	Permanent  bool      // HeaderDLQPermanent
+	Time       time.Time // HeaderDLQTime: when it was dead-lettered
+}
+
+// ErrNotDeadLetter is wrapped by ParseDeadLetter's error for headers
+// without HeaderDLQTopic: not a message DeadLetter wrote.
+var ErrNotDeadLetter = errors.New("busway: not a dead letter (no " + HeaderDLQTopic + " header)")
+
+// ParseDeadLetter reads the HeaderDLQ* headers of a dead letter. A message
+// without HeaderDLQTopic gives an error wrapping ErrNotDeadLetter; a
+// header with a malformed value (attempts that are not a positive number,
+// a time that is not RFC 3339, permanent other than "true" or "false")
+// gives an error wrapping transport.ErrInvalidMessage that names it, with
+// the fields read so far.
+func ParseDeadLetter(h map[string]string) (DeadLetterInfo, error) {
+	var info DeadLetterInfo
+	topic, ok := h[HeaderDLQTopic]
+	if !ok {
+		return info, ErrNotDeadLetter
+	}
+	info.Topic, info.Group, info.Error, info.OriginalID = topic, h[HeaderDLQGroup], h[HeaderDLQError], h[HeaderDLQID]
+	bad := func(name, why string) error {
+		return fmt.Errorf("%w: dead-letter header %s=%q: %s", transport.ErrInvalidMessage, name, oneLine(h[name], 64), why)
+	}
+	count := func(name string) (int, error) {
+		v, ok := h[name]
+		if !ok {
+			return 0, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return 0, bad(name, "not a positive number")
+		}
+		return n, nil
+	}
+	var err error
+	if info.Attempts, err = count(HeaderDLQAttempts); err != nil {
+		return info, err
+	}
+	if info.Delivery, err = count(HeaderDLQDelivery); err != nil {
+		return info, err
+	}
+	switch h[HeaderDLQPermanent] {
+	case "true":
+		info.Permanent = true
+	case "", "false":
+	default:
+		return info, bad(HeaderDLQPermanent, `not "true" or "false"`)
+	}
+	if ts, ok := h[HeaderDLQTime]; ok {
+		if info.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
+			return info, bad(HeaderDLQTime, "not an RFC 3339 time")
+		}
+	}
+	return info, nil
+}
+
+// OriginalHeaderName returns the name a header of the original message had,
+// given its name on the dead letter (DeadLetter percent-encodes the bytes of
+// names some transport would refuse, and "%" itself). A name with no or a
+// malformed escape is returned as it is.
+func OriginalHeaderName(name string) string {
+	if !strings.Contains(name, "%") {
+		return name
+	}
+	if name == "%" {
+		return ""
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		if name[i] == '%' && i+2 < len(name) {
+			hi, lo := unhex(name[i+1]), unhex(name[i+2])
+			if hi >= 0 && lo >= 0 {
+				b.WriteByte(byte(hi<<4 | lo))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(name[i])
+	}
+	return b.String()
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'F':
+		return int(c - 'A' + 10)
+	case c >= 'a' && c <= 'f':
+		return int(c - 'a' + 10)
+	}
+	return -1
 }

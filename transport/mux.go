@@ -117,11 +117,18 @@ func (e *URLError) Error() string {
 }
 func (e *URLError) Unwrap() error { return e.Err }
 
-// Redact returns u as a string with any password replaced by "xxxxx", as
-// does a user name given without a password (a NATS token). A URL with a
-// scheme and an empty host keeps its "//" ("chan://?buffer=64", which
-// net/url would render "chan:?buffer=64").
+// Redact returns u as a string for errors and logs, with its credentials
+// replaced by "xxxxx": the password; the user name when there is no
+// password (nats://TOKEN@host carries a token there); the value of every
+// query option whose name says it is secret (SecretOption); the user part
+// of an opaque URL (nats:TOKEN@host). The fragment, where no option lives
+// but pasted secrets may, is dropped. A URL with a scheme and an empty
+// host keeps its "//" ("chan://?buffer=64", which net/url would render
+// "chan:?buffer=64").
 func Redact(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
 	c := *u
 	if c.User != nil {
 		if _, ok := c.User.Password(); ok {
@@ -130,6 +137,13 @@ func Redact(u *url.URL) string {
 			c.User = url.User("xxxxx")
 		}
 	}
+	if at := strings.LastIndex(c.Opaque, "@"); at >= 0 {
+		c.Opaque = "xxxxx" + c.Opaque[at:]
+	}
+	if c.RawQuery != "" {
+		c.RawQuery = redactQuery(c.RawQuery)
+	}
+	c.Fragment, c.RawFragment = "", ""
 	s := c.String()
 	if c.Scheme != "" && c.Opaque == "" && c.Host == "" && !c.OmitHost && !strings.HasPrefix(s, c.Scheme+"://") {
 		s = c.Scheme + "://" + strings.TrimPrefix(s, c.Scheme+":")
@@ -137,12 +151,63 @@ func Redact(u *url.URL) string {
 	return s
 }
 
+// SecretOption reports whether a URL query option of this name holds a
+// secret whose value Redact hides: its name contains "token", "password",
+// "passwd", "secret" or "credential", or is "pass" or ends in "_pass".
+func SecretOption(name string) bool {
+	n := strings.ToLower(name)
+	for _, w := range []string{"token", "password", "passwd", "secret", "credential"} {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return n == "pass" || strings.HasSuffix(n, "_pass") || strings.HasPrefix(n, "pass_")
+}
+
+// redactQuery hides the values of secret options in a raw query, keeping
+// the rest (and its order) as written.
+func redactQuery(raw string) string {
+	parts := strings.Split(raw, "&")
+	for i, p := range parts {
+		k, _, hasValue := strings.Cut(p, "=")
+		name, err := url.QueryUnescape(k)
+		if err != nil {
+			name = k
+		}
+		if hasValue && SecretOption(name) {
+			parts[i] = k + "=xxxxx"
+		}
+	}
+	return strings.Join(parts, "&")
+}
+
+// RedactRaw is Redact for a URL string that may not parse.
+func RedactRaw(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return Redact(u)
+	}
+	return redactRaw(raw)
+}
+
 // redactRaw returns raw, as written, with the password of its user
-// information (or a user name without password) replaced by "xxxxx". It
+// information (or a user name without password) replaced by "xxxxx", the
+// values of secret query options hidden and any fragment dropped. It
 // works on URLs that do not parse, which may still hold credentials.
 func redactRaw(raw string) string {
+	if i := strings.IndexByte(raw, '#'); i >= 0 {
+		raw = raw[:i]
+	}
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
+		raw = raw[:i+1] + redactQuery(raw[i+1:])
+	}
 	i := strings.Index(raw, "://")
 	if i < 0 {
+		if at := strings.LastIndex(raw, "@"); at >= 0 { // nats:TOKEN@host
+			if colon := strings.IndexByte(raw, ':'); colon >= 0 && colon < at {
+				return raw[:colon+1] + "xxxxx" + raw[at:]
+			}
+			return "xxxxx" + raw[at:]
+		}
 		return raw
 	}
 	rest := raw[i+3:]

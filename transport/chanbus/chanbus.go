@@ -105,6 +105,10 @@ const Scheme = "chan"
 
 // Defaults of the options.
 const (
+	// MaxURLQueue bounds buffer x shards in a chan:// URL (a group
+	// allocates that many slots when it subscribes); WithBuffer and
+	// WithShards take larger values.
+	MaxURLQueue       = 1 << 22
 	DefaultBuffer     = 64
 	DefaultShards     = 16
 	DefaultBackoffMin = 10 * time.Millisecond
@@ -1059,6 +1063,11 @@ func open(_ context.Context, u *url.URL) (transport.Transport, error) {
 	bmax := q.Duration("backoff_max", DefaultBackoffMax)
 	if bmax < bmin {
 		q.Fail("backoff_max", fmt.Errorf("%w: %v is less than backoff_min %v", transport.ErrInvalidURL, bmax, bmin))
+	}
+	if buffer >= 1 && shards >= 1 && (buffer > MaxURLQueue || shards > MaxURLQueue || buffer*shards > MaxURLQueue) {
+		// Each group allocates shards x buffer slots at Subscribe: a typo
+		// in a URL must not become an allocation that kills the process.
+		q.Fail("buffer", fmt.Errorf("%w: buffer %d x shards %d is more than %d queued messages per group", transport.ErrInvalidURL, buffer, shards, MaxURLQueue))
 	}
 	drain := q.Duration("drain_timeout", DefaultDrainTimeout)
 	if drain < 0 {

@@ -425,6 +425,9 @@ func TestURL(t *testing.T) {
 		{"chan://?backoff_min=fast", `query option "backoff_min"`},
 		{"chan://?backoff_min=50ms&backoff_max=10ms", `query option "backoff_max"`},
 		{"chan://?buffer=1&buffer=2", `query option "buffer"`},
+		{"chan://?buffer=1000000000", `query option "buffer"`},           // a group would allocate 16 x 1e9 slots
+		{"chan://?buffer=100000&shards=100000", `query option "buffer"`}, // 1e10
+		{"chan://?buffer=9223372036854775807&shards=2", `query option "buffer"`},
 		{"chan://somehost", "host"},
 		{"chan://user:secret@", "userinfo"},
 		{"chan:///some/path", "path"},

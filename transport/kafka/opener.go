@@ -108,7 +108,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		return Config{}, err
 	}
 	if _, err := cfg.resolve(); err != nil {
-		return Config{}, &transport.URLError{URL: transport.Redact(u), Part: "config", Err: err}
+		return Config{}, &transport.URLError{URL: transport.Redact(u), Part: "config", Err: fmt.Errorf("%w: %w", transport.ErrInvalidURL, err)}
 	}
 	return cfg, nil
 }

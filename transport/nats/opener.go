@@ -154,7 +154,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 	}
 	// Check the values now, so that the error names the URL.
 	if _, err := cfg.settings(); err != nil {
-		return cfg, &transport.URLError{URL: transport.Redact(u), Part: "options", Err: err}
+		return cfg, &transport.URLError{URL: transport.Redact(u), Part: "options", Err: fmt.Errorf("%w: %w", transport.ErrInvalidURL, err)}
 	}
 	return cfg, nil
 }

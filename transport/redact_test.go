@@ -1,0 +1,46 @@
+package transport_test
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/busway/busway/transport"
+)
+
+// TestRedact: every credential a transport URL can carry is hidden in its
+// printed form: a password, a NATS token in the user name, and secret query
+// options; the rest stays readable.
+func TestRedact(t *testing.T) {
+	for _, c := range []struct{ raw, want string }{
+		{"nats://user:hunter2pw@h:4222?stream=S", "nats://user:xxxxx@h:4222?stream=S"},
+		{"nats://t0kenvalue@h:4222", "nats://xxxxx@h:4222"},
+		{"nats://h:4222?token=t0kenvalue&stream=S", "nats://h:4222?token=xxxxx&stream=S"},
+		{"kafka://h:9092?sasl_password=pw1&Secret_Key=k&acks=all", "kafka://h:9092?sasl_password=xxxxx&Secret_Key=xxxxx&acks=all"},
+		{"nats://h#t0kenvalue", "nats://h"},
+		{"chan://?buffer=8", "chan://?buffer=8"},
+		{"nats:t0kenvalue@h", "nats:xxxxx@h"},
+	} {
+		u, err := url.Parse(c.raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := transport.Redact(u); got != c.want {
+			t.Errorf("Redact(%q) = %q, want %q", c.raw, got, c.want)
+		}
+	}
+	// A URL that does not parse.
+	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port?x=1", "nats://h:port?token=t0kenvalue", "nats:t0kenvalue@h:port"} {
+		var m transport.Mux
+		_, err := m.Open(context.Background(), raw)
+		if err == nil {
+			t.Fatalf("Open(%q) succeeded", raw)
+		}
+		for _, s := range []string{"hunter2pw", "t0kenvalue"} {
+			if strings.Contains(err.Error(), s) || strings.Contains(transport.RedactRaw(raw), s) {
+				t.Errorf("Open(%q) = %v, RedactRaw %q: shows %q", raw, err, transport.RedactRaw(raw), s)
+			}
+		}
+	}
+}
