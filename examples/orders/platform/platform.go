@@ -66,6 +66,13 @@ func NewStore(name string, schema ...string) func(lc fx.Lifecycle, cfg Config, b
 		if err != nil {
 			return StoreResult{}, fmt.Errorf("%s: open %s: %w", name, path, err)
 		}
+		// One connection: SQLite has one writer anyway, and waiting for the
+		// connection in Go is much faster than SQLite's busy handler, which
+		// sleeps in steps of milliseconds (p50 latency of a 300-order burst
+		// on chanbus: 100 ms instead of 250-300 ms here). Every statement of
+		// a handler runs in its transaction, so nothing waits for a second
+		// connection while holding the first.
+		db.SetMaxOpenConns(1)
 		ob, err := outbox.New(db, outbox.Options{Dialect: outbox.SQLite, Bus: b, Logger: tel.Logger, Propagator: tel.Propagator})
 		if err != nil {
 			db.Close()
