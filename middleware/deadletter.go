@@ -341,7 +341,7 @@ type DeadLetterInfo struct {
 
 // ErrNotDeadLetter is wrapped by ParseDeadLetter's error for headers
 // without HeaderDLQTopic: not a message DeadLetter wrote.
-var ErrNotDeadLetter = errors.New("busway: not a dead letter (no " + HeaderDLQTopic + " header)")
+var ErrNotDeadLetter = errors.New("not a dead letter (no " + HeaderDLQTopic + " header)")
 
 // ParseDeadLetter reads the HeaderDLQ* headers of a dead letter. A message
 // without HeaderDLQTopic gives an error wrapping ErrNotDeadLetter; a
