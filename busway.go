@@ -23,6 +23,7 @@ package busway
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/chanbus"
@@ -33,13 +34,31 @@ import (
 // DefaultURL is what Open uses for an empty URL: the in-process transport.
 const DefaultURL = "chan://"
 
+// Option configures NewMux.
+type Option func(*options)
+
+type options struct{ log *slog.Logger }
+
+// WithLogger gives the transports that the Mux opens a logger for their
+// own events (connections, rebalances, redeliveries, dropped messages):
+// chanbus.URLOpener, nats.URLOpener and kafka.URLOpener's Logger. Give the
+// bus the same one (bus.WithLogger), which logs handler panics and its
+// lifecycle. Default: nil, which discards.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
 // NewMux returns a new Mux with the chan, nats and kafka openers.
-func NewMux() *transport.Mux {
+func NewMux(opts ...Option) *transport.Mux {
+	var c options
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
 	var m transport.Mux
 	for scheme, o := range map[string]transport.Opener{
-		chanbus.Scheme: chanbus.Opener(),
-		nats.Scheme:    nats.Opener(),
-		kafka.Scheme:   kafka.Opener(),
+		chanbus.Scheme: &chanbus.URLOpener{Logger: c.log},
+		nats.Scheme:    &nats.URLOpener{Logger: c.log},
+		kafka.Scheme:   &kafka.URLOpener{Logger: c.log},
 	} {
 		if err := m.Register(scheme, o); err != nil {
 			panic("busway: " + err.Error()) // unreachable: fixed, valid schemes
@@ -49,6 +68,8 @@ func NewMux() *transport.Mux {
 }
 
 // Open opens the transport rawURL names; an empty rawURL means DefaultURL.
+// Its transports log nothing; for a logger, open with
+// NewMux(WithLogger(l)).Open(ctx, rawURL).
 func Open(ctx context.Context, rawURL string) (transport.Transport, error) {
 	if rawURL == "" {
 		rawURL = DefaultURL

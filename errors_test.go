@@ -3,6 +3,7 @@ package busway_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -229,5 +230,25 @@ func TestDeadLetterHeaderOnePrefix(t *testing.T) {
 	want := `busway: after 1 attempt(s): decode event "raw-1" on topic "Order" of type "Order" into busway_test.Order: json: cannot unmarshal number into Go struct field Order.id of type string`
 	if got := dl[0].Err; got != want {
 		t.Errorf("DLQ error header\n got %s\nwant %s", got, want)
+	}
+}
+
+// The logger given to NewMux reaches the transports it opens.
+func TestMuxLoggerReachesTransports(t *testing.T) {
+	var logged strings.Builder
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tr, err := busway.NewMux(busway.WithLogger(log)).Open(t.Context(), "chan://?buffer=8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Publish(t.Context(), "nobody-reads", &transport.Message{ID: "m1"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "no group subscribes to the topic") || !strings.Contains(logged.String(), "topic=nobody-reads") {
+		t.Errorf("transport log: %q", logged.String())
+	}
+	if n := tr.(*chanbus.Transport).Stats().Unrouted; n != 1 {
+		t.Errorf("Unrouted = %d, want 1", n)
 	}
 }

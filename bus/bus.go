@@ -152,8 +152,10 @@ func appendMW[X any, M ~func(X) X](dst []func(X) X, errs *[]error, option string
 //
 // The transport keeps the logger it was made with, for its own events
 // (connections, rebalances, redeliveries): give it one there, usually the
-// same: chanbus.WithLogger, nats.Config.Logger (for URLs,
-// nats.URLOpener.Logger), kafka.Config.Logger.
+// same. By URL: busway.NewMux(busway.WithLogger(l)).Open(ctx, url); by
+// constructor: chanbus.WithLogger, nats.Config.Logger, kafka.Config.Logger
+// (for a Mux of your own: the Logger of chanbus.URLOpener, nats.URLOpener,
+// kafka.URLOpener).
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.log = l }
 }

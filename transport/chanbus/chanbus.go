@@ -1031,7 +1031,21 @@ func (s *subscription) Close(ctx context.Context) error {
 // a host or a path are errors.
 func Opener() transport.Opener { return transport.OpenerFunc(open) }
 
-func open(_ context.Context, u *url.URL) (transport.Transport, error) {
+// URLOpener opens "chan://" URLs (see Opener) with settings a URL cannot
+// carry.
+type URLOpener struct {
+	// Logger is the WithLogger of the transports it opens (nil: discard).
+	Logger *slog.Logger
+}
+
+// OpenTransport parses u as Opener does and calls New.
+func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Transport, error) {
+	return openWith(u, WithLogger(o.Logger))
+}
+
+func open(_ context.Context, u *url.URL) (transport.Transport, error) { return openWith(u) }
+
+func openWith(u *url.URL, extra ...Option) (transport.Transport, error) {
 	fail := func(part, format string, args ...any) error {
 		return &transport.URLError{URL: transport.Redact(u), Part: part, Err: fmt.Errorf("%w: "+format, append([]any{transport.ErrInvalidURL}, args...)...)}
 	}
@@ -1076,5 +1090,5 @@ func open(_ context.Context, u *url.URL) (transport.Transport, error) {
 	if err := q.Err(); err != nil {
 		return nil, err
 	}
-	return New(WithBuffer(buffer), WithShards(shards), WithBackoff(bmin, bmax), WithDrainTimeout(drain)), nil
+	return New(append([]Option{WithBuffer(buffer), WithShards(shards), WithBackoff(bmin, bmax), WithDrainTimeout(drain)}, extra...)...), nil
 }

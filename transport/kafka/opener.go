@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 
@@ -28,14 +29,23 @@ const Scheme = "kafka"
 // session_timeout, heartbeat_interval, rebalance_timeout, fetch_max_bytes,
 // fetch_max_wait, dial_timeout, request_timeout. An unknown option, or a bad value, is an
 // error naming it.
-func Opener() transport.Opener {
-	return transport.OpenerFunc(func(ctx context.Context, u *url.URL) (transport.Transport, error) {
-		cfg, err := ConfigFromURL(u)
-		if err != nil {
-			return nil, err
-		}
-		return New(ctx, cfg)
-	})
+func Opener() transport.Opener { return &URLOpener{} }
+
+// URLOpener opens "kafka" URLs (see Opener) with settings a URL cannot
+// carry.
+type URLOpener struct {
+	// Logger is Config.Logger of the transports it opens (nil: discard).
+	Logger *slog.Logger
+}
+
+// OpenTransport parses u with ConfigFromURL and calls New.
+func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Transport, error) {
+	cfg, err := ConfigFromURL(u)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger = o.Logger
+	return New(ctx, cfg)
 }
 
 // ConfigFromURL parses a "kafka://" URL (see Opener) into a Config.
