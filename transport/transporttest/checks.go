@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,15 @@ import (
 )
 
 // testRoundTrip: ID, Key, every header and the body arrive byte for byte.
+// testSystem: the transport names its messaging system (transport.Systemer),
+// which tracing and metrics report as messaging.system by default.
+func (s *suite) testSystem(t *testing.T) {
+	tr := s.open(t)
+	if sys := transport.SystemOf(tr); sys == "" || strings.ContainsAny(sys, " \t\n") {
+		t.Errorf("SystemOf(%T) = %q: a transport implements transport.Systemer with a messaging.system value such as \"nats\"", tr, sys)
+	}
+}
+
 func (s *suite) testRoundTrip(t *testing.T) {
 	tr := s.open(t)
 	topic := UniqueTopic(t)

@@ -145,6 +145,7 @@ func (s *suite) runAll(t *testing.T) {
 		fn   func(*testing.T)
 	}{
 		{"RoundTrip", s.testRoundTrip},
+		{"System", s.testSystem},
 		{"DeliveryFields", s.testDeliveryFields},
 		{"TopicsIsolated", s.testTopicsIsolated},
 		{"Groups", s.testGroups},
