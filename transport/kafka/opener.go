@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/busway/busway/internal/tlsfiles"
 	"github.com/busway/busway/transport"
 )
 
@@ -20,7 +21,9 @@ const Scheme = "kafka"
 //
 // The host part lists the bootstrap brokers (port 9092 when omitted).
 // Options (each maps to the Config field of the same meaning and default):
-// client_id, tls (true: TLS with the system roots), tls_insecure_skip_verify,
+// client_id, tls (true: TLS with the system roots), tls_ca (PEM file of the
+// certificates to trust instead; implies tls), tls_cert and tls_key (PEM
+// files of a client certificate), tls_insecure_skip_verify,
 // sasl (plain, scram-sha-256, scram-sha-512; credentials from the URL's user
 // information), create_topics (default true), partitions,
 // replication_factor, acks (all, leader, none), compression (none, gzip,
@@ -72,8 +75,15 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 	}
 	q := transport.NewQuery(u)
 	cfg.ClientID = q.String("client_id", "")
-	if q.Bool("tls", false) {
-		cfg.TLS = tlsConfig(q.Bool("tls_insecure_skip_verify", false))
+	ca, cert, key := q.String("tls_ca", ""), q.String("tls_cert", ""), q.String("tls_key", "")
+	if q.Bool("tls", false) || ca != "" || cert != "" || key != "" {
+		tc, opt, err := tlsfiles.Load(ca, cert, key)
+		if err != nil {
+			q.Fail(opt, fmt.Errorf("%w: %v", transport.ErrInvalidURL, err))
+		} else {
+			tc.InsecureSkipVerify = q.Bool("tls_insecure_skip_verify", false) //nolint:gosec // opt-in by URL option
+			cfg.TLS = tc
+		}
 	} else if q.Has("tls_insecure_skip_verify") {
 		q.Fail("tls_insecure_skip_verify", fmt.Errorf("%w: needs tls=true", transport.ErrInvalidURL))
 	}

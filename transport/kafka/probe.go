@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/busway/busway/internal/tlsfiles"
 	"github.com/busway/busway/transport"
 )
 
@@ -49,6 +50,9 @@ func probeConn(ctx context.Context, conn net.Conn, addr string, timeout time.Dur
 		}
 		tc := tls.Client(conn, c)
 		if err := tc.HandshakeContext(ctx); err != nil {
+			if tlsfiles.VerifyFailed(err) {
+				return fmt.Errorf("%w: %s: TLS handshake: the broker's certificate is not trusted (Config.TLS, URL option tls_ca): %w", transport.ErrAuthentication, addr, err)
+			}
 			return fmt.Errorf("%w: %s: TLS handshake: %w", transport.ErrUnavailable, addr, err)
 		}
 		conn = tc

@@ -2,17 +2,15 @@ package nats
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/busway/busway/internal/tlsfiles"
 	"github.com/busway/busway/transport"
 )
 
@@ -146,9 +144,9 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		return cfg, err
 	}
 	if useTLS || ca != "" || cert != "" || key != "" {
-		tc, part, err := tlsConfig(ca, cert, key)
+		tc, opt, err := tlsfiles.Load(ca, cert, key)
 		if err != nil {
-			return cfg, &transport.URLError{URL: transport.Redact(u), Part: part, Err: fmt.Errorf("%w: %v", transport.ErrInvalidURL, err)}
+			return cfg, &transport.URLError{URL: transport.Redact(u), Part: fmt.Sprintf("query option %q", opt), Err: fmt.Errorf("%w: %v", transport.ErrInvalidURL, err)}
 		}
 		cfg.TLS = tc
 	}
@@ -157,30 +155,4 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		return cfg, &transport.URLError{URL: transport.Redact(u), Part: "options", Err: fmt.Errorf("%w: %w", transport.ErrInvalidURL, err)}
 	}
 	return cfg, nil
-}
-
-func tlsConfig(ca, cert, key string) (*tls.Config, string, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, `query option "tls_ca"`, err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, `query option "tls_ca"`, fmt.Errorf("%s holds no PEM certificate", ca)
-		}
-		tc.RootCAs = pool
-	}
-	if (cert == "") != (key == "") {
-		return nil, `query option "tls_cert"`, fmt.Errorf("tls_cert and tls_key go together")
-	}
-	if cert != "" {
-		c, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, `query option "tls_cert"`, err
-		}
-		tc.Certificates = []tls.Certificate{c}
-	}
-	return tc, "", nil
 }

@@ -15,6 +15,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/busway/busway/internal/tlsfiles"
 	"github.com/busway/busway/transport"
 )
 
@@ -148,9 +149,7 @@ func redactServers(servers []string, srv *server.Server) string {
 	out := make([]string, len(servers))
 	for i, s := range servers {
 		out[i] = s
-		if u, err := url.Parse(s); err == nil && u.User != nil {
-			out[i] = u.Redacted()
-		}
+		out[i] = transport.RedactRaw(s) // a password, or a token as the user name
 	}
 	return strings.Join(out, ",")
 }
@@ -162,6 +161,8 @@ func connectError(servers string, err error) error {
 		errors.Is(err, natsgo.ErrAuthRevoked), errors.Is(err, natsgo.ErrAccountAuthExpired),
 		strings.Contains(strings.ToLower(err.Error()), "authorization violation"):
 		return fmt.Errorf("%w: nats: %s rejected the credentials: %v", transport.ErrAuthentication, servers, err)
+	case tlsfiles.VerifyFailed(err):
+		return fmt.Errorf("%w: nats: %s: the server's certificate is not trusted (Config.TLS, URL option tls_ca): %v", transport.ErrAuthentication, servers, err)
 	case errors.Is(err, natsgo.ErrBadSubject):
 		return fmt.Errorf("%w: nats: %v", transport.ErrInvalidOptions, err)
 	}
