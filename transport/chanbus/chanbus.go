@@ -828,8 +828,10 @@ func (t *Transport) publisher(ctx context.Context) *worker {
 	return nil
 }
 
-// waits tracks which workers wait inside a handler's Publish, so that such a
-// publish never waits for room that only waiting workers could make.
+// waits tracks which workers wait inside a handler's Publish (or, before a
+// handler, for a message's gate, which its publisher opens once it queued
+// the message for every group), so that a publish from a handler never
+// waits for room that only waiting workers could make.
 //
 // A publish from inside a handler may wait for room on a full shard only
 // while the shard's owner is a worker that is not waiting to publish (it
@@ -865,11 +867,7 @@ func (ws *waits) mayWait(w *worker, sh *shard, mark bool) (bool, <-chan struct{}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	if mark {
-		w.waiting++
-		if w.waiting == 1 {
-			w.s.g.running--
-			ws.broadcastLocked()
-		}
+		ws.holdLocked(w)
 	}
 	ok := false
 	if o := sh.owner.Load(); o != nil {
@@ -881,6 +879,21 @@ func (ws *waits) mayWait(w *worker, sh *shard, mark bool) (bool, <-chan struct{}
 		ws.changed = make(chan struct{})
 	}
 	return ok, ws.changed
+}
+
+// hold counts w as waiting (for a gate, see subscription.run) until resume.
+func (ws *waits) hold(w *worker) {
+	ws.mu.Lock()
+	ws.holdLocked(w)
+	ws.mu.Unlock()
+}
+
+func (ws *waits) holdLocked(w *worker) {
+	w.waiting++
+	if w.waiting == 1 {
+		w.s.g.running--
+		ws.broadcastLocked()
+	}
 }
 
 // resume counts w as no longer waiting for one of its publishes.
@@ -967,7 +980,16 @@ func (s *subscription) run(w *worker, sh *shard) {
 		if d.gate != nil {
 			select {
 			case <-d.gate:
-			case <-ctx.Done(): // closing hard: the handler sees the cancelled ctx
+			default:
+				// Its publisher is still queueing it for other groups, and
+				// may be waiting for room this worker would make: count
+				// this worker as waiting meanwhile (see waits).
+				s.t.waits.hold(w)
+				select {
+				case <-d.gate:
+				case <-ctx.Done(): // closing hard: the handler sees the cancelled ctx
+				}
+				s.t.waits.resume(w)
 			}
 			d.gate = nil
 		}

@@ -263,3 +263,66 @@ func TestHandlerPublishWaitsForARunningConsumer(t *testing.T) {
 	close(release)
 	waitCount(t, 20*time.Second, "group b's messages", 3, handledB.Load)
 }
+
+// TestPublishingHandlersNeverDeadlock: groups on three topics whose
+// handlers publish follow-ups to each other's topics (and their own), with
+// buffers of one message, two shards and one or two workers, while outside
+// publishers keep the queues full: every message is handled, none is lost,
+// nothing deadlocks, whatever waits on whom (full shards, a message's gate
+// across groups).
+func TestPublishingHandlersNeverDeadlock(t *testing.T) {
+	tr := openT(t, WithBuffer(1), WithShards(2))
+	topics := []string{"ta", "tb", "tc"}
+	groups := map[string][]string{"ta": {"a1", "a2"}, "tb": {"b1"}, "tc": {"c1", "c2", "c3"}}
+	var expected, handled atomic.Int64
+	publish := func(ctx context.Context, topic string, m *transport.Message) error {
+		expected.Add(int64(len(groups[topic])))
+		if err := tr.Publish(ctx, topic, m); err != nil {
+			expected.Add(-int64(len(groups[topic])))
+			return err
+		}
+		return nil
+	}
+	for ti, topic := range topics {
+		for gi, g := range groups[topic] {
+			subscribe(t, tr, topic, func(ctx context.Context, m *transport.Message) error {
+				hop, _ := strconv.Atoi(m.Header["hop"])
+				if hop < 3 {
+					to := topics[(ti+gi+hop)%len(topics)]
+					key := m.Key
+					if hop%2 == 1 {
+						key = m.Key + "x"
+					}
+					f := &transport.Message{ID: m.ID + "/" + g, Key: key, Header: map[string]string{"hop": strconv.Itoa(hop + 1)}}
+					if err := publish(ctx, to, f); err != nil {
+						return err
+					}
+				}
+				handled.Add(1)
+				return nil
+			}, transport.SubscribeOptions{Group: g, Concurrency: 1 + gi%2})
+		}
+	}
+	ctx := within(t, 30*time.Second)
+	var wg sync.WaitGroup
+	for p := range 2 {
+		wg.Go(func() {
+			for i := range 40 {
+				m := &transport.Message{ID: fmt.Sprintf("p%d-%d", p, i), Key: "k" + strconv.Itoa(i%3), Header: map[string]string{"hop": "0"}}
+				if err := publish(ctx, topics[(p+i)%len(topics)], m); err != nil {
+					t.Errorf("outside Publish: %v (deadlock?)", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	deadline := time.Now().Add(30 * time.Second)
+	for handled.Load() != expected.Load() || tr.WaitIdle(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("handled %d of %d messages (deadlock?)", handled.Load(), expected.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("%d messages handled", handled.Load())
+}
