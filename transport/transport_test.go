@@ -265,3 +265,22 @@ func TestCallHandlerRecoversPanics(t *testing.T) {
 		t.Fatalf("panic(nil) = %v, want a *PanicError", err)
 	}
 }
+
+func TestValidateHeader(t *testing.T) {
+	for _, name := range []string{"x-plain", "X-Mixed-Case", "ce_id", "busway-dlq-error", "a.b_c~!#$%&'*+^`|"} {
+		if !transport.ValidHeaderName(name) || transport.ValidateHeader(name, "value with spaces, ünïcode") != nil {
+			t.Errorf("%q refused", name)
+		}
+	}
+	for _, name := range []string{"", "with space", "x(y)", "a:b", "a/b", "q\"", "tab\t", "ü", "del\x7f", "{}", "a@b", "a=b"} {
+		err := transport.ValidateHeader(name, "v")
+		if transport.ValidHeaderName(name) || !errors.Is(err, transport.ErrInvalidMessage) {
+			t.Errorf("%q accepted (%v)", name, err)
+		}
+	}
+	for _, v := range []string{"a\nb", "a\rb"} {
+		if err := transport.ValidateHeader("ok", v); !errors.Is(err, transport.ErrInvalidMessage) || !strings.Contains(err.Error(), "line break") {
+			t.Errorf("value %q: %v", v, err)
+		}
+	}
+}
