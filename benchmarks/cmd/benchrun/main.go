@@ -121,6 +121,23 @@ func run(short bool, out, outboxTime, readme string) error {
 			}
 		}
 	}
+	// The memory check: every case once more with the smoke run's few
+	// thousand messages; its B/msg beside the full run's shows whether a
+	// case's memory per message grows with the run length.
+	var small *cases
+	if !short {
+		var sraw bytes.Buffer
+		for _, s := range shortPlan {
+			fmt.Fprintf(os.Stderr, "== memory check: %s (%s)\n", s.pattern, s.benchtime)
+			if err := sh(io.MultiWriter(&sraw, os.Stdout), ".", bin, "-test.run", "^$", "-test.bench", s.pattern,
+				"-test.benchtime", s.benchtime, "-test.count", "1", "-test.benchmem", "-test.timeout", "30m"); err != nil {
+				return fmt.Errorf("memory check %s: %w", s.pattern, err)
+			}
+		}
+		if small, err = parse(bytes.NewReader(sraw.Bytes())); err != nil {
+			return err
+		}
+	}
 	// The outbox relay benchmarks live in the main module (package outbox).
 	if hasBenchmarks("../outbox") {
 		fmt.Fprintf(os.Stderr, "== outbox (%s, %d runs)\n", outboxTime, outboxCount)
@@ -143,6 +160,9 @@ func run(short bool, out, outboxTime, readme string) error {
 
 	var md bytes.Buffer
 	writeMarkdown(&md, env, cases, cmps)
+	if small != nil {
+		writeMemoryCheck(&md, cases, small)
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}

@@ -110,3 +110,15 @@ func TestUpdateReadme(t *testing.T) {
 		t.Fatal("no error for a README without markers")
 	}
 }
+
+func TestMemoryCheck(t *testing.T) {
+	long, _ := parse(strings.NewReader("BenchmarkA/x-2 100000 10 ns/op 1000 B/op\nBenchmarkA/y-2 100000 10 ns/op 5000 B/op\n"))
+	short, _ := parse(strings.NewReader("BenchmarkA/x-2 3000 10 ns/op 1100 B/op\nBenchmarkA/y-2 3000 10 ns/op 1000 B/op\n"))
+	var b bytes.Buffer
+	writeMemoryCheck(&b, long, short)
+	for _, want := range []string{"| A/x | 3000 | 1100 | 100000 | 1000 |  |", "| A/y | 3000 | 1000 | 100000 | 5000 | **grows** |", "grows with the run length in: A/y."} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("memory check lacks %q:\n%s", want, b.String())
+		}
+	}
+}

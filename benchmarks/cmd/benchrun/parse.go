@@ -14,6 +14,7 @@ type result struct {
 	name  string // "KafkaPublish/256B/busway-batch", "outbox: Relay/sqlite"
 	order int
 	runs  map[string][]float64
+	iters []float64 // b.N of each run
 }
 
 type cases struct {
@@ -60,6 +61,8 @@ func parse(r io.Reader) (*cases, error) {
 			c.byName[name] = res
 			c.list = append(c.list, res)
 		}
+		n, _ := strconv.ParseFloat(f[1], 64)
+		res.iters = append(res.iters, n)
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
 			if err != nil {

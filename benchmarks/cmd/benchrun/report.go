@@ -272,3 +272,42 @@ func updateReadme(path string, block []byte) error {
 	b.Write(old[j:])
 	return os.WriteFile(path, b.Bytes(), 0o644)
 }
+
+// grows reports whether a case's B/msg in the long run exceeds the short
+// run's by more than a quarter and 256 bytes (noise: pooled buffers, the
+// in-process broker's own allocations).
+func grows(long, short float64) bool { return long > short*1.25 && long-short > 256 }
+
+// writeMemoryCheck compares each case's B/msg in the full run with the
+// same case's in a short run.
+func writeMemoryCheck(w io.Writer, long, short *cases) {
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "## Memory per message against the run length")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "B/msg of the full run's cases (median) beside one short run of each (the smoke run's")
+	fmt.Fprintln(w, "counts). A case grows when its long run's B/msg exceeds the short run's by more than a")
+	fmt.Fprintln(w, "quarter and 256 B. Broker cases include the in-process broker's allocations.")
+	fmt.Fprintln(w)
+	var grew []string
+	fmt.Fprintln(w, "| case | msgs, short run | B/msg | msgs, full run | B/msg | |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, r := range long.list {
+		s := short.get(r.name)
+		lb, ok1 := r.stat("B/op")
+		sb, ok2 := s.stat("B/op")
+		if !ok1 || !ok2 || len(s.iters) == 0 || len(r.iters) == 0 {
+			continue
+		}
+		v := ""
+		if grows(lb.med, sb.med) {
+			v, grew = "**grows**", append(grew, r.name)
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f | %.0f | %s |\n", r.name, s.iters[0], sb.med, r.iters[0], lb.med, v)
+	}
+	fmt.Fprintln(w)
+	if len(grew) == 0 {
+		fmt.Fprintln(w, "No case's B/msg grows with the run length.")
+	} else {
+		fmt.Fprintf(w, "B/msg grows with the run length in: %s.\n", strings.Join(grew, ", "))
+	}
+}
