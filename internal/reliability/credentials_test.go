@@ -21,6 +21,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/busway/busway"
 	"github.com/busway/busway/bus"
 	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport"
@@ -44,26 +45,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// credMux opens nats and kafka URLs as busway.NewMux does, with the given
-// logger in each transport.
-func credMux(t *testing.T, log *slog.Logger) *transport.Mux {
-	var m transport.Mux
-	if err := m.Register(nats.Scheme, &nats.URLOpener{Logger: log}); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Register(kafka.Scheme, transport.OpenerFunc(func(ctx context.Context, u *url.URL) (transport.Transport, error) {
-		cfg, err := kafka.ConfigFromURL(u)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Logger = log
-		return kafka.New(ctx, cfg)
-	})); err != nil {
-		t.Fatal(err)
-	}
-	return &m
 }
 
 // natsServer starts an embedded JetStream server on 127.0.0.1 (random port)
@@ -179,7 +160,7 @@ func TestCredentials(t *testing.T) {
 			var outputs []string // every text the stack produced
 			logs := &syncBuffer{}
 			log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-			mux := credMux(t, log)
+			mux := busway.NewMux(busway.WithLogger(log))
 
 			for what, raw := range c.wrong {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
