@@ -66,8 +66,16 @@
 //     their keys: that is the order a crash does not keep. Every other
 //     message keeps its key's order, and as what dead members hold is
 //     bounded by MaxHeld, well below MaxAckPending, they cannot stall the
-//     group. Messages the server was sending when it shut down come back
-//     after AckWait too.
+//     group.
+//   - Server restarts: a subscription speaks JetStream's pull protocol on
+//     one inbox that lives as long as it does, asking for as many messages
+//     as it has room for. A message the server sent is handled even when
+//     it arrives after the server ended the request (a server announces
+//     its shutdown before it stops sending); after a reconnect the
+//     subscription asks again at once. Only a message lost with the
+//     connection itself, and one whose ack was lost with it, comes back
+//     after AckWait. Around a reconnect a subscription may briefly hold
+//     up to one pull batch more than MaxHeld.
 //   - Durable: a group's position lives in the server. Messages published
 //     while no member runs are delivered when one subscribes again, also
 //     after a process or server restart (file storage). StartFrom applies
@@ -97,9 +105,10 @@
 //   - A subscription that closes runs the messages it holds until its
 //     context ends and hands back (Nak without delay) those that arrived as
 //     it began closing or did not start, which counts as a delivery in
-//     Message.Attempt. A message the server was sending just as the pull
-//     request was cancelled can, rarely, wait for AckWait before another
-//     member gets it.
+//     Message.Attempt. Close drains the pull inbox first (what the server
+//     sent before it saw the unsubscribe is received and handed back); a
+//     message the server was sending just as it did can, rarely, wait for
+//     AckWait before another member gets it.
 //
 // # Headers
 //

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/busway/busway/transport"
@@ -210,6 +211,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		wake:   make([]chan struct{}, workers),
 		held:   make(map[*held]struct{}, ss.maxHeld),
 		room:   make(chan struct{}, 1), // a pending "a message finished"; more would say nothing new
+		reset:  make(chan struct{}, 1), // a pending "pull requests are void"; more would say nothing new
 		lost:   make(chan struct{}, 1), // a pending "consumer lost" signal; more would say nothing new
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -218,10 +220,16 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	for i := range sub.wake {
 		sub.wake[i] = make(chan struct{}, 1) // a pending wake-up; more would say nothing new
 	}
+	if sub.inbox, err = sub.newInbox(); err != nil {
+		cancel()
+		return nil, err
+	}
 	t.mu.Lock()
 	if t.closed.Load() {
 		t.mu.Unlock()
 		cancel()
+		_ = sub.inbox.sub.Unsubscribe()
+		<-sub.inbox.end
 		return nil, t.errClosed("Subscribe")
 	}
 	t.subs[sub] = struct{}{}
@@ -236,72 +244,321 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	return sub, nil
 }
 
-// fetchWait is how long one pull request waits on the server for
-// messages before the subscription asks again.
-const fetchWait = 5 * time.Second
+// pullExpires is how long one pull request waits on the server for
+// messages before it ends (408) and the subscription asks again;
+// pullGrace is how much longer the subscription waits for that end before
+// it takes the request for lost (a server that went away without a word).
+const (
+	pullExpires = 5 * time.Second
+	pullGrace   = 2 * time.Second
+)
 
-// pull fetches messages while the subscription runs, never more than
-// there is room for: what a subscription holds is bounded by MaxHeld,
-// and every message it holds is in the held set, which progress keeps in
-// progress on the server. Nothing waits unseen in a client buffer.
+// The JetStream pull protocol, as nats.go speaks it: a request
+// {"batch":n,"expires":ns} published to the consumer's "next" subject with
+// the subscription's inbox as reply; the server sends up to n messages to
+// the inbox, then (unless all n went out) a status message that ends the
+// request, with the count of those it did not send.
+const (
+	apiNext           = "$JS.API.CONSUMER.MSG.NEXT."
+	hdrStatus         = "Status"
+	hdrDescription    = "Description"
+	hdrPendingMsgs    = "Nats-Pending-Messages"
+	statusHeartbeat   = "100"
+	statusNoMessages  = "404"
+	statusTimeout     = "408"
+	statusConflict    = "409"
+	statusNoResponder = "503"
+)
+
+// pull asks the server for messages while the subscription runs, never for
+// more than there is room for: what a subscription holds plus what it has
+// asked for and not yet received stays within MaxHeld, and every message
+// it holds is in the held set, which progress keeps in progress on the
+// server. Nothing waits unseen in a client buffer.
+//
+// Requests go out one at a time, all answered on one inbox subscription
+// that lives as long as the subscription: a message the server sends after
+// it ended the request (it announces a shutdown before it stops sending)
+// is still received and handled, not left to come back after AckWait.
 func (s *subscription) pull() {
 	defer s.wg.Done()
 	refill := max(1, s.ss.maxHeld/2)
+	subject := apiNext + s.t.s.Stream + "." + s.ss.durable
 	backoff := time.Duration(0)
 	for {
-		// Wait until at least half the room is free (or nothing is held).
-		var n int
-		for {
-			s.dmu.Lock()
-			h := len(s.held)
-			s.dmu.Unlock()
-			if n = s.ss.maxHeld - h; n >= refill || h == 0 {
-				break
+		var wait <-chan time.Time
+		var tm *time.Timer
+		n := 0
+		s.dmu.Lock()
+		if s.pullOK {
+			backoff = 0
+		}
+		failed := s.pullFailed
+		s.pullOK, s.pullFailed = false, false
+		now := time.Now()
+		s.dropLostPulls(now)
+		switch {
+		case len(s.pulls) > 0:
+			// A request is open, or messages it sent are on their way:
+			// wait for them, or for its end to be overdue.
+			tm = time.NewTimer(s.pulls[0].at.Add(pullExpires + pullGrace).Sub(now))
+			wait = tm.C
+		case failed:
+		default:
+			if h := len(s.held); s.ss.maxHeld-h >= refill || h == 0 {
+				n = s.ss.maxHeld - h
 			}
+		}
+		if n > 0 && !s.t.nc.IsConnected() {
+			// A request sent now would wait in nats.go's reconnect buffer
+			// and reach the server alongside the one sent after the
+			// reconnect: wait for the reconnect (resetPulls) instead.
+			n = 0
+			tm = time.NewTimer(time.Second)
+			wait = tm.C
+		}
+		var reply string
+		if n > 0 {
+			s.pullSeq++
+			reply = s.inbox.prefix + strconv.FormatUint(s.pullSeq, 10)
+			s.pulls = append(s.pulls, pullReq{id: s.pullSeq, left: n, at: now})
+		}
+		s.dmu.Unlock()
+		if failed {
+			// The server refused or lost the request: wait a little before
+			// asking again (a reconnect or a recreated consumer ends the
+			// wait), not at every finished message.
+			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+			tm = time.NewTimer(backoff)
 			select {
-			case <-s.room:
+			case <-tm.C:
+			case <-s.reset:
+				backoff = 0
 			case <-s.stop:
+				tm.Stop()
 				return
 			}
-		}
-		s.ccMu.Lock()
-		if s.closing.Load() {
-			s.ccMu.Unlock()
-			return
-		}
-		cons := s.cons
-		ctx, cancel := context.WithTimeout(context.Background(), fetchWait)
-		s.fetchCancel = cancel
-		s.ccMu.Unlock()
-		batch, err := cons.Fetch(n, jetstream.FetchContext(ctx))
-		if err == nil {
-			for m := range batch.Messages() {
-				s.accept(m)
-			}
-			err = batch.Error()
-		}
-		cancel()
-		if err == nil || s.closing.Load() || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			backoff = 0
+			tm.Stop()
 			continue
 		}
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-			select {
-			case s.lost <- struct{}{}:
-			default:
+		if n > 0 {
+			if s.closing.Load() {
+				return
 			}
+			req := fmt.Appendf(s.reqBuf[:0], `{"batch":%d,"expires":%d}`, n, pullExpires.Nanoseconds())
+			s.reqBuf = req
+			if err := s.t.nc.PublishRequest(subject, reply, req); err != nil {
+				s.dmu.Lock()
+				s.pulls, s.pullFailed = s.pulls[:0], true
+				s.dmu.Unlock()
+				s.t.log.Warn("nats: pull request", "topic", s.topic, "group", s.group, "error", err)
+			}
+			continue
 		}
-		s.t.log.Warn("nats: fetch", "topic", s.topic, "group", s.group, "error", err)
-		// Wait a little before asking again: the server is away or
-		// refused the request (a lost consumer is recreated meanwhile).
-		backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
-		tm := time.NewTimer(backoff)
 		select {
-		case <-tm.C:
+		case <-s.room:
+		case <-s.reset:
+			backoff = 0
+		case <-wait:
 		case <-s.stop:
-			tm.Stop()
+			if tm != nil {
+				tm.Stop()
+			}
 			return
 		}
+		if tm != nil {
+			tm.Stop()
+		}
+	}
+}
+
+// pullInbox is the subscription that receives the answers to pull
+// requests: request i is answered on prefix + i.
+type pullInbox struct {
+	sub    *natsgo.Subscription
+	prefix string        // "_INBOX.<nuid>."
+	end    chan struct{} // closed when its delivery goroutine is done
+}
+
+// newInbox subscribes a new pull inbox.
+func (s *subscription) newInbox() (*pullInbox, error) {
+	in := &pullInbox{prefix: s.t.nc.NewInbox() + ".", end: make(chan struct{})}
+	sub, err := s.t.nc.Subscribe(in.prefix+"*", s.receive)
+	if err != nil {
+		return nil, s.t.apiError("subscribe to the pull inbox", err)
+	}
+	sub.SetClosedHandler(func(string) { close(in.end) })
+	// What the inbox has received and not yet handed to receive is within
+	// what pull asked for, which MaxHeld bounds; nats.go's own limits
+	// (512Ki messages, 64 MiB) would drop messages of a large MaxHeld of
+	// large messages instead.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		_ = sub.Unsubscribe()
+		<-in.end
+		return nil, s.t.apiError("subscribe to the pull inbox", err)
+	}
+	in.sub = sub
+	return in, nil
+}
+
+// closeInbox stops the pull inbox: drained while connected, so that what
+// the server sent before it saw the unsubscribe is still received (and
+// handed back), within ConnectTimeout; unsubscribed at once otherwise.
+func (s *subscription) closeInbox(ctx context.Context) {
+	in := s.inbox
+	if !s.t.nc.IsConnected() || in.sub.Drain() != nil {
+		_ = in.sub.Unsubscribe()
+	}
+	tm := time.NewTimer(s.t.s.ConnectTimeout)
+	defer tm.Stop()
+	select {
+	case <-in.end:
+		return
+	case <-ctx.Done():
+	case <-tm.C:
+	}
+	_ = in.sub.Unsubscribe()
+	select {
+	case <-in.end:
+	case <-time.After(5 * time.Second):
+		// The connection closed before the closed handler was set: its
+		// delivery goroutine is gone already.
+	}
+}
+
+// receive runs on the inbox subscription's goroutine, for each message
+// the server sends there: a message of the stream, or a status about the
+// pull request.
+func (s *subscription) receive(m *natsgo.Msg) {
+	if m.Reply == "" && len(m.Data) == 0 {
+		// A stream message always has an ack subject as its reply; a
+		// status never does.
+		if code := m.Header.Get(hdrStatus); code != "" {
+			s.status(code, m)
+			return
+		}
+	}
+	if m.Reply == "" {
+		s.t.log.Warn("nats: unexpected message on the pull inbox", "topic", s.topic, "group", s.group, "subject", m.Subject)
+		return
+	}
+	s.accept(m)
+}
+
+// status takes in a status message: every one but a heartbeat ends the
+// pull request; the messages it did not send (Nats-Pending-Messages) are
+// no longer awaited.
+func (s *subscription) status(code string, m *natsgo.Msg) {
+	if code == statusHeartbeat {
+		return
+	}
+	desc := m.Header.Get(hdrDescription)
+	pending, err := strconv.Atoi(m.Header.Get(hdrPendingMsgs))
+	if err != nil || pending < 0 {
+		pending = -1 // unknown: nothing more is awaited
+	}
+	normal := code == statusNoMessages || code == statusTimeout
+	s.dmu.Lock()
+	if i := s.pullIndex(m.Subject); i >= 0 {
+		p := &s.pulls[i]
+		if pending < 0 {
+			p.left = 0
+		} else {
+			p.left = max(0, p.left-pending)
+		}
+		// What is still left was sent before the end: on its way.
+		if p.left == 0 {
+			s.pulls = append(s.pulls[:i], s.pulls[i+1:]...)
+		}
+	}
+	if normal {
+		s.pullOK = true
+	} else {
+		s.pullFailed = true
+	}
+	s.dmu.Unlock()
+	s.signalRoom()
+	if normal {
+		return
+	}
+	lower := strings.ToLower(desc)
+	switch {
+	case code == statusConflict && (strings.Contains(lower, "shutdown") || strings.Contains(lower, "leadership")):
+		// The server goes away or hands the consumer over: messages it
+		// sent meanwhile are still received; pull asks again (after a
+		// reconnect, at once).
+		s.t.log.Debug("nats: pull request ended", "topic", s.topic, "group", s.group, "status", code, "description", desc)
+	case code == statusConflict && strings.Contains(lower, "consumer deleted"):
+		select {
+		case s.lost <- struct{}{}:
+		default:
+		}
+		s.t.log.Warn("nats: pull request ended: the consumer was deleted", "topic", s.topic, "group", s.group, "consumer", s.ss.durable)
+	case code == statusNoResponder:
+		// Nobody serves the consumer (gone, or its server is away):
+		// progress's check finds out which and recreates a lost one.
+		s.t.log.Warn("nats: pull request: no responders (consumer or its server unavailable)", "topic", s.topic, "group", s.group, "consumer", s.ss.durable)
+	default:
+		s.t.log.Warn("nats: pull request refused", "topic", s.topic, "group", s.group, "status", code, "description", desc)
+	}
+}
+
+// pullReq is a pull request the subscription awaits messages of.
+type pullReq struct {
+	id   uint64    // its reply subject is inbox.prefix + id
+	left int       // messages it may still bring
+	at   time.Time // when it went out
+}
+
+// pullIndex returns the index in pulls of the request whose reply
+// subject is subj (that of a status message), or -1 (a request no longer
+// awaited). Called with dmu.
+func (s *subscription) pullIndex(subj string) int {
+	if len(s.pulls) == 0 || !strings.HasPrefix(subj, s.inbox.prefix) {
+		return -1
+	}
+	id, err := strconv.ParseUint(subj[len(s.inbox.prefix):], 10, 64)
+	if err != nil {
+		return -1
+	}
+	for i := range s.pulls {
+		if s.pulls[i].id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// dropLostPulls forgets requests whose end is overdue: the server lost
+// them (a consumer leader change, a server that went away without a word).
+// Called with dmu.
+func (s *subscription) dropLostPulls(now time.Time) {
+	kept := s.pulls[:0]
+	for _, p := range s.pulls {
+		if now.Sub(p.at) < pullExpires+pullGrace {
+			kept = append(kept, p)
+		}
+	}
+	clear(s.pulls[len(kept):])
+	s.pulls = kept
+}
+
+// resetPulls forgets every pull request in flight, after a reconnect or a
+// recreated consumer: the server no longer has them.
+func (s *subscription) resetPulls() {
+	s.dmu.Lock()
+	s.pulls = s.pulls[:0]
+	s.dmu.Unlock()
+	select {
+	case s.reset <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscription) signalRoom() {
+	select {
+	case s.room <- struct{}{}:
+	default:
 	}
 }
 
@@ -366,20 +623,26 @@ type subscription struct {
 	hctx   context.Context
 	cancel context.CancelFunc
 
-	ccMu        sync.Mutex
-	cons        jetstream.Consumer // replaced when a lost consumer is recreated
-	fetchCancel context.CancelFunc // ends the pull request in progress
-	lost        chan struct{}
-	ackFloor    atomic.Uint64 // the consumer's ack floor (stream sequence), last seen
+	ccMu     sync.Mutex
+	cons     jetstream.Consumer // replaced when a lost consumer is recreated
+	inbox    *pullInbox         // set before pull starts
+	reqBuf   []byte             // pull's request, reused
+	lost     chan struct{}
+	ackFloor atomic.Uint64 // the consumer's ack floor (stream sequence), last seen
 
 	// dmu guards the held messages and the workers' queues.
-	dmu      sync.Mutex
-	held     map[*held]struct{} // received and not finished, at most MaxHeld
-	queues   [][]*held          // per worker: its messages not yet started, in stream order
-	qclosed  bool               // no more messages are queued; workers exit when idle
-	handback []jetstream.Msg    // received while closing; at most one pull batch
-	wake     []chan struct{}    // per worker: its queue grew or closed
-	room     chan struct{}      // a held message finished
+	dmu        sync.Mutex
+	held       map[*held]struct{} // received and not finished, at most MaxHeld
+	queues     [][]*held          // per worker: its messages not yet started, in stream order
+	qclosed    bool               // no more messages are queued; workers exit when idle
+	handback   []*natsgo.Msg      // received while closing; at most one pull batch
+	pulls      []pullReq          // pull requests awaited: at most one open, and ended ones whose last messages are on their way
+	pullSeq    uint64             // the last pull request's id
+	pullOK     bool               // a pull request ended normally (408, 404)
+	pullFailed bool               // a pull request failed: pull backs off
+	wake       []chan struct{}    // per worker: its queue grew or closed
+	room       chan struct{}      // a held message finished, or a pull request ended
+	reset      chan struct{}      // the pull requests in flight are void (reconnect, recreated consumer)
 
 	closing atomic.Bool
 	running sync.WaitGroup // messages received and not yet acked or naked
@@ -394,7 +657,7 @@ type subscription struct {
 
 // held is a message the subscription holds: queued or being handled.
 type held struct {
-	m     jetstream.Msg
+	m     *natsgo.Msg
 	since time.Time // when received or last reported in progress
 }
 
@@ -409,14 +672,23 @@ type slot struct {
 // accept takes a received message into the held set and queues it on the
 // worker of its key (the shortest queue when it has none). It never blocks:
 // pull asked for no more than there is room for.
-func (s *subscription) accept(m jetstream.Msg) {
+func (s *subscription) accept(m *natsgo.Msg) {
 	s.dmu.Lock()
+	// A stream message arrives with its own subject, not the reply
+	// subject of its request: it counts against the oldest request still
+	// awaited (the server answers requests in order; one that ended sent
+	// its last messages before the next request went out).
+	if len(s.pulls) > 0 {
+		if s.pulls[0].left--; s.pulls[0].left <= 0 {
+			s.pulls = append(s.pulls[:0], s.pulls[1:]...)
+		}
+	}
 	if s.closing.Load() {
 		// Received while Close began: Close hands it back (Nak) once the
-		// pull request is over, so that the server gives it to another
-		// member (or the next subscription) at once. A Nak now could have
-		// it redelivered to this pull request, where it would wait for
-		// AckWait.
+		// inbox is drained, so that the server gives it to another member
+		// (or the next subscription) at once. A Nak now could have it
+		// redelivered to this subscription's open pull request, where it
+		// would wait for AckWait.
 		s.handback = append(s.handback, m)
 		s.dmu.Unlock()
 		return
@@ -426,7 +698,7 @@ func (s *subscription) accept(m jetstream.Msg) {
 	w := 0
 	if len(s.queues) > 1 {
 		key := ""
-		if hdr := m.Headers(); hdr != nil {
+		if hdr := m.Header; hdr != nil {
 			if v := hdr[wireKeyHeader]; len(v) > 0 {
 				key = v[0]
 			}
@@ -511,7 +783,7 @@ func (s *subscription) handle(ctx context.Context, sl *slot, h *held) {
 }
 
 // settle acks, naks or terminates a message whose handler returned err.
-func (s *subscription) settle(jm jetstream.Msg, attempt int, id string, err error) {
+func (s *subscription) settle(jm *natsgo.Msg, attempt int, id string, err error) {
 	switch {
 	case err == nil:
 		if aerr := jm.Ack(); aerr != nil {
@@ -555,7 +827,7 @@ func (ss *subSettings) nakDelay(attempt int) time.Duration {
 	return d[attempt-1]
 }
 
-func (s *subscription) nak(m jetstream.Msg, d time.Duration) {
+func (s *subscription) nak(m *natsgo.Msg, d time.Duration) {
 	var err error
 	if d > 0 {
 		err = m.NakWithDelay(d)
@@ -579,7 +851,7 @@ func (s *subscription) progress() {
 	every := max(s.ss.ackWait/4, 10*time.Millisecond)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	var due []jetstream.Msg
+	var due []*natsgo.Msg
 	for {
 		select {
 		case <-s.stop:
@@ -600,7 +872,7 @@ func (s *subscription) progress() {
 		}
 		s.dmu.Unlock()
 		for _, m := range due {
-			if err := m.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			if err := m.InProgress(); err != nil && !errors.Is(err, natsgo.ErrMsgAlreadyAckd) {
 				s.t.log.Warn("nats: in-progress", "topic", s.topic, "group", s.group, "error", err)
 			}
 		}
@@ -643,10 +915,8 @@ func (s *subscription) recreate() {
 		if err == nil {
 			s.ccMu.Lock()
 			s.cons = cons
-			if s.fetchCancel != nil {
-				s.fetchCancel() // the pull request to the lost consumer
-			}
 			s.ccMu.Unlock()
+			s.resetPulls() // the pull requests to the lost consumer are gone with it
 			s.t.log.Warn("nats: consumer was lost and is recreated", "topic", s.topic, "group", s.group,
 				"consumer", s.ss.durable, "from_sequence", start)
 			return
@@ -673,21 +943,21 @@ var canonical = map[string]string{
 
 // fill makes the slot's Message the delivery of jm, mapping "ce-" headers
 // back to the canonical "ce_" spelling.
-func (sl *slot) fill(s *subscription, jm jetstream.Msg) *transport.Message {
+func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
 	if sl.hdr == nil {
 		sl.hdr, sl.meta = make(map[string]string), make(map[string]string, 1)
 	}
 	clear(sl.hdr)
 	clear(sl.meta)
 	m := &sl.m
-	*m = transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data()}
-	for k, vs := range jm.Headers() {
+	*m = transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data}
+	for k, vs := range jm.Header {
 		if len(vs) == 0 {
 			continue
 		}
 		v := vs[0]
 		if k == headerMsgID {
-			m.ID = idOf(jm.Subject(), v)
+			m.ID = idOf(jm.Subject, v)
 			continue
 		}
 		if strings.HasPrefix(k, wirePrefix) {
@@ -729,11 +999,6 @@ func (s *subscription) Close(ctx context.Context) error {
 		s.dmu.Lock()
 		s.closing.Store(true)
 		s.dmu.Unlock()
-		s.ccMu.Lock()
-		if s.fetchCancel != nil {
-			s.fetchCancel()
-		}
-		s.ccMu.Unlock()
 		var ctxErr error
 		giveUp := func() {
 			if ctxErr == nil {
@@ -741,9 +1006,8 @@ func (s *subscription) Close(ctx context.Context) error {
 				s.cancel() // the handlers see their context end
 			}
 		}
-		// Stop pull (its request is over once it returns) and progress
-		// only after the workers: progress keeps the queued messages in
-		// progress while they wait.
+		// Stop pull and progress only after the workers: progress keeps
+		// the queued messages in progress while they wait.
 		finished := make(chan struct{})
 		go func() {
 			s.dmu.Lock()
@@ -759,6 +1023,15 @@ func (s *subscription) Close(ctx context.Context) error {
 			s.running.Wait()
 			close(finished)
 		}()
+		// Meanwhile stop the inbox, then hand back what arrived on it
+		// since Close began.
+		s.closeInbox(ctx)
+		s.dmu.Lock()
+		for _, m := range s.handback {
+			s.nak(m, 0)
+		}
+		s.handback = nil
+		s.dmu.Unlock()
 		select {
 		case <-finished:
 		case <-ctx.Done():
@@ -767,12 +1040,6 @@ func (s *subscription) Close(ctx context.Context) error {
 		}
 		close(s.stop)
 		s.wg.Wait()
-		s.dmu.Lock()
-		for _, m := range s.handback {
-			s.nak(m, 0)
-		}
-		s.handback = nil
-		s.dmu.Unlock()
 		s.cancel()
 		// Acks are fire-and-forget; a flush round trip makes sure the server
 		// has them before Close returns, so a finished message is not

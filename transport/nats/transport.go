@@ -95,6 +95,13 @@ func (t *Transport) connect() error {
 		}),
 		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
 			t.log.Info("nats: reconnected", "server", nc.ConnectedUrlRedacted())
+			// The pull requests of the old connection are gone (or will
+			// expire): every subscription asks again at once.
+			t.mu.Lock()
+			for s := range t.subs {
+				s.resetPulls()
+			}
+			t.mu.Unlock()
 		}),
 		natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
 			subj := ""
