@@ -10,13 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
+	"github.com/busway/busway/internal/fdcheck"
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/transporttest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { fdcheck.Main(m) }
 
 func TestConformance(t *testing.T) {
 	transporttest.Run(t, transporttest.Harness{

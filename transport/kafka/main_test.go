@@ -8,14 +8,14 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-	"go.uber.org/goleak"
 
+	"github.com/busway/busway/internal/fdcheck"
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/transporttest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	fdcheck.Main(m)
 }
 
 // newCluster starts an in-process kfake cluster for the test, with topics

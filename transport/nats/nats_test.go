@@ -16,15 +16,15 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/goleak"
 
+	"github.com/busway/busway/internal/fdcheck"
 	"github.com/busway/busway/transport"
 	busnats "github.com/busway/busway/transport/nats"
 	"github.com/busway/busway/transport/transporttest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	fdcheck.Main(m)
 }
 
 // realURL is the real server of CI (BUS_TEST_NATS_URL), or "".
