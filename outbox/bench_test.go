@@ -162,7 +162,7 @@ func BenchmarkPGWriters(b *testing.B) {
 }
 
 // fillBacklog writes n events into the outbox, untimed.
-func fillBacklog(b *testing.B, o *Outbox, n int) {
+func fillBacklog(b testing.TB, o *Outbox, n int) {
 	b.Helper()
 	ctx := context.Background()
 	for i := 0; i < n; i += 1000 {

@@ -408,8 +408,21 @@ func (r *Relay) lead1(ex execer) error {
 	poll := time.NewTimer(r.opts.PollInterval)
 	defer poll.Stop()
 	var lastPrune time.Time
+	// sent are the rows of the last round, published and not yet deleted:
+	// the next round deletes them in the statement that reads its batch.
+	var sent []int64
+	defer func() {
+		// On Stop (or a lost lead) the round's rows are deleted now; if
+		// that fails they stay and are published again.
+		if len(sent) > 0 {
+			if err := r.finish(r.hardCtx, ex, sent); err != nil {
+				r.o.log.Warn("outbox: deleting published rows failed; they will be published again", "table", r.o.q.table, "rows", len(sent), "err", err)
+			}
+		}
+	}()
 	for fails := 0; ; {
-		n, err := r.round(r.hardCtx, ex)
+		n, next, err := r.round(r.hardCtx, ex, sent)
+		sent = next
 		r.rounds.Add(1)
 		if r.stopped() {
 			return nil
@@ -433,8 +446,10 @@ func (r *Relay) lead1(ex execer) error {
 				r.o.log.Warn("outbox: retention delete failed", "table", r.o.q.published, "err", err)
 			}
 		}
-		if n >= r.opts.BatchSize {
-			continue // a backlog: no waiting
+		if n > 0 {
+			// Delete what was sent and read what came meanwhile (a
+			// backlog, or commits during the round) at once.
+			continue
 		}
 		if !poll.Stop() {
 			select {
@@ -468,28 +483,64 @@ type row struct {
 	createdAt int64
 }
 
-// round reads one batch, publishes it and deletes (or archives) what the
-// transport accepted. It returns the number of rows read.
-func (r *Relay) round(ctx context.Context, ex execer) (int, error) {
+// read deletes (or archives) the rows of prev, published by the round
+// before, and reads the next batch. On PostgreSQL both are one statement.
+// If it fails, the rows of prev may stay: they are published again.
+func (r *Relay) read(ctx context.Context, ex execer, prev []int64) ([]row, error) {
 	q := &r.o.q
-	rs, err := ex.QueryContext(ctx, q.selectBatch, r.opts.BatchSize)
-	if err != nil {
-		return 0, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+	var rs *sql.Rows
+	var err error
+	switch {
+	case len(prev) == 0:
+		rs, err = ex.QueryContext(ctx, q.selectBatch, r.opts.BatchSize)
+	case r.o.dialect == PostgreSQL && r.opts.Retention <= 0:
+		rs, err = ex.QueryContext(ctx, q.finishSelect, pgArray(prev), r.opts.BatchSize)
+	case r.o.dialect == PostgreSQL:
+		rs, err = ex.QueryContext(ctx, q.finishArchiveSelect, pgArray(prev), r.opts.BatchSize, r.o.now().UnixMicro())
+	default:
+		if err := r.finish(ctx, ex, prev); err != nil {
+			return nil, err
+		}
+		prev = nil
+		rs, err = ex.QueryContext(ctx, q.selectBatch, r.opts.BatchSize)
 	}
-	var rows []row
+	if err != nil {
+		return nil, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+	}
+	rows := make([]row, 0, min(r.opts.BatchSize, 64))
 	for rs.Next() {
 		var x row
 		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
 			rs.Close()
-			return 0, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+			return nil, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
 		}
 		rows = append(rows, x)
 	}
 	if err := errors.Join(rs.Err(), rs.Close()); err != nil {
-		return 0, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
+		return nil, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
 	}
-	if len(rows) == 0 {
-		return 0, nil
+	if len(prev) > 0 {
+		r.published.Add(uint64(len(prev)))
+		r.cPublished.Add(ctx, int64(len(prev)), r.attrs)
+	}
+	return rows, nil
+}
+
+// round deletes (or archives) the rows of prev, which the round before
+// published, reads one batch and publishes it. It returns the number of
+// rows read and the ids of those the transport accepted, which the next
+// round (or lead1 at the end) deletes. A round that does not end cleanly
+// (a row failed or was poison) deletes what it can itself and returns no
+// ids.
+//
+// Per-key order under partial failure: when the transport accepted some
+// messages of a batch and not others, the accepted rows of a key that come
+// after its first failed row are kept, not deleted: the next round
+// publishes the failed row and them again, in id order.
+func (r *Relay) round(ctx context.Context, ex execer, prev []int64) (int, []int64, error) {
+	rows, err := r.read(ctx, ex, prev)
+	if err != nil || len(rows) == 0 {
+		return 0, nil, err
 	}
 
 	// Group by topic, keeping id order within each: per-key order is per
@@ -525,18 +576,30 @@ func (r *Relay) round(ctx context.Context, ex execer) (int, error) {
 	}
 
 	done := make([]int64, 0, len(rows))
-	var retry int
+	var retry, held int
 	var pubErr error
 	for _, g := range groups {
-		ok, bad, failed, err := r.publish(ctx, g.topic, g.msgs)
-		for _, j := range ok {
-			done = append(done, rows[g.idx[j]].id)
-		}
-		for j, perr := range bad {
+		res, err := r.publish(ctx, g.topic, g.msgs)
+		var failedKeys map[string]bool // keys with a row to retry
+		for j, o := range res {
 			x := &rows[g.idx[j]]
-			poison = append(poison, Poison{RowID: x.id, Topic: x.topic, ID: x.mid, Err: perr})
+			switch {
+			case o.err == nil && !failedKeys[x.key]:
+				done = append(done, x.id)
+			case o.err == nil:
+				held++ // accepted after a failed row of its key: re-sent after it
+			case o.poison:
+				poison = append(poison, Poison{RowID: x.id, Topic: x.topic, ID: x.mid, Err: o.err})
+			default:
+				retry++
+				if x.key != "" {
+					if failedKeys == nil {
+						failedKeys = make(map[string]bool)
+					}
+					failedKeys[x.key] = true
+				}
+			}
 		}
-		retry += failed
 		if err != nil {
 			pubErr = errors.Join(pubErr, err)
 		}
@@ -546,27 +609,33 @@ func (r *Relay) round(ctx context.Context, ex execer) (int, error) {
 	}
 	if r.afterPublish != nil {
 		if err := r.afterPublish(); err != nil {
-			return len(rows), err
+			return len(rows), nil, err
 		}
+	}
+	if len(poison) == 0 && retry == 0 && held == 0 && len(done) == len(rows) {
+		return len(rows), done, nil // the next round deletes them
 	}
 	if len(done) > 0 {
 		if err := r.finish(ctx, ex, done); err != nil {
-			return len(rows), err
+			return len(rows), nil, err
 		}
-		r.published.Add(uint64(len(done)))
-		r.cPublished.Add(ctx, int64(len(done)), r.attrs)
 	}
 	for _, p := range poison {
 		if err := r.moveAside(ctx, ex, p); err != nil {
-			return len(rows), err
+			return len(rows), nil, err
 		}
 	}
-	if retry > 0 {
+	if retry > 0 || held > 0 {
 		r.failed.Add(uint64(retry))
 		r.cFailed.Add(ctx, int64(retry), r.attrs)
-		return len(rows), fmt.Errorf("outbox: publish: %d of %d rows not accepted: %w", retry, len(rows), pubErr)
+		return len(rows), nil, fmt.Errorf("outbox: publish: %d of %d rows not accepted (%d accepted rows after them kept, to be published again in key order): %w",
+			retry, len(rows), held, pubErr)
 	}
-	return len(rows), nil
+	if ctx.Err() != nil {
+		// Groups not published: their rows stay.
+		return len(rows), nil, ctx.Err()
+	}
+	return len(rows), nil, nil
 }
 
 // poisonous reports whether a publish error can never go away for this
@@ -576,67 +645,97 @@ func poisonous(err error) bool {
 		errors.Is(err, transport.ErrMessageTooLarge) || errors.Is(err, transport.ErrInvalidTopic)
 }
 
-// publish sends msgs to topic and sorts them: accepted (indexes), poison
-// (index -> error) and the number to retry, with the error of those.
-func (r *Relay) publish(ctx context.Context, topic string, msgs []*transport.Message) (ok []int, bad map[int]error, retry int, err error) {
-	err = r.pub.Publish(ctx, topic, msgs...)
+// outcome is what became of one message of a publish: accepted (err nil),
+// poison (never publishable), or to be retried.
+type outcome struct {
+	err    error
+	poison bool
+}
+
+var errNotSent = errors.New("not sent: an earlier message of its key failed")
+
+// publish sends msgs to topic and returns each one's outcome, with the
+// error of those to retry.
+func (r *Relay) publish(ctx context.Context, topic string, msgs []*transport.Message) ([]outcome, error) {
+	res := make([]outcome, len(msgs))
+	err := r.pub.Publish(ctx, topic, msgs...)
 	if err == nil {
-		ok = make([]int, len(msgs))
-		for i := range ok {
-			ok[i] = i
-		}
-		return ok, nil, 0, nil
+		return res, nil
 	}
 	var pe *transport.PublishError
 	if errors.As(err, &pe) && len(pe.Failures) > 0 {
-		failed := make(map[int]error, len(pe.Failures))
+		retry := false
 		for _, f := range pe.Failures {
-			failed[f.Index] = f.Err
-		}
-		bad = make(map[int]error)
-		for i := range msgs {
-			ferr, f := failed[i]
-			switch {
-			case !f:
-				ok = append(ok, i)
-			case poisonous(ferr):
-				bad[i] = ferr
-			default:
-				retry++
+			if f.Index < 0 || f.Index >= len(msgs) {
+				continue
 			}
+			res[f.Index] = outcome{err: f.Err, poison: poisonous(f.Err)}
+			retry = retry || !res[f.Index].poison
 		}
-		if retry == 0 {
+		if !retry {
 			err = nil
 		}
-		return ok, bad, retry, err
+		return res, err
 	}
 	if !poisonous(err) || ctx.Err() != nil {
-		return nil, nil, len(msgs), err
+		for i := range res {
+			res[i] = outcome{err: err}
+		}
+		return res, err
 	}
 	if len(msgs) == 1 {
-		return nil, map[int]error{0: err}, 0, nil
+		res[0] = outcome{err: err, poison: true}
+		return res, nil
 	}
 	// The call failed for a reason one of the messages has: find which,
 	// one at a time, in order (a re-send keeps its ID, so brokers that
-	// deduplicate drop any the call did send).
-	bad = make(map[int]error)
+	// deduplicate drop any the call did send). After a failure that is
+	// not poison, the later messages of its key are not sent.
 	var errs error
+	var failedKeys map[string]bool
 	for i, m := range msgs {
-		if err := r.pub.Publish(ctx, topic, m); err == nil {
-			ok = append(ok, i)
-		} else if poisonous(err) {
-			bad[i] = err
-		} else {
-			retry++
-			errs = errors.Join(errs, err)
+		if m.Key != "" && failedKeys[m.Key] {
+			res[i] = outcome{err: errNotSent}
+			continue
+		}
+		if err := r.pub.Publish(ctx, topic, m); err != nil {
+			res[i] = outcome{err: err, poison: poisonous(err)}
+			if !res[i].poison {
+				errs = errors.Join(errs, err)
+				if failedKeys == nil {
+					failedKeys = make(map[string]bool)
+				}
+				failedKeys[m.Key] = true
+			}
 		}
 	}
-	return ok, bad, retry, errs
+	return res, errs
 }
 
 // finish deletes the published rows, or archives them for Retention.
 func (r *Relay) finish(ctx context.Context, ex execer, ids []int64) error {
+	if err := r.finish1(ctx, ex, ids); err != nil {
+		return err
+	}
+	r.published.Add(uint64(len(ids)))
+	r.cPublished.Add(ctx, int64(len(ids)), r.attrs)
+	return nil
+}
+
+func (r *Relay) finish1(ctx context.Context, ex execer, ids []int64) error {
 	q := &r.o.q
+	if r.o.dialect == PostgreSQL {
+		var err error
+		if r.opts.Retention <= 0 {
+			_, err = ex.ExecContext(ctx, q.deleteAny, pgArray(ids))
+		} else {
+			_, err = ex.ExecContext(ctx, q.archiveAny, pgArray(ids), r.o.now().UnixMicro())
+		}
+		if err != nil {
+			return &dbError{fmt.Errorf("outbox: delete %d published rows from %s: %w", len(ids), q.table, err)}
+		}
+		return nil
+	}
 	list := idList(ids)
 	if r.opts.Retention <= 0 {
 		if _, err := ex.ExecContext(ctx, fmt.Sprintf(q.deleteIn, list)); err != nil {

@@ -440,3 +440,117 @@ func TestRetention(t *testing.T) {
 		waitFor(t, "the archive to be pruned", 10*time.Second, func() bool { return e.count(t, e.table+"_published") == 0 })
 	})
 }
+
+// failOne fails the message whose ID is id, once, inside a batch: the call
+// returns a *transport.PublishError naming it and passes the other messages
+// of the call on (as a broker that stored them would).
+type failOne struct {
+	next   transport.Publisher
+	id     string
+	failed atomic.Bool
+}
+
+func (f *failOne) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	if f.failed.Load() {
+		return f.next.Publish(ctx, topic, msgs...)
+	}
+	for i, m := range msgs {
+		if m.ID != f.id {
+			continue
+		}
+		f.failed.Store(true)
+		rest := append(append([]*transport.Message(nil), msgs[:i]...), msgs[i+1:]...)
+		if err := f.next.Publish(ctx, topic, rest...); err != nil {
+			return err
+		}
+		return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: []transport.MessageError{
+			{Index: i, ID: m.ID, Err: fmt.Errorf("%w: injected", transport.ErrUnavailable)}}}
+	}
+	return f.next.Publish(ctx, topic, msgs...)
+}
+
+// TestPartialBatchFailureKeepsKeyOrder: a batch in which the transport
+// accepted every message but one: the failed row is published again and
+// so is every later row of its key, after it and in order (the key's
+// deliveries end in order); the rows of other keys are published once.
+// Before, the later rows were deleted and the failed row came last.
+func TestPartialBatchFailureKeepsKeyOrder(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		var mu sync.Mutex
+		seqs := map[string][]int{}
+		if _, err := bus.Subscribe(b, "billing", func(_ context.Context, ev bus.Event[OrderPlaced]) error {
+			mu.Lock()
+			seqs[ev.Data.Key] = append(seqs[ev.Data.Key], ev.Data.Seq)
+			mu.Unlock()
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		const n = 10
+		var failID string
+		// One transaction, so that one batch holds every row: keys k and j
+		// interleaved.
+		if err := o.Transact(ctx, func(tx *sql.Tx) error {
+			for i := range n {
+				for _, key := range []string{"k", "j"} {
+					if err := Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(key, i), Key: key, Seq: i}, bus.WithKey(key)); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// The Message.ID of k's row 3.
+		if err := e.db.QueryRow("SELECT msg_id FROM "+e.table+" ORDER BY id LIMIT 1 OFFSET 6").Scan(&failID); err != nil {
+			t.Fatal(err)
+		}
+		f := &failOne{next: tr, id: failID}
+		r := startRelay(t, o, f, RelayOptions{MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		// A last event of each key: once it is handled, all before it were
+		// (chanbus keeps key order).
+		for _, key := range []string{"k", "j"} {
+			if err := o.Transact(ctx, func(tx *sql.Tx) error {
+				return Publish(ctx, o, tx, OrderPlaced{ID: key + "-end", Key: key, Seq: -1}, bus.WithKey(key))
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "the last events", 20*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			k, j := seqs["k"], seqs["j"]
+			return len(k) > 0 && k[len(k)-1] == -1 && len(j) > 0 && j[len(j)-1] == -1
+		})
+		if !f.failed.Load() {
+			t.Fatal("the injected failure did not happen")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		k, j := seqs["k"][:len(seqs["k"])-1], seqs["j"][:len(seqs["j"])-1]
+		last3 := -1
+		for i, s := range k {
+			if s == 3 {
+				last3 = i
+			}
+		}
+		want := []int{3, 4, 5, 6, 7, 8, 9}
+		if last3 < 0 || fmt.Sprint(k[last3:]) != fmt.Sprint(want) {
+			t.Fatalf("key k delivered %v: after the failed row 3 the key's later rows must follow in order, want the deliveries to end with %v", k, want)
+		}
+		if fmt.Sprint(j) != fmt.Sprint([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}) {
+			t.Fatalf("key j (no failure) delivered %v, want each row once in order", j)
+		}
+		if st := r.Stats(); st.Failed != 1 {
+			t.Fatalf("Stats.Failed %d, want 1", st.Failed)
+		}
+	})
+}

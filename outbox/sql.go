@@ -18,12 +18,19 @@ type queries struct {
 	migrate             []string
 	insert              string
 	selectBatch         string // pending rows in id order, LIMIT by placeholder
-	deleteIn, archiveIn string // format with the id list
-	deadInsert, deadDel string
-	pruneArchive        string
-	stats               string
-	probe               string
-	notify              string
+	deleteIn, archiveIn string // format with the id list (SQLite)
+	// PostgreSQL: constant statements taking the id list as one text
+	// parameter ('{1,2,3}', see pgArray), so that the driver prepares each
+	// once, whatever the ids. finishSelect deletes (finishArchiveSelect
+	// archives) the rows of its first parameter and reads the next batch in
+	// the same statement: one round trip per batch in a backlog.
+	deleteAny, archiveAny             string // $1 ids; archiveAny: $2 published_at
+	finishSelect, finishArchiveSelect string // $1 ids, $2 limit; archive: $3 published_at
+	deadInsert, deadDel               string
+	pruneArchive                      string
+	stats                             string
+	probe                             string
+	notify                            string
 }
 
 func indexBase(t string) string { return t[strings.LastIndexByte(t, '.')+1:] }
@@ -70,6 +77,21 @@ func newQueries(d middleware.Dialect, table string) queries {
 	// statement avoids both a parameter limit (SQLite) and array types.
 	q.deleteIn = "DELETE FROM " + q.table + " WHERE id IN (%s)"
 	q.archiveIn = fmt.Sprintf("INSERT INTO %s (%s, published_at) SELECT %s, %s FROM %s WHERE id IN (%%s)", q.published, all, all, p(1), q.table)
+	if d == middleware.PostgreSQL {
+		ids := "$1::text::bigint[]"
+		q.deleteAny = fmt.Sprintf("DELETE FROM %s WHERE id = ANY(%s)", q.table, ids)
+		q.archiveAny = fmt.Sprintf("WITH d AS (DELETE FROM %s WHERE id = ANY(%s) RETURNING %s) INSERT INTO %s (%s, published_at) SELECT %s, $2 FROM d",
+			q.table, ids, all, q.published, all, all)
+		// The statement's SELECT sees the table as it was before its DELETE
+		// (one snapshot): it leaves out the rows the DELETE returns (a
+		// hashed subplan). The id list is cast once (an initplan), not per
+		// row.
+		once := "(SELECT " + ids + ")::bigint[]"
+		next := fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT id FROM d) ORDER BY id LIMIT $2", all, q.table)
+		q.finishSelect = fmt.Sprintf("WITH d AS (DELETE FROM %s WHERE id = ANY(%s) RETURNING id) %s", q.table, once, next)
+		q.finishArchiveSelect = fmt.Sprintf("WITH d AS (DELETE FROM %s WHERE id = ANY(%s) RETURNING %s), a AS (INSERT INTO %s (%s, published_at) SELECT %s, $3 FROM d) %s",
+			q.table, once, all, q.published, all, all, next)
+	}
 	q.deadInsert = fmt.Sprintf("INSERT INTO %s (%s, failed_at, error) SELECT %s, %s, %s FROM %s WHERE id = %s", q.dead, all, all, p(1), p(2), q.table, p(3))
 	q.deadDel = fmt.Sprintf("DELETE FROM %s WHERE id = %s", q.table, p(1))
 	q.pruneArchive = fmt.Sprintf("DELETE FROM %s WHERE published_at < %s", q.published, p(1))
@@ -89,3 +111,6 @@ func idList(ids []int64) string {
 	}
 	return string(b)
 }
+
+// pgArray formats ids as a PostgreSQL array literal, '{1,2,3}'.
+func pgArray(ids []int64) string { return "{" + idList(ids) + "}" }
