@@ -509,7 +509,7 @@ func TestPartialBatchFailureKeepsKeyOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The Message.ID of k's row 3.
-		if err := e.db.QueryRow("SELECT msg_id FROM "+e.table+" ORDER BY id LIMIT 1 OFFSET 6").Scan(&failID); err != nil {
+		if err := e.db.QueryRow("SELECT msg_id FROM " + e.table + " ORDER BY id LIMIT 1 OFFSET 6").Scan(&failID); err != nil {
 			t.Fatal(err)
 		}
 		f := &failOne{next: tr, id: failID}
