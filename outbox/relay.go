@@ -41,6 +41,14 @@ type RelayOptions struct {
 	// Listener wakes the relay on other processes' commits (PostgreSQL:
 	// pgnotify.New(db)). Default none: local wake-ups and polling.
 	Listener Listener
+	// Coalesce is the least time between the starts of two rounds that
+	// are not full: under a steady stream of small commits the relay then
+	// reads, publishes and deletes several at once instead of one
+	// statement per commit, which leaves the database to the writers. A
+	// round after an idle spell starts at once, and a backlog is read
+	// without pause, so this adds at most Coalesce to the latency of a
+	// commit that comes right after another. Default 1ms; negative: none.
+	Coalesce time.Duration
 	// MinBackoff and MaxBackoff bound the pause after a round that failed
 	// (the transport or the database is down); it doubles per failed round
 	// and resets after a good one. Defaults 100ms and 10s.
@@ -145,6 +153,12 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = 100 * time.Millisecond
+	}
+	switch {
+	case opts.Coalesce == 0:
+		opts.Coalesce = time.Millisecond
+	case opts.Coalesce < 0:
+		opts.Coalesce = 0
 	}
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 10 * time.Second
@@ -399,6 +413,15 @@ func (r *Relay) lead() (execer, func(), error) {
 		discard()
 		return nil, nil, fmt.Errorf("pg_advisory_lock: %w", err)
 	}
+	// The relay's own writes (deleting published rows, moving poison rows
+	// aside) need not wait for the WAL flush: if the server crashes before
+	// it, the rows come back and are published again, which at-least-once
+	// allows; nothing is lost. This keeps the relay's commits off the
+	// writers' commit path and out of a drain's critical path.
+	if _, err := conn.ExecContext(r.stopCtx, "SET synchronous_commit = off"); err != nil {
+		discard()
+		return nil, nil, fmt.Errorf("SET synchronous_commit: %w", err)
+	}
 	return conn, discard, nil
 }
 
@@ -420,7 +443,9 @@ func (r *Relay) lead1(ex execer) error {
 			}
 		}
 	}()
+	var roundStart time.Time
 	for fails := 0; ; {
+		roundStart = time.Now()
 		n, next, err := r.round(r.hardCtx, ex, sent)
 		sent = next
 		r.rounds.Add(1)
@@ -446,23 +471,31 @@ func (r *Relay) lead1(ex execer) error {
 				r.o.log.Warn("outbox: retention delete failed", "table", r.o.q.published, "err", err)
 			}
 		}
-		if n > 0 {
-			// Delete what was sent and read what came meanwhile (a
-			// backlog, or commits during the round) at once.
-			continue
+		if n >= r.opts.BatchSize {
+			continue // a backlog: no pause
 		}
-		if !poll.Stop() {
+		if n == 0 {
+			if !poll.Stop() {
+				select {
+				case <-poll.C:
+				default:
+				}
+			}
+			poll.Reset(r.opts.PollInterval)
 			select {
+			case <-r.wake:
 			case <-poll.C:
-			default:
+			case <-r.stopping:
+				return nil
 			}
 		}
-		poll.Reset(r.opts.PollInterval)
-		select {
-		case <-r.wake:
-		case <-poll.C:
-		case <-r.stopping:
-			return nil
+		// After a round that found rows, the next one (which deletes them
+		// and reads what came meanwhile) follows at once, or Coalesce after
+		// the start of the last if commits keep coming.
+		if d := r.opts.Coalesce - time.Since(roundStart); d > 0 {
+			if !r.sleep(d) {
+				return nil
+			}
 		}
 	}
 }
