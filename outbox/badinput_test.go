@@ -116,7 +116,9 @@ func TestBadInput(t *testing.T) {
 		}
 		other := e.openDB(t)
 		oo := e.newOutbox(t, other, nil)
-		rr, err := NewRelay(oo, failing{}, RelayOptions{MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+		// LeaseTTL: on SQLite, the relay whose database closed cannot free
+		// its lease; the next relay takes over when it expires.
+		rr, err := NewRelay(oo, failing{}, RelayOptions{MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, LeaseTTL: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,8 +2,10 @@ package outbox
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -12,7 +14,11 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport"
@@ -49,6 +55,12 @@ type RelayOptions struct {
 	// without pause, so this adds at most Coalesce to the latency of a
 	// commit that comes right after another. Default 1ms; negative: none.
 	Coalesce time.Duration
+	// LeaseTTL (SQLite) is how long the relay lease lasts unless renewed:
+	// the longest a crashed leader process delays the relay of another
+	// process. The leader renews it before each round (so also while idle,
+	// at least every PollInterval; keep PollInterval well below LeaseTTL).
+	// Default 10s.
+	LeaseTTL time.Duration
 	// MinBackoff and MaxBackoff bound the pause after a round that failed
 	// (the transport or the database is down); it doubles per failed round
 	// and resets after a good one. Defaults 100ms and 10s.
@@ -66,6 +78,12 @@ type RelayOptions struct {
 	// MeterProvider makes the meter of the relay's metrics. Default
 	// otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
+	// TracerProvider makes the tracer of the relay's spans: one producer
+	// span "send <topic>" per Publish call (messaging.* attributes, the
+	// batch size), linked to each message's stored trace context, which
+	// the messages keep (see the package doc, Tracing). Default
+	// otel.GetTracerProvider().
+	TracerProvider trace.TracerProvider
 }
 
 // Poison describes a row moved aside to Table_dead.
@@ -111,7 +129,9 @@ type Relay struct {
 	pub  transport.Publisher
 	opts RelayOptions
 
-	wake chan struct{} // 1: a wake-up is pending
+	wake   chan struct{} // 1: a wake-up is pending
+	owner  string        // SQLite lease owner: random, per relay
+	tracer trace.Tracer
 
 	mu       sync.Mutex
 	started  bool
@@ -142,8 +162,8 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 		return nil, fmt.Errorf("%w: NewRelay: nil *Outbox", ErrInvalidOptions)
 	case pub == nil:
 		return nil, fmt.Errorf("%w: NewRelay: nil Publisher", ErrInvalidOptions)
-	case opts.BatchSize < 0, opts.PollInterval < 0, opts.MinBackoff < 0, opts.MaxBackoff < 0, opts.Retention < 0:
-		return nil, fmt.Errorf("%w: NewRelay: negative BatchSize, PollInterval, MinBackoff, MaxBackoff or Retention", ErrInvalidOptions)
+	case opts.BatchSize < 0, opts.PollInterval < 0, opts.MinBackoff < 0, opts.MaxBackoff < 0, opts.Retention < 0, opts.LeaseTTL < 0:
+		return nil, fmt.Errorf("%w: NewRelay: negative BatchSize, PollInterval, MinBackoff, MaxBackoff, Retention or LeaseTTL", ErrInvalidOptions)
 	}
 	if opts.BatchSize == 0 {
 		opts.BatchSize = 500
@@ -153,6 +173,9 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = 10 * time.Second
 	}
 	switch {
 	case opts.Coalesce == 0:
@@ -170,7 +193,12 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	r := &Relay{o: o, pub: pub, opts: opts, wake: make(chan struct{}, 1)}
+	tp := opts.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	r := &Relay{o: o, pub: pub, opts: opts, wake: make(chan struct{}, 1), owner: newOwner(),
+		tracer: tp.Tracer("github.com/busway/busway/outbox")}
 	meter := mp.Meter("github.com/busway/busway/outbox")
 	r.attrs = metric.WithAttributes(AttrTable.String(o.q.table))
 	// Instrument errors come only from invalid names, constants here.
@@ -351,7 +379,7 @@ func (r *Relay) run() {
 	defer r.wg.Done()
 	defer close(r.done)
 	for fails := 0; !r.stopped(); {
-		ex, release, err := r.lead()
+		ex, release, renew, err := r.lead()
 		if err != nil {
 			if r.stopped() {
 				return
@@ -367,7 +395,7 @@ func (r *Relay) run() {
 		r.leader.Store(true)
 		r.o.setLeader(1)
 		r.o.log.Debug("outbox: relay leads", "table", r.o.q.table)
-		err = r.lead1(ex)
+		err = r.lead1(ex, renew)
 		r.leader.Store(false)
 		r.o.setLeader(-1)
 		release()
@@ -380,29 +408,50 @@ func (r *Relay) run() {
 	}
 }
 
-// lead blocks until this relay leads, and returns what its rounds run on
-// and the function that gives the lead up.
+// lead blocks until this relay leads, and returns what its rounds run on,
+// the function that gives the lead up, and (SQLite) the function that
+// checks before each round that the lead is still held.
 //
 // PostgreSQL: a session advisory lock on a connection of its own, held for
 // as long as the relay leads; the rounds run on that connection, so a
 // leader whose session died (and lost the lock) fails its next statement and
 // steps down. A follower blocks in pg_advisory_lock and takes over the
 // moment the leader's session ends (Stop, crash, network loss once the
-// server notices). SQLite: one relay of the Outbox at a time in this
-// process (SQLite has one writer; run the relay of a SQLite database in one
-// process).
-func (r *Relay) lead() (execer, func(), error) {
+// server notices).
+//
+// SQLite: one relay of the Outbox at a time in this process, and across
+// processes (any *sql.DB on the file) a lease row in Table_lease: an owner
+// and an expiry, taken in one statement when it is free, expired or already
+// ours, renewed before each round while less than two thirds of
+// RelayOptions.LeaseTTL remain, and freed by Stop. A follower tries to take
+// it every PollInterval; a leader that finds it taken by another (it failed
+// to renew in time: stalled or cut off for LeaseTTL) steps down before its
+// next round.
+func (r *Relay) lead() (execer, func(), func(context.Context) error, error) {
 	if r.o.dialect == SQLite {
 		select {
 		case r.o.sqliteLead() <- struct{}{}:
-			return r.o.db, func() { <-r.o.sqliteLead() }, nil
 		case <-r.stopping:
-			return nil, nil, ErrClosed
+			return nil, nil, nil, ErrClosed
 		}
+		renew, err := r.takeLease()
+		if err != nil {
+			<-r.o.sqliteLead()
+			return nil, nil, nil, err
+		}
+		release := func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := r.o.db.ExecContext(ctx, r.o.q.leaseFree, r.owner); err != nil {
+				r.o.log.Warn("outbox: freeing the relay lease failed; another relay takes over when it expires", "table", r.o.q.lease, "err", err)
+			}
+			<-r.o.sqliteLead()
+		}
+		return r.o.db, release, renew, nil
 	}
 	conn, err := r.o.db.Conn(r.stopCtx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	discard := func() {
 		// Never back to the pool with the lock: end the session.
@@ -411,7 +460,7 @@ func (r *Relay) lead() (execer, func(), error) {
 	}
 	if _, err := conn.ExecContext(r.stopCtx, "SELECT pg_advisory_lock($1)", r.o.q.lockKey); err != nil {
 		discard()
-		return nil, nil, fmt.Errorf("pg_advisory_lock: %w", err)
+		return nil, nil, nil, fmt.Errorf("pg_advisory_lock: %w", err)
 	}
 	// The relay's own writes (deleting published rows, moving poison rows
 	// aside) need not wait for the WAL flush: if the server crashes before
@@ -420,14 +469,53 @@ func (r *Relay) lead() (execer, func(), error) {
 	// writers' commit path and out of a drain's critical path.
 	if _, err := conn.ExecContext(r.stopCtx, "SET synchronous_commit = off"); err != nil {
 		discard()
-		return nil, nil, fmt.Errorf("SET synchronous_commit: %w", err)
+		return nil, nil, nil, fmt.Errorf("SET synchronous_commit: %w", err)
 	}
-	return conn, discard, nil
+	return conn, discard, nil, nil
 }
+
+// takeLease blocks until this relay holds the SQLite lease (or Stop), and
+// returns the function that renews it.
+func (r *Relay) takeLease() (func(context.Context) error, error) {
+	ttl := r.opts.LeaseTTL
+	for {
+		now := time.Now()
+		res, err := r.o.db.ExecContext(r.stopCtx, r.o.q.leaseTake, r.owner, now.Add(ttl).UnixMicro(), now.UnixMicro())
+		if err != nil {
+			return nil, fmt.Errorf("take the relay lease %s: %w", r.o.q.lease, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, fmt.Errorf("take the relay lease %s: %w", r.o.q.lease, err)
+		} else if n == 1 {
+			break
+		}
+		if !r.sleep(r.opts.PollInterval) {
+			return nil, ErrClosed
+		}
+	}
+	until := time.Now().Add(ttl)
+	return func(ctx context.Context) error {
+		if time.Until(until) > ttl/3 {
+			return nil
+		}
+		now := time.Now()
+		res, err := r.o.db.ExecContext(ctx, r.o.q.leaseRenew, now.Add(ttl).UnixMicro(), r.owner)
+		if err != nil {
+			return &dbError{fmt.Errorf("outbox: renew the relay lease %s: %w", r.o.q.lease, err)}
+		}
+		if n, err := res.RowsAffected(); err != nil || n != 1 {
+			return &dbError{fmt.Errorf("outbox: the relay lease %s was taken by another relay (not renewed within LeaseTTL %v): %w", r.o.q.lease, ttl, errLeaseLost)}
+		}
+		until = now.Add(ttl)
+		return nil
+	}, nil
+}
+
+var errLeaseLost = errors.New("lead lost")
 
 // lead1 runs rounds while the relay leads: until Stop, or until a database
 // error (the leader's connection may be gone: give the lead up).
-func (r *Relay) lead1(ex execer) error {
+func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 	poll := time.NewTimer(r.opts.PollInterval)
 	defer poll.Stop()
 	var lastPrune time.Time
@@ -446,6 +534,11 @@ func (r *Relay) lead1(ex execer) error {
 	var roundStart time.Time
 	for fails := 0; ; {
 		roundStart = time.Now()
+		if renew != nil {
+			if err := renew(r.hardCtx); err != nil {
+				return err // the rows of sent were accepted: deleting them is safe
+			}
+		}
 		n, next, err := r.round(r.hardCtx, ex, sent)
 		sent = next
 		r.rounds.Add(1)
@@ -454,7 +547,7 @@ func (r *Relay) lead1(ex execer) error {
 		}
 		var dbErr *dbError
 		switch {
-		case errors.As(err, &dbErr) && r.o.dialect == PostgreSQL:
+		case errors.As(err, &dbErr) && r.o.dialect == PostgreSQL, errors.Is(err, errLeaseLost):
 			return err
 		case err != nil:
 			fails++
@@ -691,10 +784,23 @@ var errNotSent = errors.New("not sent: an earlier message of its key failed")
 // error of those to retry.
 func (r *Relay) publish(ctx context.Context, topic string, msgs []*transport.Message) ([]outcome, error) {
 	res := make([]outcome, len(msgs))
+	ctx, span := r.tracer.Start(ctx, "send "+topic, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+		semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("send"),
+		semconv.MessagingDestinationName(topic), semconv.MessagingBatchMessageCount(len(msgs))))
+	defer span.End()
+	if span.IsRecording() {
+		for _, m := range msgs {
+			if sc := trace.SpanContextFromContext(r.o.prop.Extract(context.Background(), propagation.MapCarrier(m.Header))); sc.IsValid() {
+				span.AddLink(trace.Link{SpanContext: sc})
+			}
+		}
+	}
 	err := r.pub.Publish(ctx, topic, msgs...)
 	if err == nil {
 		return res, nil
 	}
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
 	var pe *transport.PublishError
 	if errors.As(err, &pe) && len(pe.Failures) > 0 {
 		retry := false
@@ -818,4 +924,11 @@ func (r *Relay) moveAside(ctx context.Context, ex execer, p Poison) error {
 		r.opts.OnPoison(ctx, p)
 	}
 	return nil
+}
+
+// newOwner is a relay's random lease owner id.
+func newOwner() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
 }

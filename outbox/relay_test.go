@@ -554,3 +554,114 @@ func TestPartialBatchFailureKeepsKeyOrder(t *testing.T) {
 		}
 	})
 }
+
+// TestSQLiteRelaysOfTwoProcesses: two relays on one SQLite file, each with
+// its own *sql.DB and Outbox (two processes): the lease lets one lead at a
+// time; every event is delivered once in key order, also when the leader
+// stops midway and the other takes over.
+func TestSQLiteRelaysOfTwoProcesses(t *testing.T) {
+	e := newSQLite(t)
+	b, tr := newBus(t)
+	c := &orderChecker{}
+	if _, err := bus.Subscribe(b, "billing", c.handle, bus.WithConcurrency(8)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	writer := e.newOutbox(t, e.db, b)
+	o1 := e.newOutbox(t, e.openDB(t), nil)
+	o2 := e.newOutbox(t, e.openDB(t), nil)
+	opts := RelayOptions{BatchSize: 50, PollInterval: 10 * time.Millisecond}
+	r1, err := NewRelay(o1, tr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Stop(context.Background())
+	r2 := startRelay(t, o2, tr, opts)
+	const keys, perKey = 20, 100
+	done := make(chan struct{})
+	go func() { defer close(done); writeKeyed(t, writer, keys, perKey, 10) }()
+	waitFor(t, "500 events", 60*time.Second, func() bool { return c.distinct() >= 500 })
+	if r1.Stats().Leader && r2.Stats().Leader {
+		t.Fatal("both relays lead")
+	}
+	first, second := r1, r2
+	if r2.Stats().Leader {
+		first, second = r2, r1
+	}
+	if err := first.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the other relay to take the lead", 30*time.Second, func() bool { return second.Stats().Leader })
+	<-done
+	waitFor(t, "every event", 120*time.Second, func() bool { return c.distinct() >= keys*perKey })
+	waitFor(t, "the outbox to empty", 10*time.Second, func() bool { return e.count(t, e.table) == 0 })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.errs) > 0 {
+		t.Fatalf("per-key order broken: %v", c.errs)
+	}
+	if c.total != keys*perKey {
+		t.Fatalf("%d deliveries of %d events: published twice without a crash", c.total, keys*perKey)
+	}
+	if first.Stats().Published == 0 || second.Stats().Published == 0 {
+		t.Fatalf("published: first %d, second %d: no failover", first.Stats().Published, second.Stats().Published)
+	}
+}
+
+// TestSQLiteLease: a relay does not lead while another process's lease is
+// valid, takes over once it expired (a crashed leader never frees it), and
+// steps down before its next round when its lease was taken from it.
+func TestSQLiteLease(t *testing.T) {
+	e := newSQLite(t)
+	ctx := context.Background()
+	b, tr := newBus(t)
+	o := e.newOutbox(t, e.db, b)
+	s := subscribe(t, b)
+	lease := e.table + "_lease"
+	// A crashed process's lease, valid for another 500ms.
+	expiry := time.Now().Add(500 * time.Millisecond)
+	if _, err := e.db.Exec("INSERT INTO "+lease+" (name, owner, expires_at) VALUES ('relay', 'crashed', ?)", expiry.UnixMicro()); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: "1"}) }); err != nil {
+		t.Fatal(err)
+	}
+	r := startRelay(t, o, tr, RelayOptions{PollInterval: 10 * time.Millisecond, LeaseTTL: 300 * time.Millisecond})
+	waitFor(t, "the first event", 20*time.Second, func() bool { return s.distinct() == 1 })
+	if time.Now().Before(expiry) {
+		t.Fatal("the relay published while another process's lease was valid")
+	}
+	if !r.Stats().Leader {
+		t.Fatal("the relay does not lead after the lease expired")
+	}
+	// Another process takes the lease (as if this relay had stalled past
+	// LeaseTTL): the relay steps down and publishes nothing more.
+	if _, err := e.db.Exec("UPDATE "+lease+" SET owner = 'thief', expires_at = ?", time.Now().Add(time.Hour).UnixMicro()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the relay to step down", 20*time.Second, func() bool { return !r.Stats().Leader })
+	if err := o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: "2"}) }); err != nil {
+		t.Fatal(err)
+	}
+	// It tries again every PollInterval: give it many chances.
+	rounds := r.Stats().Rounds
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if r.Stats().Leader || s.distinct() != 1 {
+			t.Fatal("the relay led or published while the lease was another's")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r.Stats().Rounds != rounds {
+		t.Fatal("the relay ran rounds without the lease")
+	}
+	if _, err := e.db.Exec("UPDATE " + lease + " SET expires_at = 0"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second event after the lease was freed", 20*time.Second, func() bool { return s.distinct() == 2 })
+}

@@ -30,7 +30,9 @@ type queries struct {
 	pruneArchive                      string
 	stats                             string
 	probe                             string
-	notify                            string
+	// SQLite: the relay lease (Table_lease), see Relay.lead.
+	lease, leaseTake, leaseRenew, leaseFree string
+	notify                                  string
 }
 
 func indexBase(t string) string { return t[strings.LastIndexByte(t, '.')+1:] }
@@ -96,7 +98,20 @@ func newQueries(d middleware.Dialect, table string) queries {
 	q.deadDel = fmt.Sprintf("DELETE FROM %s WHERE id = %s", q.table, p(1))
 	q.pruneArchive = fmt.Sprintf("DELETE FROM %s WHERE published_at < %s", q.published, p(1))
 	q.stats = fmt.Sprintf("SELECT count(*), COALESCE(min(created_at), 0) FROM %s", q.table)
+	if d == middleware.SQLite {
+		q.lease = table + "_lease"
+		q.migrate = append(q.migrate, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (\n\tname TEXT PRIMARY KEY,\n\towner TEXT NOT NULL,\n\texpires_at BIGINT NOT NULL\n)", q.lease))
+		// Taken when free, expired, or already ours; one statement, so
+		// two relays cannot both take it.
+		q.leaseTake = fmt.Sprintf("INSERT INTO %s (name, owner, expires_at) VALUES ('relay', ?, ?) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at WHERE %s.owner = excluded.owner OR %s.expires_at < ?",
+			q.lease, indexBase(q.lease), indexBase(q.lease))
+		q.leaseRenew = fmt.Sprintf("UPDATE %s SET expires_at = ? WHERE name = 'relay' AND owner = ?", q.lease)
+		q.leaseFree = fmt.Sprintf("UPDATE %s SET expires_at = 0 WHERE name = 'relay' AND owner = ?", q.lease)
+	}
 	q.probe = fmt.Sprintf("SELECT (SELECT count(*) FROM %s WHERE 1 = 0) + (SELECT count(*) FROM %s WHERE 1 = 0) + (SELECT count(*) FROM %s WHERE 1 = 0)", q.table, q.dead, q.published)
+	if q.lease != "" {
+		q.probe += fmt.Sprintf(" + (SELECT count(*) FROM %s WHERE 1 = 0)", q.lease)
+	}
 	q.notify = "SELECT pg_notify(" + p(1) + ", '')"
 	return q
 }

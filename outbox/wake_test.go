@@ -88,6 +88,8 @@ func TestMetrics(t *testing.T) {
 		f.down.Store(false)
 		waitFor(t, "delivery", 10*time.Second, func() bool { return s.distinct() == 4 })
 		waitFor(t, "the outbox to empty", 10*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		// The counter follows the delete.
+		waitFor(t, "the published counter", 10*time.Second, func() bool { return collect()[MetricPublished] == 4 })
 		got = collect()
 		if got[MetricPublished] != 4 || got[MetricPending] != 0 || got[MetricOldestAge] != 0 {
 			t.Fatalf("after the outage: %v", got)
