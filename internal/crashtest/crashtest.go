@@ -128,7 +128,10 @@ type Report struct {
 	// message of the key had not been handled yet: a later message
 	// overtook an earlier one across the whole run, crashes included.
 	Overtakes int
-	Elapsed   time.Duration
+	// Late counts first handlings of a message after a later message of
+	// its key had been handled: the messages whose order a crash cost.
+	Late    int
+	Elapsed time.Duration
 }
 
 // Recorder records handlings; Do makes one per run.
@@ -139,6 +142,7 @@ type Recorder struct {
 	lastSeq  map[string]int // key -> highest sequence handled in the current epoch
 	firstSeq map[string]int // key -> number of its first messages handled in order so far (0..)
 	seen     map[string]map[int]bool
+	maxSeq   map[string]int // key -> highest sequence handled so far, +1
 	killedAt time.Time
 	resumed  bool
 	progress bool
@@ -180,6 +184,10 @@ func (r *Recorder) Handled(id, key string, seq int) {
 		r.seen[key] = s
 	}
 	s[seq] = true
+	if seq+1 < r.maxSeq[key] {
+		rep.Late++
+	}
+	r.maxSeq[key] = max(r.maxSeq[key], seq+1)
 	if seq > r.firstSeq[key] {
 		rep.Overtakes++ // an earlier one of the key is still missing
 	}
@@ -204,7 +212,7 @@ func (run *Run) Start() *Recorder {
 	if run.rec == nil {
 		rep := &Report{N: run.N, Keys: run.Keys, Kills: run.Kills, Seed: run.Seed}
 		run.rec = &Recorder{first: make(map[string]int), lastSeq: make(map[string]int), firstSeq: make(map[string]int),
-			seen: make(map[string]map[int]bool), rep: rep}
+			seen: make(map[string]map[int]bool), maxSeq: make(map[string]int), rep: rep}
 	}
 	return run.rec
 }
@@ -313,7 +321,8 @@ func (rep Report) Log(t *testing.T, bound int, boundText string) {
 		t.Logf("kill %d at %d messages: %d handled again (bound %d: %s); delivery resumed after %v, new messages after %v",
 			k+1, rep.KilledAt[k], rep.Dups[k], bound, boundText, rep.Resume[k].Round(time.Millisecond), rep.Progress[k].Round(time.Millisecond))
 	}
-	t.Logf("order: %d first deliveries overtook an earlier message of their key; %d in-consumer regressions of a key", rep.Overtakes, rep.Regressions)
+	t.Logf("order: %d messages first handled after a later message of their key (late); %d first handlings while an earlier message of the key was still missing; %d in-consumer regressions of a key",
+		rep.Late, rep.Overtakes, rep.Regressions)
 }
 
 // Check fails t when a message was lost or a kill redelivered more than

@@ -55,8 +55,8 @@ func TestCrashSuite(t *testing.T) {
 	rep := run.Do(t)
 	rep.Log(t, bound, fmt.Sprintf("%d partitions x (MaxInFlight %d + CommitEvery %d)", len(ids), crashMaxInFlight, crashCommitEvery))
 	rep.Check(t, bound)
-	if rep.Regressions != 0 || rep.Overtakes != 0 {
-		t.Errorf("per-key order broken: %d regressions within a consumer, %d overtakes", rep.Regressions, rep.Overtakes)
+	if rep.Regressions != 0 || rep.Overtakes != 0 || rep.Late != 0 {
+		t.Errorf("per-key order broken: %d regressions within a consumer, %d overtakes, %d late", rep.Regressions, rep.Overtakes, rep.Late)
 	}
 }
 
