@@ -72,7 +72,9 @@
 //     as it has room for. A message the server sent is handled even when
 //     it arrives after the server ended the request (a server announces
 //     its shutdown before it stops sending); after a reconnect the
-//     subscription asks again at once. Only a message lost with the
+//     subscription asks again at once, and a request the server drops
+//     without a word (a consumer leader change in a cluster) is noticed
+//     by its missing heartbeats within 3s. Only a message lost with the
 //     connection itself, and one whose ack was lost with it, comes back
 //     after AckWait. Around a reconnect a subscription may briefly hold
 //     up to one pull batch more than MaxHeld.

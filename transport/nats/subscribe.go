@@ -245,18 +245,22 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 }
 
 // pullExpires is how long one pull request waits on the server for
-// messages before it ends (408) and the subscription asks again;
-// pullGrace is how much longer the subscription waits for that end before
-// it takes the request for lost (a server that went away without a word).
+// messages before it ends (408) and the subscription asks again. While it
+// waits with nothing to send, the server sends a heartbeat every
+// pullHeartbeat; a request that brings neither messages nor heartbeats for
+// pullLost was lost by the server (a consumer leader change, a server that
+// went away without a word) and is asked again.
 const (
-	pullExpires = 5 * time.Second
-	pullGrace   = 2 * time.Second
+	pullExpires   = 5 * time.Second
+	pullHeartbeat = time.Second
+	pullLost      = 3 * pullHeartbeat
 )
 
-// The JetStream pull protocol, as nats.go speaks it: a request
-// {"batch":n,"expires":ns} published to the consumer's "next" subject with
-// the subscription's inbox as reply; the server sends up to n messages to
-// the inbox, then (unless all n went out) a status message that ends the
+// The JetStream pull protocol, as nats.go speaks it (nats-server 2.9 and
+// later): a request {"batch":n,"expires":ns,"idle_heartbeat":ns} published
+// to the consumer's "next" subject with an inbox subject as reply; the
+// server sends up to n messages there, heartbeats (status 100) while it
+// has none, and (unless all n went out) a status message that ends the
 // request, with the count of those it did not send.
 const (
 	apiNext           = "$JS.API.CONSUMER.MSG.NEXT."
@@ -301,7 +305,7 @@ func (s *subscription) pull() {
 		case len(s.pulls) > 0:
 			// A request is open, or messages it sent are on their way:
 			// wait for them, or for its end to be overdue.
-			tm = time.NewTimer(s.pulls[0].at.Add(pullExpires + pullGrace).Sub(now))
+			tm = time.NewTimer(s.pulls[0].seen.Add(pullLost).Sub(now))
 			wait = tm.C
 		case failed:
 		default:
@@ -321,7 +325,7 @@ func (s *subscription) pull() {
 		if n > 0 {
 			s.pullSeq++
 			reply = s.inbox.prefix + strconv.FormatUint(s.pullSeq, 10)
-			s.pulls = append(s.pulls, pullReq{id: s.pullSeq, left: n, at: now})
+			s.pulls = append(s.pulls, pullReq{id: s.pullSeq, left: n, seen: now})
 		}
 		s.dmu.Unlock()
 		if failed {
@@ -345,7 +349,7 @@ func (s *subscription) pull() {
 			if s.closing.Load() {
 				return
 			}
-			req := fmt.Appendf(s.reqBuf[:0], `{"batch":%d,"expires":%d}`, n, pullExpires.Nanoseconds())
+			req := fmt.Appendf(s.reqBuf[:0], `{"batch":%d,"expires":%d,"idle_heartbeat":%d}`, n, pullExpires.Nanoseconds(), pullHeartbeat.Nanoseconds())
 			s.reqBuf = req
 			if err := s.t.nc.PublishRequest(subject, reply, req); err != nil {
 				s.dmu.Lock()
@@ -450,6 +454,11 @@ func (s *subscription) receive(m *natsgo.Msg) {
 // no longer awaited.
 func (s *subscription) status(code string, m *natsgo.Msg) {
 	if code == statusHeartbeat {
+		s.dmu.Lock()
+		if i := s.pullIndex(m.Subject); i >= 0 {
+			s.pulls[i].seen = time.Now()
+		}
+		s.dmu.Unlock()
 		return
 	}
 	desc := m.Header.Get(hdrDescription)
@@ -507,7 +516,7 @@ func (s *subscription) status(code string, m *natsgo.Msg) {
 type pullReq struct {
 	id   uint64    // its reply subject is inbox.prefix + id
 	left int       // messages it may still bring
-	at   time.Time // when it went out
+	seen time.Time // when it went out, or last brought a message or heartbeat
 }
 
 // pullIndex returns the index in pulls of the request whose reply
@@ -529,13 +538,13 @@ func (s *subscription) pullIndex(subj string) int {
 	return -1
 }
 
-// dropLostPulls forgets requests whose end is overdue: the server lost
-// them (a consumer leader change, a server that went away without a word).
-// Called with dmu.
+// dropLostPulls forgets requests that brought neither messages nor
+// heartbeats for pullLost: the server lost them (or the last messages of
+// one that ended were lost with a connection). Called with dmu.
 func (s *subscription) dropLostPulls(now time.Time) {
 	kept := s.pulls[:0]
 	for _, p := range s.pulls {
-		if now.Sub(p.at) < pullExpires+pullGrace {
+		if now.Sub(p.seen) < pullLost {
 			kept = append(kept, p)
 		}
 	}
@@ -673,6 +682,7 @@ type slot struct {
 // worker of its key (the shortest queue when it has none). It never blocks:
 // pull asked for no more than there is room for.
 func (s *subscription) accept(m *natsgo.Msg) {
+	now := time.Now()
 	s.dmu.Lock()
 	// A stream message arrives with its own subject, not the reply
 	// subject of its request: it counts against the oldest request still
@@ -681,6 +691,8 @@ func (s *subscription) accept(m *natsgo.Msg) {
 	if len(s.pulls) > 0 {
 		if s.pulls[0].left--; s.pulls[0].left <= 0 {
 			s.pulls = append(s.pulls[:0], s.pulls[1:]...)
+		} else {
+			s.pulls[0].seen = now
 		}
 	}
 	if s.closing.Load() {
@@ -693,7 +705,7 @@ func (s *subscription) accept(m *natsgo.Msg) {
 		s.dmu.Unlock()
 		return
 	}
-	h := &held{m: m, since: time.Now()}
+	h := &held{m: m, since: now}
 	s.held[h] = struct{}{}
 	w := 0
 	if len(s.queues) > 1 {
