@@ -96,6 +96,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		o.Traces = f
 	}
 
+	o.OTLP = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+
 	var srv *app.Server
 	var cfg busfx.Config
 	a := app.New(o, fx.Populate(&srv, &cfg))

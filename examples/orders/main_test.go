@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,8 +24,10 @@ import (
 	"github.com/google/uuid"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"go.uber.org/fx"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/busway/busway/bus"
 	"github.com/busway/busway/examples/orders/app"
@@ -523,5 +527,56 @@ func TestDemo(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "spans.json")); err != nil || fi.Size() == 0 {
 		t.Errorf("-trace-stdout wrote no spans: %v", err)
+	}
+}
+
+// TestOTLPExport: with OTEL_EXPORTER_OTLP_ENDPOINT set, the program exports
+// its spans by OTLP over HTTP; the receiver here decodes what arrives.
+func TestOTLPExport(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		names []string
+		bad   []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		var req collectortrace.ExportTraceServiceRequest
+		if err == nil {
+			err = proto.Unmarshal(body, &req)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Path != "/v1/traces" || err != nil {
+			bad = append(bad, fmt.Sprintf("%s %s: %v", r.Method, r.URL.Path, err))
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		for _, rs := range req.ResourceSpans {
+			for _, ss := range rs.ScopeSpans {
+				for _, s := range ss.Spans {
+					names = append(names, s.Name)
+				}
+			}
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		b, _ := proto.Marshal(&collectortrace.ExportTraceServiceResponse{})
+		w.Write(b)
+	}))
+	defer srv.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL)
+	t.Setenv("BUS_URL", "chan://")
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-demo", "-n", "5", "-data", t.TempDir()}, &out, io.Discard); err != nil {
+		t.Fatalf("run -demo: %v\n%s", err, out.String())
+	}
+	mu.Lock() // the exporter flushed at stop, before run returned
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Fatalf("the OTLP receiver got requests it could not take: %q", bad)
+	}
+	for _, want := range []string{"POST /orders", "process orders", "process payments", "process shipments"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("no %q span exported by OTLP (got %d spans: %q)", want, len(names), names)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"io"
 	"log/slog"
 	"net"
@@ -61,6 +62,10 @@ type Options struct {
 	// stdout exporter). Default: spans are made and propagated, not
 	// exported.
 	Traces io.Writer
+	// OTLP, when set, also exports every span by OTLP over HTTP, to where
+	// the standard OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT)
+	// variable says; main sets it when one of those is set.
+	OTLP bool
 	// FxLog logs fx's own events (provides, hooks) to Log.
 	FxLog bool
 }
@@ -139,6 +144,14 @@ func newTelemetry(lc fx.Lifecycle, o Options, logger *slog.Logger) (telemetryOut
 		exp, err := stdouttrace.New(stdouttrace.WithWriter(o.Traces))
 		if err != nil {
 			return telemetryOut{}, err
+		}
+		topts = append(topts, sdktrace.WithBatcher(exp))
+	}
+	if o.OTLP {
+		// Configured by the standard OTEL_EXPORTER_OTLP_* variables.
+		exp, err := otlptracehttp.New(context.Background())
+		if err != nil {
+			return telemetryOut{}, fmt.Errorf("OTLP trace exporter: %w", err)
 		}
 		topts = append(topts, sdktrace.WithBatcher(exp))
 	}
