@@ -329,9 +329,9 @@ func (r *route) start(ctx context.Context) error {
 	if sys := r.b.system; sys != "" && (len(r.b.mw) > 0 || len(r.b.handlerMW) > 0 || r.groupMW) {
 		// The middleware learn the transport's messaging.system from ctx
 		// (transport.SystemFromContext).
-		inner := h
+		inner, sc := h, newSysContexts(sys)
 		h = func(ctx context.Context, m *transport.Message) error {
-			return inner(transport.ContextWithSystem(ctx, sys), m)
+			return inner(sc.get(ctx), m)
 		}
 	}
 	sub, err := r.b.t.Subscribe(ctx, r.key.topic, h, r.opts)
