@@ -180,18 +180,19 @@ func reservedHeader(name string) bool {
 // headers of hm and hs into a new message. Envelope attributes in hm or hs
 // are ignored: the fields win.
 func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (*msgBox, error) {
-	var err error
 	var ts string
-	if e.Time.IsZero() {
+	stamped := e.Time.IsZero()
+	if stamped {
 		e.Time = time.Now()
 	} else if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
 		return nil, fmt.Errorf("%w: time %v: year %d is outside RFC 3339's 0000 to 9999", ErrInvalidEnvelope, e.Time, y)
 	}
 	if e.ID == "" {
-		e.ID, ts, err = newIDAndTime(e.Time)
-		if err != nil {
-			return nil, err
+		now := e.Time // the ID's time is the event's when it was stamped here
+		if !stamped {
+			now = time.Now()
 		}
+		e.ID, ts = newIDAndTime(now, e.Time)
 	} else {
 		ts = e.Time.UTC().Format(time.RFC3339Nano)
 	}
@@ -235,18 +236,16 @@ func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (
 	return box, nil
 }
 
-// newIDAndTime returns a new UUIDv7 and t in RFC 3339 (UTC, nanoseconds),
-// both slices of one string: one allocation for the two.
-func newIDAndTime(t time.Time) (id, ts string, err error) {
-	u, err := uuid.NewV7()
-	if err != nil {
-		return "", "", fmt.Errorf("new event ID: %w", err)
-	}
+// newIDAndTime returns a new UUIDv7 for the time now (see newV7) and t in
+// RFC 3339 (UTC, nanoseconds), both slices of one string: one allocation
+// for the two.
+func newIDAndTime(now, t time.Time) (id, ts string) {
+	u := newV7(now)
 	var buf [36 + len(time.RFC3339Nano) + 8]byte
 	b := appendUUID(buf[:0], u)
 	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
 	s := string(b)
-	return s[:36], s[36:], nil
+	return s[:36], s[36:]
 }
 
 // appendUUID appends u in its canonical 8-4-4-4-12 hex form.
