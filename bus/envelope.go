@@ -117,6 +117,13 @@ func DecodeEnvelope(m *transport.Message) (Envelope, error) {
 // the event and the Go type when the body does not decode or its
 // content-type is not the codec's.
 func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
+	return decode[T](c, m, nil)
+}
+
+// decode is Decode, decoding the body into *target when target is not nil
+// (it is zeroed before and after: nothing of one message stays in it), so
+// that a handler's decodes need not allocate a T each.
+func decode[T any](c Codec, m *transport.Message, target *T) (Event[T], error) {
 	env, err := DecodeEnvelope(m)
 	if err != nil {
 		return Event[T]{}, transport.Permanent(err)
@@ -145,11 +152,19 @@ func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
 			Err: fmt.Errorf("content-type %q is not the codec's %q", shorten(env.ContentType), c.ContentType())})
 	}
 	if len(m.Body) > 0 {
-		var data T
-		if err := c.Unmarshal(m.Body, &data); err != nil {
+		if target == nil {
+			target = new(T)
+		}
+		var zero T
+		*target = zero
+		err := c.Unmarshal(m.Body, target)
+		if err == nil {
+			ev.Data = *target
+		}
+		*target = zero
+		if err != nil {
 			return ev, transport.Permanent(&DecodeError{Topic: m.Topic, ID: env.ID, Type: env.Type, GoType: reflect.TypeFor[T]().String(), Err: err})
 		}
-		ev.Data = data
 	}
 	return ev, nil
 }

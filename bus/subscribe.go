@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/busway/busway/transport"
@@ -168,6 +169,21 @@ func Subscribe[T any](b *Bus, group string, fn func(ctx context.Context, e Event
 			return err
 		}
 		return fn(ctx, ev)
+	}
+	if codec == JSON {
+		// The JSON codec keeps nothing of the value it decodes into, so
+		// the handler decodes into recycled targets (a user's codec might
+		// keep the pointer it was given: it gets a new T each time).
+		targets := sync.Pool{New: func() any { return new(T) }}
+		h = func(ctx context.Context, m *transport.Message) error {
+			p := targets.Get().(*T)
+			ev, err := decode(codec, m, p)
+			targets.Put(p)
+			if err != nil {
+				return err
+			}
+			return fn(ctx, ev)
+		}
 	}
 	h = chain(h, c.mw)
 	h = chain(h, b.handlerMW)
