@@ -2,7 +2,7 @@
 GO          ?= go
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all demo quickstart test lint bench bench-short stress fuzz
+.PHONY: all demo quickstart test lint bench bench-short stress fuzz soak
 
 all: lint test
 
@@ -54,3 +54,10 @@ fuzz:
 		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+
+# The soak: SOAK messages (default 1,000,000) through each transport with the recommended
+# middleware chain, and a tenth of it first; prints throughput, peak heap and peak RSS of
+# both (internal/reliability TestSoak). .ci/run runs a short one (SOAK=20000).
+SOAK ?= 1000000
+soak:
+	BUS_SOAK=$(SOAK) $(GO) test -count=1 -v -timeout 60m -run '^TestSoak$$' ./internal/reliability
