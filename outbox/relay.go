@@ -531,7 +531,7 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 			}
 		}
 	}()
-	var roundStart time.Time
+	var roundStart, found time.Time // found: start of the last round that read rows
 	for fails := 0; ; {
 		roundStart = time.Now()
 		if renew != nil {
@@ -567,6 +567,9 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 		if n >= r.opts.BatchSize {
 			continue // a backlog: no pause
 		}
+		if n > 0 {
+			found = roundStart
+		}
 		if n == 0 {
 			if !poll.Stop() {
 				select {
@@ -582,10 +585,12 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 				return nil
 			}
 		}
-		// After a round that found rows, the next one (which deletes them
-		// and reads what came meanwhile) follows at once, or Coalesce after
-		// the start of the last if commits keep coming.
-		if d := r.opts.Coalesce - time.Since(roundStart); d > 0 {
+		// The next round (which deletes what was sent and reads what came
+		// meanwhile) starts at once, or Coalesce after the start of the
+		// last round that found rows, if that was more recent: one
+		// commit after an idle spell goes out at once, a stream of commits
+		// goes out at most every Coalesce.
+		if d := r.opts.Coalesce - time.Since(found); d > 0 {
 			if !r.sleep(d) {
 				return nil
 			}
