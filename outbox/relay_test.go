@@ -665,3 +665,78 @@ func TestSQLiteLease(t *testing.T) {
 	}
 	waitFor(t, "the second event after the lease was freed", 20*time.Second, func() bool { return s.distinct() == 2 })
 }
+
+// hugeAndFlaky refuses a whole call with ErrMessageTooLarge when one of its
+// messages has "huge" in its body (as a broker that checks a batch up
+// front), and fails the message whose ID is flaky once with ErrUnavailable
+// when it comes alone.
+type hugeAndFlaky struct {
+	next   transport.Publisher
+	flaky  string
+	failed atomic.Bool
+}
+
+func (p *hugeAndFlaky) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	for _, m := range msgs {
+		if strings.Contains(string(m.Body), "huge") {
+			return fmt.Errorf("%w: injected", transport.ErrMessageTooLarge)
+		}
+	}
+	if len(msgs) == 1 && msgs[0].ID == p.flaky && !p.failed.Swap(true) {
+		return fmt.Errorf("%w: injected", transport.ErrUnavailable)
+	}
+	return p.next.Publish(ctx, topic, msgs...)
+}
+
+// TestOneAtATimeStopsAKeyAtItsFailure: when a call fails for a poison
+// message, the relay sends the batch one message at a time; a message that
+// then fails for a passing reason stops its key for the round (its later
+// messages are not sent before it), so the key is delivered exactly in
+// order, each event once, and the poison row is moved aside.
+func TestOneAtATimeStopsAKeyAtItsFailure(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		c := &orderChecker{}
+		if _, err := bus.Subscribe(b, "billing", c.handle); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		const n = 6
+		if err := o.Transact(ctx, func(tx *sql.Tx) error {
+			if err := Publish(ctx, o, tx, OrderPlaced{ID: "huge", Key: "other"}, bus.WithKey("other")); err != nil {
+				return err
+			}
+			for i := range n {
+				if err := Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint("k", i), Key: "k", Seq: i}, bus.WithKey("k")); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var flaky string // k's row 2
+		if err := e.db.QueryRow("SELECT msg_id FROM " + e.table + " ORDER BY id LIMIT 1 OFFSET 3").Scan(&flaky); err != nil {
+			t.Fatal(err)
+		}
+		p := &hugeAndFlaky{next: tr, flaky: flaky}
+		startRelay(t, o, p, RelayOptions{MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+		waitFor(t, "every event", 20*time.Second, func() bool { return c.distinct() == n })
+		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		if !p.failed.Load() {
+			t.Fatal("the injected failure did not happen")
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if len(c.errs) > 0 || c.total != n {
+			t.Fatalf("key k: %d deliveries of %d events, order errors %v: later messages were sent before the failed one", c.total, n, c.errs)
+		}
+		if d := e.count(t, e.table+"_dead"); d != 1 {
+			t.Fatalf("%d rows in the dead table, want 1 (the huge one)", d)
+		}
+	})
+}

@@ -86,6 +86,17 @@ func comparisons() []*comparison {
 		&comparison{title: "latency p99 µs, chanbus", busway: "Latency/chanbus/busway", unit: "p99-µs", target: 50, lowerBetter: true},
 		&comparison{title: "latency p99, NATS vs nats.go", busway: "Latency/nats/busway", ref: "Latency/nats/raw-nats", unit: "p99-µs", target: 1.2, lowerBetter: true},
 		&comparison{title: "latency p99, Kafka vs kgo", busway: "Latency/kafka/busway", ref: "Latency/kafka/raw-kgo", unit: "p99-µs", target: 1.2, lowerBetter: true},
+		// The outbox benchmarks (main module) measure their raw reference in
+		// the same call and report the ratio themselves.
+		&comparison{title: "outbox: 4 writers + relay vs insert-only, 1-row tx", busway: "outbox: PGWriters/tx=1", unit: "relay/raw", target: 0.9},
+		&comparison{title: "outbox: 4 writers + relay vs insert-only, 10-row tx", busway: "outbox: PGWriters/tx=10", unit: "relay/raw", target: 0.9},
+		&comparison{title: "outbox: PostgreSQL drain to chanbus vs select+delete", busway: "outbox: PGDrain", unit: "relay/raw", target: 0.5, note: "within 2x"},
+		&comparison{title: "outbox: PostgreSQL drain to chanbus, events/s", busway: "outbox: PGDrain", unit: "msgs/s", target: 100000},
+		&comparison{title: "outbox: PostgreSQL drain to NATS vs PublishMsgAsync", busway: "outbox: NATSDrain/postgres", unit: "relay/raw", target: 0.5, note: "within 2x"},
+		&comparison{title: "outbox: SQLite drain to NATS vs PublishMsgAsync", busway: "outbox: NATSDrain/sqlite", unit: "relay/raw", target: 0.5, note: "within 2x"},
+		&comparison{title: "outbox: SQLite drain to chanbus, events/s", busway: "outbox: SQLiteDrain", unit: "msgs/s", target: 10000},
+		&comparison{title: "outbox: commit-to-handler p50 ms at 500/s", busway: "outbox: PGLatency/Wake", unit: "p50-ms", target: 1, lowerBetter: true},
+		&comparison{title: "outbox: commit-to-handler p99 ms at 500/s", busway: "outbox: PGLatency/Wake", unit: "p99-ms", target: 5, lowerBetter: true},
 	)
 	return cs
 }
