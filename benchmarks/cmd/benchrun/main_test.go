@@ -122,3 +122,43 @@ func TestMemoryCheck(t *testing.T) {
 		}
 	}
 }
+
+// The outbox benchmarks report their same-call reference and ratio; the
+// comparisons read them as absolute checks.
+func TestOutboxComparisons(t *testing.T) {
+	const out = `pkg: github.com/busway/busway/outbox
+BenchmarkPGWriters/tx=1-2         	   10000	   2301782 ns/op	      1277 events/s	      1260 publish-only-events/s	      1500 raw-events/s	         0.8514 relay/raw
+BenchmarkPGDrain-2                	   10000	    380378 ns/op	     61977 events/s	     36271 raw-events/s	         1.709 relay/raw
+BenchmarkSQLiteDrain-2            	   10000	     73714 ns/op	     13566 events/s
+BenchmarkPGLatency/Wake-2         	   10000	   4606521 ns/op	         0.3670 p50-ms	        16.20 p99-ms	         1.959 publish-p50-ms
+BenchmarkNATSDrain/sqlite-2       	   10000	     74971 ns/op	     32364 events/s	     61954 raw-events/s	         0.5224 relay/raw
+`
+	cs, err := parse(strings.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*comparison{}
+	for _, c := range compare(cs) {
+		got[c.title] = c
+	}
+	for title, want := range map[string]struct {
+		v   float64
+		met bool
+	}{
+		"outbox: 4 writers + relay vs insert-only, 1-row tx":   {0.8514, false},
+		"outbox: PostgreSQL drain to chanbus vs select+delete": {1.709, true},
+		"outbox: PostgreSQL drain to chanbus, events/s":        {61977, false},
+		"outbox: SQLite drain to chanbus, events/s":            {13566, true},
+		"outbox: SQLite drain to NATS vs PublishMsgAsync":      {0.5224, true},
+		"outbox: commit-to-handler p50 ms at 500/s":            {0.367, true},
+		"outbox: commit-to-handler p99 ms at 500/s":            {16.2, false},
+	} {
+		c := got[title]
+		if c == nil || math.Abs(c.ratio-want.v) > 1e-9 || c.met() != want.met {
+			t.Errorf("%s = %+v, want %v (met %v)", title, c, want.v, want.met)
+		}
+	}
+	if _, ok := got["outbox: 4 writers + relay vs insert-only, 10-row tx"]; ok {
+		t.Error("a comparison whose case did not run is reported")
+	}
+}
