@@ -152,10 +152,12 @@ func (o *Outbox) Channel() string { return o.q.channel }
 // SQLStore.Transactional use.
 func (o *Outbox) Inbox() *middleware.SQLStore { return o.inbox }
 
-// Migrate creates the outbox tables (Table, Table_dead, Table_published)
-// and the inbox table with their indexes, if they do not exist. It is
-// idempotent and safe to run from several processes at once (on
-// PostgreSQL it serialises them with an advisory lock).
+// Migrate creates the outbox tables (Table, Table_dead, Table_published;
+// on SQLite also Table_lease, the relays' lease) and the inbox table with
+// their indexes, if they do not exist. It is idempotent and safe to run
+// from several processes at once (on PostgreSQL it serialises them with an
+// advisory lock); run it again after upgrading busway, which may add a
+// table (a relay's Start names a missing one with ErrNotMigrated).
 func (o *Outbox) Migrate(ctx context.Context) error {
 	tx, err := o.db.BeginTx(ctx, nil)
 	if err != nil {
