@@ -294,3 +294,14 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestRetryNoAllocs: a handler that succeeds costs Retry no allocation,
+// and the policy it computes its delays with (backoff.Policy) none either.
+func TestRetryNoAllocs(t *testing.T) {
+	h := middleware.Retry(middleware.RetryOptions{})(func(context.Context, *transport.Message) error { return nil })
+	m := msg("1")
+	ctx := context.Background()
+	if a := testing.AllocsPerRun(1000, func() { _ = h(ctx, m) }); a != 0 {
+		t.Errorf("Retry around a succeeding handler: %v allocations per call", a)
+	}
+}

@@ -4,15 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // RetryOptions configure Retry. The zero value means the documented
-// defaults; a negative value is treated as zero.
+// defaults; a negative value is treated as zero. The fields are those of
+// backoff.Policy, the one retry policy of busway's transports and
+// middleware, with Retry's own defaults (jitter on, 5 attempts).
 type RetryOptions struct {
 	// MaxAttempts is the number of handler calls per delivery, the first
 	// included. Default 5; 1 disables retrying.
@@ -133,6 +135,7 @@ func RetryAttempt(ctx context.Context) int {
 // (no slot held while sleeping) and Recover (panics are retried).
 func Retry(opts RetryOptions) Middleware {
 	o := opts.withDefaults()
+	p := o.policy()
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
 			err := next(ctx, m)
@@ -140,20 +143,15 @@ func Retry(opts RetryOptions) Middleware {
 				return nil
 			}
 			start := time.Now()
-			backoff := o.InitialInterval
 			for attempt := 1; ; attempt++ {
-				if transport.IsPermanent(err) || attempt >= o.MaxAttempts || ctx.Err() != nil ||
+				if transport.IsPermanent(err) || !p.Retries(attempt) || ctx.Err() != nil ||
 					(o.ShouldRetry != nil && !o.ShouldRetry(err)) {
 					return giveUp(ctx, attempt, err)
 				}
-				wait := o.jittered(backoff)
-				if o.MaxElapsed > 0 && time.Since(start)+wait > o.MaxElapsed {
+				wait, ok := p.Next(attempt, time.Since(start))
+				if !ok || backoff.Sleep(ctx, wait) != nil {
 					return giveUp(ctx, attempt, err)
 				}
-				if !sleep(ctx, wait) {
-					return giveUp(ctx, attempt, err)
-				}
-				backoff = min(time.Duration(float64(backoff)*o.Multiplier), o.MaxInterval)
 				if err = next(context.WithValue(ctx, attemptKey{}, attempt+1), m); err == nil {
 					return nil
 				}
@@ -169,25 +167,9 @@ func giveUp(ctx context.Context, attempts int, err error) error {
 	return &RetryError{Attempts: attempts, Err: err}
 }
 
-func (o RetryOptions) jittered(d time.Duration) time.Duration {
-	if o.Jitter == 0 {
-		return d
-	}
-	f := 1 + o.Jitter*(2*rand.Float64()-1)
-	return time.Duration(float64(d) * f)
-}
-
-// sleep waits d or until ctx ends; it reports whether the full d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+// policy is o, with its defaults applied, as the backoff.Policy that Retry
+// follows.
+func (o RetryOptions) policy() backoff.Policy {
+	return backoff.Policy{InitialInterval: o.InitialInterval, MaxInterval: o.MaxInterval, Multiplier: o.Multiplier,
+		Jitter: o.Jitter, MaxAttempts: o.MaxAttempts, MaxElapsed: o.MaxElapsed}
 }

@@ -98,6 +98,7 @@ import (
 	"time"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // Scheme is the URL scheme of chanbus: "chan://".
@@ -160,7 +161,8 @@ func WithShards(n int) Option {
 
 // WithBackoff sets the delay before a failed message is delivered again:
 // min after the first failure, doubling with each further failure, at most
-// max. Default DefaultBackoffMin (10ms) and DefaultBackoffMax (1s); a min
+// max, without jitter and without a cap on attempts (a backoff.Policy
+// with InitialInterval min and MaxInterval max). Default DefaultBackoffMin (10ms) and DefaultBackoffMax (1s); a min
 // of 0 or less means the default, a max below min means min.
 func WithBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = min, max }
@@ -1019,11 +1021,7 @@ func (s *subscription) failed(ctx context.Context, sh *shard, d *delivery, err e
 }
 
 func (t *Transport) backoffDelay(attempt int) time.Duration {
-	d := t.cfg.backoffMin
-	for i := 1; i < attempt && d < t.cfg.backoffMax; i++ {
-		d *= 2
-	}
-	return min(d, t.cfg.backoffMax)
+	return backoff.Policy{InitialInterval: t.cfg.backoffMin, MaxInterval: t.cfg.backoffMax}.Delay(attempt)
 }
 
 // Close stops taking messages and waits, until ctx ends, for the running

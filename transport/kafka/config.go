@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go/sasl/scram"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // Config configures a Transport. Its zero value is invalid only because
@@ -57,7 +58,8 @@ type Config struct {
 	// PublishRetries is how many times a produce request that failed with a
 	// retriable broker error (leader moved, not enough replicas, network) is
 	// retried before Publish gives up. A retry may duplicate records
-	// (at-least-once). Default 3; negative means none.
+	// (at-least-once). Between tries Publish waits 50ms, doubling, at
+	// most 1s (until its ctx ends). Default 3; negative means none.
 	PublishRetries int
 
 	// CommitInterval is how often a subscription commits the offsets of
@@ -73,7 +75,9 @@ type Config struct {
 	CommitEvery int
 	// RetryBackoff is the first wait before a failed message is handled
 	// again, in place (Kafka has no negative acknowledgement). It doubles
-	// after every failure up to RetryBackoffMax. Default 100ms.
+	// after every failure up to RetryBackoffMax, without jitter (a
+	// backoff.Policy with InitialInterval RetryBackoff, MaxInterval
+	// RetryBackoffMax and MaxAttempts). Default 100ms.
 	RetryBackoff time.Duration
 	// RetryBackoffMax caps RetryBackoff's growth. Default 10s.
 	RetryBackoffMax time.Duration
@@ -189,7 +193,23 @@ type config struct {
 	compression kafkago.Compression
 	mechanism   sasl.Mechanism
 	log         *slog.Logger
+	// retry is the in-place retry of a failed handler: RetryBackoff,
+	// doubling, at most RetryBackoffMax, MaxAttempts attempts.
+	retry backoff.Policy
+	// produce is the retry of a failed produce request: from
+	// publishBackoff, doubling, at most publishBackoffMax,
+	// 1+PublishRetries attempts.
+	produce backoff.Policy
 }
+
+// The produce retry's delays. Before backoff.Policy the delay doubled
+// without a cap; with PublishRetries raised, the last waits grew past any
+// caller's deadline (50ms x 2^19 is 7 hours). Kafka's Java producer caps
+// the same doubling at 1s (retry.backoff.max.ms).
+const (
+	publishBackoff    = 50 * time.Millisecond
+	publishBackoffMax = time.Second
+)
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: kafka: "+format, append([]any{transport.ErrInvalidOptions}, args...)...)
@@ -336,6 +356,8 @@ func (c Config) resolve() (*config, error) {
 	if r.HeartbeatInterval >= r.SessionTimeout {
 		return nil, invalid("HeartbeatInterval %v must be less than SessionTimeout %v", r.HeartbeatInterval, r.SessionTimeout)
 	}
+	r.retry = backoff.Policy{InitialInterval: r.RetryBackoff, MaxInterval: r.RetryBackoffMax, MaxAttempts: max(r.MaxAttempts, 0)}
+	r.produce = backoff.Policy{InitialInterval: publishBackoff, MaxInterval: publishBackoffMax, MaxAttempts: 1 + r.PublishRetries}
 	r.log = c.Logger
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)

@@ -14,6 +14,7 @@ import (
 	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // Publish sends msgs to topic and returns once the brokers acknowledged all
@@ -130,14 +131,13 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		}
 	}
 
-	backoff := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		pending = t.send(ctx, topic, ti.leaders, pending, msgs, now)
 		var retry []*chunk
 		for _, c := range pending {
 			switch {
 			case c.err == nil:
-			case attempt < t.cfg.PublishRetries && ctx.Err() == nil && retriable(c.err) && !t.isClosed():
+			case t.cfg.produce.Retries(attempt+1) && ctx.Err() == nil && retriable(c.err) && !t.isClosed():
 				retry = append(retry, c)
 			default:
 				for _, i := range c.idx {
@@ -160,11 +160,10 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 			}
 		}
 		t.forget(topic) // leaders may have moved
-		if err := sleep(ctx, backoff); err != nil {
+		if err := backoff.Sleep(ctx, t.cfg.produce.Delay(attempt+1)); err != nil {
 			giveUp(err)
 			break
 		}
-		backoff *= 2
 		if ti, err = t.topic(ctx, topic); err != nil {
 			giveUp(err)
 			break

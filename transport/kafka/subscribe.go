@@ -13,6 +13,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // MaxInFlight is a subscribe option (in SubscribeOptions.Specific) bounding
@@ -292,7 +293,6 @@ type keyQueue struct {
 	rest    []*job
 	head    *job
 	attempt int // attempts of head so far
-	backoff time.Duration
 	// dead holds the partitions whose message of this key was abandoned:
 	// their later messages of the key are skipped (redelivered after it).
 	// A key's messages may come from several partitions (a foreign
@@ -495,7 +495,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 		if err != nil {
 			if fctx.Err() == nil {
 				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
-				err = sleep(fctx, cfg.RetryBackoff)
+				err = backoff.Sleep(fctx, cfg.RetryBackoff)
 			}
 			continue
 		}
@@ -526,17 +526,6 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 	// Returning ends the generation: wait until it ends anyway (revocation
 	// or Close), so that a drained partition does not trigger a rejoin.
 	<-ctx.Done()
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // drain waits for the partition's dispatched messages, at most DrainTimeout
@@ -713,18 +702,16 @@ func (s *subscription) settle(q *keyQueue, d *delivery, err error) {
 		p.finish(j.m.Offset)
 	case p.ctx.Err() != nil || isClosed(p.draining):
 		q.abandon(p)
-	case s.t.cfg.MaxAttempts > 0 && q.attempt >= s.t.cfg.MaxAttempts:
+	case !s.t.cfg.retry.Retries(q.attempt):
 		// Out of budget: give it up, so that its key and partition go on.
 		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
 			"offset", j.m.Offset, "id", d.m.ID, "attempts", q.attempt, "err", err)
 		p.finish(j.m.Offset)
 	default:
-		if q.backoff == 0 {
-			q.backoff = s.t.cfg.RetryBackoff
-		}
+		delay := s.t.cfg.retry.Delay(q.attempt)
 		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.m.Offset,
-			"attempt", q.attempt, "backoff", q.backoff, "err", err)
-		s.retryLater(q, p)
+			"attempt", q.attempt, "backoff", delay, "err", err)
+		s.retryLater(q, p, delay)
 		return
 	}
 	s.advance(q)
@@ -733,7 +720,7 @@ func (s *subscription) settle(q *keyQueue, d *delivery, err error) {
 // advance is done with q's head: it passes q on to its key's next message,
 // or drops it when the key has none.
 func (s *subscription) advance(q *keyQueue) {
-	q.attempt, q.backoff = 0, 0
+	q.attempt = 0
 	q.head.p.wg.Done()
 	<-s.inflight
 	s.keyMu.Lock()
@@ -751,12 +738,10 @@ func (s *subscription) advance(q *keyQueue) {
 	s.ready <- q
 }
 
-// retryLater puts q back into the ready queue after its backoff, or at
-// once when its partition starts draining or is abandoned (the next step
-// then gives the message up). Only q's key waits.
-func (s *subscription) retryLater(q *keyQueue, p *partition) {
-	d := q.backoff
-	q.backoff = min(2*q.backoff, s.t.cfg.RetryBackoffMax)
+// retryLater puts q back into the ready queue after d, or at once when
+// its partition starts draining or is abandoned (the next step then gives
+// the message up). Only q's key waits.
+func (s *subscription) retryLater(q *keyQueue, p *partition, d time.Duration) {
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // SubscribeOption is a NATS-specific subscribe option, passed in
@@ -828,15 +829,10 @@ func (s *subscription) release(h *held) {
 	s.running.Done()
 }
 
+// nakDelay is the delay of the Nak after the attempt-th delivery failed:
+// NakDelays by attempt, the last one repeated.
 func (ss *subSettings) nakDelay(attempt int) time.Duration {
-	d := ss.nakDelays
-	if attempt < 1 {
-		attempt = 1
-	}
-	if attempt > len(d) {
-		attempt = len(d)
-	}
-	return d[attempt-1]
+	return backoff.Policy{Delays: ss.nakDelays}.Delay(attempt)
 }
 
 func (s *subscription) nak(m *natsgo.Msg, d time.Duration) {
