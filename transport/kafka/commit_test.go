@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,8 +104,9 @@ func TestCommitCorrectness(t *testing.T) {
 			return nil
 		}
 	}
+	var crashed atomic.Bool // the first consumer stops as a killed process would: no final commits
 	opts := transport.SubscribeOptions{Group: group, Concurrency: 16, StartFrom: transport.StartEarliest,
-		Specific: []transport.SpecificOption{MaxInFlight(window)}}
+		Specific: []transport.SpecificOption{MaxInFlight(window), hooks{finalCommit: func() bool { return !crashed.Load() }}}}
 	first := newLedger()
 	began := time.Now()
 	sub, err := tr.Subscribe(t.Context(), topic, handler(first), opts)
@@ -112,8 +114,7 @@ func TestCommitCorrectness(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 30*time.Second, "half the messages", func() bool { return first.len() >= n/2 })
-	s := sub.(*subscription)
-	s.crash = true
+	crashed.Store(true)
 	hard, cancel := context.WithCancel(context.Background())
 	cancel()
 	_ = sub.Close(hard)

@@ -60,12 +60,16 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	}
 	workers := opts.Workers()
 	maxInFlight := max(256, 8*workers)
+	var hk hooks
 	for _, o := range opts.Specific {
-		if o, ok := o.(MaxInFlight); ok {
+		switch o := o.(type) {
+		case MaxInFlight:
 			if o < 1 {
 				return nil, fmt.Errorf("%w: kafka: MaxInFlight %d must be at least 1", transport.ErrInvalidOptions, int(o))
 			}
 			maxInFlight = int(o)
+		case hooks:
+			hk = o
 		}
 	}
 	if t.isClosed() {
@@ -122,6 +126,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		every:    t.cfg.CommitEvery,
 		keys:     make(map[string]*keyQueue),
 		loopDone: make(chan struct{}),
+		hooks:    hk,
 	}
 	s.runCtx, s.cancelRun = context.WithCancel(context.Background())
 	s.stopCtx, s.stopFetch = context.WithCancel(context.Background())
@@ -281,8 +286,19 @@ type subscription struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	crash bool // tests: skip final commits, as a killed process would
+	hooks hooks
 }
+
+// hooks are seams for this package's tests, injected at Subscribe as a
+// SubscribeOptions.Specific value that only code in this package can build
+// (the type is unexported). The zero value is the production behaviour.
+type hooks struct {
+	// finalCommit, when set, is asked before a stopping partition's last
+	// commit; false skips the commit, as a killed process would.
+	finalCommit func() bool
+}
+
+func (hooks) Transport() string { return Scheme }
 
 // keyQueue is the unfinished messages of one key (or a single keyless
 // message), in offset order. Whoever holds it (a worker, a retry timer, or
@@ -519,7 +535,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 		s.log.Debug("kafka: closing partition reader", "partition", p.id, "err", err)
 	}
 	s.drain(p)
-	if !s.crash {
+	if s.hooks.finalCommit == nil || s.hooks.finalCommit() {
 		s.commit(gen, p)
 	}
 	p.cancel()
