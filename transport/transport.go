@@ -115,9 +115,19 @@ type Subscriber interface {
 // Subscription is a running consumer.
 type Subscription interface {
 	// Close stops fetching, lets in-flight handlers finish until ctx ends,
-	// acknowledges what finished and releases everything. Messages whose
-	// handler did not finish are redelivered later (on durable transports).
-	// Close is idempotent and safe for concurrent use.
+	// acknowledges what finished and releases everything, then returns nil.
+	//
+	// When ctx ends first (or has ended already), Close cancels the
+	// context of the handlers still running and waits for them to return:
+	// their messages are abandoned, not acknowledged, and redelivered later
+	// on durable transports. Then it returns ctx's error as it is
+	// (errors.Is(err, context.DeadlineExceeded) or context.Canceled). It
+	// never returns while a handler of the subscription runs, so a handler
+	// that ignores its context keeps Close waiting.
+	//
+	// Close is idempotent and safe for concurrent use: a later or
+	// concurrent call returns what the first one returned, once it has.
+	// transporttest checks all of this (CloseDrains, CloseExpiredContext).
 	Close(ctx context.Context) error
 }
 
@@ -125,9 +135,19 @@ type Subscription interface {
 type Transport interface {
 	Publisher
 	Subscriber
-	// Close closes every subscription still open (draining them), then
-	// releases the connection. Publish and Subscribe after Close return
-	// ErrClosed. Idempotent.
+	// Close closes every subscription still open, together, each as
+	// Subscription.Close does with a context that ends after the
+	// transport's drain timeout (chanbus WithDrainTimeout, NATS AckWait,
+	// Kafka Config.DrainTimeout), then releases the connections. Publish
+	// and Subscribe return ErrClosed from the moment Close begins. It takes
+	// no context, as io.Closer and the brokers' clients do: the drain
+	// timeout is its bound, set where the transport is configured.
+	// Idempotent: a later or concurrent call waits for the first and
+	// returns its error. Its error joins what failed to close; a drain that
+	// ran out of time is reported where the transport redelivers the
+	// abandoned messages (NATS, Kafka: their subscriptions' context
+	// errors), and not by chanbus, which has nobody to redeliver them to.
+	// A transport keeps its closed state in a transport.CloseOnce.
 	Close() error
 }
 

@@ -57,8 +57,9 @@
 // # Shutdown
 //
 // Subscription.Close stops taking messages, lets the running handlers finish
-// (until its context ends, then their context is cancelled) and, when it was
-// the group's last member, removes the group. Transport.Close closes every
+// (until its context ends; then their context is cancelled and Close waits
+// for them to return) and, when it was the group's last member, removes the
+// group. Transport.Close closes every
 // subscription and waits for all of them, cancelling the handlers' context
 // once the drain timeout (WithDrainTimeout) has passed; no goroutine outlives
 // it. WaitIdle and WaitSettled tell tests when everything published so far
@@ -191,11 +192,10 @@ type Transport struct {
 	cfg config
 	log *slog.Logger
 
-	closed   atomic.Bool   // set under mu
-	closedCh chan struct{} // closed when Close has finished
-	mu       sync.RWMutex
-	topics   map[string][]*group // copy-on-write slices: Publish reads them without the lock
-	subs     map[*subscription]struct{}
+	closer transport.CloseOnce
+	mu     sync.RWMutex
+	topics map[string][]*group // copy-on-write slices: Publish reads them without the lock
+	subs   map[*subscription]struct{}
 
 	rr       atomic.Uint32 // spreads messages without a key over the shards
 	pend     pending       // queued or being handled: WaitIdle
@@ -223,11 +223,10 @@ func New(opts ...Option) *Transport {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Transport{
-		cfg:      c,
-		log:      log,
-		closedCh: make(chan struct{}),
-		topics:   make(map[string][]*group),
-		subs:     make(map[*subscription]struct{}),
+		cfg:    c,
+		log:    log,
+		topics: make(map[string][]*group),
+		subs:   make(map[*subscription]struct{}),
 	}
 }
 
@@ -243,7 +242,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if t.closed.Load() {
+	if t.closer.Closed() {
 		return fmt.Errorf("chanbus: publish to %q: %w", topic, transport.ErrClosed)
 	}
 	t.mu.RLock()
@@ -374,7 +373,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		return nil, err
 	}
 	t.mu.Lock()
-	if t.closed.Load() {
+	if t.closer.Closed() {
 		t.mu.Unlock()
 		return nil, fmt.Errorf("chanbus: subscribe to %q: %w", topic, transport.ErrClosed)
 	}
@@ -438,14 +437,10 @@ func (t *Transport) leave(s *subscription) {
 // cancelling their context once the drain timeout has passed, see
 // WithDrainTimeout), and makes Publish and Subscribe return ErrClosed.
 // Idempotent; a concurrent call waits for the first.
-func (t *Transport) Close() error {
+func (t *Transport) Close() error { return t.closer.Do(t.close) }
+
+func (t *Transport) close() error {
 	t.mu.Lock()
-	if t.closed.Load() {
-		t.mu.Unlock()
-		<-t.closedCh
-		return nil
-	}
-	t.closed.Store(true)
 	subs := make([]*subscription, 0, len(t.subs))
 	for s := range t.subs {
 		subs = append(subs, s)
@@ -469,7 +464,6 @@ func (t *Transport) Close() error {
 		}
 		<-s.done
 	}
-	close(t.closedCh)
 	return nil
 }
 
@@ -614,7 +608,7 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int, w *worker) er
 		case <-g.gone:
 			g.t.pend.add(-1)
 			g.t.unacked.add(-1)
-			if g.t.closed.Load() {
+			if g.t.closer.Closed() {
 				return fmt.Errorf("chanbus: publish to %q: %w", g.topic, transport.ErrClosed)
 			}
 			return nil // the group's last member left: dropped, as documented
@@ -917,14 +911,16 @@ func (ws *waits) broadcastLocked() {
 
 // subscription is one member of a group.
 type subscription struct {
-	t        *Transport
-	g        *group
-	h        transport.Handler
-	cancel   context.CancelFunc // cancels the handlers' context
-	stop     chan struct{}
-	stopOnce sync.Once
-	done     chan struct{} // closed after the last worker stopped and left
-	live     atomic.Int32  // running workers
+	t         *Transport
+	g         *group
+	h         transport.Handler
+	cancel    context.CancelFunc // cancels the handlers' context
+	stop      chan struct{}
+	stopOnce  sync.Once
+	closeOnce sync.Once     // Close
+	closeErr  error         // what the first Close returned
+	done      chan struct{} // closed after the last worker stopped and left
+	live      atomic.Int32  // running workers
 }
 
 func (s *subscription) stopping() bool {
@@ -1024,24 +1020,29 @@ func (t *Transport) backoffDelay(attempt int) time.Duration {
 	return backoff.Policy{InitialInterval: t.cfg.backoffMin, MaxInterval: t.cfg.backoffMax}.Delay(attempt)
 }
 
-// Close stops taking messages and waits, until ctx ends, for the running
-// handlers; then it cancels their context and returns ctx's error. When this
-// was the group's last member, the group and its queued messages are
-// dropped. Idempotent.
+// Close stops taking messages and waits for the running handlers to
+// return. When ctx ends first, it cancels their context, waits for them to
+// return (abandoned: a failed delivery, not acknowledged) and returns ctx's
+// error, as the package transport contract says. When this was the group's
+// last member, the group and its queued messages are dropped. Idempotent:
+// a later call returns what the first one did, after it did.
 func (s *subscription) Close(ctx context.Context) error {
-	s.stopOnce.Do(func() { close(s.stop) })
-	select {
-	case <-s.done:
-		return nil
-	default:
-	}
-	select {
-	case <-s.done:
-		return nil
-	case <-ctx.Done():
-		s.cancel()
-		return ctx.Err()
-	}
+	s.closeOnce.Do(func() {
+		s.stopOnce.Do(func() { close(s.stop) })
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			s.cancel()
+			<-s.done
+			s.closeErr = ctx.Err()
+		}
+	})
+	return s.closeErr
 }
 
 // Opener returns the opener of "chan://" URLs, for a transport.Mux. Query

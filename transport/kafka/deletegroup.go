@@ -19,7 +19,7 @@ var _ transport.GroupDeleter = (*Transport)(nil)
 // group is not an error. The broker refuses while a member of the group
 // still consumes topic: close the subscriptions first.
 func (t *Transport) DeleteGroup(ctx context.Context, topic, group string) error {
-	if t.isClosed() {
+	if t.closer.Closed() {
 		return errClosed("delete group")
 	}
 	if err := transport.ValidateTopic(topic); err != nil {

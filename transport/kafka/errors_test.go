@@ -277,7 +277,7 @@ func TestConcurrentCloseWaitsForTheFirst(t *testing.T) {
 	}
 	first := make(chan error, 1)
 	go func() { first <- tr.Close() }()
-	for !tr.isClosed() {
+	for !tr.closer.Closed() {
 		time.Sleep(time.Millisecond)
 	}
 	second := make(chan error, 1)

@@ -39,11 +39,9 @@ type Transport struct {
 	// move the position past a message published after the first returned.
 	startMu sync.Mutex
 
-	closeOnce sync.Once
-	closeErr  error
+	closer transport.CloseOnce
 
 	mu     sync.Mutex
-	closed bool
 	subs   map[*subscription]struct{}
 	topics map[string]topicInfo
 }
@@ -150,27 +148,25 @@ func (t *Transport) release() {
 // at most DrainTimeout), then the connections. Publish and Subscribe after Close
 // return transport.ErrClosed. Idempotent; concurrent calls wait for the
 // first.
-func (t *Transport) Close() error {
-	t.closeOnce.Do(func() {
-		t.mu.Lock()
-		t.closed = true
-		subs := make([]*subscription, 0, len(t.subs))
-		for s := range t.subs {
-			subs = append(subs, s)
-		}
-		t.mu.Unlock()
-		errs := make([]error, len(subs))
-		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
-		defer cancel()
-		var wg sync.WaitGroup
-		for i, s := range subs {
-			wg.Go(func() { errs[i] = s.Close(ctx) })
-		}
-		wg.Wait()
-		t.release()
-		t.closeErr = errors.Join(errs...)
-	})
-	return t.closeErr
+func (t *Transport) Close() error { return t.closer.Do(t.close) }
+
+func (t *Transport) close() error {
+	t.mu.Lock()
+	subs := make([]*subscription, 0, len(t.subs))
+	for s := range t.subs {
+		subs = append(subs, s)
+	}
+	t.mu.Unlock()
+	errs := make([]error, len(subs))
+	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, s := range subs {
+		wg.Go(func() { errs[i] = s.Close(ctx) })
+	}
+	wg.Wait()
+	t.release()
+	return errors.Join(errs...)
 }
 
 // MaxMessageBytes is the largest record batch Publish sends
@@ -178,12 +174,6 @@ func (t *Transport) Close() error {
 // (compressed), is larger fails with transport.ErrMessageTooLarge, so a
 // caller that builds a message to fit (a dead letter) can shrink it.
 func (t *Transport) MaxMessageBytes() int { return t.cfg.MaxMessageBytes }
-
-func (t *Transport) isClosed() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.closed
-}
 
 func errClosed(op string) error { return fmt.Errorf("kafka: %s: %w", op, transport.ErrClosed) }
 

@@ -45,7 +45,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	if err := transport.ValidatePublish(topic, msgs); err != nil {
 		return err
 	}
-	if t.isClosed() {
+	if t.closer.Closed() {
 		return errClosed("publish")
 	}
 	if len(msgs) == 0 {
@@ -137,7 +137,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 		for _, c := range pending {
 			switch {
 			case c.err == nil:
-			case t.cfg.produce.Retries(attempt+1) && ctx.Err() == nil && retriable(c.err) && !t.isClosed():
+			case t.cfg.produce.Retries(attempt+1) && ctx.Err() == nil && retriable(c.err) && !t.closer.Closed():
 				retry = append(retry, c)
 			default:
 				for _, i := range c.idx {

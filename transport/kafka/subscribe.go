@@ -72,7 +72,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 			hk = o
 		}
 	}
-	if t.isClosed() {
+	if t.closer.Closed() {
 		return nil, errClosed("subscribe")
 	}
 	ids, err := t.partitions(ctx, topic)
@@ -132,7 +132,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	s.stopCtx, s.stopFetch = context.WithCancel(context.Background())
 
 	t.mu.Lock()
-	if t.closed {
+	if t.closer.Closed() {
 		t.mu.Unlock()
 		cg.Close()
 		s.cancelRun()

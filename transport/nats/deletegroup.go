@@ -17,7 +17,7 @@ var _ transport.GroupDeleter = (*Transport)(nil)
 // consumer is not an error. Close the group's subscriptions first: a
 // running subscription recreates its lost consumer.
 func (t *Transport) DeleteGroup(ctx context.Context, topic, group string) error {
-	if t.closed.Load() {
+	if t.closer.Closed() {
 		return t.errClosed("DeleteGroup")
 	}
 	if err := transport.ValidateTopic(topic); err != nil {

@@ -29,7 +29,7 @@ import (
 // (the Retry and DeadLetter middleware, an outbox relay) does not retry
 // them.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
-	if t.closed.Load() {
+	if t.closer.Closed() {
 		return t.errClosed("Publish")
 	}
 	if err := transport.ValidatePublish(topic, msgs); err != nil {
@@ -219,7 +219,7 @@ func (t *Transport) wrapPubErr(topic string, err error) error {
 		// by retrying.
 		return transport.Permanent(fmt.Errorf("%w: %v", transport.ErrMessageTooLarge, err))
 	case errors.Is(err, natsgo.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse):
-		if t.closed.Load() {
+		if t.closer.Closed() {
 			return fmt.Errorf("%w: %v", transport.ErrClosed, err)
 		}
 		return fmt.Errorf("%w: no stream answered for subject %q (is stream %q up and holding %q?): %v",

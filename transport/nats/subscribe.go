@@ -181,7 +181,7 @@ func durableName(group, topic string) string {
 // up to Concurrency run at once. It returns once the consumer exists, so a
 // message published afterwards is delivered even with StartLatest.
 func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Handler, opts transport.SubscribeOptions) (transport.Subscription, error) {
-	if t.closed.Load() {
+	if t.closer.Closed() {
 		return nil, t.errClosed("Subscribe")
 	}
 	if err := transport.ValidateSubscribe(topic, h, opts); err != nil {
@@ -226,7 +226,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		return nil, err
 	}
 	t.mu.Lock()
-	if t.closed.Load() {
+	if t.closer.Closed() {
 		t.mu.Unlock()
 		cancel()
 		_ = sub.inbox.sub.Unsubscribe()

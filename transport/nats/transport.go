@@ -43,12 +43,9 @@ type Transport struct {
 	// maxMsgSize is the stream's MaxMsgSize when New ran (<= 0: none).
 	maxMsgSize atomic.Int32
 
-	closed atomic.Bool
+	closer transport.CloseOnce
 	mu     sync.Mutex
 	subs   map[*subscription]struct{}
-	done   chan struct{} // closed when Close has finished
-	once   sync.Once
-	err    error
 }
 
 // New connects to the servers of cfg (or starts the embedded server),
@@ -62,7 +59,7 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{s: s, log: s.Logger, subs: make(map[*subscription]struct{}), done: make(chan struct{})}
+	t := &Transport{s: s, log: s.Logger, subs: make(map[*subscription]struct{})}
 	if s.Embedded != nil {
 		t.srv, err = startEmbedded(ctx, s.Embedded, s.Logger)
 		if err != nil {
@@ -401,40 +398,36 @@ func (t *Transport) EmbeddedURL() string {
 // closes the connection, then shuts the embedded server down. Publish and
 // Subscribe after Close return transport.ErrClosed. Idempotent; concurrent
 // calls wait for the first.
-func (t *Transport) Close() error {
-	t.once.Do(func() {
-		t.closed.Store(true)
-		t.mu.Lock()
-		subs := make([]*subscription, 0, len(t.subs))
-		for s := range t.subs {
-			subs = append(subs, s)
-		}
-		t.mu.Unlock()
-		// Close the subscriptions in parallel, so that one slow handler
-		// does not hold up the others' drain.
-		errs := make([]error, len(subs))
-		var wg sync.WaitGroup
-		for i, s := range subs {
-			wg.Go(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), t.s.AckWait)
-				defer cancel()
-				if err := s.Close(ctx); err != nil {
-					errs[i] = fmt.Errorf("nats: close subscription to %q (group %q): %w", s.topic, s.group, err)
-				}
-			})
-		}
-		wg.Wait()
-		if t.nc.IsConnected() {
-			if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
-				t.log.Warn("nats: flush on close", "error", err)
+func (t *Transport) Close() error { return t.closer.Do(t.close) }
+
+func (t *Transport) close() error {
+	t.mu.Lock()
+	subs := make([]*subscription, 0, len(t.subs))
+	for s := range t.subs {
+		subs = append(subs, s)
+	}
+	t.mu.Unlock()
+	// Close the subscriptions in parallel, so that one slow handler
+	// does not hold up the others' drain.
+	errs := make([]error, len(subs))
+	var wg sync.WaitGroup
+	for i, s := range subs {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), t.s.AckWait)
+			defer cancel()
+			if err := s.Close(ctx); err != nil {
+				errs[i] = fmt.Errorf("nats: close subscription to %q (group %q): %w", s.topic, s.group, err)
 			}
+		})
+	}
+	wg.Wait()
+	if t.nc.IsConnected() {
+		if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
+			t.log.Warn("nats: flush on close", "error", err)
 		}
-		t.release()
-		t.err = errors.Join(errs...)
-		close(t.done)
-	})
-	<-t.done
-	return t.err
+	}
+	t.release()
+	return errors.Join(errs...)
 }
 
 // release closes the connection and stops the embedded server.

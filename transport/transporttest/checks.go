@@ -765,3 +765,55 @@ func (s *suite) testDeleteGroup(t *testing.T) {
 		}
 	}
 }
+
+// testCloseExpiredContext: Subscription.Close with a context that has
+// already ended cancels the running handlers' context at once, waits for
+// them to return (abandoned, not acknowledged), and returns the context's
+// error as it is. A handler that ignores its context is not abandoned
+// while it runs: Close does not return before it does. A second Close
+// returns what the first one did.
+func (s *suite) testCloseExpiredContext(t *testing.T) {
+	tr := s.open(t)
+	topic, group := UniqueTopic(t), UniqueGroup(t)
+	var (
+		started  = make(chan struct{})
+		once     sync.Once
+		sawEnd   atomic.Bool
+		returned atomic.Bool
+	)
+	sub, err := tr.Subscribe(s.ctx(t), topic, func(ctx context.Context, m *transport.Message) error {
+		once.Do(func() { close(started) })
+		select {
+		case <-ctx.Done():
+			sawEnd.Store(true)
+		case <-time.After(s.timeout):
+		}
+		time.Sleep(50 * time.Millisecond) // clean-up work after the cancellation
+		returned.Store(true)
+		return ctx.Err()
+	}, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.publish(t, tr, topic, []*transport.Message{{ID: topic + "-1", Key: "k", Body: []byte("x")}}, 0)
+	select {
+	case <-started:
+	case <-time.After(s.timeout):
+		t.Fatalf("the handler did not start within %v", s.timeout)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := sub.Close(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Subscription.Close with an ended context: %v, want context.Canceled", err)
+	}
+	if !returned.Load() {
+		t.Error("Subscription.Close returned before the abandoned handler did")
+	}
+	if !sawEnd.Load() {
+		t.Error("the running handler's context was not cancelled by Close with an ended context")
+	}
+	// Idempotent: a later call returns what the first one did.
+	if err := sub.Close(s.ctx(t)); !errors.Is(err, context.Canceled) {
+		t.Errorf("second Subscription.Close: %v, want the first one's context.Canceled", err)
+	}
+}

@@ -20,7 +20,9 @@
 // overlap; redelivery after a handler error; a panicking handler that does
 // not crash the process and is redelivered; no loss across subscribe/close
 // rounds (durable transports only); StartEarliest and StartLatest; Close
-// draining in-flight handlers; Close twice; ErrClosed after Close; the
+// draining in-flight handlers; Close with a context that already ended
+// (handlers cancelled, waited for, the context's error returned); Close
+// twice; ErrClosed after Close; the
 // Concurrency limit; concurrent publishers; a cancelled Publish context;
 // bad input (the sentinel errors of package transport); and, where the
 // transport implements transport.GroupDeleter, DeleteGroup.
@@ -156,6 +158,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"StartEarliest", s.testStartEarliest},
 		{"StartLatest", s.testStartLatest},
 		{"CloseDrains", s.testCloseDrains},
+		{"CloseExpiredContext", s.testCloseExpiredContext},
 		{"TransportClose", s.testTransportClose},
 		{"ConcurrencyLimit", s.testConcurrencyLimit},
 		{"ConcurrentPublishers", s.testConcurrentPublishers},
