@@ -1045,6 +1045,10 @@ func (s *subscription) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
+// urlShape is the shape of "chan://" URLs: no host, no user, no path.
+var urlShape = transport.URLShape{Scheme: Scheme, HostHint: "chan:// takes no host (write chan:// or chan://?buffer=64)",
+	NoUser: true, PathHint: "chan:// takes no path"}
+
 // Opener returns the opener of "chan://" URLs, for a transport.Mux. Query
 // options: buffer (WithBuffer), shards (WithShards), backoff_min and
 // backoff_max (WithBackoff, as Go durations: "10ms"), drain_timeout
@@ -1067,20 +1071,8 @@ func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Tr
 func open(_ context.Context, u *url.URL) (transport.Transport, error) { return openWith(u) }
 
 func openWith(u *url.URL, extra ...Option) (transport.Transport, error) {
-	fail := func(part, format string, args ...any) error {
-		return &transport.URLError{URL: transport.Redact(u), Part: part, Err: fmt.Errorf("%w: "+format, append([]any{transport.ErrInvalidURL}, args...)...)}
-	}
-	switch {
-	case u.Scheme != Scheme:
-		return nil, fail("scheme", "%q is not %q", u.Scheme, Scheme)
-	case u.Opaque != "":
-		return nil, fail("url", "%q: want chan:// with options in the query", u.Opaque)
-	case u.User != nil:
-		return nil, fail("userinfo", "chan:// takes no user or password")
-	case u.Host != "":
-		return nil, fail("host", "%q: chan:// takes no host (write chan:// or chan://?buffer=64)", u.Host)
-	case u.Path != "" && u.Path != "/":
-		return nil, fail("path", "%q: chan:// takes no path", u.Path)
+	if err := transport.CheckURL(u, urlShape); err != nil {
+		return nil, err
 	}
 	q := transport.NewQuery(u)
 	buffer := q.Int("buffer", DefaultBuffer)

@@ -51,25 +51,18 @@ func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Tr
 	return New(ctx, cfg)
 }
 
+// urlShape is the shape of "kafka://" URLs: brokers in the host part, no path.
+var urlShape = transport.URLShape{Scheme: Scheme, Hosts: true, HostHint: "no brokers (want kafka://host:9092[,host2:9092])"}
+
 // ConfigFromURL parses a "kafka://" URL (see Opener) into a Config.
 func ConfigFromURL(u *url.URL) (Config, error) {
 	var cfg Config
-	fail := func(part string, format string, args ...any) error {
-		return &transport.URLError{URL: transport.Redact(u), Part: part,
-			Err: fmt.Errorf("%w: "+format, append([]any{transport.ErrInvalidURL}, args...)...)}
-	}
-	if u.Scheme != Scheme {
-		return cfg, fail("scheme", "%q is not %q", u.Scheme, Scheme)
-	}
-	if u.Opaque != "" || u.Host == "" {
-		return cfg, fail("host", "no brokers (want kafka://host:9092[,host2:9092])")
-	}
-	if u.Path != "" && u.Path != "/" {
-		return cfg, fail("path", "%q: a kafka URL has no path", u.Path)
+	if err := transport.CheckURL(u, urlShape); err != nil {
+		return cfg, err
 	}
 	for _, b := range strings.Split(u.Host, ",") {
 		if strings.TrimSpace(b) == "" {
-			return cfg, fail("host", "empty broker in %q", u.Host)
+			return cfg, transport.InvalidURL(u, "host", "empty broker in %q", u.Host)
 		}
 		cfg.Brokers = append(cfg.Brokers, b)
 	}
@@ -128,7 +121,7 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		return Config{}, err
 	}
 	if _, err := cfg.resolve(); err != nil {
-		return Config{}, &transport.URLError{URL: transport.Redact(u), Part: "config", Err: fmt.Errorf("%w: %w", transport.ErrInvalidURL, err)}
+		return Config{}, transport.InvalidURL(u, "config", "%w", err)
 	}
 	return cfg, nil
 }

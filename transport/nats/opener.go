@@ -51,21 +51,19 @@ func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Tr
 	return New(ctx, cfg)
 }
 
+// urlShape is the shape of "nats://" URLs: servers (or "embedded") in the
+// host part, no path.
+var urlShape = transport.URLShape{Scheme: Scheme, Hosts: true, HostHint: "missing (want nats://host:4222 or nats://embedded?store_dir=...)",
+	PathHint: "a nats URL has no path (the stream is the option stream=)"}
+
 // ConfigFromURL parses a "nats" URL (see Opener) into a Config.
 func ConfigFromURL(u *url.URL) (Config, error) {
 	var cfg Config
+	if err := transport.CheckURL(u, urlShape); err != nil {
+		return cfg, err
+	}
 	bad := func(part string, format string, args ...any) error {
-		return &transport.URLError{URL: transport.Redact(u), Part: part,
-			Err: fmt.Errorf("%w: "+format, append([]any{transport.ErrInvalidURL}, args...)...)}
-	}
-	if u.Scheme != Scheme {
-		return cfg, bad("scheme", "%q is not %q", u.Scheme, Scheme)
-	}
-	if u.Opaque != "" || u.Host == "" {
-		return cfg, bad("host", "missing (want nats://host:4222 or nats://embedded?store_dir=...)")
-	}
-	if u.Path != "" && u.Path != "/" {
-		return cfg, bad("path", "%q: a nats URL has no path (the stream is the option stream=)", u.Path)
+		return transport.InvalidURL(u, part, format, args...)
 	}
 	q := transport.NewQuery(u)
 	embedded := u.Host == "embedded"
@@ -146,13 +144,13 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 	if useTLS || ca != "" || cert != "" || key != "" {
 		tc, opt, err := tlsfiles.Load(ca, cert, key)
 		if err != nil {
-			return cfg, &transport.URLError{URL: transport.Redact(u), Part: fmt.Sprintf("query option %q", opt), Err: fmt.Errorf("%w: %v", transport.ErrInvalidURL, err)}
+			return cfg, transport.InvalidURL(u, fmt.Sprintf("query option %q", opt), "%v", err)
 		}
 		cfg.TLS = tc
 	}
 	// Check the values now, so that the error names the URL.
 	if _, err := cfg.settings(); err != nil {
-		return cfg, &transport.URLError{URL: transport.Redact(u), Part: "options", Err: fmt.Errorf("%w: %w", transport.ErrInvalidURL, err)}
+		return cfg, transport.InvalidURL(u, "options", "%w", err)
 	}
 	return cfg, nil
 }
