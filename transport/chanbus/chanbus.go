@@ -206,6 +206,21 @@ type Transport struct {
 
 // New returns a Transport. It starts no goroutine until Subscribe.
 func New(opts ...Option) *Transport {
+	c := newConfig(opts)
+	log := c.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Transport{
+		cfg:    c,
+		log:    log,
+		topics: make(map[string][]*group),
+		subs:   make(map[*subscription]struct{}),
+	}
+}
+
+// newConfig applies opts to the defaults.
+func newConfig(opts []Option) config {
 	c := config{buffer: DefaultBuffer, shards: DefaultShards, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: DefaultDrainTimeout}
 	for _, o := range opts {
 		if o != nil {
@@ -218,16 +233,7 @@ func New(opts ...Option) *Transport {
 	if c.backoffMax < c.backoffMin {
 		c.backoffMax = c.backoffMin
 	}
-	log := c.logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Transport{
-		cfg:    c,
-		log:    log,
-		topics: make(map[string][]*group),
-		subs:   make(map[*subscription]struct{}),
-	}
+	return c
 }
 
 // Publish queues a copy of each message for every group subscribed to
@@ -1054,40 +1060,50 @@ var urlShape = transport.URLShape{Scheme: Scheme, HostHint: "chan:// takes no ho
 // backoff_max (WithBackoff, as Go durations: "10ms"), drain_timeout
 // (WithDrainTimeout); unknown options,
 // a host or a path are errors.
-func Opener() transport.Opener { return transport.OpenerFunc(open) }
+func Opener() transport.Opener { return &URLOpener{} }
 
 // URLOpener opens "chan://" URLs (see Opener) with settings a URL cannot
-// carry.
+// carry. Its zero value opens URLs as Opener's does. Every transport has
+// an opener of this shape (Logger, and TLS and defaults where they apply),
+// so that busway.NewMux can give them all the same logger.
 type URLOpener struct {
-	// Logger is the WithLogger of the transports it opens (nil: discard).
+	// Logger is the WithLogger of the transports it opens. Default nil:
+	// discard.
 	Logger *slog.Logger
+	// Options are the defaults of the transports it opens: the URL's
+	// options override them. Default none.
+	Options []Option
 }
 
-// OpenTransport parses u as Opener does and calls New.
+// OpenTransport parses u as Opener does and calls New with o.Options, the
+// URL's options and o.Logger, in that order.
 func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Transport, error) {
-	return openWith(u, WithLogger(o.Logger))
+	var extra []Option
+	if o.Logger != nil {
+		extra = append(extra, WithLogger(o.Logger))
+	}
+	return openWith(u, o.Options, extra...)
 }
 
-func open(_ context.Context, u *url.URL) (transport.Transport, error) { return openWith(u) }
-
-func openWith(u *url.URL, extra ...Option) (transport.Transport, error) {
+func openWith(u *url.URL, defaults []Option, extra ...Option) (transport.Transport, error) {
 	if err := transport.CheckURL(u, urlShape); err != nil {
 		return nil, err
 	}
+	def := newConfig(defaults)
 	q := transport.NewQuery(u)
-	buffer := q.Int("buffer", DefaultBuffer)
+	buffer := q.Int("buffer", def.buffer)
 	if buffer < 1 {
 		q.Fail("buffer", fmt.Errorf("%w: %d, want at least 1", transport.ErrInvalidURL, buffer))
 	}
-	shards := q.Int("shards", DefaultShards)
+	shards := q.Int("shards", def.shards)
 	if shards < 1 {
 		q.Fail("shards", fmt.Errorf("%w: %d, want at least 1", transport.ErrInvalidURL, shards))
 	}
-	bmin := q.Duration("backoff_min", DefaultBackoffMin)
+	bmin := q.Duration("backoff_min", def.backoffMin)
 	if bmin <= 0 {
 		q.Fail("backoff_min", fmt.Errorf("%w: %v, want more than 0", transport.ErrInvalidURL, bmin))
 	}
-	bmax := q.Duration("backoff_max", DefaultBackoffMax)
+	bmax := q.Duration("backoff_max", def.backoffMax)
 	if bmax < bmin {
 		q.Fail("backoff_max", fmt.Errorf("%w: %v is less than backoff_min %v", transport.ErrInvalidURL, bmax, bmin))
 	}
@@ -1096,12 +1112,13 @@ func openWith(u *url.URL, extra ...Option) (transport.Transport, error) {
 		// in a URL must not become an allocation that kills the process.
 		q.Fail("buffer", fmt.Errorf("%w: buffer %d x shards %d is more than %d queued messages per group", transport.ErrInvalidURL, buffer, shards, MaxURLQueue))
 	}
-	drain := q.Duration("drain_timeout", DefaultDrainTimeout)
+	drain := q.Duration("drain_timeout", def.drain)
 	if drain < 0 {
 		q.Fail("drain_timeout", fmt.Errorf("%w: %v is negative", transport.ErrInvalidURL, drain))
 	}
 	if err := q.Err(); err != nil {
 		return nil, err
 	}
-	return New(append([]Option{WithBuffer(buffer), WithShards(shards), WithBackoff(bmin, bmax), WithDrainTimeout(drain)}, extra...)...), nil
+	opts := append(slices.Clip(defaults), WithBuffer(buffer), WithShards(shards), WithBackoff(bmin, bmax), WithDrainTimeout(drain))
+	return New(append(opts, extra...)...), nil
 }

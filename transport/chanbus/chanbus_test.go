@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -565,5 +566,29 @@ func TestBlockedPublishGetsErrClosed(t *testing.T) {
 	}
 	if err := <-errc; !errors.Is(err, transport.ErrClosed) {
 		t.Errorf("Publish blocked while the transport closed: %v, want ErrClosed", err)
+	}
+}
+
+// TestURLOpenerDefaults: URLOpener.Options are the defaults that a URL's
+// options override.
+func TestURLOpenerDefaults(t *testing.T) {
+	o := &URLOpener{Options: []Option{WithBuffer(7), WithShards(5), WithDrainTimeout(time.Second)}}
+	for raw, want := range map[string]config{
+		"chan://":                           {buffer: 7, shards: 5, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: time.Second},
+		"chan://?shards=3":                  {buffer: 7, shards: 3, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax, drain: time.Second},
+		"chan://?buffer=9&drain_timeout=0s": {buffer: 9, shards: 5, backoffMin: DefaultBackoffMin, backoffMax: DefaultBackoffMax},
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := o.OpenTransport(t.Context(), u)
+		if err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		if got := tr.(*Transport).cfg; got != want {
+			t.Errorf("%s: config %+v, want %+v", raw, got, want)
+		}
+		tr.Close()
 	}
 }

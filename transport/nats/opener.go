@@ -2,6 +2,7 @@ package nats
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -35,20 +36,46 @@ import (
 func Opener() transport.Opener { return &URLOpener{} }
 
 // URLOpener opens "nats" URLs (see Opener) with settings a URL cannot
-// carry.
+// carry. Its zero value opens URLs as Opener's does. Every transport has
+// an opener of this shape (Logger, TLS, Config), so that busway.NewMux can
+// give them all the same logger.
 type URLOpener struct {
-	// Logger is Config.Logger of the transports it opens (nil: discard).
+	// Logger is Config.Logger of the transports it opens. Default nil:
+	// discard.
 	Logger *slog.Logger
+	// TLS is Config.TLS of the transports it opens, for what a URL cannot
+	// say (a tls.Config built in code, a GetClientCertificate callback),
+	// unless the URL has TLS options (tls, tls_ca, tls_cert, tls_key),
+	// which then decide. Default nil.
+	TLS *tls.Config
+	// Config is the defaults of the transports it opens: the URL's
+	// servers and options override its fields. Its Logger and TLS give way
+	// to the fields above when those are set. Default: Config's own.
+	Config Config
 }
 
-// OpenTransport parses u with ConfigFromURL and calls New.
+// OpenTransport parses u over o.Config (see ConfigFromURL) and calls New.
 func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Transport, error) {
-	cfg, err := ConfigFromURL(u)
+	cfg, err := o.config(u)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Logger = o.Logger
 	return New(ctx, cfg)
+}
+
+// config is the Config that OpenTransport opens u with.
+func (o *URLOpener) config(u *url.URL) (Config, error) {
+	cfg, err := configFromURL(u, o.Config)
+	if err != nil {
+		return Config{}, err
+	}
+	if o.Logger != nil {
+		cfg.Logger = o.Logger
+	}
+	if q := u.Query(); o.TLS != nil && !q.Has("tls") && !q.Has("tls_ca") && !q.Has("tls_cert") && !q.Has("tls_key") {
+		cfg.TLS = o.TLS
+	}
+	return cfg, nil
 }
 
 // urlShape is the shape of "nats://" URLs: servers (or "embedded") in the
@@ -57,11 +84,16 @@ var urlShape = transport.URLShape{Scheme: Scheme, Hosts: true, HostHint: "missin
 	PathHint: "a nats URL has no path (the stream is the option stream=)"}
 
 // ConfigFromURL parses a "nats" URL (see Opener) into a Config.
-func ConfigFromURL(u *url.URL) (Config, error) {
-	var cfg Config
+func ConfigFromURL(u *url.URL) (Config, error) { return configFromURL(u, Config{}) }
+
+// configFromURL is ConfigFromURL over base: what the URL leaves unset keeps
+// base's value.
+func configFromURL(u *url.URL, base Config) (Config, error) {
 	if err := transport.CheckURL(u, urlShape); err != nil {
-		return cfg, err
+		return Config{}, err
 	}
+	cfg := base
+	cfg.Servers, cfg.Embedded = nil, nil
 	bad := func(part string, format string, args ...any) error {
 		return transport.InvalidURL(u, part, format, args...)
 	}
@@ -71,9 +103,13 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		if u.User != nil {
 			return cfg, bad("user", "the embedded server takes no credentials")
 		}
-		e := &EmbeddedConfig{StoreDir: q.String("store_dir", "")}
-		e.Port = q.Int("port", 0)
-		mp := q.Int64("max_payload", 0)
+		e := new(EmbeddedConfig)
+		if base.Embedded != nil {
+			*e = *base.Embedded
+		}
+		e.StoreDir = q.String("store_dir", e.StoreDir)
+		e.Port = q.Int("port", e.Port)
+		mp := q.Int64("max_payload", int64(e.MaxPayload))
 		if mp < 0 || mp > 64<<20 {
 			q.Fail("max_payload", fmt.Errorf("%w: %d is not between 1 and 64 MiB", transport.ErrInvalidURL, mp))
 		}
@@ -104,29 +140,36 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 			}
 		}
 	}
-	cfg.Stream = q.String("stream", "")
-	cfg.SubjectPrefix = q.String("prefix", "")
-	if q.Enum("provision", "create", "create", "bind") == "bind" {
+	cfg.Stream = q.String("stream", cfg.Stream)
+	cfg.SubjectPrefix = q.String("prefix", cfg.SubjectPrefix)
+	switch q.Enum("provision", "", "create", "bind") {
+	case "create":
+		cfg.Provision = ProvisionCreate
+	case "bind":
 		cfg.Provision = ProvisionBind
 	}
-	if q.Enum("storage", "file", "file", "memory") == "memory" {
+	switch q.Enum("storage", "", "file", "memory") {
+	case "file":
+		cfg.Storage = StorageFile
+	case "memory":
 		cfg.Storage = StorageMemory
 	}
-	cfg.Replicas = q.Int("replicas", 0)
-	cfg.MaxAge = q.Duration("max_age", 0)
-	cfg.Duplicates = q.Duration("duplicates", 0)
-	cfg.AckWait = q.Duration("ack_wait", 0)
-	cfg.MaxDeliver = q.Int("max_deliver", 0)
-	cfg.MaxAckPending = q.Int("max_ack_pending", 0)
-	cfg.PublishTimeout = q.Duration("publish_timeout", 0)
-	cfg.ConnectTimeout = q.Duration("connect_timeout", 0)
-	cfg.Name = q.String("name", "")
+	cfg.Replicas = q.Int("replicas", cfg.Replicas)
+	cfg.MaxAge = q.Duration("max_age", cfg.MaxAge)
+	cfg.Duplicates = q.Duration("duplicates", cfg.Duplicates)
+	cfg.AckWait = q.Duration("ack_wait", cfg.AckWait)
+	cfg.MaxDeliver = q.Int("max_deliver", cfg.MaxDeliver)
+	cfg.MaxAckPending = q.Int("max_ack_pending", cfg.MaxAckPending)
+	cfg.PublishTimeout = q.Duration("publish_timeout", cfg.PublishTimeout)
+	cfg.ConnectTimeout = q.Duration("connect_timeout", cfg.ConnectTimeout)
+	cfg.Name = q.String("name", cfg.Name)
 	if tok := q.String("token", ""); tok != "" {
 		cfg.Token = tok
 	}
-	cfg.CredsFile = q.String("creds", "")
-	cfg.NKeySeedFile = q.String("nkey", "")
+	cfg.CredsFile = q.String("creds", cfg.CredsFile)
+	cfg.NKeySeedFile = q.String("nkey", cfg.NKeySeedFile)
 	if nd := q.String("nak_delay", ""); nd != "" {
+		cfg.NakDelays = nil
 		for s := range strings.SplitSeq(nd, ",") {
 			d, err := time.ParseDuration(strings.TrimSpace(s))
 			if err != nil || d < 0 {
@@ -147,6 +190,8 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 			return cfg, transport.InvalidURL(u, fmt.Sprintf("query option %q", opt), "%v", err)
 		}
 		cfg.TLS = tc
+	} else if q.Has("tls") { // tls=false
+		cfg.TLS = nil
 	}
 	// Check the values now, so that the error names the URL.
 	if _, err := cfg.settings(); err != nil {
