@@ -8,6 +8,19 @@
 // Users normally work with the typed API of package bus; this package is for
 // writing transports and middleware. It imports nothing else of busway.
 //
+// # Writing a transport
+//
+// The guide to writing a fourth transport, with the rules every transport
+// keeps (validation, ErrClosed, context errors returned as they are,
+// PublishError, CallHandler, CloudEvents headers per binding, options, the
+// URLOpener shape, MaxMessageBytes, DeleteGroup, Systemer) and the
+// conformance capabilities, is transport/README.md:
+// https://github.com/busway/busway/blob/main/transport/README.md. The
+// helpers it uses live here: ValidatePublish and ValidateSubscribe,
+// CallHandler, CloseOnce, CheckURL with URLShape, InvalidURL and Query;
+// package transport/backoff has the one retry policy; package
+// transport/transporttest the conformance suite (Run) and CheckOpener.
+//
 // # Delivery semantics
 //
 // Every transport keeps these rules, and package transporttest checks them:

@@ -592,3 +592,8 @@ func TestURLOpenerDefaults(t *testing.T) {
 		tr.Close()
 	}
 }
+
+func TestOpenerConformance(t *testing.T) {
+	transporttest.CheckOpener(t, transporttest.OpenerHarness{Opener: &URLOpener{}, Scheme: Scheme,
+		Bad: []transporttest.BadURL{{URL: "chan://?buffer=0", Part: `"buffer"`}, {URL: "chan://?drain_timeout=-1s", Part: `"drain_timeout"`}}})
+}

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/busway/busway/transport/transporttest"
 )
 
 // TestURLOpenerDefaults: URLOpener.Config holds the defaults that a URL's
@@ -49,4 +51,14 @@ func TestURLOpenerDefaults(t *testing.T) {
 	if err != nil || zero.ClientID != "" || zero.Logger != nil || zero.TLS != nil || zero.Acks != AcksAll {
 		t.Errorf("zero URLOpener: %+v, %v", zero, err)
 	}
+}
+
+func TestOpenerConformance(t *testing.T) {
+	transporttest.CheckOpener(t, transporttest.OpenerHarness{Opener: &URLOpener{}, Scheme: Scheme, Host: "127.0.0.1:9092",
+		Bad: []transporttest.BadURL{
+			{URL: "kafka://a:1,,b:2", Part: "host"},
+			{URL: "kafka://u:s3cretpw@h:9092", Part: `"sasl"`},
+			{URL: "kafka://h?acks=some", Part: `"acks"`},
+			{URL: "kafka://h?tls_insecure_skip_verify=true", Part: `"tls_insecure_skip_verify"`},
+		}})
 }

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/busway/busway/transport/transporttest"
 )
 
 // TestURLOpenerDefaults: URLOpener.Config holds the defaults that a URL's
@@ -44,4 +46,14 @@ func TestURLOpenerDefaults(t *testing.T) {
 	if err != nil || zero.Stream != "" || zero.Logger != nil || zero.TLS != nil || zero.Provision != ProvisionCreate {
 		t.Errorf("zero URLOpener: %+v, %v", zero, err)
 	}
+}
+
+func TestOpenerConformance(t *testing.T) {
+	transporttest.CheckOpener(t, transporttest.OpenerHarness{Opener: &URLOpener{}, Scheme: Scheme, Host: "127.0.0.1:4222",
+		Bad: []transporttest.BadURL{
+			{URL: "nats://127.0.0.1:99999", Part: "host"},
+			{URL: "nats://embedded", Part: `"store_dir"`},
+			{URL: "nats://u:s3cretpw@embedded?store_dir=/x", Part: "user"},
+			{URL: "nats://h?storage=tape", Part: `"storage"`},
+		}})
 }

@@ -817,3 +817,22 @@ func (s *suite) testCloseExpiredContext(t *testing.T) {
 		t.Errorf("second Subscription.Close: %v, want the first one's context.Canceled", err)
 	}
 }
+
+// foreignOption is a subscribe option of no busway transport.
+type foreignOption struct{}
+
+func (foreignOption) Transport() string { return "transporttest-foreign" }
+
+// testForeignOptionsIgnored: a transport ignores the Specific options of
+// other transports (and nil entries), so one SubscribeOptions works
+// whichever transport a URL selects.
+func (s *suite) testForeignOptionsIgnored(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t),
+		Specific: []transport.SpecificOption{foreignOption{}, nil}})
+	msgs := makeMsgs(topic, 3, nil)
+	s.publish(t, tr, topic, msgs, 0)
+	s.waitFor(t, "the messages of a subscription with another transport's options", rec.hasAll(ids(msgs)))
+}

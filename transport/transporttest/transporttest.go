@@ -24,7 +24,8 @@
 // (handlers cancelled, waited for, the context's error returned); Close
 // twice; ErrClosed after Close; the
 // Concurrency limit; concurrent publishers; a cancelled Publish context;
-// bad input (the sentinel errors of package transport); and, where the
+// bad input (the sentinel errors of package transport); another
+// transport's Specific options, which must be ignored; and, where the
 // transport implements transport.GroupDeleter, DeleteGroup.
 //
 // Where busway meets the broker: a handler that calls runtime.Goexit (its
@@ -164,6 +165,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"ConcurrentPublishers", s.testConcurrentPublishers},
 		{"PublishCancelledContext", s.testPublishCancelled},
 		{"InvalidInput", s.testInvalidInput},
+		{"ForeignOptionsIgnored", s.testForeignOptionsIgnored},
 		{"OversizeInBatch", s.testOversizeInBatch},
 		{"DeleteGroup", s.testDeleteGroup},
 		{"HandlerGoexit", s.testHandlerGoexit},
