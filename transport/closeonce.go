@@ -1,8 +1,12 @@
 package transport
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // CloseOnce is the closed state of a Transport (or anything with a Close
@@ -38,4 +42,27 @@ func (c *CloseOnce) Do(close func() error) error {
 		c.err = close()
 	})
 	return c.err
+}
+
+// CloseSubscriptions is the drain of a Transport.Close: it closes subs
+// together, each as Subscription.Close does with a context that ends after
+// drain, waits for all of them and returns their errors joined. name, when
+// not nil, describes a subscription for its error ("nats: close
+// subscription to \"orders\" (group \"billing\")").
+func CloseSubscriptions[S Subscription](subs []S, drain time.Duration, name func(S) string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	errs := make([]error, len(subs))
+	var wg sync.WaitGroup
+	for i, s := range subs {
+		wg.Go(func() {
+			if err := s.Close(ctx); err != nil && name != nil {
+				errs[i] = fmt.Errorf("%s: %w", name(s), err)
+			} else {
+				errs[i] = err
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

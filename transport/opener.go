@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 )
@@ -62,4 +63,21 @@ func CheckURL(u *url.URL, s URLShape) error {
 // open.
 func InvalidURL(u *url.URL, part, format string, args ...any) *URLError {
 	return &URLError{URL: Redact(u), Part: part, Err: fmt.Errorf("%w: "+format, append([]any{ErrInvalidURL}, args...)...)}
+}
+
+// OpenConfig is the OpenTransport of a transport's URLOpener: parse turns
+// u into the transport's config (its URL shape checked, its options read
+// over the opener's defaults), open opens it. On failure the Transport is
+// nil, never a non-nil interface holding a nil pointer, which returning
+// New's (*T, error) directly as (Transport, error) would give.
+func OpenConfig[C any, T Transport](ctx context.Context, u *url.URL, parse func(*url.URL) (C, error), open func(context.Context, C) (T, error)) (Transport, error) {
+	c, err := parse(u)
+	if err != nil {
+		return nil, err
+	}
+	t, err := open(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
 }

@@ -92,6 +92,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"slices"
 	"sync"
@@ -447,29 +448,12 @@ func (t *Transport) Close() error { return t.closer.Do(t.close) }
 
 func (t *Transport) close() error {
 	t.mu.Lock()
-	subs := make([]*subscription, 0, len(t.subs))
-	for s := range t.subs {
-		subs = append(subs, s)
-	}
+	subs := slices.Collect(maps.Keys(t.subs))
 	t.mu.Unlock()
-	for _, s := range subs {
-		s.stopOnce.Do(func() { close(s.stop) })
-	}
-	timer := time.NewTimer(t.cfg.drain)
-	defer timer.Stop()
-	for _, s := range subs {
-		select {
-		case <-s.done:
-			continue
-		case <-timer.C:
-			// Past the drain timeout: cancel every handler still running,
-			// then wait for them to return.
-			for _, s := range subs {
-				s.cancel()
-			}
-		}
-		<-s.done
-	}
+	// A drain that runs out of time is not an error here: there is no
+	// broker to redeliver the abandoned messages, and Close has done all
+	// it can (see transport.Transport).
+	_ = transport.CloseSubscriptions(subs, t.cfg.drain, nil)
 	return nil
 }
 
@@ -1031,23 +1015,24 @@ func (t *Transport) backoffDelay(attempt int) time.Duration {
 // return (abandoned: a failed delivery, not acknowledged) and returns ctx's
 // error, as the package transport contract says. When this was the group's
 // last member, the group and its queued messages are dropped. Idempotent:
-// a later call returns what the first one did, after it did.
+// every call returns what the first one to return did.
 func (s *subscription) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() {
-		s.stopOnce.Do(func() { close(s.stop) })
-		select {
-		case <-s.done:
-			return
-		default:
-		}
+	s.stopOnce.Do(func() { close(s.stop) })
+	var err error
+	select {
+	case <-s.done:
+	default:
+		// Each caller waits with its own ctx, so that Transport.Close's
+		// drain timeout holds while a user's Close waits too.
 		select {
 		case <-s.done:
 		case <-ctx.Done():
 			s.cancel()
 			<-s.done
-			s.closeErr = ctx.Err()
+			err = ctx.Err()
 		}
-	})
+	}
+	s.closeOnce.Do(func() { s.closeErr = err })
 	return s.closeErr
 }
 

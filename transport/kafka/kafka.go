@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -152,21 +154,11 @@ func (t *Transport) Close() error { return t.closer.Do(t.close) }
 
 func (t *Transport) close() error {
 	t.mu.Lock()
-	subs := make([]*subscription, 0, len(t.subs))
-	for s := range t.subs {
-		subs = append(subs, s)
-	}
+	subs := slices.Collect(maps.Keys(t.subs))
 	t.mu.Unlock()
-	errs := make([]error, len(subs))
-	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.DrainTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	for i, s := range subs {
-		wg.Go(func() { errs[i] = s.Close(ctx) })
-	}
-	wg.Wait()
+	err := transport.CloseSubscriptions(subs, t.cfg.DrainTimeout, nil)
 	t.release()
-	return errors.Join(errs...)
+	return err
 }
 
 // MaxMessageBytes is the largest record batch Publish sends

@@ -1,6 +1,7 @@
 package nats
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -56,26 +57,15 @@ type URLOpener struct {
 
 // OpenTransport parses u over o.Config (see ConfigFromURL) and calls New.
 func (o *URLOpener) OpenTransport(ctx context.Context, u *url.URL) (transport.Transport, error) {
-	cfg, err := o.config(u)
-	if err != nil {
-		return nil, err
-	}
-	return New(ctx, cfg)
+	return transport.OpenConfig(ctx, u, o.config, New)
 }
 
-// config is the Config that OpenTransport opens u with.
+// config is the Config that OpenTransport opens u with: the URL's servers and
+// options over o.Config, whose Logger and TLS o's own replace where set.
 func (o *URLOpener) config(u *url.URL) (Config, error) {
-	cfg, err := configFromURL(u, o.Config)
-	if err != nil {
-		return Config{}, err
-	}
-	if o.Logger != nil {
-		cfg.Logger = o.Logger
-	}
-	if q := u.Query(); o.TLS != nil && !q.Has("tls") && !q.Has("tls_ca") && !q.Has("tls_cert") && !q.Has("tls_key") {
-		cfg.TLS = o.TLS
-	}
-	return cfg, nil
+	base := o.Config
+	base.Logger, base.TLS = cmp.Or(o.Logger, base.Logger), cmp.Or(o.TLS, base.TLS)
+	return configFromURL(u, base)
 }
 
 // urlShape is the shape of "nats://" URLs: servers (or "embedded") in the

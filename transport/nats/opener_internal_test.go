@@ -14,37 +14,34 @@ import (
 // options override; its Logger and TLS reach the Config, TLS only where
 // the URL has no TLS option.
 func TestURLOpenerDefaults(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
 	own := &tls.Config{ServerName: "own", MinVersion: tls.VersionTLS12}
-	o := &URLOpener{Logger: log, TLS: own, Config: Config{
-		Servers: []string{"nats://ignored:1"}, Stream: "BASE", AckWait: time.Minute, Provision: ProvisionBind,
-		Storage: StorageMemory, NakDelays: []time.Duration{time.Second}, Name: "base",
-	}}
-	parse := func(raw string) Config {
-		t.Helper()
-		u, err := url.Parse(raw)
+	log := slog.New(slog.DiscardHandler)
+	base := Config{Servers: []string{"nats://ignored:1"}, Stream: "BASE", AckWait: time.Minute, Provision: ProvisionBind,
+		Storage: StorageMemory, NakDelays: []time.Duration{time.Second}, Name: "base"}
+	for _, c := range []struct {
+		opener *URLOpener
+		url    string
+		ok     func(Config) bool
+	}{
+		{&URLOpener{Logger: log, TLS: own, Config: base}, "nats://h1,h2:4223?ack_wait=2s", func(c Config) bool {
+			return len(c.Servers) == 2 && c.Servers[0] == "nats://h1:4222" && c.Stream == "BASE" && c.AckWait == 2*time.Second &&
+				c.Provision == ProvisionBind && c.Storage == StorageMemory && len(c.NakDelays) == 1 && c.Name == "base" &&
+				c.Logger == log && c.TLS == own
+		}},
+		{&URLOpener{Logger: log, TLS: own, Config: base}, "nats://h?provision=create&storage=file&nak_delay=1ms,2ms&stream=URL&tls=false", func(c Config) bool {
+			return c.Provision == ProvisionCreate && c.Storage == StorageFile && len(c.NakDelays) == 2 && c.Stream == "URL" && c.TLS == nil
+		}},
+		{&URLOpener{}, "nats://h", func(c Config) bool {
+			return c.Stream == "" && c.Logger == nil && c.TLS == nil && c.Provision == ProvisionCreate
+		}},
+	} {
+		u, err := url.Parse(c.url)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := o.config(u)
-		if err != nil {
-			t.Fatalf("%s: %v", raw, err)
+		if cfg, err := c.opener.config(u); err != nil || !c.ok(cfg) {
+			t.Errorf("%s: %+v, %v", c.url, cfg, err)
 		}
-		return cfg
-	}
-	c := parse("nats://h1,h2:4223?ack_wait=2s")
-	if len(c.Servers) != 2 || c.Servers[0] != "nats://h1:4222" || c.Stream != "BASE" || c.AckWait != 2*time.Second ||
-		c.Provision != ProvisionBind || c.Storage != StorageMemory || len(c.NakDelays) != 1 || c.Name != "base" ||
-		c.Logger != log || c.TLS != own {
-		t.Errorf("defaults not kept or URL not applied: %+v", c)
-	}
-	c = parse("nats://h?provision=create&storage=file&nak_delay=1ms,2ms&stream=URL&tls=false")
-	if c.Provision != ProvisionCreate || c.Storage != StorageFile || len(c.NakDelays) != 2 || c.Stream != "URL" || c.TLS != nil {
-		t.Errorf("URL options did not override the defaults: %+v", c)
-	}
-	zero, err := (&URLOpener{}).config(&url.URL{Scheme: Scheme, Host: "h"})
-	if err != nil || zero.Stream != "" || zero.Logger != nil || zero.TLS != nil || zero.Provision != ProvisionCreate {
-		t.Errorf("zero URLOpener: %+v, %v", zero, err)
 	}
 }
 

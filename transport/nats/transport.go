@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -402,32 +404,19 @@ func (t *Transport) Close() error { return t.closer.Do(t.close) }
 
 func (t *Transport) close() error {
 	t.mu.Lock()
-	subs := make([]*subscription, 0, len(t.subs))
-	for s := range t.subs {
-		subs = append(subs, s)
-	}
+	subs := slices.Collect(maps.Keys(t.subs))
 	t.mu.Unlock()
-	// Close the subscriptions in parallel, so that one slow handler
-	// does not hold up the others' drain.
-	errs := make([]error, len(subs))
-	var wg sync.WaitGroup
-	for i, s := range subs {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), t.s.AckWait)
-			defer cancel()
-			if err := s.Close(ctx); err != nil {
-				errs[i] = fmt.Errorf("nats: close subscription to %q (group %q): %w", s.topic, s.group, err)
-			}
-		})
-	}
-	wg.Wait()
+	// Together, so that one slow handler does not hold up the others' drain.
+	err := transport.CloseSubscriptions(subs, t.s.AckWait, func(s *subscription) string {
+		return fmt.Sprintf("nats: close subscription to %q (group %q)", s.topic, s.group)
+	})
 	if t.nc.IsConnected() {
 		if err := t.nc.FlushTimeout(t.s.ConnectTimeout); err != nil && !errors.Is(err, natsgo.ErrConnectionClosed) {
 			t.log.Warn("nats: flush on close", "error", err)
 		}
 	}
 	t.release()
-	return errors.Join(errs...)
+	return err
 }
 
 // release closes the connection and stops the embedded server.
