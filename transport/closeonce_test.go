@@ -1,7 +1,9 @@
 package transport_test
 
 import (
+	"context"
 	"errors"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -51,5 +53,31 @@ func TestCloseOnce(t *testing.T) {
 	}
 	if err := c.Do(func() error { return nil }); err != boom || !c.Closed() {
 		t.Errorf("later Do: %v, Closed %v", err, c.Closed())
+	}
+}
+
+type nilTransport struct{ transport.Transport }
+
+// TestOpenConfigNilOnError: an opener built on OpenConfig returns a nil
+// Transport when the transport's New fails, not an interface holding a
+// nil pointer (which `return New(ctx, cfg)` as (Transport, error) gives,
+// and which a caller's `if tr != nil { tr.Close() }` would crash on).
+func TestOpenConfigNilOnError(t *testing.T) {
+	boom := errors.New("boom")
+	parse := func(*url.URL) (int, error) { return 1, nil }
+	newFails := func(context.Context, int) (*nilTransport, error) { return nil, boom }
+	tr, err := transport.OpenConfig(t.Context(), &url.URL{Scheme: "x"}, parse, newFails)
+	if err != boom || tr != nil {
+		t.Fatalf("OpenConfig with a failing New: %#v, %v; want a nil Transport and its error", tr, err)
+	}
+	bad := errors.New("bad url")
+	tr, err = transport.OpenConfig(t.Context(), &url.URL{Scheme: "x"}, func(*url.URL) (int, error) { return 0, bad }, newFails)
+	if err != bad || tr != nil {
+		t.Fatalf("OpenConfig with a failing parse: %#v, %v", tr, err)
+	}
+	ok := &nilTransport{}
+	tr, err = transport.OpenConfig(t.Context(), &url.URL{Scheme: "x"}, parse, func(context.Context, int) (*nilTransport, error) { return ok, nil })
+	if err != nil || tr != transport.Transport(ok) {
+		t.Fatalf("OpenConfig: %v, %v", tr, err)
 	}
 }

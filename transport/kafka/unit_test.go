@@ -243,3 +243,14 @@ func TestOpenerConformance(t *testing.T) {
 			{URL: "kafka://h?tls_insecure_skip_verify=true", Part: `"tls_insecure_skip_verify"`},
 		}})
 }
+
+// TestOpenerNilOnError: a URL that parses but whose brokers cannot be
+// reached gives an error and a nil Transport (before OpenConfig, a non-nil
+// interface holding a nil *Transport).
+func TestOpenerNilOnError(t *testing.T) {
+	u, _ := url.Parse("kafka://127.0.0.1:1?dial_timeout=500ms")
+	tr, err := (&URLOpener{}).OpenTransport(t.Context(), u)
+	if err == nil || tr != nil {
+		t.Fatalf("OpenTransport to a closed port: %#v, %v; want a nil Transport and an error", tr, err)
+	}
+}
