@@ -31,7 +31,11 @@ type Bus struct {
 	fallback  transport.Handler
 	settle    func(context.Context) error // bushook.LiveSubscribe
 	system    string                      // transport.SystemOf(t)
-	err       error                       // an invalid argument of New, returned by every call
+	// recycle: Publish recycles its messages (publishRecycled), as pub
+	// keeps nothing of them (a transport.PublishCopier with no publish
+	// middleware) and the codec is JSON.
+	recycle bool
+	err     error // an invalid argument of New, returned by every call
 
 	state atomic.Int32 // stateNew, stateStarted, stateDraining, stateClosed
 
@@ -224,6 +228,8 @@ func New(t transport.Transport, opts ...Option) *Bus {
 			})
 		}
 		b.pub = p
+		_, copies := t.(transport.PublishCopier)
+		b.recycle = copies && len(c.pubMW) == 0 && b.codec == JSON
 	}
 	return b
 }

@@ -195,12 +195,21 @@ func reservedHeader(name string) bool {
 // headers of hm and hs into a new message. Envelope attributes in hm or hs
 // are ignored: the fields win.
 func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (*msgBox, error) {
+	box := new(msgBox)
+	if err := box.fill(e, hm, hs, body); err != nil {
+		return nil, err
+	}
+	return box, nil
+}
+
+// fill is buildMessage into box, reusing its Header map when it has one.
+func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []byte) error {
 	var ts string
 	stamped := e.Time.IsZero()
 	if stamped {
 		e.Time = time.Now()
 	} else if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
-		return nil, fmt.Errorf("%w: time %v: year %d is outside RFC 3339's 0000 to 9999", ErrInvalidEnvelope, e.Time, y)
+		return fmt.Errorf("%w: time %v: year %d is outside RFC 3339's 0000 to 9999", ErrInvalidEnvelope, e.Time, y)
 	}
 	if e.ID == "" {
 		now := e.Time // the ID's time is the event's when it was stamped here
@@ -218,7 +227,12 @@ func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (
 	if e.Key != "" {
 		n++
 	}
-	h := make(map[string]string, n)
+	h := box.msg.Header
+	if h == nil {
+		h = make(map[string]string, n)
+	} else {
+		clear(h)
+	}
 	for k, v := range hm {
 		if !reservedHeader(k) {
 			h[k] = v
@@ -246,9 +260,9 @@ func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (
 	if e.DataSchema != "" {
 		h[transport.HeaderDataSchema] = e.DataSchema
 	}
-	box := &msgBox{msg: transport.Message{ID: e.ID, Key: e.Key, Header: h, Body: body}}
+	box.msg = transport.Message{ID: e.ID, Key: e.Key, Header: h, Body: body}
 	box.arr[0] = &box.msg
-	return box, nil
+	return nil
 }
 
 // newIDAndTime returns a new UUIDv7 for the time now (see newV7) and t in

@@ -1,10 +1,13 @@
 package bus
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/busway/busway/transport"
@@ -114,10 +117,18 @@ func WithKeyFunc[T any](key func(T) string) PublishOption {
 // still draining during Shutdown may publish), the context's error as it
 // is, and otherwise an error naming the event type.
 func Publish[T any](ctx context.Context, b *Bus, v T, opts ...PublishOption) error {
+	if b != nil && b.recycle {
+		return publishRecycled(ctx, b, v, opts)
+	}
 	ti, box, err := newMessage(b, v, opts)
 	if err != nil {
 		return err
 	}
+	return b.publishBox(ctx, ti, box)
+}
+
+// publishBox sends box's message to ti's topic.
+func (b *Bus) publishBox(ctx context.Context, ti *typeInfo, box *msgBox) error {
 	if err := b.pub.Publish(ctx, ti.topic, box.arr[:]...); err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
 			return err
@@ -126,6 +137,71 @@ func Publish[T any](ctx context.Context, b *Bus, v T, opts ...PublishOption) err
 	}
 	b.published.Add(1)
 	return nil
+}
+
+// publishRecycled is Publish on a transport.PublishCopier with the JSON
+// codec (Bus.recycle): the publisher keeps nothing of the message once it
+// returned, so the message, its Header map and its body buffer are
+// recycled for a later Publish.
+func publishRecycled[T any](ctx context.Context, b *Bus, v T, opts []PublishOption) error {
+	ti, c, err := prepare[T](b, opts)
+	if err != nil {
+		return err
+	}
+	box := pubBoxes.Get().(*pubBox)
+	defer box.recycle()
+	if err := encodeInto(b, ti, &c, v, &box.msgBox, box); err != nil {
+		return fmt.Errorf("busway: publish %s: %w", ti.name, err)
+	}
+	return b.publishBox(ctx, ti, &box.msgBox)
+}
+
+// pubBox is a message Publish recycles (see publishRecycled), with the
+// buffer and JSON encoder of its body.
+type pubBox struct {
+	msgBox
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+var pubBoxes = sync.Pool{New: func() any {
+	box := new(pubBox)
+	box.enc = json.NewEncoder(&box.buf)
+	return box
+}}
+
+// Limits on what a recycled pubBox keeps, so that one large event does
+// not pin its memory in the pool.
+const (
+	maxRecycledBody   = 64 << 10
+	maxRecycledHeader = 64
+)
+
+// Marshal encodes v as json.Marshal does (the JSON codec's Marshal), into
+// box's buffer: Encoder.Encode writes the same bytes, HTML escaping
+// included, and a newline, which is cut.
+func (box *pubBox) Marshal(v any) ([]byte, error) {
+	box.buf.Reset()
+	if err := box.enc.Encode(v); err != nil {
+		return nil, err
+	}
+	body := box.buf.Bytes()
+	return body[:len(body)-1], nil
+}
+
+// recycle returns box to the pool, without what it referred to.
+func (box *pubBox) recycle() {
+	h := box.msg.Header
+	if len(h) > maxRecycledHeader {
+		h = nil
+	}
+	clear(h)
+	box.msg = transport.Message{Header: h}
+	box.arr[0] = nil
+	if box.buf.Cap() > maxRecycledBody {
+		box.buf = bytes.Buffer{}
+	}
+	pubBoxes.Put(box)
 }
 
 // NewMessage returns the message Publish would send for v, and its topic,
@@ -220,12 +296,27 @@ func prepare[T any](b *Bus, opts []PublishOption) (*typeInfo, pubConfig, error) 
 
 // encode builds the message of one event.
 func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
-	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer && reflect.ValueOf(any(v)).IsNil() {
-		return nil, fmt.Errorf("%w: nil %v", transport.ErrInvalidMessage, rt)
+	box := new(msgBox)
+	if err := encodeInto(b, ti, c, v, box, b.codec); err != nil {
+		return nil, err
 	}
-	body, err := b.codec.Marshal(v)
+	return box, nil
+}
+
+// marshaler encodes event data: a Codec, or a recycled pubBox.
+type marshaler interface {
+	Marshal(v any) ([]byte, error)
+}
+
+// encodeInto builds the message of one event in box, its body encoded by
+// m.
+func encodeInto[T any](b *Bus, ti *typeInfo, c *pubConfig, v T, box *msgBox, m marshaler) error {
+	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer && reflect.ValueOf(any(v)).IsNil() {
+		return fmt.Errorf("%w: nil %v", transport.ErrInvalidMessage, rt)
+	}
+	body, err := m.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("encode: %w", err)
+		return fmt.Errorf("encode: %w", err)
 	}
 	key := c.key
 	if c.keyFn != nil {
@@ -240,9 +331,5 @@ func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
 		Key:         key,
 		ContentType: b.codec.ContentType(),
 	}
-	box, err := buildMessage(&env, nil, c.headers, body)
-	if err != nil {
-		return nil, err
-	}
-	return box, nil
+	return box.fill(&env, nil, c.headers, body)
 }

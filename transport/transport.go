@@ -103,6 +103,21 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, msgs ...*Message) error
 }
 
+// PublishCopier is implemented by a Publisher whose Publish keeps nothing
+// of the messages it was given once it returned, whatever it returned: no
+// *Message, Header map or Body (it copies what it queues, as chanbus
+// does). The caller may then reuse all of them at once, and package bus
+// recycles the memory of the messages it publishes on such a publisher. A
+// publisher that may still read a message after Publish returned (a
+// broker client's batch still in flight when ctx ended) must not
+// implement it; wrappers (middleware) do not, unless they make the same
+// promise for what they pass on.
+type PublishCopier interface {
+	Publisher
+	// PublishCopies marks the promise; it does nothing.
+	PublishCopies()
+}
+
 // Subscriber starts consuming a topic in the background.
 //
 // Subscribe returns once the subscription is established (a group's position

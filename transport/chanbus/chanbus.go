@@ -125,7 +125,10 @@ const (
 // it lets other shards have a turn.
 const batchPerTurn = 64
 
-var _ transport.Transport = (*Transport)(nil)
+var (
+	_ transport.Transport     = (*Transport)(nil)
+	_ transport.PublishCopier = (*Transport)(nil)
+)
 
 // Option configures a Transport.
 type Option func(*config)
@@ -278,6 +281,11 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	}
 	return nil
 }
+
+// PublishCopies marks the promise of transport.PublishCopier: Publish
+// queues copies (Header and Body included) and keeps nothing of the
+// caller's messages, whatever it returns.
+func (t *Transport) PublishCopies() {}
 
 // enqueueAll queues m for every group. With several groups, no group handles
 // it before it was queued for all of them (the deliveries share a gate that
