@@ -143,8 +143,9 @@ type Config struct {
 	// Default none.
 	BackOff []time.Duration
 	// NakDelays are the delays before a message whose handler failed is
-	// redelivered, by attempt (the last entry repeats). Default
-	// DefaultNakDelays: 100ms, 500ms, 2s, 5s.
+	// redelivered, by attempt (the last entry repeats): the Delays of a
+	// backoff.Policy, without jitter. Default DefaultNakDelays: 100ms,
+	// 500ms, 2s, 5s.
 	NakDelays []time.Duration
 	// MaxAckPending caps messages delivered to a subscription's group and
 	// not yet acked, the bound on in-flight memory. Default
