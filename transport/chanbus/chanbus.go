@@ -348,11 +348,19 @@ func newDelivery(m *transport.Message, topic, group string, now time.Time) *deli
 	if m.Header != nil {
 		if header == nil {
 			header = make(map[string]string, len(m.Header))
-		} else {
-			clear(header)
 		}
+		// Most publishers send the same header names every time: overwrite
+		// the recycled map's entries, and clear it (then fill it again) only
+		// when it holds names that m's Header lacks. The map then holds
+		// m.Header's entries exactly, as it holds all of them and no more.
 		for k, v := range m.Header {
 			header[k] = v
+		}
+		if len(header) != len(m.Header) {
+			clear(header)
+			for k, v := range m.Header {
+				header[k] = v
+			}
 		}
 		d.msg.Header = header
 	}
