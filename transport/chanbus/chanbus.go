@@ -202,8 +202,7 @@ type Transport struct {
 	subs   map[*subscription]struct{}
 
 	rr       atomic.Uint32 // spreads messages without a key over the shards
-	pend     pending       // queued or being handled: WaitIdle
-	unacked  pending       // not yet acknowledged or dropped, backoff included: WaitSettled
+	pend     pending       // for WaitIdle and WaitSettled
 	unrouted atomic.Uint64 // messages published to a topic without groups
 	waits    waits
 }
@@ -478,7 +477,7 @@ func (t *Transport) close() error {
 // or is waiting in retry backoff after a handler error; or ctx's error when
 // ctx ends first.
 func (t *Transport) WaitIdle(ctx context.Context) error {
-	return t.pend.wait(ctx)
+	return t.pend.wait(ctx, &t.pend.idle)
 }
 
 // WaitSettled returns nil once every message published so far has been
@@ -486,7 +485,7 @@ func (t *Transport) WaitIdle(ctx context.Context) error {
 // retry backoff to be delivered again and succeed. A message whose handler
 // keeps failing keeps it waiting until ctx ends.
 func (t *Transport) WaitSettled(ctx context.Context) error {
-	return t.unacked.wait(ctx)
+	return t.pend.wait(ctx, &t.pend.unacked)
 }
 
 // Stats are counters of a Transport since New.
@@ -500,33 +499,46 @@ type Stats struct {
 // Stats returns the transport's counters.
 func (t *Transport) Stats() Stats { return Stats{Unrouted: t.unrouted.Load()} }
 
-// pending counts the messages queued or being handled, for WaitIdle.
+// pending counts the messages queued or being handled (idle: WaitIdle)
+// and those not yet acknowledged or dropped, backoff included (unacked:
+// WaitSettled), under one lock, which a message's enqueue and its
+// acknowledgement each take once for both.
 type pending struct {
-	mu      sync.Mutex
+	mu            sync.Mutex
+	idle, unacked counter
+}
+
+type counter struct {
 	n       int
 	waiters chan struct{} // closed when n drops to 0; nil while nobody waits
 }
 
-func (p *pending) add(k int) {
+func (p *pending) add(idle, unacked int) {
 	p.mu.Lock()
-	p.n += k
-	if p.n == 0 && p.waiters != nil {
-		close(p.waiters)
-		p.waiters = nil
-	}
+	p.idle.addLocked(idle)
+	p.unacked.addLocked(unacked)
 	p.mu.Unlock()
 }
 
-func (p *pending) wait(ctx context.Context) error {
+func (c *counter) addLocked(k int) {
+	c.n += k
+	if c.n == 0 && c.waiters != nil {
+		close(c.waiters)
+		c.waiters = nil
+	}
+}
+
+// wait waits until c, one of p's counters, is 0.
+func (p *pending) wait(ctx context.Context, c *counter) error {
 	p.mu.Lock()
-	if p.n == 0 {
+	if c.n == 0 {
 		p.mu.Unlock()
 		return nil
 	}
-	if p.waiters == nil {
-		p.waiters = make(chan struct{})
+	if c.waiters == nil {
+		c.waiters = make(chan struct{})
 	}
-	ch := p.waiters
+	ch := c.waiters
 	p.mu.Unlock()
 	select {
 	case <-ch:
@@ -583,8 +595,7 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int, w *worker) er
 		return nil
 	}
 	sh := g.shards[idx]
-	g.t.pend.add(1)
-	g.t.unacked.add(1)
+	g.t.pend.add(1, 1)
 	sh.mu.Lock()
 	marked := false // w counted as waiting
 	defer func() {
@@ -608,12 +619,10 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int, w *worker) er
 		case <-room:
 		case <-changed: // a worker started waiting: look again
 		case <-ctx.Done():
-			g.t.pend.add(-1)
-			g.t.unacked.add(-1)
+			g.t.pend.add(-1, -1)
 			return ctx.Err()
 		case <-g.gone:
-			g.t.pend.add(-1)
-			g.t.unacked.add(-1)
+			g.t.pend.add(-1, -1)
 			if g.t.closer.Closed() {
 				return fmt.Errorf("chanbus: publish to %q: %w", g.topic, transport.ErrClosed)
 			}
@@ -623,8 +632,7 @@ func (g *group) enqueue(ctx context.Context, d *delivery, idx int, w *worker) er
 	}
 	if sh.state == dead {
 		sh.mu.Unlock()
-		g.t.pend.add(-1)
-		g.t.unacked.add(-1)
+		g.t.pend.add(-1, -1)
 		return nil
 	}
 	sh.push(d)
@@ -668,11 +676,8 @@ func (g *group) teardown() {
 		}
 		sh.mu.Unlock()
 	}
-	if counted > 0 {
-		g.t.pend.add(-counted)
-	}
-	if dropped > 0 {
-		g.t.unacked.add(-dropped) // in backoff or queued: each was unacknowledged
+	if counted > 0 || dropped > 0 {
+		g.t.pend.add(-counted, -dropped) // dropped: in backoff or queued, each was unacknowledged
 	}
 	if dropped > 0 {
 		g.t.log.LogAttrs(context.Background(), slog.LevelDebug, "chanbus: group removed; dropped its queued messages",
@@ -787,7 +792,7 @@ func (sh *shard) backoff(d *delivery, delay time.Duration) {
 	sh.g.timers.Add(1)
 	sh.timer = time.AfterFunc(delay, sh.wake)
 	sh.mu.Unlock()
-	sh.g.t.pend.add(-1) // waiting in backoff counts as idle for WaitIdle
+	sh.g.t.pend.add(-1, 0) // waiting in backoff counts as idle for WaitIdle
 }
 
 func (sh *shard) wake() {
@@ -798,7 +803,7 @@ func (sh *shard) wake() {
 		return
 	}
 	sh.state = busy
-	sh.g.t.pend.add(1)
+	sh.g.t.pend.add(1, 0)
 	sh.g.ready <- sh
 }
 
@@ -1007,8 +1012,7 @@ func (s *subscription) run(w *worker, sh *shard) {
 			return
 		}
 		d.recycle()
-		s.t.pend.add(-1)
-		s.t.unacked.add(-1)
+		s.t.pend.add(-1, -1)
 	}
 }
 
