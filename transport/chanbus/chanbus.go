@@ -245,7 +245,17 @@ func newConfig(opts []Option) config {
 // for room that only a waiting worker could make). Messages for a topic
 // without groups are dropped. It returns ErrClosed after Close.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
-	if err := transport.ValidatePublish(topic, msgs); err != nil {
+	t.mu.RLock()
+	groups := t.topics[topic]
+	t.mu.RUnlock()
+	if len(groups) > 0 {
+		// The topic is valid: its groups' Subscribe checked it.
+		for _, m := range msgs {
+			if m == nil {
+				return transport.ValidatePublish(topic, msgs) // its error, naming the message
+			}
+		}
+	} else if err := transport.ValidatePublish(topic, msgs); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -254,9 +264,6 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	if t.closer.Closed() {
 		return fmt.Errorf("chanbus: publish to %q: %w", topic, transport.ErrClosed)
 	}
-	t.mu.RLock()
-	groups := t.topics[topic]
-	t.mu.RUnlock()
 	if len(groups) == 0 {
 		// No group: dropped, as documented, and counted (Stats.Unrouted).
 		t.unrouted.Add(uint64(len(msgs)))

@@ -2,7 +2,10 @@ package chanbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,5 +59,30 @@ func TestPublishKeepsNothingOfTheCallers(t *testing.T) {
 				t.Fatalf("group %s: %q not delivered as published", g, want)
 			}
 		}
+	}
+}
+
+// A nil message is refused also on a topic with groups (whose name
+// Publish does not check again), and nothing of its batch is queued.
+func TestPublishNilToSubscribedTopic(t *testing.T) {
+	ctx := t.Context()
+	tr := New()
+	defer tr.Close()
+	var got atomic.Int64
+	sub, err := tr.Subscribe(ctx, "t", func(context.Context, *transport.Message) error { got.Add(1); return nil },
+		transport.SubscribeOptions{Group: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(ctx)
+	err = tr.Publish(ctx, "t", &transport.Message{ID: "a"}, nil)
+	if !errors.Is(err, transport.ErrInvalidMessage) || !strings.Contains(err.Error(), "#1 of 2") {
+		t.Fatalf("publish with a nil message: %v, want ErrInvalidMessage naming message #1 of 2", err)
+	}
+	if err := tr.WaitSettled(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("%d messages of the refused batch delivered", n)
 	}
 }
