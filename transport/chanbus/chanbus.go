@@ -35,7 +35,8 @@
 //     follow-up that one group's handler publishes never overtakes its
 //     cause in another group.
 //   - Publish copies each message (Header and Body) for each group, so the
-//     caller may reuse it once Publish returned and the groups' handlers do
+//     caller may reuse it once Publish returned, whatever it returned
+//     (Transport is a transport.PublishCopier), and the groups' handlers do
 //     not share it. A redelivery hands the handler the same Message value as
 //     the failed delivery: changes a handler made to it remain. Once a
 //     handler returned nil, its Message (Header map and Body included) is
