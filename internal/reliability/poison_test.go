@@ -22,10 +22,10 @@ import (
 	"github.com/busway/busway/transport/nats"
 )
 
-// poisonActions are the failing handlers TestPoison runs. runtime.Goexit
-// is not among them yet: it does not reach the dead-letter topic within
-// the test's time on every transport (see the report of issue 13).
-var poisonActions = []string{"panic", "hang"}
+// poisonActions are the failing handlers TestPoison runs: a handler that
+// panics, one that calls runtime.Goexit (middleware.Recover fails its
+// redelivery permanently) and one that hangs past its Timeout.
+var poisonActions = []string{"panic", "goexit", "hang"}
 
 type Order struct {
 	ID     string `json:"id"`
