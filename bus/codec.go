@@ -37,7 +37,9 @@ func (jsonCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 // decoding state between calls: four allocations fewer per message.
 func (jsonCodec) Unmarshal(data []byte, v any) error {
 	// Trailing white space would stay in the decoder's buffer; drop it.
-	data = bytes.TrimRight(data, " \t\r\n")
+	for len(data) > 0 && isJSONSpace(data[len(data)-1]) {
+		data = data[:len(data)-1]
+	}
 	if len(data) == 0 || len(data) > maxPooledJSON {
 		return json.Unmarshal(data, v)
 	}
@@ -53,6 +55,9 @@ func (jsonCodec) Unmarshal(data []byte, v any) error {
 	jsonDecoders.Put(d)
 	return nil
 }
+
+// isJSONSpace reports whether c is white space in JSON (RFC 8259).
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 // maxPooledJSON bounds the bodies decoded by pooled decoders, which keep a
 // buffer as large as the largest body they decoded.
