@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -186,6 +188,31 @@ func TestSoak(t *testing.T) {
 			}
 			return tr
 		}, false},
+	}
+	if url := os.Getenv("BUS_TEST_NATS_URL"); url != "" {
+		// The broker in another process: the heap is busway's alone, so
+		// here NATS's memory is checked too.
+		cases = append(cases, tcase{"nats-server", func(t *testing.T) transport.Transport {
+			stream := fmt.Sprintf("SOAK_%d", time.Now().UnixNano())
+			t.Cleanup(func() {
+				nc, err := natsgo.Connect(url)
+				if err != nil {
+					t.Errorf("delete stream %s: %v", stream, err)
+					return
+				}
+				defer nc.Close()
+				js, _ := jetstream.New(nc)
+				if err := js.DeleteStream(context.Background(), stream); err != nil {
+					t.Errorf("delete stream %s: %v", stream, err)
+				}
+			})
+			tr, err := nats.New(context.Background(), nats.Config{Servers: []string{url}, Stream: stream,
+				SubjectPrefix: strings.ToLower(stream), MaxAge: 10 * time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tr
+		}, true})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
