@@ -189,6 +189,17 @@ func TestSoak(t *testing.T) {
 			return tr
 		}, false},
 	}
+	// kfake in a child process: the heap is busway's alone, so here
+	// Kafka's memory is checked too.
+	cases = append(cases, tcase{"kafka-kfake-process", func(t *testing.T) transport.Transport {
+		tr, err := kafka.New(context.Background(), kafka.Config{Brokers: kfakeProcess(t), Topics: kafka.Provisioning{Partitions: 8},
+			SessionTimeout: 3 * time.Second, HeartbeatInterval: 100 * time.Millisecond, RebalanceTimeout: 5 * time.Second,
+			DrainTimeout: 3 * time.Second, FetchMaxWait: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	}, true})
 	if url := os.Getenv("BUS_TEST_NATS_URL"); url != "" {
 		// The broker in another process: the heap is busway's alone, so
 		// here NATS's memory is checked too.
