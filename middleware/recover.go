@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/busway/busway/transport"
 )
@@ -40,20 +41,19 @@ func Recover() Middleware {
 	exited := &goexits{keys: make(map[string]struct{})}
 	return func(next transport.Handler) transport.Handler {
 		return func(ctx context.Context, m *transport.Message) error {
-			key := ""
-			if m.ID != "" {
-				key = m.Topic + "\x00" + m.Group + "\x00" + m.ID
-				if exited.take(key) {
-					return transport.Permanent(fmt.Errorf("attempt %d not run, an earlier one ended so: %w",
-						m.Attempt, transport.ErrHandlerGoexit))
-				}
+			// The key is built only when needed: remembered keys are rare,
+			// and building it for every message cost an allocation.
+			topic, group, id := m.Topic, m.Group, m.ID
+			if id != "" && exited.n.Load() > 0 && exited.take(goexitKey(topic, group, id)) {
+				return transport.Permanent(fmt.Errorf("attempt %d not run, an earlier one ended so: %w",
+					m.Attempt, transport.ErrHandlerGoexit))
 			}
 			returned := false
 			defer func() {
 				// CallHandler returns normally after a panic: not returning
 				// here is a Goexit unwinding this goroutine.
-				if !returned && key != "" {
-					exited.add(key)
+				if !returned && id != "" {
+					exited.add(goexitKey(topic, group, id))
 				}
 			}()
 			err := transport.CallHandler(ctx, nil, next, m)
@@ -63,8 +63,11 @@ func Recover() Middleware {
 	}
 }
 
+func goexitKey(topic, group, id string) string { return topic + "\x00" + group + "\x00" + id }
+
 // goexits is a bounded set of message keys, oldest forgotten first.
 type goexits struct {
+	n     atomic.Int32 // len(keys), read without mu
 	mu    sync.Mutex
 	keys  map[string]struct{}
 	order []string // insertion order; may hold keys already taken
@@ -82,6 +85,7 @@ func (g *goexits) add(key string) {
 	}
 	g.keys[key] = struct{}{}
 	g.order = append(g.order, key)
+	g.n.Store(int32(len(g.keys)))
 }
 
 // take reports whether key is in the set, removing it.
@@ -95,6 +99,7 @@ func (g *goexits) take(key string) bool {
 		return false
 	}
 	delete(g.keys, key)
+	g.n.Store(int32(len(g.keys)))
 	if len(g.keys) == 0 {
 		g.order = g.order[:0]
 	}
