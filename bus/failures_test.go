@@ -9,28 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/busway/busway/internal/syncbuf"
+
 	"github.com/busway/busway/bus"
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/chanbus"
 )
-
-// syncBuffer is a log destination safe for the handlers' goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -48,7 +32,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // in Stats, and the bus's logger receives the panic with its stack; the
 // message is redelivered.
 func TestPanicCountsAsFailureAndIsLogged(t *testing.T) {
-	var logged syncBuffer
+	var logged syncbuf.Buffer
 	var errs []error
 	var mu sync.Mutex
 	seen := func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }

@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/busway/busway/internal/syncbuf"
 
 	"go.uber.org/goleak"
 
@@ -15,25 +15,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// syncBuffer is a bytes.Buffer safe for the command's goroutines and the
-// test's polling.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // result is one finished run of the tool.
 type result struct {
@@ -51,14 +32,14 @@ func cli(t *testing.T, open openFunc, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	var out, errb syncBuffer
+	var out, errb syncbuf.Buffer
 	code := run(ctx, args, strings.NewReader(""), &out, &errb, open)
 	return result{out.String(), errb.String(), code}
 }
 
 // running is a tool run in the background (tail).
 type running struct {
-	out, err *syncBuffer
+	out, err *syncbuf.Buffer
 	cancel   context.CancelFunc
 	done     chan int
 }
@@ -66,7 +47,7 @@ type running struct {
 func start(t *testing.T, open openFunc, args ...string) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	r := &running{out: &syncBuffer{}, err: &syncBuffer{}, cancel: cancel, done: make(chan int, 1)}
+	r := &running{out: &syncbuf.Buffer{}, err: &syncbuf.Buffer{}, cancel: cancel, done: make(chan int, 1)}
 	go func() { r.done <- run(ctx, args, strings.NewReader(""), r.out, r.err, open) }()
 	t.Cleanup(func() {
 		cancel()

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/busway/busway/internal/syncbuf"
+
 	"github.com/google/uuid"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -103,24 +105,6 @@ func startAppStoppable(t *testing.T, busURL, dataDir string, opts ...func(*app.O
 	r := &running{url: "http://" + srv.Addr(), tr: tr, a: a}
 	t.Cleanup(func() { r.stop(t) })
 	return r, tr
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 const e2eOrders = 60 // one poison order: #42
@@ -453,7 +437,7 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 // TestObservability: one order gives one trace from the HTTP request
 // through every module; /metrics shows the bus's and the relays' metrics.
 func TestObservability(t *testing.T) {
-	var traces syncBuffer
+	var traces syncbuf.Buffer
 	base, _ := startAppStoppable(t, "chan://", t.TempDir(), func(o *app.Options) { o.Traces = &traces })
 	c := &Client{URL: base.url}
 	ctx := t.Context()

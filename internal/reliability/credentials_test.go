@@ -1,7 +1,6 @@
 package reliability
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,9 +8,10 @@ import (
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/busway/busway/internal/syncbuf"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -28,24 +28,6 @@ import (
 	"github.com/busway/busway/transport/kafka"
 	"github.com/busway/busway/transport/nats"
 )
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // natsServer starts an embedded JetStream server on 127.0.0.1 (random port)
 // with opts' authentication and TLS.
@@ -158,7 +140,7 @@ func TestCredentials(t *testing.T) {
 	for _, c := range credCases(t) {
 		t.Run(c.name, func(t *testing.T) {
 			var outputs []string // every text the stack produced
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			mux := busway.NewMux(busway.WithLogger(log))
 

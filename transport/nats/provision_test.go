@@ -1,15 +1,15 @@
 package nats_test
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/busway/busway/internal/syncbuf"
 
 	"github.com/nats-io/nats-server/v2/server"
 	natsgo "github.com/nats-io/nats.go"
@@ -54,24 +54,6 @@ func operatorJS(t *testing.T, url string) jetstream.JetStream {
 	return js
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestCreateModeKeepsOperatorLimits: in create mode, an existing stream
 // whose limits an operator set keeps them when busway starts (with a
 // Config whose stream settings differ); busway only adds its subjects,
@@ -104,7 +86,7 @@ func testKeepsOperatorLimits(t *testing.T, different bool) {
 		if _, err := js.CreateStream(ctxT(t), opCfg); err != nil {
 			t.Fatal(err)
 		}
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		cfg := busnats.Config{Servers: []string{url}, Stream: stream, SubjectPrefix: prefix,
 			Storage: busnats.StorageMemory, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 		if different {
