@@ -95,7 +95,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -972,33 +971,15 @@ func (s *subscription) work(w *worker) {
 		}
 	}()
 	for !s.stopping() {
-		// Before parking, look again a few times, yielding in between: a
-		// message published within microseconds is then taken without the
-		// wake-up of a parked goroutine.
-		var sh *shard
-		for range spinTurns {
-			select {
-			case sh = <-s.g.ready:
-			default:
-				runtime.Gosched()
-				continue
-			}
-			break
+		select {
+		case <-s.stop:
+			return
+		case sh := <-s.g.ready:
+			sh.take(w)
+			s.run(w, sh)
 		}
-		if sh == nil {
-			select {
-			case <-s.stop:
-				return
-			case sh = <-s.g.ready:
-			}
-		}
-		sh.take(w)
-		s.run(w, sh)
 	}
 }
-
-// spinTurns is how often an idle worker looks for work before it parks.
-const spinTurns = 20
 
 // run handles messages of the owned shard sh until it is empty, a handler
 // fails, the turn is over or the subscription stops.
