@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -93,33 +94,39 @@ const headerNameForbidden = "\"()/,:;<=>?@[\\]{}"
 // transport carries: one or more printable ASCII characters (33 to 126)
 // other than "()/,:;<=>?@[\]{} and the double quote. That is nats.go's rule,
 // the strictest of the brokers' clients (Kafka takes any string).
-func ValidHeaderName(name string) bool {
+func ValidHeaderName(name string) bool { return name != "" && badHeaderNameByte(name) < 0 }
+
+// HeaderNameError says why ValidHeaderName refuses name, or is nil. It is a
+// description, not wrapped in ErrInvalidMessage, for a transport that puts
+// it in its own error (nats refuses exactly these names, as nats.go does).
+func HeaderNameError(name string) error {
 	if name == "" {
-		return false
+		return errors.New("empty header name")
 	}
+	if i := badHeaderNameByte(name); i >= 0 {
+		return fmt.Errorf("header name %q: character %q at %d is not allowed (printable ASCII other than space and %s)",
+			name, rune(name[i]), i, headerNameForbidden)
+	}
+	return nil
+}
+
+// badHeaderNameByte is the index of name's first byte no transport carries
+// in a header name, or -1.
+func badHeaderNameByte(name string) int {
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c < 33 || c > 126 || strings.IndexByte(headerNameForbidden, c) >= 0 {
-			return false
+		if c := name[i]; c < 33 || c > 126 || strings.IndexByte(headerNameForbidden, c) >= 0 {
+			return i
 		}
 	}
-	return true
+	return -1
 }
 
 // ValidateHeader checks a header by the strictest transport's rule: a name
 // ValidHeaderName accepts and a value without CR or LF (NATS headers are
 // lines). It wraps ErrInvalidMessage and names what was wrong.
 func ValidateHeader(name, value string) error {
-	if !ValidHeaderName(name) {
-		if name == "" {
-			return fmt.Errorf("%w: empty header name", ErrInvalidMessage)
-		}
-		for i := 0; i < len(name); i++ {
-			if c := name[i]; c < 33 || c > 126 || strings.IndexByte(headerNameForbidden, c) >= 0 {
-				return fmt.Errorf("%w: header name %q: character %q at %d is not allowed (printable ASCII other than space and %s)",
-					ErrInvalidMessage, name, rune(c), i, headerNameForbidden)
-			}
-		}
+	if err := HeaderNameError(name); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
 	}
 	if i := strings.IndexAny(value, "\r\n"); i >= 0 {
 		return fmt.Errorf("%w: header %q: the value has a line break at %d", ErrInvalidMessage, name, i)

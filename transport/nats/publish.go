@@ -251,7 +251,7 @@ func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message)
 	}
 	h := make(natsgo.Header, n)
 	for k, v := range m.Header {
-		if err := checkHeader(k); err != nil {
+		if err := transport.HeaderNameError(k); err != nil {
 			return err
 		}
 		if strings.HasPrefix(k, transport.HeaderPrefix) {
@@ -269,26 +269,11 @@ func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message)
 	return nil
 }
 
-// checkHeader rejects exactly the header names nats.go refuses to encode
-// (it fails the publish with ErrBadHeaderMsg): empty, or with a character
-// outside printable ASCII or one of "()/,:;<=>?@[\]{}. Every value is
-// accepted, as nats.go accepts it: it sends the value with surrounding
-// whitespace trimmed and each CR or LF as a space.
-func checkHeader(k string) error {
-	if k == "" {
-		return errors.New("empty header name")
-	}
-	for i := 0; i < len(k); i++ {
-		if c := k[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(badHeaderChars, c) >= 0 {
-			return fmt.Errorf("header name %q: character %q is not allowed (printable ASCII except %s)", k, rune(c), badHeaderChars)
-		}
-	}
-	return nil
-}
-
-// badHeaderChars are the printable ASCII characters nats.go refuses in a
-// header name.
-const badHeaderChars = `"()/,:;<=>?@[\]{}`
+// Header names: nats.go refuses to encode (ErrBadHeaderMsg) exactly the
+// names transport.ValidHeaderName refuses, so Publish refuses them up front
+// with transport.HeaderNameError. Every value is accepted, as nats.go
+// accepts it: it sends the value with surrounding whitespace trimmed and
+// each CR or LF as a space.
 
 // maxHeaderBytes is the largest header block JetStream stores (the server
 // refuses more than 64 KiB - 1 of headers).
