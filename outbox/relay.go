@@ -22,6 +22,7 @@ import (
 
 	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // Listener wakes a relay when another process committed outbox rows. Package
@@ -345,11 +346,7 @@ func (r *Relay) sleep(d time.Duration) bool {
 }
 
 func (r *Relay) backoff(fails int) time.Duration {
-	d := r.opts.MinBackoff
-	for i := 1; i < fails && d < r.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, r.opts.MaxBackoff)
+	return backoff.Policy{InitialInterval: r.opts.MinBackoff, MaxInterval: r.opts.MaxBackoff}.Delay(fails)
 }
 
 func (r *Relay) listen(l Listener) {

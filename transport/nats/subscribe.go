@@ -289,14 +289,14 @@ func (s *subscription) pull() {
 	defer s.wg.Done()
 	refill := max(1, s.ss.maxHeld/2)
 	subject := apiNext + s.t.s.Stream + "." + s.ss.durable
-	backoff := time.Duration(0)
+	fails := 0 // pull requests refused or lost in a row
 	for {
 		var wait <-chan time.Time
 		var tm *time.Timer
 		n := 0
 		s.dmu.Lock()
 		if s.pullOK {
-			backoff = 0
+			fails = 0
 		}
 		failed := s.pullFailed
 		s.pullOK, s.pullFailed = false, false
@@ -333,12 +333,12 @@ func (s *subscription) pull() {
 			// The server refused or lost the request: wait a little before
 			// asking again (a reconnect or a recreated consumer ends the
 			// wait), not at every finished message.
-			backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
-			tm = time.NewTimer(backoff)
+			fails++
+			tm = time.NewTimer(pullRetry.Delay(fails))
 			select {
 			case <-tm.C:
 			case <-s.reset:
-				backoff = 0
+				fails = 0
 			case <-s.stop:
 				tm.Stop()
 				return
@@ -363,7 +363,7 @@ func (s *subscription) pull() {
 		select {
 		case <-s.room:
 		case <-s.reset:
-			backoff = 0
+			fails = 0
 		case <-wait:
 		case <-s.stop:
 			if tm != nil {
@@ -911,11 +911,18 @@ func (s *subscription) check(timeout time.Duration) {
 	}
 }
 
+// pullRetry is the pause before asking again after a pull request was
+// refused or lost; recreateRetry the pause between attempts to make a lost
+// consumer again.
+var (
+	pullRetry     = backoff.Policy{InitialInterval: 50 * time.Millisecond, MaxInterval: 2 * time.Second}
+	recreateRetry = backoff.Policy{InitialInterval: 100 * time.Millisecond, MaxInterval: 5 * time.Second}
+)
+
 // recreate makes the consumer again, starting after the last ack floor
 // seen, and has pull use it, retrying with backoff until it works or Close.
 func (s *subscription) recreate() {
-	backoff := 100 * time.Millisecond
-	for !s.closing.Load() {
+	for fails := 1; !s.closing.Load(); fails++ {
 		start := s.ackFloor.Load() + 1
 		ctx, cancel := context.WithTimeout(context.Background(), s.t.s.PublishTimeout)
 		cons, err := s.t.ensureConsumer(ctx, s.topic, s.opts, s.ss, start)
@@ -930,14 +937,13 @@ func (s *subscription) recreate() {
 			return
 		}
 		s.t.log.Warn("nats: recreating lost consumer", "topic", s.topic, "group", s.group, "consumer", s.ss.durable, "error", err)
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(recreateRetry.Delay(fails))
 		select {
 		case <-s.stop:
 			t.Stop()
 			return
 		case <-t.C:
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
