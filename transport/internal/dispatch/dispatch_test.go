@@ -1,0 +1,285 @@
+package dispatch
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type item struct {
+	key string
+	seq int
+}
+
+// run starts n workers that call fn on each head and finish it; stop ends
+// them. It returns a wait function.
+func run[T any](d *Dispatcher[T], n int, stop <-chan struct{}, fn func(T)) (wait func()) {
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			for l := d.Next(stop, i); l != nil; {
+				fn(l.Head())
+				if !d.Done(l) {
+					l = d.Next(stop, i)
+				}
+			}
+		})
+	}
+	return wg.Wait
+}
+
+func TestKeyOrderAndParallelKeys(t *testing.T) {
+	d := New[item](Config{Turn: 3})
+	const keys, per = 20, 200
+	var mu sync.Mutex
+	last := map[string]int{}
+	var running, most atomic.Int32
+	perKey := map[string]*atomic.Int32{}
+	for k := range keys {
+		perKey[fmt.Sprint("k", k)] = new(atomic.Int32)
+	}
+	var handled atomic.Int32
+	wait := run(d, 8, nil, func(it item) {
+		if c := perKey[it.key].Add(1); c != 1 {
+			t.Errorf("key %s: %d items run at once", it.key, c)
+		}
+		r := running.Add(1)
+		for m := most.Load(); r > m && !most.CompareAndSwap(m, r); m = most.Load() {
+		}
+		mu.Lock()
+		if prev, ok := last[it.key]; ok && it.seq != prev+1 {
+			t.Errorf("key %s: item %d ran after %d", it.key, it.seq, prev)
+		}
+		last[it.key] = it.seq
+		mu.Unlock()
+		time.Sleep(10 * time.Microsecond) // let other workers overlap
+		running.Add(-1)
+		perKey[it.key].Add(-1)
+		handled.Add(1)
+	})
+	for s := range per {
+		for k := range keys {
+			d.Add(fmt.Sprint("k", k), item{fmt.Sprint("k", k), s})
+		}
+	}
+	d.Close()
+	wait()
+	if got := handled.Load(); got != keys*per {
+		t.Fatalf("handled %d items, want %d", got, keys*per)
+	}
+	if most.Load() < 2 {
+		t.Errorf("at most %d items ran at once on 8 workers with 20 keys: keys did not run in parallel", most.Load())
+	}
+}
+
+// A key whose handler blocks, or whose head is held for a retry, holds up
+// only that key.
+func TestSlowKeyBlocksOnlyItself(t *testing.T) {
+	for _, mode := range []string{"running", "held"} {
+		t.Run(mode, func(t *testing.T) {
+			d := New[item](Config{})
+			release := make(chan struct{})
+			var held *Lane[item]
+			var heldMu sync.Mutex
+			got := make(chan item, 100)
+			var wg sync.WaitGroup
+			for i := range 2 {
+				wg.Go(func() {
+					for l := d.Next(nil, i); l != nil; {
+						it := l.Head()
+						if it.key == "slow" && it.seq == 0 && l.Attempt == 0 {
+							l.Attempt++
+							if mode == "held" {
+								heldMu.Lock()
+								held = l
+								heldMu.Unlock()
+								d.Hold(l)
+								close(release)
+								l = d.Next(nil, i)
+								continue
+							}
+							<-release
+						}
+						got <- it
+						if !d.Done(l) {
+							l = d.Next(nil, i)
+						}
+					}
+				})
+			}
+			d.Add("slow", item{"slow", 0})
+			d.Add("slow", item{"slow", 1})
+			for s := range 10 {
+				d.Add("fast", item{"fast", s})
+				d.Add("", item{"", s})
+			}
+			for range 20 {
+				select {
+				case it := <-got:
+					if it.key == "slow" {
+						t.Fatalf("%v ran while the slow key's head was %s", it, mode)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("other keys did not run while one key was stuck")
+				}
+			}
+			if mode == "running" {
+				close(release)
+			} else {
+				<-release
+				heldMu.Lock()
+				d.Ready(held)
+				heldMu.Unlock()
+			}
+			for s := range 2 {
+				if it := <-got; it != (item{"slow", s}) {
+					t.Fatalf("got %v, want slow item %d", it, s)
+				}
+			}
+			d.Close()
+			wg.Wait()
+		})
+	}
+}
+
+func TestTryAddLimits(t *testing.T) {
+	d := New[int](Config{KeyLimit: 2, Limit: 3})
+	for i := range 2 {
+		if ok, _, _ := d.TryAdd("a", i); !ok {
+			t.Fatalf("item %d of key a refused under KeyLimit 2", i)
+		}
+	}
+	ok, room, owner := d.TryAdd("a", 2)
+	if ok || room == nil || owner != nil {
+		t.Fatalf("third item of a: ok %v, room %v, owner %v; want refused, a room channel, no owner", ok, room, owner)
+	}
+	if ok, _, _ := d.TryAdd("b", 0); !ok {
+		t.Fatal("a full key refused another key's item")
+	}
+	if ok, _, _ := d.TryAdd("", 0); ok {
+		t.Fatal("a keyless item was queued past Limit 3")
+	}
+	// A worker takes a's head: room comes, and the lane's owner is known.
+	l := d.Next(nil, "w1")
+	if l.Key() != "a" || l.Head() != 0 {
+		t.Fatalf("took %q/%d, want a/0", l.Key(), l.Head())
+	}
+	select {
+	case <-room:
+	default:
+		t.Fatal("room not signalled when a worker took an item")
+	}
+	if all, ofA := d.Waiting("a"); all != 2 || ofA != 1 {
+		t.Fatalf("waiting %d, of a %d; want 2 and 1", all, ofA)
+	}
+	if ok, _, _ := d.TryAdd("a", 2); !ok {
+		t.Fatal("refused after room came")
+	}
+	_, _, owner = d.TryAdd("a", 3)
+	if owner != "w1" {
+		t.Fatalf("owner of a's lane = %v, want w1", owner)
+	}
+	d.Add("a", 3) // Add ignores limits
+	if all, ofA := d.Waiting("a"); all != 4 || ofA != 3 {
+		t.Fatalf("after Add: waiting %d, of a %d; want 4 and 3", all, ofA)
+	}
+	// Drain drops all but the held head.
+	var dropped []int
+	if n := d.Drain(func(v int) { dropped = append(dropped, v) }); n != 4 {
+		t.Fatalf("Drain dropped %d (%v), want 4", n, dropped)
+	}
+	if d.Done(l) {
+		t.Fatal("Done kept a drained lane")
+	}
+	if all, _ := d.Waiting(""); all != 0 {
+		t.Fatalf("waiting %d after Drain", all)
+	}
+}
+
+func TestTurnLetsOtherLanesGo(t *testing.T) {
+	d := New[item](Config{Turn: 2})
+	for s := range 4 {
+		d.Add("a", item{"a", s})
+	}
+	d.Add("b", item{"b", 0})
+	var order []item
+	l := d.Next(nil, nil)
+	for l != nil {
+		order = append(order, l.Head())
+		if !d.Done(l) {
+			d.Close()
+			l = d.Next(nil, nil)
+		}
+	}
+	want := []item{{"a", 0}, {"a", 1}, {"b", 0}, {"a", 2}, {"a", 3}}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Fatalf("one worker ran %v, want %v (a turn of 2, then b)", order, want)
+	}
+}
+
+func TestNextReturnsOnStopAndClose(t *testing.T) {
+	d := New[int](Config{})
+	stop := make(chan struct{})
+	got := make(chan *Lane[int])
+	go func() { got <- d.Next(stop, nil) }()
+	close(stop)
+	if l := <-got; l != nil {
+		t.Fatal("Next returned a lane after stop")
+	}
+	go func() { got <- d.Next(nil, nil) }()
+	d.Add("", 7)
+	if l := <-got; l == nil || l.Head() != 7 {
+		t.Fatal("an idle worker was not woken by Add")
+	}
+	go func() { got <- d.Next(nil, nil) }()
+	d.Close()
+	if l := <-got; l != nil {
+		t.Fatal("Next returned a lane from a closed, empty dispatcher")
+	}
+	// Release puts a taken lane back.
+	d.Add("k", 1)
+	l := d.Next(nil, nil)
+	d.Release(l)
+	if l2 := d.Next(nil, nil); l2 == nil || l2.Head() != 1 {
+		t.Fatal("a released lane was not taken again")
+	}
+}
+
+func BenchmarkAddDone(b *testing.B) {
+	for _, keyed := range []bool{false, true} {
+		b.Run(fmt.Sprint("keyed=", keyed), func(b *testing.B) {
+			d := New[int](Config{Limit: 256})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for l := d.Next(nil, nil); l != nil; {
+					if !d.Done(l) {
+						l = d.Next(nil, nil)
+					}
+				}
+			})
+			keys := []string{"a", "b", "c", "d"}
+			b.ReportAllocs()
+			for i := range b.N {
+				k := ""
+				if keyed {
+					k = keys[i%len(keys)]
+				}
+				for {
+					ok, room, _ := d.TryAdd(k, i)
+					if ok {
+						break
+					}
+					<-room
+				}
+			}
+			d.Close()
+			wg.Wait()
+		})
+	}
+}
