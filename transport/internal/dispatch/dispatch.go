@@ -325,6 +325,16 @@ func (d *Dispatcher[T]) Waiting(key string) (all, ofKey int) {
 	return d.waiting, ofKey
 }
 
+// ReadyLanes returns how many lanes wait in the ready queue for a worker:
+// a producer that TryAdd refused for the total Limit (not its key's) can
+// tell whether a free worker would make room (a lane is ready) or only
+// the holders of lanes can.
+func (d *Dispatcher[T]) ReadyLanes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ready.len()
+}
+
 // Close makes Next return nil once no lane is ready, instead of waiting,
 // and wakes the workers that wait. Items added later are still run by
 // workers that call Next. Idempotent.

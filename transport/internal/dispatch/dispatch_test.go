@@ -165,6 +165,9 @@ func TestTryAddLimits(t *testing.T) {
 	if ok, _, _ := d.TryAdd("", 0); ok {
 		t.Fatal("a keyless item was queued past Limit 3")
 	}
+	if n := d.ReadyLanes(); n != 2 {
+		t.Fatalf("%d lanes ready, want 2 (a and b)", n)
+	}
 	// A worker takes a's head: room comes, and the lane's owner is known.
 	l := d.Next(nil, "w1")
 	if l.Key() != "a" || l.Head() != 0 {
@@ -177,6 +180,9 @@ func TestTryAddLimits(t *testing.T) {
 	}
 	if all, ofA := d.Waiting("a"); all != 2 || ofA != 1 {
 		t.Fatalf("waiting %d, of a %d; want 2 and 1", all, ofA)
+	}
+	if n := d.ReadyLanes(); n != 1 {
+		t.Fatalf("%d lanes ready after a worker took a's, want 1 (b)", n)
 	}
 	if ok, _, _ := d.TryAdd("a", 2); !ok {
 		t.Fatal("refused after room came")
