@@ -74,6 +74,7 @@ type Lane[T any] struct {
 	key     string
 	keyed   bool
 	items   ring[T]
+	head    T    // items' front while held: Head reads it without the lock
 	held    bool // a worker or a Hold holds the head
 	owner   any  // the worker holding it, as passed to Next
 	ran     int  // items run in this worker's turn
@@ -88,7 +89,7 @@ type Lane[T any] struct {
 func (l *Lane[T]) Key() string { return l.key }
 
 // Head returns the item the lane's holder runs.
-func (l *Lane[T]) Head() T { return l.items.front() }
+func (l *Lane[T]) Head() T { return l.head }
 
 // New returns a Dispatcher.
 func New[T any](cfg Config) *Dispatcher[T] {
@@ -254,6 +255,7 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 // takeLocked makes owner the holder of l, whose head stops waiting.
 func (d *Dispatcher[T]) takeLocked(l *Lane[T], owner any) {
 	l.held, l.owner = true, owner
+	l.head = l.items.front() // Add may grow items while the holder reads Head
 	d.waiting--
 	if d.room != nil {
 		close(d.room)
@@ -273,7 +275,7 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 	}
 	var zero T
 	l.items.popFront(zero)
-	l.Attempt = 0
+	l.head, l.Attempt = zero, 0
 	if l.items.len() == 0 {
 		d.recycle(l)
 		return false

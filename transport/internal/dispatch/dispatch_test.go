@@ -289,3 +289,36 @@ func BenchmarkAddDone(b *testing.B) {
 		})
 	}
 }
+
+// The holder of a lane reads Head while producers add behind it, which
+// grows the lane's buffer: no data race (under -race), and Head is the
+// item taken.
+func TestHeadWhileAdding(t *testing.T) {
+	d := New[int](Config{})
+	d.Add("k", 0)
+	l := d.Next(nil, nil)
+	added := make(chan struct{})
+	go func() {
+		defer close(added)
+		for i := 1; i <= 1000; i++ {
+			d.Add("k", i)
+		}
+	}()
+	for range 1000 {
+		if h := l.Head(); h != 0 {
+			t.Fatalf("Head %d while the lane's first item runs, want 0", h)
+		}
+	}
+	<-added
+	for want := 0; ; want++ {
+		if h := l.Head(); h != want {
+			t.Fatalf("Head %d, want %d", h, want)
+		}
+		if !d.Done(l) {
+			if want != 1000 {
+				t.Fatalf("lane let go after item %d", want)
+			}
+			break
+		}
+	}
+}
