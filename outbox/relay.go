@@ -622,9 +622,11 @@ func (r *Relay) read(ctx context.Context, ex execer, prev []int64) ([]row, error
 	case len(prev) == 0:
 		rs, err = ex.QueryContext(ctx, q.selectBatch, r.opts.BatchSize)
 	case r.o.dialect == PostgreSQL && r.opts.Retention <= 0:
-		rs, err = ex.QueryContext(ctx, q.finishSelect, pgArray(prev), r.opts.BatchSize)
+		lo, hi := pgRanges(prev)
+		rs, err = ex.QueryContext(ctx, q.finishSelect, lo, hi, r.opts.BatchSize)
 	case r.o.dialect == PostgreSQL:
-		rs, err = ex.QueryContext(ctx, q.finishArchiveSelect, pgArray(prev), r.opts.BatchSize, r.o.now().UnixMicro())
+		lo, hi := pgRanges(prev)
+		rs, err = ex.QueryContext(ctx, q.finishArchiveSelect, lo, hi, r.opts.BatchSize, r.o.now().UnixMicro())
 	default:
 		if err := r.finish(ctx, ex, prev); err != nil {
 			return nil, err
@@ -867,10 +869,11 @@ func (r *Relay) finish1(ctx context.Context, ex execer, ids []int64) error {
 	q := &r.o.q
 	if r.o.dialect == PostgreSQL {
 		var err error
+		lo, hi := pgRanges(ids)
 		if r.opts.Retention <= 0 {
-			_, err = ex.ExecContext(ctx, q.deleteAny, pgArray(ids))
+			_, err = ex.ExecContext(ctx, q.deleteAny, lo, hi)
 		} else {
-			_, err = ex.ExecContext(ctx, q.archiveAny, pgArray(ids), r.o.now().UnixMicro())
+			_, err = ex.ExecContext(ctx, q.archiveAny, lo, hi, r.o.now().UnixMicro())
 		}
 		if err != nil {
 			return &dbError{fmt.Errorf("outbox: delete %d published rows from %s: %w", len(ids), q.table, err)}

@@ -740,3 +740,19 @@ func TestOneAtATimeStopsAKeyAtItsFailure(t *testing.T) {
 		}
 	})
 }
+
+func TestPGRanges(t *testing.T) {
+	for _, c := range []struct {
+		ids    []int64
+		lo, hi string
+	}{
+		{nil, "{}", "{}"},
+		{[]int64{4}, "{4}", "{4}"},
+		{[]int64{3, 1, 2, 5, 9, 8, 7, 11}, "{1,5,7,11}", "{3,5,9,11}"},
+		{[]int64{-2, -1, 0, 1}, "{-2}", "{1}"},
+	} {
+		if lo, hi := pgRanges(c.ids); lo != c.lo || hi != c.hi {
+			t.Errorf("pgRanges(%v) = %s, %s; want %s, %s", c.ids, lo, hi, c.lo, c.hi)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package outbox
 import (
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -19,13 +20,18 @@ type queries struct {
 	insert              string
 	selectBatch         string // pending rows in id order, LIMIT by placeholder
 	deleteIn, archiveIn string // format with the id list (SQLite)
-	// PostgreSQL: constant statements taking the id list as one text
-	// parameter ('{1,2,3}', see pgArray), so that the driver prepares each
-	// once, whatever the ids. finishSelect deletes (finishArchiveSelect
-	// archives) the rows of its first parameter and reads the next batch in
-	// the same statement: one round trip per batch in a backlog.
-	deleteAny, archiveAny             string // $1 ids; archiveAny: $2 published_at
-	finishSelect, finishArchiveSelect string // $1 ids, $2 limit; archive: $3 published_at
+	// PostgreSQL: constant statements taking the ids as ranges of
+	// consecutive ids, two text parameters of the same length ('{1,7}' and
+	// '{5,9}' for ids 1-5 and 7-9, see pgRanges), so that the driver
+	// prepares each once, whatever the ids, and a batch of consecutive ids
+	// costs one index range scan instead of one index descent per id. The
+	// ranges hold only ids of the list (ids are unique), so no other row is
+	// touched, whatever committed in between. finishSelect deletes
+	// (finishArchiveSelect archives) the rows of its ranges and reads the
+	// next batch in the same statement: one round trip per batch in a
+	// backlog.
+	deleteAny, archiveAny             string // $1, $2 ranges; archiveAny: $3 published_at
+	finishSelect, finishArchiveSelect string // $1, $2 ranges, $3 limit; archive: $4 published_at
 	deadInsert, deadDel               string
 	pruneArchive                      string
 	stats                             string
@@ -80,19 +86,18 @@ func newQueries(d middleware.Dialect, table string) queries {
 	q.deleteIn = "DELETE FROM " + q.table + " WHERE id IN (%s)"
 	q.archiveIn = fmt.Sprintf("INSERT INTO %s (%s, published_at) SELECT %s, %s FROM %s WHERE id IN (%%s)", q.published, all, all, p(1), q.table)
 	if d == middleware.PostgreSQL {
-		ids := "$1::text::bigint[]"
-		q.deleteAny = fmt.Sprintf("DELETE FROM %s WHERE id = ANY(%s)", q.table, ids)
-		q.archiveAny = fmt.Sprintf("WITH d AS (DELETE FROM %s WHERE id = ANY(%s) RETURNING %s) INSERT INTO %s (%s, published_at) SELECT %s, $2 FROM d",
-			q.table, ids, all, q.published, all, all)
+		del := fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text::bigint[], $2::text::bigint[]) AS r(lo, hi) WHERE t.id BETWEEN r.lo AND r.hi", q.table)
+		tall := "t." + strings.ReplaceAll(all, ", ", ", t.")
+		q.deleteAny = del
+		q.archiveAny = fmt.Sprintf("WITH d AS (%s RETURNING %s) INSERT INTO %s (%s, published_at) SELECT %s, $3 FROM d",
+			del, tall, q.published, all, all)
 		// The statement's SELECT sees the table as it was before its DELETE
 		// (one snapshot): it leaves out the rows the DELETE returns (a
-		// hashed subplan). The id list is cast once (an initplan), not per
-		// row.
-		once := "(SELECT " + ids + ")::bigint[]"
-		next := fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT id FROM d) ORDER BY id LIMIT $2", all, q.table)
-		q.finishSelect = fmt.Sprintf("WITH d AS (DELETE FROM %s WHERE id = ANY(%s) RETURNING id) %s", q.table, once, next)
-		q.finishArchiveSelect = fmt.Sprintf("WITH d AS (DELETE FROM %s WHERE id = ANY(%s) RETURNING %s), a AS (INSERT INTO %s (%s, published_at) SELECT %s, $3 FROM d) %s",
-			q.table, once, all, q.published, all, all, next)
+		// hashed subplan).
+		next := fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT id FROM d) ORDER BY id LIMIT $3", all, q.table)
+		q.finishSelect = fmt.Sprintf("WITH d AS (%s RETURNING t.id) %s", del, next)
+		q.finishArchiveSelect = fmt.Sprintf("WITH d AS (%s RETURNING %s), a AS (INSERT INTO %s (%s, published_at) SELECT %s, $4 FROM d) %s",
+			del, tall, q.published, all, all, next)
 	}
 	q.deadInsert = fmt.Sprintf("INSERT INTO %s (%s, failed_at, error) SELECT %s, %s, %s FROM %s WHERE id = %s", q.dead, all, all, p(1), p(2), q.table, p(3))
 	q.deadDel = fmt.Sprintf("DELETE FROM %s WHERE id = %s", q.table, p(1))
@@ -127,5 +132,25 @@ func idList(ids []int64) string {
 	return string(b)
 }
 
-// pgArray formats ids as a PostgreSQL array literal, '{1,2,3}'.
-func pgArray(ids []int64) string { return "{" + idList(ids) + "}" }
+// pgRanges returns ids (in any order, no duplicates) as ranges of
+// consecutive ids: the PostgreSQL array literals of their first and of
+// their last ids ('{1,7}' and '{5,9}' for 1-5 and 7-9).
+func pgRanges(ids []int64) (lo, hi string) {
+	s := slices.Clone(ids)
+	slices.Sort(s)
+	l := make([]byte, 1, 2+len(s)*4)
+	h := make([]byte, 1, 2+len(s)*4)
+	l[0], h[0] = '{', '{'
+	for i := 0; i < len(s); {
+		j := i + 1
+		for j < len(s) && s[j] == s[j-1]+1 {
+			j++
+		}
+		if i > 0 {
+			l, h = append(l, ','), append(h, ',')
+		}
+		l, h = strconv.AppendInt(l, s[i], 10), strconv.AppendInt(h, s[j-1], 10)
+		i = j
+	}
+	return string(append(l, '}')), string(append(h, '}'))
+}
