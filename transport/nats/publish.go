@@ -1,12 +1,17 @@
 package nats
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/textproto"
 	"slices"
 	"strings"
+	"sync"
+	"time"
+	"unsafe"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,25 +45,20 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	}
 	subject := t.s.subjectBase + topic
 	limit := t.MaxMessageBytes()
+	if len(msgs) == 1 {
+		return t.publishOne(ctx, topic, subject, limit, msgs[:1])
+	}
 	nms := make([]natsgo.Msg, len(msgs))
+	var wb wireBuf
+	wb.grow(subject, msgs)
 	var rejected []transport.MessageError
 	for i, m := range msgs {
-		var err error
-		if err = t.toWire(&nms[i], subject, m); err != nil {
-			err = fmt.Errorf("%w: %v", transport.ErrInvalidMessage, err)
-		} else if size, hdr := wireSize(&nms[i]); limit > 0 && size > limit {
-			err = fmt.Errorf("%w: %d bytes with headers (%d of them headers), the limit is %d (MaxMessageBytes)",
-				transport.ErrMessageTooLarge, size, hdr, limit)
-		} else if hdr > maxHeaderBytes {
-			err = fmt.Errorf("%w: its headers are %d bytes, JetStream stores at most %d",
-				transport.ErrMessageTooLarge, hdr, maxHeaderBytes)
-		}
-		if err != nil {
-			rejected = append(rejected, transport.MessageError{Index: i, ID: m.ID, Err: transport.Permanent(err)})
+		if err := checkWire(&nms[i], subject, m, limit, &wb); err != nil {
+			rejected = append(rejected, transport.MessageError{Index: i, ID: m.ID, Err: err})
 		}
 	}
 	if len(rejected) > 0 {
-		return t.publishRest(ctx, topic, msgs, nms, rejected)
+		return t.publishRest(ctx, topic, msgs, rejected)
 	}
 	if err := ctx.Err(); err != nil {
 		return err // nothing sent
@@ -66,33 +66,119 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	parent := ctx
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
-	// ctxErr is why ctx ended: the caller's context error as it is, or
-	// PublishTimeout when the caller gave no deadline.
-	ctxErr := func() error {
-		if err := parent.Err(); err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: no ack from the server within PublishTimeout %v", transport.ErrUnavailable, t.s.PublishTimeout)
+	return t.publishBatch(ctx, parent, topic, msgs, nms)
+}
+
+// publishOne publishes a single message synchronously. Its nats.Msg and
+// header come from wirePool: nats.go encodes a request's headers before
+// the call returns and keeps nothing of it.
+func (t *Transport) publishOne(ctx context.Context, topic, subject string, limit int, one []*transport.Message) error {
+	m := one[0]
+	w := wirePool.Get().(*wireMsg)
+	defer w.release()
+	w.buf.grow(subject, one)
+	if err := checkWire(&w.msg, subject, m, limit, &w.buf); err != nil {
+		return &transport.PublishError{Topic: topic, Total: 1, Failures: []transport.MessageError{{Index: 0, ID: m.ID, Err: err}}}
 	}
-	if len(msgs) == 1 {
-		_, err := t.js.PublishMsg(ctx, &nms[0])
-		if err != nil {
-			if ctx.Err() != nil {
-				err = ctxErr()
-				if err == parent.Err() {
-					return err // the caller's context error, as it is
-				}
+	if err := ctx.Err(); err != nil {
+		return err // nothing sent
+	}
+	parent := ctx
+	ctx, cancel := t.withTimeout(ctx)
+	defer cancel()
+	if err := t.request(ctx, &w.msg); err != nil {
+		if ctx.Err() != nil {
+			err = t.ctxErr(parent)
+			if err == parent.Err() {
+				return err // the caller's context error, as it is
 			}
-			return t.publishError(topic, msgs[0], err)
 		}
+		return t.publishError(topic, m, err)
+	}
+	return nil
+}
+
+// request does what jetstream's PublishMsg does (a request to the
+// stream, retried on no responders as jetstream retries it, the reply
+// checked to be a PubAck), with the same errors, but reads an ack without
+// decoding it into a PubAck busway does not use: the reply of a stored
+// message is {"stream":"<name>","seq":<n>...}; any other reply is decoded
+// as jetstream decodes it.
+func (t *Transport) request(ctx context.Context, nm *natsgo.Msg) error {
+	resp, err := t.nc.RequestMsgWithContext(ctx, nm)
+	for r := 0; errors.Is(err, natsgo.ErrNoResponders) && r < jetstream.DefaultPubRetryAttempts; r++ {
+		// A stream leader may be moving: jetstream retries too.
+		select {
+		case <-ctx.Done():
+		case <-time.After(jetstream.DefaultPubRetryWait):
+		}
+		resp, err = t.nc.RequestMsgWithContext(ctx, nm)
+	}
+	if err != nil {
+		if errors.Is(err, natsgo.ErrNoResponders) {
+			return jetstream.ErrNoStreamResponse
+		}
+		return err
+	}
+	return ackError(resp.Data)
+}
+
+// ackError is the error of a JetStream publish reply, as jetstream's
+// PublishMsg returns it, or nil for a PubAck.
+func ackError(data []byte) error {
+	const okPrefix = `{"stream":"`
+	if len(data) > len(okPrefix)+1 && string(data[:len(okPrefix)]) == okPrefix &&
+		data[len(okPrefix)] != '"' && !bytes.Contains(data, []byte(`"error"`)) {
 		return nil
 	}
-	return t.publishBatch(ctx, ctxErr, topic, msgs, nms)
+	var ack struct {
+		Error  *jetstream.APIError `json:"error"`
+		Stream string              `json:"stream"`
+	}
+	if err := json.Unmarshal(data, &ack); err != nil {
+		return jetstream.ErrInvalidJSAck
+	}
+	if ack.Error != nil {
+		return fmt.Errorf("nats: %w", ack.Error)
+	}
+	if ack.Stream == "" {
+		return jetstream.ErrInvalidJSAck
+	}
+	return nil
+}
+
+// ctxErr is why the publish context (parent with PublishTimeout) ended:
+// the caller's context error as it is, or PublishTimeout when the caller
+// gave no deadline.
+func (t *Transport) ctxErr(parent context.Context) error {
+	if err := parent.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: no ack from the server within PublishTimeout %v", transport.ErrUnavailable, t.s.PublishTimeout)
+}
+
+// checkWire fills nm from m (see toWire) and returns why m can never be
+// stored, marked transport.Permanent, or nil.
+func checkWire(nm *natsgo.Msg, subject string, m *transport.Message, limit int, wb *wireBuf) error {
+	var err error
+	if err = toWire(nm, subject, m, wb); err != nil {
+		err = fmt.Errorf("%w: %v", transport.ErrInvalidMessage, err)
+	} else if size, hdr := wireSize(nm); limit > 0 && size > limit {
+		err = fmt.Errorf("%w: %d bytes with headers (%d of them headers), the limit is %d (MaxMessageBytes)",
+			transport.ErrMessageTooLarge, size, hdr, limit)
+	} else if hdr > maxHeaderBytes {
+		err = fmt.Errorf("%w: its headers are %d bytes, JetStream stores at most %d",
+			transport.ErrMessageTooLarge, hdr, maxHeaderBytes)
+	}
+	if err != nil {
+		return transport.Permanent(err)
+	}
+	return nil
 }
 
 // publishRest publishes the messages of msgs that were not rejected and
 // reports the rejected ones together with whatever else failed.
-func (t *Transport) publishRest(ctx context.Context, topic string, msgs []*transport.Message, nms []natsgo.Msg, rejected []transport.MessageError) error {
+func (t *Transport) publishRest(ctx context.Context, topic string, msgs []*transport.Message, rejected []transport.MessageError) error {
 	bad := make(map[int]bool, len(rejected))
 	for _, r := range rejected {
 		bad[r.Index] = true
@@ -128,7 +214,7 @@ func (t *Transport) publishRest(ctx context.Context, topic string, msgs []*trans
 	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}
 }
 
-func (t *Transport) publishBatch(ctx context.Context, ctxErr func() error, topic string, msgs []*transport.Message, nms []natsgo.Msg) error {
+func (t *Transport) publishBatch(ctx, parent context.Context, topic string, msgs []*transport.Message, nms []natsgo.Msg) error {
 	futs := make([]jetstream.PubAckFuture, len(nms))
 	var fails []transport.MessageError
 	fail := func(i int, err error) {
@@ -182,7 +268,7 @@ send:
 	for i := next; i < len(nms); i++ {
 		if futs[i] == nil {
 			if i >= sent {
-				fail(i, ctxErr())
+				fail(i, t.ctxErr(parent))
 			}
 			continue
 		}
@@ -195,7 +281,7 @@ send:
 		case err := <-futs[i].Err():
 			fail(i, t.wrapPubErr(topic, err))
 		default:
-			fail(i, ctxErr())
+			fail(i, t.ctxErr(parent))
 		}
 	}
 	if len(fails) == 0 {
@@ -235,8 +321,10 @@ func (t *Transport) wrapPubErr(topic string, err error) error {
 
 // toWire fills nm from m: the CloudEvents attributes with the NATS
 // binding's "ce-" prefix, Key as ce-partitionkey, and ID scoped to the
-// subject as Nats-Msg-Id ("<subject>/<ID>", see msgID).
-func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message) error {
+// subject as Nats-Msg-Id ("<subject>/<ID>", see wireBuf.msgID). The header's
+// values are carved from wb; a header nm already has (a pooled one) is
+// cleared and reused.
+func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) error {
 	nm.Subject = subject
 	nm.Data = m.Body
 	n := len(m.Header)
@@ -247,26 +335,132 @@ func (t *Transport) toWire(nm *natsgo.Msg, subject string, m *transport.Message)
 		n++
 	}
 	if n == 0 {
+		nm.Header = nil
 		return nil
 	}
-	h := make(natsgo.Header, n)
+	h := nm.Header
+	if h == nil {
+		h = make(natsgo.Header, n)
+	} else {
+		clear(h)
+	}
 	for k, v := range m.Header {
 		if err := transport.HeaderNameError(k); err != nil {
 			return err
 		}
 		if strings.HasPrefix(k, transport.HeaderPrefix) {
-			k = wirePrefix + k[len(transport.HeaderPrefix):]
+			k = wireName(k)
 		}
-		h[k] = []string{v}
+		h[k] = wb.value(v)
 	}
 	if m.Key != "" {
-		h[wireKeyHeader] = []string{m.Key}
+		h[wireKeyHeader] = wb.value(m.Key)
 	}
 	if m.ID != "" {
-		h[headerMsgID] = []string{msgID(subject, m.ID)}
+		h[headerMsgID] = wb.value(wb.msgID(subject, m.ID))
 	}
 	nm.Header = h
 	return nil
+}
+
+// wireNames holds the NATS names of the CloudEvents attributes busway's
+// typed API sets, so that sending them allocates no new name each time.
+var wireNames = func() map[string]string {
+	m := make(map[string]string)
+	for _, a := range []string{"id", "source", "type", "specversion", "time", "subject",
+		"datacontenttype", "dataschema", "partitionkey", "traceparent", "tracestate"} {
+		m[transport.HeaderPrefix+a] = wirePrefix + a
+	}
+	return m
+}()
+
+// wireName is the NATS name of a header name with transport.HeaderPrefix.
+func wireName(k string) string {
+	if w, ok := wireNames[k]; ok {
+		return w
+	}
+	return wirePrefix + k[len(transport.HeaderPrefix):]
+}
+
+// wireBuf is the storage of the header values of one Publish call: one
+// slice of values and one buffer of Nats-Msg-Id values instead of an
+// allocation per header and per ID.
+type wireBuf struct {
+	vals []string
+	ids  []byte
+}
+
+// grow reserves room for the headers of msgs published to subject, so
+// that carving them out allocates once.
+func (wb *wireBuf) grow(subject string, msgs []*transport.Message) {
+	var nv, nb int
+	for _, m := range msgs {
+		nv += len(m.Header)
+		if m.Key != "" {
+			nv++
+		}
+		if m.ID != "" {
+			nv++
+			nb += len(subject) + 1 + len(m.ID)
+		}
+	}
+	wb.vals = slices.Grow(wb.vals[:0], nv)
+	wb.ids = slices.Grow(wb.ids[:0], nb)
+}
+
+// value is a one-element slice holding v, carved from wb.vals (capped, so
+// that nothing appends into its neighbour).
+func (wb *wireBuf) value(v string) []string {
+	wb.vals = append(wb.vals, v)
+	n := len(wb.vals)
+	return wb.vals[n-1 : n : n]
+}
+
+// msgID writes into wb.ids the Nats-Msg-Id of a message with id
+// published to subject, "<subject>/<id>", and returns it.
+//
+// JetStream's duplicate window belongs to the stream, and one stream holds
+// every topic: were Nats-Msg-Id the bare ID, the same ID published to a
+// second topic (a dead letter, a replay, one event sent to two topics)
+// would be acked as a duplicate and never stored. Scoped to the subject,
+// only a true re-send (same ID, same topic) is dropped. The subject holds
+// no '/' (topics and SubjectPrefix allow none), so the ID is what follows
+// the first '/' after it.
+//
+// The string shares wb.ids' memory: wb.ids is only appended to while
+// strings of it are in use (a pooled wireBuf is reset only once nats.go is
+// done with its message), and an append that moves it leaves the old
+// bytes as they were.
+func (wb *wireBuf) msgID(subject, id string) string {
+	start := len(wb.ids)
+	wb.ids = append(wb.ids, subject...)
+	wb.ids = append(wb.ids, '/')
+	wb.ids = append(wb.ids, id...)
+	return unsafe.String(&wb.ids[start], len(wb.ids)-start)
+}
+
+// wireMsg is the nats.Msg of a single (synchronous) publish with its
+// header storage, reused through wirePool.
+type wireMsg struct {
+	msg natsgo.Msg
+	buf wireBuf
+}
+
+var wirePool = sync.Pool{New: func() any { return new(wireMsg) }}
+
+// release returns w to wirePool once nats.go is done with w.msg. A
+// message with unusually many or large headers is not kept.
+func (w *wireMsg) release() {
+	if len(w.msg.Header) > 16 || cap(w.buf.ids) > 4096 || cap(w.buf.vals) > 16 {
+		return
+	}
+	h := w.msg.Header
+	clear(h)
+	w.msg = natsgo.Msg{Header: h}
+	w.buf.vals = w.buf.vals[:0]
+	clear(w.buf.vals[:cap(w.buf.vals)]) // drop the caller's strings
+	w.buf.ids = w.buf.ids[:0]
+	wirePool.Put(w)
 }
 
 // Header names: nats.go refuses to encode (ErrBadHeaderMsg) exactly the
@@ -312,18 +506,7 @@ func wireSize(nm *natsgo.Msg) (size, hdr int) {
 	return hdr + len(nm.Data), hdr
 }
 
-// msgID is the Nats-Msg-Id of a message with id published to subject.
-//
-// JetStream's duplicate window belongs to the stream, and one stream holds
-// every topic: were Nats-Msg-Id the bare ID, the same ID published to a
-// second topic (a dead letter, a replay, one event sent to two topics)
-// would be acked as a duplicate and never stored. Scoped to the subject,
-// only a true re-send (same ID, same topic) is dropped. The subject holds
-// no '/' (topics and SubjectPrefix allow none), so the ID is what follows
-// the first '/' after it.
-func msgID(subject, id string) string { return subject + "/" + id }
-
-// idOf undoes msgID for a message delivered on subject: a Nats-Msg-Id
+// idOf undoes wireBuf.msgID for a message delivered on subject: a Nats-Msg-Id
 // that another producer set without the subject is returned as it is.
 func idOf(subject, v string) string {
 	if len(v) > len(subject) && v[len(subject)] == '/' && v[:len(subject)] == subject {
