@@ -73,24 +73,34 @@ func newNATSEnv(b *testing.B) *natsEnv {
 	return &natsEnv{tr: tr, js: js}
 }
 
-func natsMsgs(prefix string, n int, body []byte) []*transport.Message {
-	msgs := make([]*transport.Message, n)
-	for i := range msgs {
-		msgs[i] = &transport.Message{ID: prefix + strconv.Itoa(i), Body: body}
-	}
-	return msgs
-}
-
 func natsRawMsgs(subject, prefix string, n int, body []byte) []*natsgo.Msg {
 	msgs := make([]*natsgo.Msg, n)
 	for i := range msgs {
-		msgs[i] = &natsgo.Msg{Subject: subject, Data: body, Header: natsgo.Header{"Nats-Msg-Id": []string{prefix + strconv.Itoa(i)}}}
+		msgs[i] = natsRawMsg(subject, prefix+strconv.Itoa(i), body)
 	}
 	return msgs
 }
 
+// natsRawMsg is the message a nats.go user builds for one event: its ID
+// as Nats-Msg-Id, for JetStream's deduplication.
+func natsRawMsg(subject, id string, body []byte) *natsgo.Msg {
+	return &natsgo.Msg{Subject: subject, Data: body, Header: natsgo.Header{"Nats-Msg-Id": []string{id}}}
+}
+
+// natsIDs are n event IDs, made before the clock starts.
+func natsIDs(prefix string, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = prefix + strconv.Itoa(i)
+	}
+	return ids
+}
+
 // BenchmarkNATSPublish: every call returns when JetStream acknowledged
-// every message.
+// every message. Each case builds its messages from the same event IDs and
+// body inside the clock, as a publisher does per event (a
+// transport.Message for busway, a nats.Msg with Nats-Msg-Id for nats.go),
+// as the Kafka cases do.
 //
 //   - busway-single / raw-sync: one message per call (Transport.Publish,
 //     jetstream.PublishMsg).
@@ -101,10 +111,10 @@ func BenchmarkNATSPublish(b *testing.B) {
 		ctx := context.Background()
 		b.Run("busway-single", func(b *testing.B) {
 			e := newNATSEnv(b)
-			msgs := natsMsgs("ps-", b.N, body)
+			ids := natsIDs("ps-", b.N)
 			startMeasuring(b)
-			for _, m := range msgs {
-				if err := e.tr.Publish(ctx, "bench", m); err != nil {
+			for _, id := range ids {
+				if err := e.tr.Publish(ctx, "bench", &transport.Message{ID: id, Body: body}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -112,10 +122,11 @@ func BenchmarkNATSPublish(b *testing.B) {
 		})
 		b.Run("raw-sync", func(b *testing.B) {
 			e := newNATSEnv(b)
-			msgs := natsRawMsgs(e.tr.Subject("bench"), "ps-", b.N, body)
+			subject := e.tr.Subject("bench")
+			ids := natsIDs("ps-", b.N)
 			startMeasuring(b)
-			for _, m := range msgs {
-				if _, err := e.js.PublishMsg(ctx, m); err != nil {
+			for _, id := range ids {
+				if _, err := e.js.PublishMsg(ctx, natsRawMsg(subject, id, body)); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -123,10 +134,15 @@ func BenchmarkNATSPublish(b *testing.B) {
 		})
 		b.Run("busway-batch", func(b *testing.B) {
 			e := newNATSEnv(b)
-			msgs := natsMsgs("pb-", b.N, body)
+			ids := natsIDs("pb-", b.N)
+			msgs := make([]*transport.Message, natsBatch)
 			startMeasuring(b)
 			for i := 0; i < b.N; i += natsBatch {
-				if err := e.tr.Publish(ctx, "bench", msgs[i:min(i+natsBatch, b.N)]...); err != nil {
+				n := min(natsBatch, b.N-i)
+				for j := range n {
+					msgs[j] = &transport.Message{ID: ids[i+j], Body: body}
+				}
+				if err := e.tr.Publish(ctx, "bench", msgs[:n]...); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -134,11 +150,12 @@ func BenchmarkNATSPublish(b *testing.B) {
 		})
 		b.Run("raw-async-batch", func(b *testing.B) {
 			e := newNATSEnv(b)
-			msgs := natsRawMsgs(e.tr.Subject("bench"), "pb-", b.N, body)
+			subject := e.tr.Subject("bench")
+			ids := natsIDs("pb-", b.N)
 			startMeasuring(b)
 			for i := 0; i < b.N; i += natsBatch {
-				for _, m := range msgs[i:min(i+natsBatch, b.N)] {
-					if _, err := e.js.PublishMsgAsync(m); err != nil {
+				for _, id := range ids[i:min(i+natsBatch, b.N)] {
+					if _, err := e.js.PublishMsgAsync(natsRawMsg(subject, id, body)); err != nil {
 						b.Fatal(err)
 					}
 				}
