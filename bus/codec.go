@@ -24,7 +24,11 @@ type Codec interface {
 }
 
 // JSON is the default codec: encoding/json, content type
-// "application/json".
+// "application/json". A Subscribe handler whose event type is a flat
+// struct (exported fields of string, bool, integer and float kinds, none
+// decoding itself) decodes plain bodies (no string escapes, every key a
+// field's exact name) in one pass of its own, to the value and error
+// encoding/json gives, and any other body with encoding/json.
 var JSON Codec = jsonCodec{}
 
 type jsonCodec struct{}

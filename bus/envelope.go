@@ -117,13 +117,15 @@ func DecodeEnvelope(m *transport.Message) (Envelope, error) {
 // the event and the Go type when the body does not decode or its
 // content-type is not the codec's.
 func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
-	return decode[T](c, m, nil)
+	return decode[T](c, m, nil, nil)
 }
 
 // decode is Decode, decoding the body into *target when target is not nil
 // (it is zeroed before and after: nothing of one message stays in it), so
-// that a handler's decodes need not allocate a T each.
-func decode[T any](c Codec, m *transport.Message, target *T) (Event[T], error) {
+// that a handler's decodes need not allocate a T each. With flat (the JSON
+// codec's, for T), target not nil, it tries flat first, and c only when
+// flat gives up.
+func decode[T any](c Codec, m *transport.Message, target *T, flat *flatJSON) (Event[T], error) {
 	env, err := DecodeEnvelope(m)
 	if err != nil {
 		return Event[T]{}, transport.Permanent(err)
@@ -157,7 +159,11 @@ func decode[T any](c Codec, m *transport.Message, target *T) (Event[T], error) {
 		}
 		var zero T
 		*target = zero
-		err := c.Unmarshal(m.Body, target)
+		var err error
+		if flat == nil || !flat.decode(m.Body, reflect.ValueOf(target).Elem()) {
+			*target = zero // what flat wrote before it gave up
+			err = c.Unmarshal(m.Body, target)
+		}
 		if err == nil {
 			ev.Data = *target
 		}

@@ -174,10 +174,12 @@ func Subscribe[T any](b *Bus, group string, fn func(ctx context.Context, e Event
 		// The JSON codec keeps nothing of the value it decodes into, so
 		// the handler decodes into recycled targets (a user's codec might
 		// keep the pointer it was given: it gets a new T each time).
+		// A flat struct is decoded by flatJSON first (see there).
 		targets := sync.Pool{New: func() any { return new(T) }}
+		flat := planFlatJSON(rt)
 		h = func(ctx context.Context, m *transport.Message) error {
 			p := targets.Get().(*T)
-			ev, err := decode(codec, m, p)
+			ev, err := decode(codec, m, p, flat)
 			targets.Put(p)
 			if err != nil {
 				return err

@@ -1,0 +1,356 @@
+package bus
+
+import (
+	"bytes"
+	"encoding"
+	"encoding/binary"
+	"encoding/json"
+	"reflect"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// A flatJSON decodes the commonest event bodies, a JSON object of plain
+// strings, numbers and booleans into a flat struct, in one pass and
+// without encoding/json's per-byte scanner (which reads a body twice: to
+// validate it, then to decode it). It decodes a subset of what
+// json.Unmarshal decodes, to the same result: anything else in the input
+// (an escape in a string, a key that matches no field exactly, null into
+// a non-scalar, a number that does not fit, a syntax error) makes it give
+// up, and the caller decodes the body again with json.Unmarshal, which
+// then gives its own result or error. It never accepts an input that
+// json.Unmarshal rejects.
+//
+// It exists for types whose every exported field is a string, bool,
+// integer or float kind without methods of its own for JSON or text
+// (planFlatJSON says which); the JSON handler path of Subscribe uses it.
+type flatJSON struct {
+	fields []flatField
+}
+
+type flatField struct {
+	name  string // the JSON name: exact match only
+	index int    // in the struct
+	kind  reflect.Kind
+}
+
+var (
+	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// unmarshals reports whether t, or a pointer to it, decodes itself.
+func unmarshals(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	return t.Implements(jsonUnmarshalerType) || t.Implements(textUnmarshalerType) ||
+		pt.Implements(jsonUnmarshalerType) || pt.Implements(textUnmarshalerType)
+}
+
+// planFlatJSON returns the flat decoder of struct type rt, or nil when rt
+// is not one it can decode as encoding/json would.
+func planFlatJSON(rt reflect.Type) *flatJSON {
+	if rt.Kind() != reflect.Struct || unmarshals(rt) {
+		return nil
+	}
+	p := &flatJSON{}
+	for i := range rt.NumField() {
+		sf := rt.Field(i)
+		if sf.Anonymous {
+			return nil // embedding: encoding/json's promotion rules
+		}
+		if !sf.IsExported() {
+			continue // encoding/json ignores it too
+		}
+		name := sf.Name
+		if tag, ok := sf.Tag.Lookup("json"); ok {
+			if tag == "-" {
+				continue
+			}
+			tagName, opts, _ := strings.Cut(tag, ",")
+			for o := range strings.SplitSeq(opts, ",") {
+				if o == "string" {
+					return nil
+				}
+			}
+			if tagName != "" {
+				name = tagName
+			}
+		}
+		if !plainName(name) {
+			return nil
+		}
+		switch k := sf.Type.Kind(); k {
+		case reflect.String, reflect.Bool,
+			reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+			reflect.Float32, reflect.Float64:
+			if unmarshals(sf.Type) {
+				return nil
+			}
+			for _, f := range p.fields {
+				if strings.EqualFold(f.name, name) {
+					return nil // encoding/json's rules for clashing names
+				}
+			}
+			p.fields = append(p.fields, flatField{name: name, index: i, kind: k})
+		default:
+			return nil
+		}
+	}
+	return p
+}
+
+// plainName reports whether a JSON field name has only ASCII letters,
+// digits and "_-.", so that encoding/json takes it as it is and case
+// folding it is ASCII case folding.
+func plainName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// decode decodes data into v, an addressable struct of p's type, and
+// reports whether it did. When it did not, v may be partly written.
+func (p *flatJSON) decode(data []byte, v reflect.Value) bool {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return false
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		return skipSpace(data, i+1) == len(data)
+	}
+	for {
+		if i >= len(data) || data[i] != '"' {
+			return false
+		}
+		end, ok := plainString(data, i+1)
+		if !ok {
+			return false
+		}
+		f := p.field(data[i+1 : end])
+		if f == nil {
+			return false // unknown, or a case-folded match: encoding/json decides
+		}
+		i = skipSpace(data, end+1)
+		if i >= len(data) || data[i] != ':' {
+			return false
+		}
+		i = skipSpace(data, i+1)
+		if i, ok = f.value(data, i, v.Field(f.index)); !ok {
+			return false
+		}
+		i = skipSpace(data, i)
+		if i >= len(data) {
+			return false
+		}
+		switch data[i] {
+		case ',':
+			i = skipSpace(data, i+1)
+		case '}':
+			return skipSpace(data, i+1) == len(data)
+		default:
+			return false
+		}
+	}
+}
+
+func (p *flatJSON) field(key []byte) *flatField {
+	for j := range p.fields {
+		if string(key) == p.fields[j].name {
+			return &p.fields[j]
+		}
+	}
+	return nil
+}
+
+// value decodes the value at data[i:] into fv, returning the index after
+// it. The caller checks what follows it.
+func (f *flatField) value(data []byte, i int, fv reflect.Value) (int, bool) {
+	if i >= len(data) {
+		return i, false
+	}
+	if data[i] == 'n' {
+		// null: encoding/json leaves strings, numbers and booleans as
+		// they are.
+		return i + 4, bytes.HasPrefix(data[i:], []byte("null"))
+	}
+	switch f.kind {
+	case reflect.String:
+		if data[i] != '"' {
+			return i, false
+		}
+		end, ok := plainString(data, i+1)
+		if !ok {
+			return i, false
+		}
+		fv.SetString(string(data[i+1 : end]))
+		return end + 1, true
+	case reflect.Bool:
+		switch {
+		case bytes.HasPrefix(data[i:], []byte("true")):
+			fv.SetBool(true)
+			return i + 4, true
+		case bytes.HasPrefix(data[i:], []byte("false")):
+			fv.SetBool(false)
+			return i + 5, true
+		}
+		return i, false
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, end, ok := plainInt(data, i)
+		if !ok || fv.OverflowInt(n) {
+			return i, false
+		}
+		fv.SetInt(n)
+		return end, true
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, end, ok := plainInt(data, i)
+		if !ok || n < 0 || (n == 0 && data[i] == '-') || fv.OverflowUint(uint64(n)) {
+			return i, false
+		}
+		fv.SetUint(uint64(n))
+		return end, true
+	case reflect.Float32, reflect.Float64:
+		end, ok := jsonNumber(data, i)
+		if !ok {
+			return i, false
+		}
+		x, err := strconv.ParseFloat(string(data[i:end]), fv.Type().Bits())
+		if err != nil || fv.OverflowFloat(x) {
+			return i, false
+		}
+		fv.SetFloat(x)
+		return end, true
+	}
+	return i, false
+}
+
+// plainInt parses the integer at data[i:], -?(0|[1-9][0-9]*) of at most
+// 18 digits (so that it cannot overflow an int64), returning the index
+// after it. A fraction or an exponent after it is left to the caller,
+// which rejects it as not a delimiter.
+func plainInt(data []byte, i int) (n int64, end int, ok bool) {
+	neg := false
+	if i < len(data) && data[i] == '-' {
+		neg = true
+		i++
+	}
+	start := i
+	for i < len(data) && '0' <= data[i] && data[i] <= '9' {
+		n = n*10 + int64(data[i]-'0')
+		i++
+	}
+	digits := i - start
+	if digits == 0 || digits > 18 || (data[start] == '0' && digits > 1) {
+		return 0, i, false
+	}
+	if neg {
+		n = -n
+	}
+	return n, i, true
+}
+
+// jsonNumber returns the end of the JSON number at data[i:] (RFC 8259:
+// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?).
+func jsonNumber(data []byte, i int) (int, bool) {
+	digits := func(i int) (int, bool) {
+		start := i
+		for i < len(data) && '0' <= data[i] && data[i] <= '9' {
+			i++
+		}
+		return i, i > start
+	}
+	if i < len(data) && data[i] == '-' {
+		i++
+	}
+	if i < len(data) && data[i] == '0' {
+		i++
+	} else {
+		var ok bool
+		if i, ok = digits(i); !ok {
+			return i, false
+		}
+	}
+	if i < len(data) && data[i] == '.' {
+		var ok bool
+		if i, ok = digits(i + 1); !ok {
+			return i, false
+		}
+	}
+	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
+		i++
+		if i < len(data) && (data[i] == '+' || data[i] == '-') {
+			i++
+		}
+		var ok bool
+		if i, ok = digits(i); !ok {
+			return i, false
+		}
+	}
+	return i, true
+}
+
+// plainString returns the index of the quote that ends the JSON string
+// whose contents start at data[start]: a string without escapes or control
+// characters, of valid UTF-8 (encoding/json would replace invalid bytes),
+// whose bytes encoding/json takes as they are.
+func plainString(data []byte, start int) (int, bool) {
+	q := bytes.IndexByte(data[start:], '"')
+	if q < 0 {
+		return 0, false
+	}
+	s := data[start : start+q]
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	var high uint64
+	k := 0
+	for ; k+8 <= len(s); k += 8 {
+		w := binary.LittleEndian.Uint64(s[k:])
+		// A byte below 0x20 (control), a backslash, or one of 0x80 and up.
+		bs := w ^ (lo * '\\')
+		if (w-lo*0x20)&^w&hi != 0 || (bs-lo)&^bs&hi != 0 {
+			if w&hi != 0 {
+				high = hi
+			}
+			if !plainBytes(s[k : k+8]) {
+				return 0, false
+			}
+			continue
+		}
+		high |= w & hi
+	}
+	if !plainBytes(s[k:]) {
+		return 0, false
+	}
+	for _, c := range s[k:] {
+		high |= uint64(c & 0x80)
+	}
+	if high != 0 && !utf8.Valid(s) {
+		return 0, false
+	}
+	return start + q, true
+}
+
+// plainBytes reports whether s has no control character and no backslash.
+func plainBytes(s []byte) bool {
+	for _, c := range s {
+		if c < 0x20 || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && isJSONSpace(data[i]) {
+		i++
+	}
+	return i
+}

@@ -1,0 +1,168 @@
+package bus
+
+import (
+	"encoding/json"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/busway/busway/transport"
+)
+
+type flatOrder struct {
+	ID     string `json:"id"`
+	Amount int    `json:"amount"`
+	Note   string `json:"note"`
+}
+
+type flatLabel string
+
+type flatKinds struct {
+	S       string  `json:"s,omitempty"`
+	B       bool    `json:"b"`
+	I8      int8    `json:"i8"`
+	I64     int64   `json:"i64"`
+	U16     uint16  `json:"u16"`
+	U       uint    `json:"u"`
+	F32     float32 `json:"f32"`
+	F64     float64 `json:"f64"`
+	Label   flatLabel
+	Skipped string `json:"-"`
+	hidden  string // encoding/json ignores it; so must flatJSON
+}
+
+var _ = flatKinds{}.hidden
+
+// decodeBoth decodes data into a zero T with json.Unmarshal and with the
+// flat decoder (falling back to json.Unmarshal as decode does), and fails
+// unless both give the same value and error, and a flat decode that
+// succeeded is one json.Unmarshal accepts.
+func decodeBoth[T any](t *testing.T, data []byte) (flatOK bool) {
+	t.Helper()
+	p := planFlatJSON(reflect.TypeFor[T]())
+	if p == nil {
+		t.Fatalf("no flat plan for %v", reflect.TypeFor[T]())
+	}
+	var want T
+	wantErr := json.Unmarshal(data, &want)
+	var got T
+	flatOK = p.decode(data, reflect.ValueOf(&got).Elem())
+	if flatOK {
+		if wantErr != nil {
+			t.Fatalf("flat decoded %q, which json.Unmarshal rejects: %v", data, wantErr)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("flat decoded %q to %+v, json.Unmarshal to %+v", data, got, want)
+		}
+	}
+	// Through decode, as a handler does.
+	body := data
+	if len(body) == 0 {
+		return flatOK
+	}
+	m := newTestMessage(body)
+	target := new(T)
+	ev, err := decode(JSON, m, target, p)
+	wantErr = JSON.Unmarshal(body, new(T)) // the codec's (pooled) error for the same body
+	if (err != nil) != (wantErr != nil) {
+		t.Fatalf("decode %q: error %v, json.Unmarshal's %v", data, err, wantErr)
+	}
+	if err == nil && !reflect.DeepEqual(ev.Data, want) {
+		t.Fatalf("decode %q gave %+v, json.Unmarshal %+v", data, ev.Data, want)
+	}
+	if !reflect.DeepEqual(*target, *new(T)) {
+		t.Fatalf("decode %q left %+v in the target", data, *target)
+	}
+	return flatOK
+}
+
+var flatSeeds = []string{
+	`{"id":"order-1","amount":1250,"note":"hello"}`,
+	` { "id" : "x" , "amount" : -0 , "note" : "" } ` + "\n",
+	`{}`, ` {} `, `{"id":null,"amount":null}`, `{"id":"a","id":"b"}`, `{"id":"a","id":null}`,
+	`{"ID":"case"}`, `{"Id":"case"}`, `{"unknown":1}`, `{"id":"esc\"aped"}`, `{"id":"tab\there"}`,
+	"{\"id\":\"ctl\x01\"}", "{\"id\":\"bad\xffutf8\"}", `{"id":"ünïcødé ✓"}`, "{\"id\":\"\xed\xa0\x80\"}",
+	`{"amount":1.5}`, `{"amount":1e3}`, `{"amount":01}`, `{"amount":-}`, `{"amount":9223372036854775807}`,
+	`{"amount":123456789012345678}`, `{"amount":"7"}`, `{"amount":true}`, `{"id":7}`, `{"id":"a",}`,
+	`{"id":"a"`, `{"id":"a"}x`, `{"id":"a"}{}`, `{"id" "a"}`, `{,}`, `null`, `[]`, `"s"`, `{"id":"a"]`,
+	`{"amount":nul}`, `{"amount":nullx}`, `{"amount":truex}`, "\ufeff{}", `{"id":"` + strings.Repeat("abcdefgh", 40) + `"}`,
+	`{"note":"` + strings.Repeat("01234567", 3) + `\u0041"}`, `{"note":"` + strings.Repeat("0123456\x7f", 3) + `"}`,
+	`{"s":"x","b":true,"i8":-128,"i64":-42,"u16":65535,"u":0,"f32":1.5e-3,"f64":-0.0,"Label":"l"}`,
+	`{"i8":128}`, `{"u16":65536}`, `{"u":-1}`, `{"u":-0}`, `{"f32":1e39}`, `{"f64":1e400}`, `{"f64":.5}`,
+	`{"f64":1.}`, `{"f64":1e}`, `{"f64":-01.5}`, `{"b":false,"b":null}`, `{"Skipped":"x"}`, `{"hidden":"x"}`,
+	`{"label":"folded"}`, `{"s":"a","S":"b"}`,
+}
+
+func TestFlatJSONMatchesEncodingJSON(t *testing.T) {
+	flat := 0
+	for _, s := range flatSeeds {
+		if decodeBoth[flatOrder](t, []byte(s)) {
+			flat++
+		}
+		decodeBoth[flatKinds](t, []byte(s))
+	}
+	if flat < 5 {
+		t.Fatalf("the flat decoder decoded %d of the seeds: it is not used", flat)
+	}
+	if !decodeBoth[flatOrder](t, []byte(`{"id":"order-1","amount":1250,"note":"`+strings.Repeat("x", 4096)+`"}`)) {
+		t.Fatal("the benchmark's event was not decoded flat")
+	}
+}
+
+func FuzzFlatJSON(f *testing.F) {
+	for _, s := range flatSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		decodeBoth[flatOrder](t, data)
+		decodeBoth[flatKinds](t, data)
+	})
+}
+
+type flatText struct{ v string }
+
+func (x *flatText) UnmarshalText(b []byte) error { x.v = string(b); return nil }
+
+type flatSelf struct{ A string }
+
+func (x *flatSelf) UnmarshalJSON([]byte) error { return nil }
+
+// Types the flat decoder leaves to encoding/json.
+func TestFlatJSONDeclines(t *testing.T) {
+	type embedded struct{ flatOrder }
+	type quoted struct {
+		N int `json:"n,string"`
+	}
+	type timed struct{ At time.Time }
+	type pointer struct{ P *string }
+	type text struct{ T flatText }
+	type ip struct{ IP net.IP }
+	type clash struct {
+		A string `json:"name"`
+		B string `json:"NAME"`
+	}
+	type oddName struct {
+		A string `json:"ä"`
+	}
+	type odd2 struct {
+		A string `json:"a b"`
+	}
+	for _, rt := range []reflect.Type{
+		reflect.TypeFor[embedded](), reflect.TypeFor[quoted](), reflect.TypeFor[timed](), reflect.TypeFor[pointer](),
+		reflect.TypeFor[text](), reflect.TypeFor[ip](), reflect.TypeFor[clash](), reflect.TypeFor[oddName](),
+		reflect.TypeFor[odd2](), reflect.TypeFor[flatSelf](), reflect.TypeFor[*flatOrder](), reflect.TypeFor[map[string]string](),
+		reflect.TypeFor[string](),
+	} {
+		if p := planFlatJSON(rt); p != nil {
+			t.Errorf("planFlatJSON(%v) = %+v, want nil", rt, p)
+		}
+	}
+}
+
+func newTestMessage(body []byte) *transport.Message {
+	return &transport.Message{ID: "id-1", Topic: "orders", Group: "g", Attempt: 1, Body: body,
+		Header: map[string]string{transport.HeaderID: "id-1", transport.HeaderType: "flatOrder", transport.HeaderSource: "test",
+			transport.HeaderSpecVersion: SpecVersion, transport.HeaderContentType: "application/json"}}
+}
