@@ -62,6 +62,7 @@ type typeInfo struct {
 	rt    reflect.Type
 	name  string // event type name
 	topic string
+	flat  *flatJSON // the JSON encoder of rt when it is a flat struct, else nil
 }
 
 // Option configures a Bus. The zero configuration is the default.
@@ -353,7 +354,7 @@ func (b *Bus) typeOf(rt reflect.Type, topic string) (*typeInfo, error) {
 			return nil, fmt.Errorf("%w: event type %q on topic %q is already Go type %v, cannot also be %v", ErrAlreadyRegistered, name, topic, o.rt, rt)
 		}
 	}
-	ti := &typeInfo{rt: rt, name: name, topic: topic}
+	ti := &typeInfo{rt: rt, name: name, topic: topic, flat: planFlatJSON(rt)}
 	b.types[rt] = ti
 	return ti, nil
 }

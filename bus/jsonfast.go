@@ -25,20 +25,37 @@ import (
 // It exists for types whose every exported field is a string, bool,
 // integer or float kind without methods of its own for JSON or text
 // (planFlatJSON says which); the JSON handler path of Subscribe uses it.
+//
+// It also encodes such a struct as json.Marshal does, when encodes is set
+// (no field or the type marshals itself, no floats, no omitzero): fields
+// in order, omitempty honoured, strings without any byte that encoding/json
+// escapes; a string that needs escaping makes it give up, and the caller
+// encodes with encoding/json.
 type flatJSON struct {
-	fields []flatField
+	fields  []flatField
+	encodes bool
 }
 
 type flatField struct {
-	name  string // the JSON name: exact match only
-	index int    // in the struct
-	kind  reflect.Kind
+	name      string // the JSON name: exact match only
+	index     int    // in the struct
+	kind      reflect.Kind
+	omitEmpty bool
 }
 
 var (
 	jsonUnmarshalerType = reflect.TypeFor[json.Unmarshaler]()
 	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+	jsonMarshalerType   = reflect.TypeFor[json.Marshaler]()
+	textMarshalerType   = reflect.TypeFor[encoding.TextMarshaler]()
 )
+
+// marshals reports whether t, or a pointer to it, encodes itself.
+func marshals(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	return t.Implements(jsonMarshalerType) || t.Implements(textMarshalerType) ||
+		pt.Implements(jsonMarshalerType) || pt.Implements(textMarshalerType)
+}
 
 // unmarshals reports whether t, or a pointer to it, decodes itself.
 func unmarshals(t reflect.Type) bool {
@@ -53,7 +70,7 @@ func planFlatJSON(rt reflect.Type) *flatJSON {
 	if rt.Kind() != reflect.Struct || unmarshals(rt) {
 		return nil
 	}
-	p := &flatJSON{}
+	p := &flatJSON{encodes: !marshals(rt)}
 	for i := range rt.NumField() {
 		sf := rt.Field(i)
 		if sf.Anonymous {
@@ -62,15 +79,20 @@ func planFlatJSON(rt reflect.Type) *flatJSON {
 		if !sf.IsExported() {
 			continue // encoding/json ignores it too
 		}
-		name := sf.Name
+		name, omitEmpty := sf.Name, false
 		if tag, ok := sf.Tag.Lookup("json"); ok {
 			if tag == "-" {
 				continue
 			}
 			tagName, opts, _ := strings.Cut(tag, ",")
 			for o := range strings.SplitSeq(opts, ",") {
-				if o == "string" {
+				switch o {
+				case "string":
 					return nil
+				case "omitempty":
+					omitEmpty = true
+				case "omitzero":
+					p.encodes = false
 				}
 			}
 			if tagName != "" {
@@ -88,12 +110,15 @@ func planFlatJSON(rt reflect.Type) *flatJSON {
 			if unmarshals(sf.Type) {
 				return nil
 			}
+			if marshals(sf.Type) || k == reflect.Float32 || k == reflect.Float64 {
+				p.encodes = false
+			}
 			for _, f := range p.fields {
 				if strings.EqualFold(f.name, name) {
 					return nil // encoding/json's rules for clashing names
 				}
 			}
-			p.fields = append(p.fields, flatField{name: name, index: i, kind: k})
+			p.fields = append(p.fields, flatField{name: name, index: i, kind: k, omitEmpty: omitEmpty})
 		default:
 			return nil
 		}
@@ -353,4 +378,79 @@ func skipSpace(data []byte, i int) int {
 		i++
 	}
 	return i
+}
+
+// encode appends the JSON encoding of v, a struct of p's type, to b, as
+// json.Marshal writes it, and reports whether it did (p.encodes must be
+// set).
+func (p *flatJSON) encode(b []byte, v reflect.Value) ([]byte, bool) {
+	b = append(b, '{')
+	first := true
+	for i := range p.fields {
+		f := &p.fields[i]
+		fv := v.Field(f.index)
+		if f.omitEmpty && fv.IsZero() {
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, '"')
+		b = append(b, f.name...)
+		b = append(b, '"', ':')
+		switch f.kind {
+		case reflect.String:
+			s := fv.String()
+			if !plainOut(s) {
+				return b, false
+			}
+			b = append(b, '"')
+			b = append(b, s...)
+			b = append(b, '"')
+		case reflect.Bool:
+			b = strconv.AppendBool(b, fv.Bool())
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			b = strconv.AppendInt(b, fv.Int(), 10)
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			b = strconv.AppendUint(b, fv.Uint(), 10)
+		default:
+			return b, false
+		}
+	}
+	return append(b, '}'), true
+}
+
+// plainOut reports whether encoding/json writes s as it is between quotes
+// (with its HTML escaping, as json.Marshal does): no control character, no
+// '"', '\\', '<', '>' or '&', valid UTF-8 without U+2028 and U+2029.
+func plainOut(s string) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	has := func(w uint64, c byte) uint64 { x := w ^ (lo * uint64(c)); return (x - lo) &^ x & hi }
+	high := false
+	k := 0
+	for ; k+8 <= len(s); k += 8 {
+		w := uint64(s[k]) | uint64(s[k+1])<<8 | uint64(s[k+2])<<16 | uint64(s[k+3])<<24 |
+			uint64(s[k+4])<<32 | uint64(s[k+5])<<40 | uint64(s[k+6])<<48 | uint64(s[k+7])<<56
+		if (w-lo*0x20)&^w&hi|has(w, '"')|has(w, '\\')|has(w, '<')|has(w, '>')|has(w, '&')|w&hi == 0 {
+			continue
+		}
+		for j := k; j < k+8; j++ {
+			if !plainOutByte(s[j]) {
+				return false
+			}
+			high = high || s[j] >= utf8.RuneSelf
+		}
+	}
+	for j := k; j < len(s); j++ {
+		if !plainOutByte(s[j]) {
+			return false
+		}
+		high = high || s[j] >= utf8.RuneSelf
+	}
+	return !high || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
+}
+
+func plainOutByte(c byte) bool {
+	return c >= utf8.RuneSelf || c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
 }

@@ -166,3 +166,81 @@ func newTestMessage(body []byte) *transport.Message {
 		Header: map[string]string{transport.HeaderID: "id-1", transport.HeaderType: "flatOrder", transport.HeaderSource: "test",
 			transport.HeaderSpecVersion: SpecVersion, transport.HeaderContentType: "application/json"}}
 }
+
+type flatOut struct {
+	S     string `json:"s,omitempty"`
+	T     string `json:"t"`
+	B     bool   `json:"b,omitempty"`
+	I8    int8   `json:"i8"`
+	I     int    `json:"i,omitempty"`
+	U16   uint16 `json:"u16"`
+	Label flatLabel
+	Skip  string `json:"-"`
+}
+
+// encodeBoth fails unless the flat encoder, where it does not give up,
+// writes what json.Marshal writes.
+func encodeBoth[T any](t *testing.T, v T) (flatOK bool) {
+	t.Helper()
+	p := planFlatJSON(reflect.TypeFor[T]())
+	if p == nil || !p.encodes {
+		t.Fatalf("no flat encoder for %v", reflect.TypeFor[T]())
+	}
+	want, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := p.encode([]byte("junk"), reflect.ValueOf(v))
+	if ok && string(got) != "junk"+string(want) {
+		t.Fatalf("flat encoded %+v as %s, json.Marshal as %s", v, got[4:], want)
+	}
+	box := pubBoxes.Get().(*pubBox)
+	box.flat = p
+	body, err := box.Marshal(v)
+	if err != nil || string(body) != string(want) {
+		t.Fatalf("pubBox.Marshal(%+v) = %s, %v; json.Marshal gives %s", v, body, err, want)
+	}
+	box.recycle()
+	return ok
+}
+
+var flatStrings = []string{"", "plain", "with space and 0123456789 ~!@#$%^*()_+=-`';:,./?|{}[]", "quote\"", "back\\slash",
+	"<tag>", "a&b", "tab\t", "nl\n", "\x00", "\x1f", "\x7f", "ünïcødé ✓", "bad\xffutf8", "\xe2\x80\xa8", "\xe2\x80\xa9", "\ufffd",
+	strings.Repeat("abcdefgh", 33), strings.Repeat("abcdefg<", 3), strings.Repeat("ab\u00e9", 9)}
+
+func TestFlatJSONEncodesAsEncodingJSON(t *testing.T) {
+	flat := 0
+	for _, s := range flatStrings {
+		if encodeBoth(t, flatOrder{ID: s, Amount: -7, Note: s + s}) {
+			flat++
+		}
+		encodeBoth(t, flatOut{S: s, T: s, Label: flatLabel(s), Skip: "x"})
+	}
+	encodeBoth(t, flatOut{})
+	encodeBoth(t, flatOut{B: true, I8: -128, I: 1 << 40, U16: 65535})
+	encodeBoth(t, struct{}{})
+	if flat < 5 {
+		t.Fatalf("the flat encoder encoded %d of the values: it is not used", flat)
+	}
+	for _, rt := range []reflect.Type{reflect.TypeFor[flatKinds](), reflect.TypeFor[struct {
+		A int `json:"a,omitzero"`
+	}](), reflect.TypeFor[struct{ T flatMarshals }]()} {
+		if p := planFlatJSON(rt); p != nil && p.encodes {
+			t.Errorf("planFlatJSON(%v) encodes, want it to leave %v to encoding/json", rt, rt)
+		}
+	}
+}
+
+type flatMarshals string
+
+func (flatMarshals) MarshalText() ([]byte, error) { return []byte("m"), nil }
+
+func FuzzFlatJSONEncode(f *testing.F) {
+	for _, s := range flatStrings {
+		f.Add(s, int64(len(s)), true)
+	}
+	f.Fuzz(func(t *testing.T, s string, n int64, b bool) {
+		encodeBoth(t, flatOrder{ID: s, Amount: int(n), Note: s})
+		encodeBoth(t, flatOut{S: s, T: s[len(s)/2:], B: b, I8: int8(n), I: int(n), U16: uint16(n), Label: flatLabel(s)})
+	})
+}

@@ -150,6 +150,9 @@ func publishRecycled[T any](ctx context.Context, b *Bus, v T, opts []PublishOpti
 	}
 	box := pubBoxes.Get().(*pubBox)
 	defer box.recycle()
+	if ti.flat != nil && ti.flat.encodes && reflect.TypeFor[T]() == ti.rt {
+		box.flat = ti.flat
+	}
 	if err := encodeInto(b, ti, &c, v, &box.msgBox, box); err != nil {
 		return fmt.Errorf("busway: publish %s: %w", ti.name, err)
 	}
@@ -157,11 +160,14 @@ func publishRecycled[T any](ctx context.Context, b *Bus, v T, opts []PublishOpti
 }
 
 // pubBox is a message Publish recycles (see publishRecycled), with the
-// buffer and JSON encoder of its body.
+// buffer and JSON encoder of its body, and the flat encoder of the event's
+// type when it has one (see flatJSON).
 type pubBox struct {
 	msgBox
-	buf bytes.Buffer
-	enc *json.Encoder
+	buf     bytes.Buffer
+	enc     *json.Encoder
+	flat    *flatJSON
+	flatBuf []byte // flat's output
 }
 
 var pubBoxes = sync.Pool{New: func() any {
@@ -181,6 +187,12 @@ const (
 // box's buffer: Encoder.Encode writes the same bytes, HTML escaping
 // included, and a newline, which is cut.
 func (box *pubBox) Marshal(v any) ([]byte, error) {
+	if box.flat != nil {
+		if b, ok := box.flat.encode(box.flatBuf[:0], reflect.ValueOf(v)); ok {
+			box.flatBuf = b
+			return b, nil
+		}
+	}
 	box.buf.Reset()
 	if err := box.enc.Encode(v); err != nil {
 		return nil, err
@@ -198,8 +210,12 @@ func (box *pubBox) recycle() {
 	clear(h)
 	box.msg = transport.Message{Header: h}
 	box.arr[0] = nil
+	box.flat = nil
 	if box.buf.Cap() > maxRecycledBody {
 		box.buf = bytes.Buffer{}
+	}
+	if cap(box.flatBuf) > maxRecycledBody {
+		box.flatBuf = nil
 	}
 	pubBoxes.Put(box)
 }
