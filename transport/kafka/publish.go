@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"time"
@@ -276,10 +277,7 @@ func (t *Transport) sendToLeader(ctx context.Context, topic string, chunks []*ch
 func (t *Transport) produceRound(ctx context.Context, topic string, chunks []*chunk, msgs []*transport.Message, now time.Time) {
 	parts := make([]produceAPI.RequestPartition, len(chunks))
 	for k, c := range chunks {
-		records := make([]kafkago.Record, len(c.idx))
-		for j, i := range c.idx {
-			records[j] = toRecord(msgs[i], now)
-		}
+		records := toRecords(msgs, c.idx, now)
 		parts[k] = produceAPI.RequestPartition{
 			Partition: int32(c.partition),
 			RecordSet: protocol.RecordSet{
@@ -334,27 +332,126 @@ func (t *Transport) produceRound(ctx context.Context, topic string, chunks []*ch
 	}
 }
 
-func toRecord(m *transport.Message, now time.Time) kafkago.Record {
-	r := kafkago.Record{Time: now, Value: kafkago.NewBytes(m.Body)}
-	if m.Key != "" {
-		r.Key = kafkago.NewBytes([]byte(m.Key))
+// toRecords are the records of msgs[idx[0]], msgs[idx[1]], ... (of every
+// message of msgs when idx is nil), for one encoding: their keys, values
+// and headers are read from a few slices allocated together, not from an
+// allocation per field (kafka-go's NewBytes, a []byte of each key and
+// header value).
+func toRecords(msgs []*transport.Message, idx []int, now time.Time) []kafkago.Record {
+	n := len(msgs)
+	if idx != nil {
+		n = len(idx)
 	}
-	n := len(m.Header)
-	addID := m.ID != "" && m.Header[transport.HeaderID] != m.ID
-	if addID {
-		n++
+	at := func(j int) *transport.Message {
+		if idx != nil {
+			return msgs[idx[j]]
+		}
+		return msgs[j]
 	}
-	if n > 0 {
-		r.Headers = make([]kafkago.Header, 0, n)
+	var nh, nb int
+	for j := range n {
+		m := at(j)
+		for _, v := range m.Header {
+			nb += len(v)
+		}
+		nh += len(m.Header)
+		if addID(m) {
+			nh++
+			nb += len(m.ID)
+		}
+	}
+	records := make([]kafkago.Record, n)
+	fields := make([]field, 2*n)
+	var hdrs []kafkago.Header
+	var vals []byte
+	if nh > 0 {
+		hdrs = make([]kafkago.Header, 0, nh)
+		vals = make([]byte, 0, nb)
+	}
+	value := func(v string) []byte { // v's bytes in vals, capped
+		start := len(vals)
+		vals = append(vals, v...)
+		return vals[start:len(vals):len(vals)]
+	}
+	for j := range records {
+		m := at(j)
+		r := &records[j]
+		r.Time = now
+		if m.Body != nil {
+			f := &fields[2*j]
+			f.b = m.Body
+			r.Value = f
+		}
+		if m.Key != "" {
+			f := &fields[2*j+1]
+			f.s, f.str = m.Key, true
+			r.Key = f
+		}
+		id := addID(m)
+		if len(m.Header) == 0 && !id {
+			continue
+		}
+		start := len(hdrs)
 		for k, v := range m.Header {
-			r.Headers = append(r.Headers, kafkago.Header{Key: k, Value: []byte(v)})
+			hdrs = append(hdrs, kafkago.Header{Key: k, Value: value(v)})
 		}
-		if addID {
-			r.Headers = append(r.Headers, kafkago.Header{Key: idHeader, Value: []byte(m.ID)})
+		if id {
+			hdrs = append(hdrs, kafkago.Header{Key: idHeader, Value: value(m.ID)})
 		}
+		r.Headers = hdrs[start:len(hdrs):len(hdrs)]
 	}
-	return r
+	return records
 }
+
+// addID reports whether m's ID travels in the idHeader.
+func addID(m *transport.Message) bool {
+	return m.ID != "" && m.Header[transport.HeaderID] != m.ID
+}
+
+// field is a record's key (a string) or value (a []byte) as kafka-go's
+// encoder reads it (protocol.Bytes), once.
+type field struct {
+	s   string
+	b   []byte
+	str bool
+	off int
+}
+
+func (f *field) Len() int {
+	if f.str {
+		return len(f.s) - f.off
+	}
+	return len(f.b) - f.off
+}
+
+func (f *field) Read(p []byte) (int, error) {
+	if f.Len() == 0 {
+		return 0, io.EOF
+	}
+	var n int
+	if f.str {
+		n = copy(p, f.s[f.off:])
+	} else {
+		n = copy(p, f.b[f.off:])
+	}
+	f.off += n
+	return n, nil
+}
+
+// WriteTo spares io.Copy (kafka-go's encoder uses it) a buffer.
+func (f *field) WriteTo(w io.Writer) (int64, error) {
+	var n int
+	var err error
+	if f.str {
+		n, err = io.WriteString(w, f.s[f.off:])
+	} else {
+		n, err = w.Write(f.b[f.off:])
+	}
+	f.off += n
+	return int64(n), err
+}
+
+func (f *field) Close() error { return nil }
 
 // idHeader carries Message.ID when Header["ce_id"] does not already hold
 // it (busway's typed API always sets ce_id = ID, so it rarely travels). It
@@ -385,10 +482,7 @@ func recordBound(m *transport.Message) int {
 // encoded (and compressed) by kafka-go's encoder, header included, the
 // number the broker compares with max.message.bytes.
 func (t *Transport) batchSize(msgs []*transport.Message, now time.Time) int {
-	records := make([]kafkago.Record, len(msgs))
-	for i, m := range msgs {
-		records[i] = toRecord(m, now)
-	}
+	records := toRecords(msgs, nil, now)
 	rs := protocol.RecordSet{
 		Version:    2,
 		Attributes: protocol.Attributes(t.cfg.compression) & 0x7,
