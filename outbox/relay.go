@@ -519,6 +519,9 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 	// sent are the rows of the last round, published and not yet deleted:
 	// the next round deletes them in the statement that reads its batch.
 	var sent []int64
+	// ahead is the next batch, read while the last one was published (a
+	// backlog on PostgreSQL); sent is empty then.
+	var ahead []row
 	defer func() {
 		// On Stop (or a lost lead) the round's rows are deleted now; if
 		// that fails they stay and are published again.
@@ -536,8 +539,8 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 				return err // the rows of sent were accepted: deleting them is safe
 			}
 		}
-		n, next, err := r.round(r.hardCtx, ex, sent)
-		sent = next
+		n, next, nextAhead, err := r.round(r.hardCtx, ex, sent, ahead)
+		sent, ahead = next, nextAhead
 		r.rounds.Add(1)
 		if r.stopped() {
 			return nil
@@ -561,7 +564,7 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 				r.o.log.Warn("outbox: retention delete failed", "table", r.o.q.published, "err", err)
 			}
 		}
-		if n >= r.opts.BatchSize {
+		if n >= r.opts.BatchSize || len(ahead) > 0 {
 			continue // a backlog: no pause
 		}
 		if n > 0 {
@@ -637,21 +640,43 @@ func (r *Relay) read(ctx context.Context, ex execer, prev []int64) ([]row, error
 	if err != nil {
 		return nil, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
 	}
-	rows := make([]row, 0, min(r.opts.BatchSize, 64))
-	for rs.Next() {
-		var x row
-		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
-			rs.Close()
-			return nil, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
-		}
-		rows = append(rows, x)
-	}
-	if err := errors.Join(rs.Err(), rs.Close()); err != nil {
+	rows, err := scanRows(rs, r.opts.BatchSize)
+	if err != nil {
 		return nil, &dbError{fmt.Errorf("outbox: read %s: %w", q.table, err)}
 	}
 	if len(prev) > 0 {
 		r.published.Add(uint64(len(prev)))
 		r.cPublished.Add(ctx, int64(len(prev)), r.attrs)
+	}
+	return rows, nil
+}
+
+// readAhead reads the batch after the rows of cur, which are being
+// published and are not deleted yet.
+func (r *Relay) readAhead(ctx context.Context, ex execer, cur []row) ([]row, error) {
+	ids := make([]int64, len(cur))
+	for i := range cur {
+		ids[i] = cur[i].id
+	}
+	rs, err := ex.QueryContext(ctx, r.o.q.selectAhead, pgArray(ids), r.opts.BatchSize)
+	if err != nil {
+		return nil, err
+	}
+	return scanRows(rs, r.opts.BatchSize)
+}
+
+func scanRows(rs *sql.Rows, size int) ([]row, error) {
+	rows := make([]row, 0, min(size, 64))
+	for rs.Next() {
+		var x row
+		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
+			rs.Close()
+			return nil, err
+		}
+		rows = append(rows, x)
+	}
+	if err := errors.Join(rs.Err(), rs.Close()); err != nil {
+		return nil, err
 	}
 	return rows, nil
 }
@@ -667,11 +692,40 @@ func (r *Relay) read(ctx context.Context, ex execer, prev []int64) ([]row, error
 // messages of a batch and not others, the accepted rows of a key that come
 // after its first failed row are kept, not deleted: the next round
 // publishes the failed row and them again, in id order.
-func (r *Relay) round(ctx context.Context, ex execer, prev []int64) (int, []int64, error) {
-	rows, err := r.read(ctx, ex, prev)
-	if err != nil || len(rows) == 0 {
-		return 0, nil, err
+//
+// Read-ahead (PostgreSQL, a full batch): while the batch is published, the
+// next one is read on the same connection, leaving out the batch's rows. If
+// the batch went out cleanly, the round deletes it itself, so that no more
+// than one batch is ever published and not deleted (what a crash
+// re-sends), and returns the next batch as ahead: the next round publishes
+// it without reading. Otherwise the rows read ahead are dropped.
+func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row) (int, []int64, []row, error) {
+	rows := ahead
+	if len(rows) == 0 {
+		var err error
+		rows, err = r.read(ctx, ex, prev)
+		if err != nil || len(rows) == 0 {
+			return 0, nil, nil, err
+		}
 	}
+	var next chan []row // the batch after, read meanwhile
+	if r.o.dialect == PostgreSQL && len(rows) >= r.opts.BatchSize {
+		next = make(chan []row, 1)
+		go func() {
+			// An error here is found again by the next round's read.
+			rs, _ := r.readAhead(ctx, ex, rows)
+			next <- rs
+		}()
+	}
+	// wait waits for the read-ahead, which uses ex, and returns its rows.
+	var later []row
+	wait := func() []row {
+		if next != nil {
+			later, next = <-next, nil
+		}
+		return later
+	}
+	defer wait()
 
 	// Group by topic, keeping id order within each: per-key order is per
 	// topic.
@@ -737,35 +791,42 @@ func (r *Relay) round(ctx context.Context, ex execer, prev []int64) (int, []int6
 			break
 		}
 	}
+	wait()
 	if r.afterPublish != nil {
 		if err := r.afterPublish(); err != nil {
-			return len(rows), nil, err
+			return len(rows), nil, nil, err
 		}
 	}
 	if len(poison) == 0 && retry == 0 && held == 0 && len(done) == len(rows) {
-		return len(rows), done, nil // the next round deletes them
+		if len(later) == 0 {
+			return len(rows), done, nil, nil // the next round deletes them
+		}
+		if err := r.finish(ctx, ex, done); err != nil {
+			return len(rows), nil, nil, err
+		}
+		return len(rows), nil, later, nil
 	}
 	if len(done) > 0 {
 		if err := r.finish(ctx, ex, done); err != nil {
-			return len(rows), nil, err
+			return len(rows), nil, nil, err
 		}
 	}
 	for _, p := range poison {
 		if err := r.moveAside(ctx, ex, p); err != nil {
-			return len(rows), nil, err
+			return len(rows), nil, nil, err
 		}
 	}
 	if retry > 0 || held > 0 {
 		r.failed.Add(uint64(retry))
 		r.cFailed.Add(ctx, int64(retry), r.attrs)
-		return len(rows), nil, fmt.Errorf("outbox: publish: %d of %d rows not accepted (%d accepted rows after them kept, to be published again in key order): %w",
+		return len(rows), nil, nil, fmt.Errorf("outbox: publish: %d of %d rows not accepted (%d accepted rows after them kept, to be published again in key order): %w",
 			retry, len(rows), held, pubErr)
 	}
 	if ctx.Err() != nil {
 		// Groups not published: their rows stay.
-		return len(rows), nil, ctx.Err()
+		return len(rows), nil, nil, ctx.Err()
 	}
-	return len(rows), nil, nil
+	return len(rows), nil, nil, nil
 }
 
 // poisonous reports whether a publish error can never go away for this

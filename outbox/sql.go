@@ -32,10 +32,14 @@ type queries struct {
 	// backlog.
 	deleteAny, archiveAny             string // $1, $2 ranges; archiveAny: $3 published_at
 	finishSelect, finishArchiveSelect string // $1, $2 ranges, $3 limit; archive: $4 published_at
-	deadInsert, deadDel               string
-	pruneArchive                      string
-	stats                             string
-	probe                             string
+	// selectAhead (PostgreSQL) reads the batch after the rows of $1 (an
+	// id list, '{1,2,3}'), which are being published: the rows not in it,
+	// in id order, LIMIT $2.
+	selectAhead         string
+	deadInsert, deadDel string
+	pruneArchive        string
+	stats               string
+	probe               string
 	// SQLite: the relay lease (Table_lease), see Relay.lead.
 	lease, leaseTake, leaseRenew, leaseFree string
 	notify                                  string
@@ -95,6 +99,7 @@ func newQueries(d middleware.Dialect, table string) queries {
 		// (one snapshot): it leaves out the rows the DELETE returns (a
 		// hashed subplan).
 		next := fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT id FROM d) ORDER BY id LIMIT $3", all, q.table)
+		q.selectAhead = fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT unnest($1::text::bigint[])) ORDER BY id LIMIT $2", all, q.table)
 		q.finishSelect = fmt.Sprintf("WITH d AS (%s RETURNING t.id) %s", del, next)
 		q.finishArchiveSelect = fmt.Sprintf("WITH d AS (%s RETURNING %s), a AS (INSERT INTO %s (%s, published_at) SELECT %s, $4 FROM d) %s",
 			del, tall, q.published, all, all, next)
@@ -135,6 +140,9 @@ func idList(ids []int64) string {
 // pgRanges returns ids (in any order, no duplicates) as ranges of
 // consecutive ids: the PostgreSQL array literals of their first and of
 // their last ids ('{1,7}' and '{5,9}' for 1-5 and 7-9).
+// pgArray formats ids as a PostgreSQL array literal, '{1,2,3}'.
+func pgArray(ids []int64) string { return "{" + idList(ids) + "}" }
+
 func pgRanges(ids []int64) (lo, hi string) {
 	s := slices.Clone(ids)
 	slices.Sort(s)
