@@ -98,7 +98,7 @@ func DecodeEnvelope(m *transport.Message) (Envelope, error) {
 			Reason: "unsupported CloudEvents version (want 1.0)"}
 	}
 	if v := h[transport.HeaderTime]; v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
+		t, err := parseTime(v)
 		if err != nil {
 			return e, &EnvelopeError{Topic: m.Topic, ID: e.ID, Attribute: transport.HeaderTime, Value: shorten(v),
 				Reason: "not an RFC 3339 time"}

@@ -1,0 +1,48 @@
+package bus
+
+import (
+	"testing"
+	"time"
+)
+
+var timeSeeds = []string{"2026-12-01T11:27:55.123456789Z", "2026-12-01T11:27:55Z", "2026-12-01T11:27:55.1Z", "2026-12-01T11:27:55.120Z",
+	"2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2000-02-29T23:59:59.999999999Z", "2026-04-31T00:00:00Z",
+	"2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z", "2026-01-00T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:60:00Z",
+	"2026-01-01T00:00:60Z", "2026-01-01t00:00:00Z", "2026-01-01T00:00:00z", "2026-01-01T00:00:00.Z", "2026-01-01T00:00:00.1234567891Z",
+	"2026-01-01T00:00:00+02:00", "2026-01-01T00:00:00.5-07:00", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z",
+	"+026-01-01T00:00:00Z", "2026-1-01T00:00:00Z", "2026-01-01T00:00:00,5Z", "2026-01-01T00:00:00.+5Z", "yesterday", ""}
+
+func TestTimeMatchesPackageTime(t *testing.T) {
+	for _, s := range timeSeeds {
+		checkParseTime(t, s)
+	}
+	for _, tm := range []time.Time{time.Now(), time.Unix(0, 0), time.Date(2026, 1, 2, 3, 4, 5, 600, time.FixedZone("x", 3600)),
+		time.Date(2026, 1, 1, 0, 0, 0, 100000000, time.UTC)} {
+		checkParseTime(t, tm.UTC().Format(time.RFC3339Nano))
+	}
+}
+
+func checkParseTime(t *testing.T, s string) {
+	t.Helper()
+	want, wantErr := time.Parse(time.RFC3339Nano, s)
+	got, err := parseTime(s)
+	if (err != nil) != (wantErr != nil) || !got.Equal(want) || got.Location().String() != want.Location().String() {
+		t.Fatalf("parseTime(%q) = %v, %v; time.Parse gives %v, %v", s, got, err, want, wantErr)
+	}
+	// What parseUTC reads is the very value time.Parse gives (a time in
+	// time.UTC; time.Parse makes a new zone for an offset each time, so
+	// only those are compared as above).
+	if fast, ok := parseUTC(s); ok && fast != want {
+		t.Fatalf("parseUTC(%q) = %#v; time.Parse gives %#v", s, fast, want)
+	}
+}
+
+func FuzzTime(f *testing.F) {
+	for _, s := range timeSeeds {
+		f.Add(s, int64(len(s))*1e15+int64(len(s)))
+	}
+	f.Fuzz(func(t *testing.T, s string, ns int64) {
+		checkParseTime(t, s)
+		checkParseTime(t, time.Unix(0, ns).UTC().Format(time.RFC3339Nano))
+	})
+}
