@@ -202,14 +202,17 @@ func reservedHeader(name string) bool {
 // are ignored: the fields win.
 func buildMessage(e *Envelope, hm map[string]string, hs []header, body []byte) (*msgBox, error) {
 	box := new(msgBox)
-	if err := box.fill(e, hm, hs, body); err != nil {
+	if err := box.fill(e, hm, hs, body, false); err != nil {
 		return nil, err
 	}
 	return box, nil
 }
 
 // fill is buildMessage into box, reusing its Header map when it has one.
-func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []byte) error {
+// same says that the map holds the headers of an envelope of e's shape
+// (see envShape), no others: then only the attributes that differ from one
+// event to the next are written.
+func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []byte, same bool) error {
 	var ts string
 	stamped := e.Time.IsZero()
 	if stamped {
@@ -234,6 +237,19 @@ func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []b
 		n++
 	}
 	h := box.msg.Header
+	if same && h != nil {
+		h[transport.HeaderID] = e.ID
+		h[transport.HeaderTime] = ts
+		if e.Subject != "" {
+			h[transport.HeaderSubject] = e.Subject
+		}
+		if e.Key != "" {
+			h[transport.HeaderPartitionKey] = e.Key
+		}
+		box.msg = transport.Message{ID: e.ID, Key: e.Key, Header: h, Body: body}
+		box.arr[0] = &box.msg
+		return nil
+	}
 	if h == nil {
 		h = make(map[string]string, n)
 	} else {

@@ -153,7 +153,7 @@ func publishRecycled[T any](ctx context.Context, b *Bus, v T, opts []PublishOpti
 	if ti.flat != nil && ti.flat.encodes && reflect.TypeFor[T]() == ti.rt {
 		box.flat = ti.flat
 	}
-	if err := encodeInto(b, ti, &c, v, &box.msgBox, box); err != nil {
+	if err := encodeInto(b, ti, &c, v, &box.msgBox, box, &box.shape); err != nil {
 		return fmt.Errorf("busway: publish %s: %w", ti.name, err)
 	}
 	return b.publishBox(ctx, ti, &box.msgBox)
@@ -167,7 +167,8 @@ type pubBox struct {
 	buf     bytes.Buffer
 	enc     *json.Encoder
 	flat    *flatJSON
-	flatBuf []byte // flat's output
+	flatBuf []byte   // flat's output
+	shape   envShape // what msg.Header holds
 }
 
 var pubBoxes = sync.Pool{New: func() any {
@@ -207,10 +208,12 @@ func (box *pubBox) recycle() {
 	if len(h) > maxRecycledHeader {
 		h = nil
 	}
-	clear(h)
-	box.msg = transport.Message{Header: h}
+	box.msg = transport.Message{Header: h} // not cleared: box.shape says what it holds
 	box.arr[0] = nil
 	box.flat = nil
+	if h == nil {
+		box.shape = envShape{}
+	}
 	if box.buf.Cap() > maxRecycledBody {
 		box.buf = bytes.Buffer{}
 	}
@@ -313,7 +316,7 @@ func prepare[T any](b *Bus, opts []PublishOption) (*typeInfo, pubConfig, error) 
 // encode builds the message of one event.
 func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
 	box := new(msgBox)
-	if err := encodeInto(b, ti, c, v, box, b.codec); err != nil {
+	if err := encodeInto(b, ti, c, v, box, b.codec, nil); err != nil {
 		return nil, err
 	}
 	return box, nil
@@ -325,8 +328,9 @@ type marshaler interface {
 }
 
 // encodeInto builds the message of one event in box, its body encoded by
-// m.
-func encodeInto[T any](b *Bus, ti *typeInfo, c *pubConfig, v T, box *msgBox, m marshaler) error {
+// m. shape, when not nil, describes box's recycled Header map (see
+// envShape), and is updated.
+func encodeInto[T any](b *Bus, ti *typeInfo, c *pubConfig, v T, box *msgBox, m marshaler, shape *envShape) error {
 	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer && reflect.ValueOf(any(v)).IsNil() {
 		return fmt.Errorf("%w: nil %v", transport.ErrInvalidMessage, rt)
 	}
@@ -347,5 +351,29 @@ func encodeInto[T any](b *Bus, ti *typeInfo, c *pubConfig, v T, box *msgBox, m m
 		Key:         key,
 		ContentType: b.codec.ContentType(),
 	}
-	return box.fill(&env, nil, c.headers, body)
+	if shape == nil {
+		return box.fill(&env, nil, c.headers, body, false)
+	}
+	cur := envShape{b: b, ti: ti, subject: env.Subject != "", key: env.Key != ""}
+	if len(c.headers) > 0 {
+		cur = envShape{} // extra headers: never the same keys as another message's
+	}
+	same := cur.b != nil && *shape == cur
+	*shape = envShape{}
+	if err := box.fill(&env, nil, c.headers, body, same); err != nil {
+		return err
+	}
+	*shape = cur
+	return nil
+}
+
+// envShape says which envelope a recycled message's Header map holds: that
+// of an event of type ti published on bus b, with or without a subject and
+// a key, and no other header. A message of the same shape has the same
+// header names and the same values for all but ce_id, ce_time, ce_subject
+// and ce_partitionkey, so that fill writes only those.
+type envShape struct {
+	b            *Bus
+	ti           *typeInfo
+	subject, key bool
 }

@@ -154,3 +154,89 @@ func TestPublishRecyclingBodyIsMarshals(t *testing.T) {
 		}
 	}
 }
+
+// Recycled messages of one type and of another, with and without a key, a
+// subject and an extra header, in turn: each event arrives with exactly its
+// own headers (Publish rewrites only the attributes that change when a
+// recycled message had the same shape).
+func TestPublishRecyclingHeadersOfEachShape(t *testing.T) {
+	ctx := t.Context()
+	b := bus.New(chanbus.New(), bus.WithSource("shapes"))
+	defer b.Shutdown(context.Background())
+	type got struct {
+		typ    string
+		header map[string]string
+	}
+	seen := make(chan got, 64)
+	if _, err := bus.Subscribe(b, "g", func(_ context.Context, e bus.Event[Note]) error {
+		seen <- got{"Note", e.Header}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Subscribe(b, "g", func(_ context.Context, e bus.Event[Receipt]) error {
+		seen <- got{"Receipt", e.Header}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shapes := [][]bus.PublishOption{
+		nil, nil, {bus.WithKey("k1")}, {bus.WithKey("k2")}, nil, {bus.WithSubject("s1")},
+		{bus.WithKey("k3"), bus.WithSubject("s2")}, {bus.WithHeader("x-extra", "1")}, nil, {bus.WithKey("k4")}, nil,
+	}
+	for round := range 3 {
+		for i, opts := range shapes {
+			typ := "Note"
+			var err error
+			if (i+round)%3 == 0 {
+				typ = "Receipt"
+				err = bus.Publish(ctx, b, Receipt{ID: fmt.Sprint(i)}, opts...)
+			} else {
+				err = bus.Publish(ctx, b, Note{Seq: i}, opts...)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g got
+			select {
+			case g = <-seen:
+			case <-time.After(10 * time.Second):
+				t.Fatal("not delivered")
+			}
+			want := map[string]bool{transport.HeaderSpecVersion: true, transport.HeaderID: true, transport.HeaderSource: true,
+				transport.HeaderType: true, transport.HeaderTime: true, transport.HeaderContentType: true}
+			if k := optKey(i); k != "" {
+				want[transport.HeaderPartitionKey] = true
+			}
+			if s := optSubject(i); s != "" {
+				want[transport.HeaderSubject] = true
+			}
+			if i == 7 {
+				want["x-extra"] = true
+			}
+			if g.typ != typ || len(g.header) != len(want) || g.header[transport.HeaderType] != typ || g.header[transport.HeaderSource] != "shapes" {
+				t.Fatalf("round %d, event %d (%s): handled as %s with headers %v", round, i, typ, g.typ, g.header)
+			}
+			for k := range want {
+				if g.header[k] == "" {
+					t.Fatalf("round %d, event %d: header %s missing from %v", round, i, k, g.header)
+				}
+			}
+			if g.header[transport.HeaderPartitionKey] != optKey(i) || g.header[transport.HeaderSubject] != optSubject(i) {
+				t.Fatalf("round %d, event %d: key %q, subject %q, want %q, %q", round, i,
+					g.header[transport.HeaderPartitionKey], g.header[transport.HeaderSubject], optKey(i), optSubject(i))
+			}
+		}
+	}
+}
+
+// optKey and optSubject are the key and subject of event i of
+// TestPublishRecyclingHeadersOfEachShape's shapes.
+func optKey(i int) string {
+	return map[int]string{2: "k1", 3: "k2", 6: "k3", 9: "k4"}[i]
+}
+
+func optSubject(i int) string { return map[int]string{5: "s1", 6: "s2"}[i] }
