@@ -13,6 +13,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/internal/dispatch"
 )
 
 // newTestSubscription is a subscription with its workers and no consumer
@@ -29,15 +30,14 @@ func newTestSubscription(t *testing.T, h transport.Handler, workers int) *subscr
 		group:    "g",
 		h:        h,
 		log:      slog.New(slog.DiscardHandler),
-		ready:    make(chan *keyQueue, 64),
+		d:        dispatch.New[*job](dispatch.Config{}),
 		inflight: make(chan struct{}, 64),
 		window:   64,
-		keys:     make(map[string]*keyQueue),
 	}
 	s.runCtx, s.cancelRun = context.WithCancel(context.Background())
 	s.workers.Add(workers)
 	for range workers {
-		go s.work()
+		go s.work(nil)
 	}
 	return s
 }
@@ -48,7 +48,7 @@ func newTestPartition(s *subscription, id int) *partition {
 	return p
 }
 
-// One key's messages from two partitions share a key queue. When a
+// One key's messages from two partitions share a lane. When a
 // failing message of each partition is abandoned in turn (both partitions
 // draining), the later message of the first partition must not run: it
 // follows an abandoned message of its key and partition, and is
@@ -106,8 +106,7 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("partitions did not drain")
 	}
-	close(s.ready)
-	s.workers.Wait()
+	s.stopWorkers()
 	s.cancelRun()
 	mu.Lock()
 	defer mu.Unlock()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/backoff"
+	"github.com/busway/busway/transport/internal/dispatch"
 )
 
 // MaxInFlight is a subscribe option (in SubscribeOptions.Specific) bounding
@@ -117,14 +118,12 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		h:     h,
 		cg:    cg,
 		log:   log,
-		// A queue per ready key: bounded by MaxInFlight (see the field).
-		ready: make(chan *keyQueue, maxInFlight+workers),
+		d:     dispatch.New[*job](dispatch.Config{}),
 		// A counting semaphore of the fetched, unfinished messages: its
 		// capacity is the bound on them (MaxInFlight).
 		inflight: make(chan struct{}, maxInFlight),
 		window:   maxInFlight,
 		every:    t.cfg.CommitEvery,
-		keys:     make(map[string]*keyQueue),
 		loopDone: make(chan struct{}),
 		hooks:    hk,
 	}
@@ -143,7 +142,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	t.mu.Unlock()
 	s.workers.Add(workers)
 	for range workers {
-		go s.work()
+		go s.work(nil)
 	}
 	go s.loop()
 	return s, nil
@@ -266,12 +265,9 @@ type subscription struct {
 	inflight chan struct{} // fetched, unfinished messages (MaxInFlight)
 	window   int           // per partition, fetched messages past the commit position (MaxInFlight)
 	every    int           // per partition, finished messages past the committed offset that ask for a commit (CommitEvery)
-	keyMu    sync.Mutex
-	keys     map[string]*keyQueue // keys with unfinished messages
-	// ready holds the key queues whose next message may run now; the
-	// Concurrency workers take them. A queue is in it at most once and
-	// only while it has a message, so MaxInFlight bounds its length.
-	ready   chan *keyQueue
+	// d orders the fetched messages by key for the Concurrency workers;
+	// inflight bounds what it holds.
+	d       *dispatch.Dispatcher[*job]
 	workers sync.WaitGroup // the workers and the retry timers
 
 	runCtx    context.Context // parent of handler contexts; canceled when Close's ctx ends
@@ -300,36 +296,6 @@ type hooks struct {
 
 func (hooks) Transport() string { return Scheme }
 
-// keyQueue is the unfinished messages of one key (or a single keyless
-// message), in offset order. Whoever holds it (a worker, a retry timer, or
-// the ready channel) owns head and the fields below it; rest is guarded by
-// subscription.keyMu.
-type keyQueue struct {
-	key     string
-	rest    []*job
-	head    *job
-	attempt int // attempts of head so far
-	// dead holds the partitions whose message of this key was abandoned:
-	// their later messages of the key are skipped (redelivered after it).
-	// A key's messages may come from several partitions (a foreign
-	// partitioner, partitions added to the topic), so it is a set.
-	dead map[*partition]struct{}
-}
-
-// abandon gives up q's messages of partition p (the head and the ones
-// behind it): they are redelivered to the partition's next owner.
-func (q *keyQueue) abandon(p *partition) {
-	if q.dead == nil {
-		q.dead = make(map[*partition]struct{}, 1)
-	}
-	q.dead[p] = struct{}{}
-}
-
-func (q *keyQueue) abandoned(p *partition) bool {
-	_, ok := q.dead[p]
-	return ok
-}
-
 type job struct {
 	p *partition
 	m kafkago.Message
@@ -349,10 +315,7 @@ func (s *subscription) Close(ctx context.Context) error {
 		s.cg.Close() // ends the generation: partitions drain and commit; leaves the group
 		<-s.loopDone
 		s.running.Wait()
-		// Every partition drained: no message is queued or waiting for a
-		// retry any more.
-		close(s.ready)
-		s.workers.Wait()
+		s.stopWorkers()
 		stop()
 		s.cancelRun()
 		s.t.mu.Lock()
@@ -361,6 +324,13 @@ func (s *subscription) Close(ctx context.Context) error {
 		s.closeErr = ctx.Err()
 	})
 	return s.closeErr
+}
+
+// stopWorkers ends the workers once every partition drained (no message
+// is queued or waiting for a retry any more) and waits for them.
+func (s *subscription) stopWorkers() {
+	s.d.Close()
+	s.workers.Wait()
 }
 
 func (s *subscription) loop() {
@@ -422,11 +392,49 @@ type partition struct {
 	// below committed: done-doneCommitted finished messages wait for a
 	// commit.
 	done, doneCommitted int64
+	// dead holds the keys whose message of this partition was abandoned:
+	// the partition's later messages of those keys are skipped
+	// (redelivered after it). A key's messages may come from several
+	// partitions (a foreign partitioner, partitions added to the topic),
+	// each with its own set. Only a stopping partition abandons.
+	dead map[string]struct{}
 }
 
 type pendingOffset struct {
 	off  int64
 	done bool
+}
+
+// abandon gives up the partition's message of key (and, when key is not
+// "", its later ones of that key): they are redelivered to the
+// partition's next owner.
+func (p *partition) abandon(key string) {
+	if key == "" {
+		return // a keyless message has nothing behind it
+	}
+	p.mu.Lock()
+	if p.dead == nil {
+		p.dead = make(map[string]struct{}, 1)
+	}
+	p.dead[key] = struct{}{}
+	p.mu.Unlock()
+}
+
+// abandoned reports whether the partition's messages of key are given up.
+func (p *partition) abandoned(key string) bool {
+	if key == "" || !p.stopping() {
+		return false // only a stopping partition abandons
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.dead[key]
+	return ok
+}
+
+// stopping reports whether the partition drains or its messages are
+// abandoned: a failed message is then left to its next owner.
+func (p *partition) stopping() bool {
+	return p.ctx.Err() != nil || isClosed(p.draining)
 }
 
 func (p *partition) add(off int64) {
@@ -634,30 +642,21 @@ func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Mes
 			return ctx.Err()
 		}
 	}
-	j := &job{p: p, m: m}
 	p.wg.Add(1)
-	key := string(m.Key)
-	s.keyMu.Lock()
-	if key != "" {
-		if q, ok := s.keys[key]; ok {
-			q.rest = append(q.rest, j) // its holder runs it in turn
-			s.keyMu.Unlock()
-			return nil
-		}
-	}
-	q := &keyQueue{key: key, head: j}
-	if key != "" {
-		s.keys[key] = q
-	}
-	s.keyMu.Unlock()
-	s.ready <- q // never blocks: see the field
+	s.d.Add(string(m.Key), &job{p: p, m: m})
 	return nil
 }
 
-// work runs ready key queues' next messages until the subscription closes.
-func (s *subscription) work() {
+// lane is a key's unfinished messages, in offset order, as the dispatcher
+// hands them to a worker.
+type lane = dispatch.Lane[*job]
+
+// work runs the dispatcher's ready lanes until the subscription closes,
+// beginning with l when it is not nil (a lane a replacement worker takes
+// over).
+func (s *subscription) work(l *lane) {
 	var d delivery
-	var running *keyQueue // whose handler runs on this goroutine
+	var running *lane // whose handler runs on this goroutine
 	defer func() {
 		if running == nil {
 			s.workers.Done()
@@ -666,13 +665,17 @@ func (s *subscription) work() {
 		// The handler called runtime.Goexit (t.FailNow in a test, say):
 		// this goroutine is ending and nothing can stop that. The attempt
 		// failed (transport.CallHandler logged it); a new worker takes
-		// this one's place in s.workers.
-		s.settle(running, &d, transport.ErrHandlerGoexit)
-		go s.work()
+		// this one's place in s.workers, and the lane if it is kept.
+		go s.work(s.settle(running, &d, transport.ErrHandlerGoexit))
 	}()
-	for q := range s.ready {
-		running = q
-		s.step(q, &d)
+	for {
+		if l == nil {
+			if l = s.d.Next(nil, nil); l == nil {
+				return
+			}
+		}
+		running = l
+		l = s.step(l, &d)
 		running = nil
 	}
 }
@@ -685,79 +688,70 @@ type delivery struct {
 	hdr, meta map[string]string
 }
 
-// step makes one attempt at q's next message, then passes q on: back to
-// the ready queue when another message of the key waits, to a retry timer
-// after a failure, or nowhere when the key has nothing left. d is the
-// calling worker's.
-func (s *subscription) step(q *keyQueue, d *delivery) {
-	j := q.head
+// step makes one attempt at l's head, then passes l on (see advance and
+// retryLater) and returns it when the calling worker keeps it, to run its
+// next message. d is the calling worker's.
+func (s *subscription) step(l *lane, d *delivery) *lane {
+	j := l.Head()
 	p := j.p
 	switch {
-	case q.abandoned(p) || p.ctx.Err() != nil:
+	case p.ctx.Err() != nil || p.abandoned(l.Key()):
 		// Skipped: redelivered after the abandoned message of its key.
-	case q.attempt > 0 && isClosed(p.draining):
+	case l.Attempt > 0 && isClosed(p.draining):
 		// Failed before and the partition is draining: leave it to the
 		// new owner, with the rest of its key.
-		q.abandon(p)
+		p.abandon(l.Key())
 	default:
-		q.attempt++
-		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, q.attempt))
-		s.settle(q, d, err)
-		return
+		l.Attempt++
+		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, l.Attempt))
+		return s.settle(l, d, err)
 	}
-	s.advance(q)
+	return s.advance(l)
 }
 
-// settle acts on the result err of an attempt at q's head: done, given up
-// (MaxAttempts), abandoned (its partition drains), or retried later.
-func (s *subscription) settle(q *keyQueue, d *delivery, err error) {
-	j := q.head
+// settle acts on the result err of an attempt at l's head: done, given up
+// (MaxAttempts), abandoned (its partition drains), or retried later. It
+// returns l when the calling worker keeps it (see advance).
+func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
+	j := l.Head()
 	p := j.p
 	switch {
 	case err == nil:
 		p.finish(j.m.Offset)
-	case p.ctx.Err() != nil || isClosed(p.draining):
-		q.abandon(p)
-	case !s.t.cfg.retry.Retries(q.attempt):
+	case p.stopping():
+		p.abandon(l.Key())
+	case !s.t.cfg.retry.Retries(l.Attempt):
 		// Out of budget: give it up, so that its key and partition go on.
 		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
-			"offset", j.m.Offset, "id", d.m.ID, "attempts", q.attempt, "err", err)
+			"offset", j.m.Offset, "id", d.m.ID, "attempts", l.Attempt, "err", err)
 		p.finish(j.m.Offset)
 	default:
-		delay := s.t.cfg.retry.Delay(q.attempt)
+		delay := s.t.cfg.retry.Delay(l.Attempt)
 		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.m.Offset,
-			"attempt", q.attempt, "backoff", delay, "err", err)
-		s.retryLater(q, p, delay)
-		return
+			"attempt", l.Attempt, "backoff", delay, "err", err)
+		s.retryLater(l, p, delay)
+		return nil
 	}
-	s.advance(q)
+	return s.advance(l)
 }
 
-// advance is done with q's head: it passes q on to its key's next message,
-// or drops it when the key has none.
-func (s *subscription) advance(q *keyQueue) {
-	q.attempt = 0
-	q.head.p.wg.Done()
+// advance is done with l's head: the dispatcher passes l on to its key's
+// next message, or drops it when the key has none. It returns l when the
+// calling worker keeps it to run that next message now.
+func (s *subscription) advance(l *lane) *lane {
+	l.Head().p.wg.Done()
 	<-s.inflight
-	s.keyMu.Lock()
-	if len(q.rest) == 0 {
-		if q.key != "" {
-			delete(s.keys, q.key)
-		}
-		s.keyMu.Unlock()
-		return
+	if s.d.Done(l) {
+		return l
 	}
-	q.head = q.rest[0]
-	q.rest[0] = nil
-	q.rest = q.rest[1:]
-	s.keyMu.Unlock()
-	s.ready <- q
+	return nil
 }
 
-// retryLater puts q back into the ready queue after d, or at once when
-// its partition starts draining or is abandoned (the next step then gives
-// the message up). Only q's key waits.
-func (s *subscription) retryLater(q *keyQueue, p *partition, d time.Duration) {
+// retryLater holds l's head and makes l ready again after d, or at once
+// when its partition starts draining or is abandoned (the next step then
+// gives the message up). Only l's key waits.
+func (s *subscription) retryLater(l *lane, p *partition, d time.Duration) {
+	s.d.Hold(l)
 	s.workers.Add(1)
 	go func() {
 		defer s.workers.Done()
@@ -768,7 +762,7 @@ func (s *subscription) retryLater(q *keyQueue, p *partition, d time.Duration) {
 		case <-p.draining:
 		case <-p.ctx.Done():
 		}
-		s.ready <- q
+		s.d.Ready(l)
 	}()
 }
 
