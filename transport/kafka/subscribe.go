@@ -297,8 +297,9 @@ type hooks struct {
 func (hooks) Transport() string { return Scheme }
 
 type job struct {
-	p *partition
-	m kafkago.Message
+	p   *partition
+	m   kafkago.Message
+	key string // m.Key, converted once: the dispatcher's key and Message.Key
 }
 
 // Close stops fetching, lets in-flight handlers finish until ctx ends (then
@@ -643,7 +644,8 @@ func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Mes
 		}
 	}
 	p.wg.Add(1)
-	s.d.Add(string(m.Key), &job{p: p, m: m})
+	key := string(m.Key)
+	s.d.Add(key, &job{p: p, m: m, key: key})
 	return nil
 }
 
@@ -794,9 +796,7 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 		Attempt: attempt,
 		Meta:    d.meta,
 	}
-	if len(m.Key) > 0 {
-		msg.Key = string(m.Key)
-	}
+	msg.Key = j.key
 	if len(m.Headers) > 0 {
 		msg.Header = d.hdr
 		for _, h := range m.Headers {
