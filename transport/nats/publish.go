@@ -265,6 +265,13 @@ send:
 			break
 		}
 	}
+	// Wait for the last message sent first: acks come back about in
+	// order, so once it is acked the others mostly are too and the loop
+	// below reads them without parking on each (a wakeup per ack costs
+	// more than the ack). Its outcome is recorded and its future dropped.
+	if last := sent - 1; last >= next && futs[last] != nil && ctx.Err() == nil && wait(last) {
+		futs[last] = nil
+	}
 	for i := next; i < len(nms); i++ {
 		if futs[i] == nil {
 			if i >= sent {
