@@ -103,15 +103,20 @@
 //
 // # Performance
 //
-// On PostgreSQL a round is one statement in a backlog: it deletes the rows
-// the round before published and reads the next batch (their ids passed as
-// one parameter, so the statement is prepared once). The leader's session
+// On PostgreSQL a backlog costs two statements per batch, one of them off
+// the critical path: while a batch is published the next one is read on the
+// same connection, and once the batch went out it is deleted, before the
+// next goes out (so a crash re-sends at most one batch). Rows are deleted
+// by ranges of consecutive ids (one index range scan per range), the ranges
+// passed as two parameters so that each statement is prepared once. Under a
+// stream a round is one statement: it deletes the rows the round before
+// published and reads what came meanwhile. The leader's session
 // commits asynchronously (synchronous_commit off): its deletes wait for no
 // WAL flush; if the server crashes before the flush the rows come back and
 // are published again, which at-least-once allows. Under a stream of small
-// commits, rounds start at most every RelayOptions.Coalesce (1ms), so that
-// the relay takes several rows per statement and leaves the database to
-// the writers. Figures: BenchmarkPGWriters, BenchmarkPGDrain,
+// commits, rounds start at most every RelayOptions.Coalesce (1ms; up to
+// 4ms under a heavy stream), so that the relay takes several rows per
+// statement and leaves the database and the CPU to the writers. Figures: BenchmarkPGWriters, BenchmarkPGDrain,
 // BenchmarkNATSDrain, BenchmarkSQLiteDrain, BenchmarkPGLatency, each beside
 // its raw reference measured in the same call (README.md).
 //
