@@ -1,0 +1,150 @@
+package chanbus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/busway/busway/transport"
+)
+
+// Publish queues a copy of each message for every group subscribed to
+// topic, blocking while a group's key or the group is full until ctx ends (but see the
+// package documentation for a Publish from inside a handler: it never waits
+// for room that only a waiting worker could make). Messages for a topic
+// without groups are dropped. It returns ErrClosed after Close.
+func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	t.mu.RLock()
+	groups := t.topics[topic]
+	t.mu.RUnlock()
+	if len(groups) > 0 {
+		// The topic is valid: its groups' Subscribe checked it.
+		for _, m := range msgs {
+			if m == nil {
+				return transport.ValidatePublish(topic, msgs) // its error, naming the message
+			}
+		}
+	} else if err := transport.ValidatePublish(topic, msgs); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t.closer.Closed() {
+		return fmt.Errorf("chanbus: publish to %q: %w", topic, transport.ErrClosed)
+	}
+	if len(groups) == 0 {
+		// No group: dropped, as documented, and counted (Stats.Unrouted).
+		t.unrouted.Add(uint64(len(msgs)))
+		t.log.LogAttrs(ctx, slog.LevelDebug, "chanbus: no group subscribes to the topic; messages dropped",
+			slog.String("topic", topic), slog.Int("messages", len(msgs)))
+		return nil
+	}
+	now := time.Now()
+	w := t.publisher(ctx)
+	for i, m := range msgs {
+		if err := t.enqueueAll(ctx, groups, m, topic, now, w); err != nil {
+			if i == 0 && len(groups) == 1 {
+				return err // nothing was queued
+			}
+			pe := &transport.PublishError{Topic: topic, Total: len(msgs)}
+			for j := i; j < len(msgs); j++ {
+				pe.Failures = append(pe.Failures, transport.MessageError{Index: j, ID: msgs[j].ID, Err: err})
+			}
+			return pe
+		}
+	}
+	return nil
+}
+
+// PublishCopies marks the promise of transport.PublishCopier: Publish
+// queues copies (Header and Body included) and keeps nothing of the
+// caller's messages, whatever it returns.
+func (t *Transport) PublishCopies() {}
+
+// enqueueAll queues m for every group. With several groups, no group handles
+// it before it was queued for all of them (the deliveries share a gate that
+// opens then): otherwise a fast group's handler could publish a follow-up of
+// the same key that reaches a slower group before m does, an order a
+// broker's log never shows.
+func (t *Transport) enqueueAll(ctx context.Context, groups []*group, m *transport.Message, topic string, now time.Time, w *worker) error {
+	var gate chan struct{}
+	if len(groups) > 1 {
+		gate = make(chan struct{})
+		defer close(gate)
+	}
+	for _, g := range groups {
+		d := newDelivery(m, topic, g.name, now)
+		d.gate = gate
+		if err := g.enqueue(ctx, d, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delivery is one group's copy of a message.
+type delivery struct {
+	msg     transport.Message
+	attempt int
+	gate    <-chan struct{} // nil, or closed once the message is queued for every group
+}
+
+// deliveries recycles delivery values with their Header maps and Body
+// buffers: the transport contract lets a transport reuse a Message once its
+// handler returned, and the copy per group is most of Publish's cost.
+var deliveries = sync.Pool{New: func() any { return new(delivery) }}
+
+// Limits on what a recycled delivery keeps, so one large message does not
+// pin its buffers in the pool.
+const (
+	maxPooledBody   = 64 << 10
+	maxPooledHeader = 64
+)
+
+// newDelivery returns a copy of m for group, in a recycled delivery.
+func newDelivery(m *transport.Message, topic, group string, now time.Time) *delivery {
+	d := deliveries.Get().(*delivery)
+	header, body := d.msg.Header, d.msg.Body
+	d.msg = transport.Message{ID: m.ID, Key: m.Key, Topic: topic, Group: group, Time: now}
+	d.attempt, d.gate = 0, nil
+	if m.Header != nil {
+		if header == nil {
+			header = make(map[string]string, len(m.Header))
+		}
+		// Most publishers send the same header names every time: overwrite
+		// the recycled map's entries, and clear it (then fill it again) only
+		// when it holds names that m's Header lacks. The map then holds
+		// m.Header's entries exactly, as it holds all of them and no more.
+		for k, v := range m.Header {
+			header[k] = v
+		}
+		if len(header) != len(m.Header) {
+			clear(header)
+			for k, v := range m.Header {
+				header[k] = v
+			}
+		}
+		d.msg.Header = header
+	}
+	if m.Body != nil {
+		if body == nil {
+			body = make([]byte, 0, len(m.Body))
+		}
+		d.msg.Body = append(body[:0], m.Body...)
+	}
+	return d
+}
+
+// recycle returns d to the pool once its handler returned nil.
+func (d *delivery) recycle() {
+	if cap(d.msg.Body) > maxPooledBody {
+		d.msg.Body = nil
+	}
+	if len(d.msg.Header) > maxPooledHeader {
+		d.msg.Header = nil
+	}
+	deliveries.Put(d)
+}

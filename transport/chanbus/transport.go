@@ -1,0 +1,91 @@
+package chanbus
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/busway/busway/transport"
+)
+
+var (
+	_ transport.Transport     = (*Transport)(nil)
+	_ transport.PublishCopier = (*Transport)(nil)
+)
+
+// Transport is the in-process transport. Safe for concurrent use.
+type Transport struct {
+	cfg config
+	log *slog.Logger
+
+	closer transport.CloseOnce
+	mu     sync.RWMutex
+	topics map[string][]*group // copy-on-write slices: Publish reads them without the lock
+	subs   map[*subscription]struct{}
+
+	pend     pending       // for WaitIdle and WaitSettled
+	unrouted atomic.Uint64 // messages published to a topic without groups
+	waits    waits
+}
+
+// New returns a Transport. It starts no goroutine until Subscribe.
+func New(opts ...Option) *Transport {
+	c := newConfig(opts)
+	log := c.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Transport{
+		cfg:    c,
+		log:    log,
+		topics: make(map[string][]*group),
+		subs:   make(map[*subscription]struct{}),
+	}
+}
+
+// Close closes every subscription, waiting for their running handlers (and
+// cancelling their context once the drain timeout has passed, see
+// WithDrainTimeout), and makes Publish and Subscribe return ErrClosed.
+// Idempotent; a concurrent call waits for the first.
+func (t *Transport) Close() error { return t.closer.Do(t.close) }
+
+func (t *Transport) close() error {
+	t.mu.Lock()
+	subs := slices.Collect(maps.Keys(t.subs))
+	t.mu.Unlock()
+	// A drain that runs out of time is not an error here: there is no
+	// broker to redeliver the abandoned messages, and Close has done all
+	// it can (see transport.Transport).
+	_ = transport.CloseSubscriptions(subs, t.cfg.drain, nil)
+	return nil
+}
+
+// WaitIdle returns nil once every message published so far has been
+// acknowledged (its handler returned nil), dropped (its group was removed),
+// or is waiting in retry backoff after a handler error; or ctx's error when
+// ctx ends first.
+func (t *Transport) WaitIdle(ctx context.Context) error {
+	return t.pend.wait(ctx, &t.pend.idle)
+}
+
+// WaitSettled returns nil once every message published so far has been
+// acknowledged or dropped; unlike WaitIdle it also waits for messages in
+// retry backoff to be delivered again and succeed. A message whose handler
+// keeps failing keeps it waiting until ctx ends.
+func (t *Transport) WaitSettled(ctx context.Context) error {
+	return t.pend.wait(ctx, &t.pend.unacked)
+}
+
+// Stats are counters of a Transport since New.
+type Stats struct {
+	// Unrouted counts messages published to a topic that no group
+	// subscribed to, which chanbus drops (Publish returns nil): a
+	// dead-letter topic nobody reads, a typo in a topic name.
+	Unrouted uint64
+}
+
+// Stats returns the transport's counters.
+func (t *Transport) Stats() Stats { return Stats{Unrouted: t.unrouted.Load()} }
