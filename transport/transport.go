@@ -158,10 +158,12 @@ type Transport interface {
 	// no context, as io.Closer and the brokers' clients do: the drain
 	// timeout is its bound, set where the transport is configured.
 	// Idempotent: a later or concurrent call waits for the first and
-	// returns its error. Its error joins what failed to close; a drain that
-	// ran out of time is reported where the transport redelivers the
-	// abandoned messages (NATS, Kafka: their subscriptions' context
-	// errors), and not by chanbus, which has nobody to redeliver them to.
+	// returns its error. Its error joins what failed to close, and a drain
+	// that ran out of time is always among it: the context errors of the
+	// subscriptions whose handlers were abandoned (errors.Is(err,
+	// context.DeadlineExceeded)). A durable transport (NATS, Kafka)
+	// redelivers their messages later; chanbus has lost them.
+	// transporttest checks this (CloseDrainTimeout).
 	// A transport keeps its closed state in a transport.CloseOnce.
 	Close() error
 }

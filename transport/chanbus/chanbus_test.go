@@ -20,7 +20,10 @@ func TestMain(m *testing.M) { fdcheck.Main(m) }
 
 func TestConformance(t *testing.T) {
 	transporttest.Run(t, transporttest.Harness{
-		Open:    func(*testing.T) transport.Transport { return New() },
+		Open: func(*testing.T) transport.Transport { return New() },
+		OpenDrain: func(_ *testing.T, d time.Duration) transport.Transport {
+			return New(WithDrainTimeout(d))
+		},
 		Caps:    transporttest.Capabilities{Durable: false, CountsAttempts: true},
 		Timeout: 15 * time.Second,
 	})

@@ -2,6 +2,7 @@ package chanbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -133,7 +134,7 @@ func TestGroupsPublishingToEachOtherDoNotDeadlock(t *testing.T) {
 
 // TestCloseCancelsStuckHandlers: Transport.Close cancels the context of a
 // handler still running after the drain timeout, so a handler waiting on its
-// context cannot make Close hang.
+// context cannot make Close hang, and reports the abandoned handler.
 func TestCloseCancelsStuckHandlers(t *testing.T) {
 	tr := New(WithDrainTimeout(50 * time.Millisecond))
 	started := make(chan struct{})
@@ -152,8 +153,8 @@ func TestCloseCancelsStuckHandlers(t *testing.T) {
 	go func() { closed <- tr.Close() }()
 	select {
 	case err := <-closed:
-		if err != nil {
-			t.Fatal(err)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Close after abandoning a handler: %v, want context.DeadlineExceeded", err)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Transport.Close hangs on a handler waiting for its context")

@@ -62,7 +62,10 @@
 // for them to return) and, when it was the group's last member, removes the
 // group. Transport.Close closes every subscription and waits for all of
 // them, cancelling the handlers' context once the drain timeout
-// (WithDrainTimeout) has passed; no goroutine outlives it. WaitIdle and WaitSettled tell tests when everything published
+// (WithDrainTimeout) has passed, and then returns the subscriptions'
+// context errors (errors.Is(err, context.DeadlineExceeded)): their messages
+// were abandoned, and chanbus, not durable, has lost them. No goroutine
+// outlives it. WaitIdle and WaitSettled tell tests when everything published
 // so far was handled. A handler that ignores its cancelled context and never
 // returns keeps Transport.Close waiting.
 //

@@ -2,6 +2,7 @@ package chanbus
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -48,19 +49,21 @@ func New(opts ...Option) *Transport {
 
 // Close closes every subscription, waiting for their running handlers (and
 // cancelling their context once the drain timeout has passed, see
-// WithDrainTimeout), and makes Publish and Subscribe return ErrClosed.
-// Idempotent; a concurrent call waits for the first.
+// WithDrainTimeout), and makes Publish and Subscribe return ErrClosed. When
+// the drain timeout abandoned running handlers, it returns the
+// subscriptions' context errors, joined (errors.Is(err,
+// context.DeadlineExceeded)): their messages, and those still queued for
+// their groups, are lost. Idempotent; a concurrent call waits for the first
+// and returns its error.
 func (t *Transport) Close() error { return t.closer.Do(t.close) }
 
 func (t *Transport) close() error {
 	t.mu.Lock()
 	subs := slices.Collect(maps.Keys(t.subs))
 	t.mu.Unlock()
-	// A drain that runs out of time is not an error here: there is no
-	// broker to redeliver the abandoned messages, and Close has done all
-	// it can (see transport.Transport).
-	_ = transport.CloseSubscriptions(subs, t.cfg.drain, nil)
-	return nil
+	return transport.CloseSubscriptions(subs, t.cfg.drain, func(s *subscription) string {
+		return fmt.Sprintf("chanbus: close subscription to %q (group %q)", s.g.topic, s.g.name)
+	})
 }
 
 // WaitIdle returns nil once every message published so far has been

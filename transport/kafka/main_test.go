@@ -89,6 +89,15 @@ func TestConformance(t *testing.T) {
 			}
 			return tr
 		},
+		OpenDrain: func(t *testing.T, d time.Duration) transport.Transport {
+			cfg := testConfig(c.ListenAddrs())
+			cfg.DrainTimeout = d
+			tr, err := New(t.Context(), cfg)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			return tr
+		},
 		Caps:    transporttest.Capabilities{Durable: true, CountsAttempts: true},
 		Timeout: 30 * time.Second,
 	})
@@ -104,6 +113,17 @@ func TestConformanceRealCluster(t *testing.T) {
 			cfg := testConfig(brokers)
 			cfg.SessionTimeout = 10 * time.Second
 			cfg.RebalanceTimeout = 10 * time.Second
+			tr, err := New(t.Context(), cfg)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			return tr
+		},
+		OpenDrain: func(t *testing.T, d time.Duration) transport.Transport {
+			cfg := testConfig(brokers)
+			cfg.SessionTimeout = 10 * time.Second
+			cfg.RebalanceTimeout = 10 * time.Second
+			cfg.DrainTimeout = d
 			tr, err := New(t.Context(), cfg)
 			if err != nil {
 				t.Fatalf("New: %v", err)

@@ -54,6 +54,11 @@ func open(t testing.TB, cfg busnats.Config) *busnats.Transport {
 func TestConformanceEmbedded(t *testing.T) {
 	transporttest.Run(t, transporttest.Harness{
 		Open: func(t *testing.T) transport.Transport { return open(t, embeddedConfig(t)) },
+		OpenDrain: func(t *testing.T, d time.Duration) transport.Transport {
+			cfg := embeddedConfig(t)
+			cfg.AckWait = d // the drain timeout of Transport.Close
+			return open(t, cfg)
+		},
 		Caps: transporttest.Capabilities{Durable: true, CountsAttempts: true},
 		// Generous for a 2-core machine shared with other test runs.
 		Timeout: 30 * time.Second,
@@ -114,6 +119,11 @@ func TestConformanceRealServer(t *testing.T) {
 	probe.Close()
 	transporttest.Run(t, transporttest.Harness{
 		Open: func(t *testing.T) transport.Transport { return open(t, realConfig(t, url)) },
+		OpenDrain: func(t *testing.T, d time.Duration) transport.Transport {
+			cfg := realConfig(t, url)
+			cfg.AckWait = d // the drain timeout of Transport.Close
+			return open(t, cfg)
+		},
 		Caps: transporttest.Capabilities{Durable: true, CountsAttempts: true, MaxBodyBytes: maxBody},
 	})
 }

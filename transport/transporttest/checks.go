@@ -818,6 +818,69 @@ func (s *suite) testCloseExpiredContext(t *testing.T) {
 	}
 }
 
+// testCloseDrainTimeout: Transport.Close, whose drain timeout runs out
+// while a handler waits for its context, cancels that context, returns
+// only after the handler returned, and reports the abandoned handler: its
+// error satisfies errors.Is(err, context.DeadlineExceeded), whether the
+// transport redelivers the message later or, not durable, has lost it.
+func (s *suite) testCloseDrainTimeout(t *testing.T) {
+	if s.h.OpenDrain == nil {
+		t.Skip("Harness.OpenDrain is nil: no transport with a drain timeout to open")
+	}
+	const drain = 300 * time.Millisecond
+	tr := s.h.OpenDrain(t, drain)
+	if tr == nil {
+		t.Fatal("Harness.OpenDrain returned nil")
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = tr.Close()
+		}
+	})
+	topic, group := UniqueTopic(t), UniqueGroup(t)
+	var (
+		started  = make(chan struct{})
+		once     sync.Once
+		sawEnd   atomic.Bool
+		returned atomic.Bool
+	)
+	if _, err := tr.Subscribe(s.ctx(t), topic, func(ctx context.Context, m *transport.Message) error {
+		once.Do(func() { close(started) })
+		select {
+		case <-ctx.Done():
+			sawEnd.Store(true)
+		case <-time.After(s.timeout):
+		}
+		time.Sleep(50 * time.Millisecond) // clean-up work after the cancellation
+		returned.Store(true)
+		return ctx.Err()
+	}, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest}); err != nil {
+		t.Fatal(err)
+	}
+	s.publish(t, tr, topic, []*transport.Message{{ID: topic + "-1", Key: "k", Body: []byte("x")}}, 0)
+	select {
+	case <-started:
+	case <-time.After(s.timeout):
+		t.Fatalf("the handler did not start within %v", s.timeout)
+	}
+	start := time.Now()
+	err := tr.Close()
+	closed = true
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Transport.Close after its drain timeout abandoned a handler: %v, want context.DeadlineExceeded", err)
+	}
+	if el := time.Since(start); el < drain {
+		t.Errorf("Transport.Close returned after %v, before its drain timeout %v", el, drain)
+	}
+	if !returned.Load() {
+		t.Error("Transport.Close returned before the abandoned handler did")
+	}
+	if !sawEnd.Load() {
+		t.Error("the running handler's context was not cancelled when the drain timeout ran out")
+	}
+}
+
 // foreignOption is a subscribe option of no busway transport.
 type foreignOption struct{}
 

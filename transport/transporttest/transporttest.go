@@ -21,8 +21,9 @@
 // not crash the process and is redelivered; no loss across subscribe/close
 // rounds (durable transports only); StartEarliest and StartLatest; Close
 // draining in-flight handlers; Close with a context that already ended
-// (handlers cancelled, waited for, the context's error returned); Close
-// twice; ErrClosed after Close; the
+// (handlers cancelled, waited for, the context's error returned);
+// Transport.Close whose drain timeout runs out (the same, its error
+// context.DeadlineExceeded; needs Harness.OpenDrain); Close twice; ErrClosed after Close; the
 // Concurrency limit; concurrent publishers; a cancelled Publish context;
 // bad input (the sentinel errors of package transport); another
 // transport's Specific options, which must be ignored; and, where the
@@ -101,6 +102,12 @@ type Harness struct {
 	Caps Capabilities
 	// Timeout bounds each wait for deliveries; 0 means 30s.
 	Timeout time.Duration
+	// OpenDrain, when not nil, returns a new transport whose Transport.Close
+	// waits drain for running handlers before it cancels them (chanbus
+	// WithDrainTimeout, NATS AckWait, Kafka Config.DrainTimeout), for the
+	// CloseDrainTimeout check, which is skipped without it. The check
+	// closes the transport itself.
+	OpenDrain func(t *testing.T, drain time.Duration) transport.Transport
 }
 
 // DefaultTimeout is the wait bound used when Harness.Timeout is 0.
@@ -162,6 +169,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"CloseDrains", s.testCloseDrains},
 		{"CloseExpiredContext", s.testCloseExpiredContext},
 		{"TransportClose", s.testTransportClose},
+		{"CloseDrainTimeout", s.testCloseDrainTimeout},
 		{"ConcurrencyLimit", s.testConcurrencyLimit},
 		{"ConcurrentPublishers", s.testConcurrentPublishers},
 		{"PublishCancelledContext", s.testPublishCancelled},
