@@ -79,6 +79,9 @@ type Lane[T any] struct {
 	owner   any  // the worker holding it, as passed to Next
 	ran     int  // items run in this worker's turn
 	removed bool // Drain dropped it
+	// room is closed when an item of the lane is taken; nil while no
+	// TryAdd refused for the lane's KeyLimit waits for it.
+	room chan struct{}
 
 	// Attempt is the holder's count of attempts at Head, for transports
 	// that retry in place; it is 0 when a new item becomes the head.
@@ -112,49 +115,72 @@ func New[T any](cfg Config) *Dispatcher[T] {
 // After Close or Drain it still queues (a later Drain drops it).
 func (d *Dispatcher[T]) Add(key string, item T) {
 	d.mu.Lock()
-	d.addLocked(key, item)
+	var l *Lane[T]
+	if key != "" {
+		l = d.keys[key]
+	}
+	d.addLocked(key, item, l)
 	d.mu.Unlock()
 }
 
 // TryAdd queues item as Add does, unless key already has KeyLimit items
 // waiting or the dispatcher has Limit items waiting. Then it returns false,
-// a channel that is closed when a worker takes an item (room may have come:
-// try again), and the worker holding key's lane (as passed to Next), nil
-// when no worker does.
+// a channel that is closed when room may have come (try again): when a
+// worker takes an item of key, if key was full, else when a worker takes
+// any item; and the worker holding key's lane (as passed to Next), nil when
+// no worker does.
 func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{}, owner any) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	full := d.limit > 0 && d.waiting >= d.limit
-	if l := d.keys[key]; l != nil && key != "" {
-		full = full || d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
-		if full && l.held {
-			owner = l.owner
-		}
+	var l *Lane[T]
+	if key != "" {
+		l = d.keys[key]
 	}
-	if full {
-		if d.room == nil {
-			d.room = make(chan struct{})
-		}
-		return false, d.room, owner
+	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
+	if !full && !keyFull {
+		d.addLocked(key, item, l)
+		return true, nil, nil
 	}
-	d.addLocked(key, item)
-	return true, nil, nil
+	if l != nil && l.held {
+		owner = l.owner
+	}
+	if keyFull {
+		// Only a take of this key makes room for it: waking on every other
+		// key's take would spin the producer.
+		if l.room == nil {
+			l.room = make(chan struct{})
+		}
+		return false, l.room, owner
+	}
+	if d.room == nil {
+		d.room = make(chan struct{})
+	}
+	return false, d.room, owner
 }
 
-func (d *Dispatcher[T]) addLocked(key string, item T) {
+// addLocked queues item of key; l is key's lane, nil when it has none (or
+// for a keyless item).
+func (d *Dispatcher[T]) addLocked(key string, item T, l *Lane[T]) {
 	d.waiting++
-	if key != "" {
-		if l := d.keys[key]; l != nil {
-			l.items.push(item) // its holder or the ready queue runs it in turn
-			return
-		}
+	if l != nil {
+		l.items.push(item) // its holder or the ready queue runs it in turn
+		return
 	}
-	l := d.newLane(key)
+	l = d.newLane(key)
 	l.items.push(item)
 	if l.keyed {
 		d.keys[key] = l
 	}
 	d.readyLocked(l)
+}
+
+// wakeRoom closes l.room, if a TryAdd waits for it.
+func (l *Lane[T]) wakeRoom() {
+	if l.room != nil {
+		close(l.room)
+		l.room = nil
+	}
 }
 
 // waitingItems counts l's items that wait for a worker.
@@ -185,6 +211,7 @@ const (
 )
 
 func (d *Dispatcher[T]) recycle(l *Lane[T]) {
+	l.wakeRoom()
 	if l.keyed {
 		delete(d.keys, l.key)
 	}
@@ -257,6 +284,7 @@ func (d *Dispatcher[T]) takeLocked(l *Lane[T], owner any) {
 	l.held, l.owner = true, owner
 	l.head = l.items.front() // Add may grow items while the holder reads Head
 	d.waiting--
+	l.wakeRoom()
 	if d.room != nil {
 		close(d.room)
 		d.room = nil
@@ -347,6 +375,9 @@ func (d *Dispatcher[T]) Close() {
 		d.closed = true
 		close(d.done)
 	}
+	for _, l := range d.keys {
+		l.wakeRoom()
+	}
 	if d.room != nil {
 		close(d.room)
 		d.room = nil
@@ -374,6 +405,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			break
 		}
 		take(l, 0)
+		l.wakeRoom()
 		l.removed = true
 		if l.keyed {
 			delete(d.keys, l.key)
@@ -381,6 +413,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 	}
 	for key, l := range d.keys { // held lanes
 		take(l, 1)
+		l.wakeRoom()
 		l.removed = true
 		delete(d.keys, key)
 	}

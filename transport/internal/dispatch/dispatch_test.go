@@ -322,3 +322,42 @@ func TestHeadWhileAdding(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyRoomOnlyForItsKey: a TryAdd refused for its key's KeyLimit gets a
+// room channel that a take of another key leaves alone and a take of its
+// key closes; one refused for Limit gets one that any take closes.
+func TestKeyRoomOnlyForItsKey(t *testing.T) {
+	d := New[int](Config{KeyLimit: 1, Limit: 3})
+	d.Add("b", 0)
+	d.Add("a", 0)
+	ok, roomA, _ := d.TryAdd("a", 1)
+	if ok {
+		t.Fatal("second item of a queued past KeyLimit 1")
+	}
+	lb := d.Next(nil, "w")
+	if lb.Key() != "b" {
+		t.Fatalf("took %q, want b first", lb.Key())
+	}
+	select {
+	case <-roomA:
+		t.Fatal("a take of key b signalled room for key a")
+	default:
+	}
+	d.Add("c", 0)
+	d.Add("d", 0)
+	ok, roomAll, _ := d.TryAdd("e", 0) // a, c, d wait: Limit 3
+	if ok {
+		t.Fatal("queued past Limit 3")
+	}
+	la := d.Next(nil, "w")
+	if la.Key() != "a" {
+		t.Fatalf("took %q, want a", la.Key())
+	}
+	for name, room := range map[string]<-chan struct{}{"key a's": roomA, "the total's": roomAll} {
+		select {
+		case <-room:
+		default:
+			t.Fatalf("%s room not signalled when a's item was taken", name)
+		}
+	}
+}
