@@ -3,6 +3,7 @@ package chanbus
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
 // waits tracks which workers wait inside a handler's Publish (or, before a
@@ -112,45 +113,62 @@ func (ws *waits) broadcastLocked() {
 
 // pending counts the messages queued or being handled (idle: WaitIdle)
 // and those not yet acknowledged or dropped, backoff included (unacked:
-// WaitSettled), under one lock, which a message's enqueue and its
-// acknowledgement each take once for both.
+// WaitSettled). Publishers and workers change them on every message, so
+// each is an atomic counter; only its waiters take a lock.
 type pending struct {
-	mu            sync.Mutex
 	idle, unacked counter
 }
 
 type counter struct {
-	n       int
-	waiters chan struct{} // closed when n drops to 0; nil while nobody waits
+	n       atomic.Int64
+	waiting atomic.Bool // a waiter registered: the add that reaches 0 wakes it
+	mu      sync.Mutex
+	waiters chan struct{} // closed when n reaches 0; nil while nobody waits
 }
 
 func (p *pending) add(idle, unacked int) {
-	p.mu.Lock()
-	p.idle.addLocked(idle)
-	p.unacked.addLocked(unacked)
-	p.mu.Unlock()
+	if idle != 0 {
+		p.idle.add(int64(idle))
+	}
+	if unacked != 0 {
+		p.unacked.add(int64(unacked))
+	}
 }
 
-func (c *counter) addLocked(k int) {
-	c.n += k
-	if c.n == 0 && c.waiters != nil {
+func (c *counter) add(k int64) {
+	// Add then look for a waiter, as wait registers then looks at n: one
+	// of the two sees the other (sequentially consistent atomics).
+	if c.n.Add(k) == 0 && c.waiting.Load() {
+		c.wake()
+	}
+}
+
+// wake releases the waiters: n reached 0 since they registered.
+func (c *counter) wake() {
+	c.mu.Lock()
+	if c.waiters != nil {
 		close(c.waiters)
 		c.waiters = nil
+		c.waiting.Store(false)
 	}
+	c.mu.Unlock()
 }
 
 // wait waits until c, one of p's counters, is 0.
 func (p *pending) wait(ctx context.Context, c *counter) error {
-	p.mu.Lock()
-	if c.n == 0 {
-		p.mu.Unlock()
+	if c.n.Load() == 0 {
 		return nil
 	}
+	c.mu.Lock()
 	if c.waiters == nil {
 		c.waiters = make(chan struct{})
 	}
 	ch := c.waiters
-	p.mu.Unlock()
+	c.waiting.Store(true)
+	c.mu.Unlock()
+	if c.n.Load() == 0 {
+		c.wake() // it reached 0 before the add could see this waiter
+	}
 	select {
 	case <-ch:
 		return nil
