@@ -774,33 +774,8 @@ func (s *suite) testDeleteGroup(t *testing.T) {
 // returns what the first one did.
 func (s *suite) testCloseExpiredContext(t *testing.T) {
 	tr := s.open(t)
-	topic, group := UniqueTopic(t), UniqueGroup(t)
-	var (
-		started  = make(chan struct{})
-		once     sync.Once
-		sawEnd   atomic.Bool
-		returned atomic.Bool
-	)
-	sub, err := tr.Subscribe(s.ctx(t), topic, func(ctx context.Context, m *transport.Message) error {
-		once.Do(func() { close(started) })
-		select {
-		case <-ctx.Done():
-			sawEnd.Store(true)
-		case <-time.After(s.timeout):
-		}
-		time.Sleep(50 * time.Millisecond) // clean-up work after the cancellation
-		returned.Store(true)
-		return ctx.Err()
-	}, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.publish(t, tr, topic, []*transport.Message{{ID: topic + "-1", Key: "k", Body: []byte("x")}}, 0)
-	select {
-	case <-started:
-	case <-time.After(s.timeout):
-		t.Fatalf("the handler did not start within %v", s.timeout)
-	}
+	h := s.startStuck(t, tr)
+	sub, sawEnd, returned := h.sub, &h.sawEnd, &h.returned
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := sub.Close(ctx); !errors.Is(err, context.Canceled) {
@@ -838,32 +813,8 @@ func (s *suite) testCloseDrainTimeout(t *testing.T) {
 			_ = tr.Close()
 		}
 	})
-	topic, group := UniqueTopic(t), UniqueGroup(t)
-	var (
-		started  = make(chan struct{})
-		once     sync.Once
-		sawEnd   atomic.Bool
-		returned atomic.Bool
-	)
-	if _, err := tr.Subscribe(s.ctx(t), topic, func(ctx context.Context, m *transport.Message) error {
-		once.Do(func() { close(started) })
-		select {
-		case <-ctx.Done():
-			sawEnd.Store(true)
-		case <-time.After(s.timeout):
-		}
-		time.Sleep(50 * time.Millisecond) // clean-up work after the cancellation
-		returned.Store(true)
-		return ctx.Err()
-	}, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest}); err != nil {
-		t.Fatal(err)
-	}
-	s.publish(t, tr, topic, []*transport.Message{{ID: topic + "-1", Key: "k", Body: []byte("x")}}, 0)
-	select {
-	case <-started:
-	case <-time.After(s.timeout):
-		t.Fatalf("the handler did not start within %v", s.timeout)
-	}
+	h := s.startStuck(t, tr)
+	sawEnd, returned := &h.sawEnd, &h.returned
 	start := time.Now()
 	err := tr.Close()
 	closed = true
@@ -879,6 +830,46 @@ func (s *suite) testCloseDrainTimeout(t *testing.T) {
 	if !sawEnd.Load() {
 		t.Error("the running handler's context was not cancelled when the drain timeout ran out")
 	}
+}
+
+// stuck is a subscription whose handler, running one message, waits for
+// its context to end (or the suite's timeout), then does 50ms of clean-up
+// work and returns ctx.Err(): what a Close must cancel and wait for.
+type stuck struct {
+	sub              transport.Subscription
+	sawEnd, returned atomic.Bool
+}
+
+// startStuck subscribes a stuck handler to a new topic of tr and returns
+// once it runs.
+func (s *suite) startStuck(t *testing.T, tr transport.Transport) *stuck {
+	t.Helper()
+	topic, group := UniqueTopic(t), UniqueGroup(t)
+	h := &stuck{}
+	started := make(chan struct{})
+	var once sync.Once
+	sub, err := tr.Subscribe(s.ctx(t), topic, func(ctx context.Context, m *transport.Message) error {
+		once.Do(func() { close(started) })
+		select {
+		case <-ctx.Done():
+			h.sawEnd.Store(true)
+		case <-time.After(s.timeout):
+		}
+		time.Sleep(50 * time.Millisecond) // clean-up work after the cancellation
+		h.returned.Store(true)
+		return ctx.Err()
+	}, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sub = sub
+	s.publish(t, tr, topic, []*transport.Message{{ID: topic + "-1", Key: "k", Body: []byte("x")}}, 0)
+	select {
+	case <-started:
+	case <-time.After(s.timeout):
+		t.Fatalf("the handler did not start within %v", s.timeout)
+	}
+	return h
 }
 
 // foreignOption is a subscribe option of no busway transport.
