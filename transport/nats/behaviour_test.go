@@ -485,6 +485,61 @@ func TestBoundedInFlight(t *testing.T) {
 	close(release)
 }
 
+// TestSlowKeyBlocksOnlyItself: with Concurrency 2, a handler blocked on one
+// key delays only that key's later messages, not those of other keys; the
+// keys "slow", "a" and "c" once shared a worker (fnv32a(key)%2 == 0), so
+// one blocked message stalled all three.
+func TestSlowKeyBlocksOnlyItself(t *testing.T) {
+	tr := open(t, embeddedConfig(t))
+	defer tr.Close()
+	topic := transporttest.UniqueTopic(t)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	var mu sync.Mutex
+	var order []string
+	subscribe(t, tr, topic, func(ctx context.Context, m *transport.Message) error {
+		if m.ID == "slow-1" {
+			close(started)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, m.ID)
+		return nil
+	}, transport.SubscribeOptions{Group: "g", Concurrency: 2})
+	ctx := ctxT(t)
+	if err := tr.Publish(ctx, topic, &transport.Message{ID: "slow-1", Key: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	msgs := []*transport.Message{{ID: "slow-2", Key: "slow"}}
+	for i := 1; i <= 3; i++ {
+		msgs = append(msgs, &transport.Message{ID: fmt.Sprint("a-", i), Key: "a"}, &transport.Message{ID: fmt.Sprint("c-", i), Key: "c"})
+	}
+	if err := tr.Publish(ctx, topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	got := func() string { mu.Lock(); defer mu.Unlock(); return strings.Join(order, " ") }
+	waitUntil(t, 10*time.Second, "keys a and c while slow-1 blocks", func() bool { return strings.Count(got(), "-") == 6 })
+	// Each key in its order; slow-2 waits behind slow-1.
+	for _, k := range []string{"a", "c"} {
+		var ids []string
+		for _, id := range strings.Fields(got()) {
+			if strings.HasPrefix(id, k+"-") {
+				ids = append(ids, id)
+			}
+		}
+		if want := k + "-1 " + k + "-2 " + k + "-3"; strings.Join(ids, " ") != want {
+			t.Fatalf("key %s handled as %v, want %s (all: %s)", k, ids, want, got())
+		}
+	}
+	close(release)
+	waitUntil(t, 10*time.Second, "slow-1 and slow-2", func() bool { return strings.HasSuffix(got(), "slow-1 slow-2") })
+}
+
 // TestOpener covers the URL forms and their errors.
 func TestOpener(t *testing.T) {
 	dir := t.TempDir()

@@ -82,9 +82,11 @@
 //     while no member runs are delivered when one subscribes again, also
 //     after a process or server restart (file storage). StartFrom applies
 //     when the group's consumer is created.
-//   - Order: one subscription runs its handlers on key-sharded workers:
-//     messages with the same Key are handled one at a time in stream order,
-//     different keys in parallel up to Concurrency.
+//   - Order: one subscription runs its handlers on a key-ordered
+//     dispatcher: messages with the same Key are handled one at a time in
+//     stream order, different keys (and messages without a Key) in
+//     parallel up to Concurrency; a slow key holds up only its own later
+//     messages.
 //   - Backpressure: the consumer's MaxAckPending (default
 //     max(1000, 64*Concurrency)) bounds the messages handed out to the
 //     group and not yet acked, and MaxHeld what one subscription holds; a

@@ -98,7 +98,7 @@ func (t *Transport) connect() error {
 			// expire): every subscription asks again at once.
 			t.mu.Lock()
 			for s := range t.subs {
-				s.resetPulls()
+				s.pull.resetPulls()
 			}
 			t.mu.Unlock()
 		}),

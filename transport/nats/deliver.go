@@ -1,0 +1,229 @@
+package nats
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/internal/dispatch"
+)
+
+// delivery runs a subscription's handlers: the held messages wait in a
+// key-ordered dispatcher, from which Concurrency workers take them. The
+// messages of one key run one at a time, in stream order; a slow key
+// holds up only its own later messages.
+type delivery struct {
+	s *subscription
+	d *dispatch.Dispatcher[*held]
+	// keyed: messages go by their key. With one worker they do not need
+	// to: everything runs in stream order, each message its own lane.
+	keyed   bool
+	slots   []slot         // per worker: the Message its handler gets
+	workers sync.WaitGroup // the workers (a replacement counts as the one it replaces)
+	// hctx is the handlers' context, cancelled when Close gives up waiting.
+	hctx   context.Context
+	cancel context.CancelFunc
+}
+
+type lane = dispatch.Lane[*held]
+
+// newDelivery returns the delivery of s with the given number of workers,
+// not started; ctx's values reach the handlers, its cancellation does not.
+func newDelivery(s *subscription, ctx context.Context, workers int) *delivery {
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &delivery{
+		s:      s,
+		d:      dispatch.New[*held](dispatch.Config{}), // pull bounds what is added: MaxHeld
+		keyed:  workers > 1,
+		slots:  make([]slot, workers),
+		hctx:   hctx,
+		cancel: cancel,
+	}
+}
+
+// start starts the workers.
+func (dl *delivery) start() {
+	dl.workers.Add(len(dl.slots))
+	for i := range dl.slots {
+		go dl.work(i, nil)
+	}
+}
+
+// finish has the workers end once nothing is ready (queued messages are
+// still run) and waits for them.
+func (dl *delivery) finish() {
+	dl.d.Close()
+	dl.workers.Wait()
+}
+
+// queue adds a held message to the dispatcher, behind the unfinished
+// messages of its key.
+func (dl *delivery) queue(h *held) {
+	key := ""
+	if dl.keyed {
+		if v := h.m.Header[wireKeyHeader]; len(v) > 0 {
+			key = v[0]
+		}
+	}
+	dl.d.Add(key, h)
+}
+
+// work runs worker i: the lanes the dispatcher hands it, starting with l
+// when it is not nil, one message at a time.
+func (dl *delivery) work(i int, l *lane) {
+	sl := &dl.slots[i]
+	running := false // a handler runs on this goroutine
+	defer func() {
+		if running {
+			// The handler called runtime.Goexit (t.FailNow in a test, say):
+			// this goroutine is ending and nothing can stop that. handle
+			// settled the message as failed (transport.CallHandler logged
+			// it); a new goroutine takes this worker's place, and its lane
+			// when the lane stays with it.
+			if !dl.d.Done(l) {
+				l = nil
+			}
+			go dl.work(i, l)
+			return
+		}
+		dl.workers.Done()
+	}()
+	for {
+		if l == nil {
+			if l = dl.d.Next(nil, sl); l == nil {
+				return
+			}
+		}
+		running = true
+		dl.handle(sl, l.Head())
+		running = false
+		if !dl.d.Done(l) {
+			l = nil
+		}
+	}
+}
+
+// handle runs the handler on one message and acks, naks or terminates it.
+func (dl *delivery) handle(sl *slot, h *held) {
+	s := dl.s
+	defer s.held.release(h)
+	jm := h.m
+	if s.closing.Load() && dl.hctx.Err() != nil {
+		s.nak(jm, 0)
+		return
+	}
+	m := sl.fill(s, jm)
+	attempt, id := m.Attempt, m.ID
+	returned := false
+	defer func() {
+		if !returned { // runtime.Goexit in the handler: a failed delivery
+			s.settle(jm, attempt, id, transport.ErrHandlerGoexit)
+		}
+	}()
+	err := transport.CallHandler(dl.hctx, s.t.log, s.h, m)
+	returned = true
+	s.settle(jm, attempt, id, err)
+}
+
+// settle acks, naks or terminates a message whose handler returned err.
+func (s *subscription) settle(jm *natsgo.Msg, attempt int, id string, err error) {
+	switch {
+	case err == nil:
+		if aerr := jm.Ack(); aerr != nil {
+			// Not acked: the server redelivers after AckWait (at-least-once).
+			s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", id, "error", aerr)
+		}
+	case s.ss.maxDeliver > 0 && attempt >= s.ss.maxDeliver:
+		// The server will not deliver it again: terminate it, so that it
+		// stops holding the consumer's ack floor (it stays in the stream).
+		s.t.log.Error("nats: message failed on its last delivery (MaxDeliver) and is terminated; it stays in the stream but is not delivered to this group again",
+			"topic", s.topic, "group", s.group, "id", id, "attempt", attempt, "max_deliver", s.ss.maxDeliver, "error", err)
+		// Plain Term: nats-server 2.9 ignores a Term with a reason.
+		if terr := jm.Term(); terr != nil {
+			s.t.log.Warn("nats: term", "topic", s.topic, "group", s.group, "id", id, "error", terr)
+		}
+	default:
+		s.nak(jm, s.ss.nakDelay(attempt))
+	}
+}
+
+func (s *subscription) nak(m *natsgo.Msg, d time.Duration) {
+	var err error
+	if d > 0 {
+		err = m.NakWithDelay(d)
+	} else {
+		err = m.Nak()
+	}
+	if err != nil {
+		s.t.log.Warn("nats: nak", "topic", s.topic, "group", s.group, "error", err)
+	}
+}
+
+// slot holds the Message a worker's handler gets, reused from one message
+// to the next with its maps (transport.Message allows that: a handler must
+// not keep it), which spares the allocations per message.
+type slot struct {
+	m         transport.Message
+	hdr, meta map[string]string
+}
+
+// canonical maps the NATS binding's spelling of the CloudEvents attributes
+// to the canonical one, so that the common ones cost no allocation.
+var canonical = map[string]string{
+	"ce-id": transport.HeaderID, "ce-source": transport.HeaderSource, "ce-specversion": transport.HeaderSpecVersion,
+	"ce-type": transport.HeaderType, "ce-subject": transport.HeaderSubject, "ce-time": transport.HeaderTime,
+	"ce-dataschema": transport.HeaderDataSchema, wireKeyHeader: transport.HeaderPartitionKey,
+}
+
+// fill makes the slot's Message the delivery of jm, mapping "ce-" headers
+// back to the canonical "ce_" spelling.
+func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
+	if sl.hdr == nil {
+		sl.hdr, sl.meta = make(map[string]string), make(map[string]string, 1)
+	}
+	clear(sl.hdr)
+	clear(sl.meta)
+	m := &sl.m
+	*m = transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data}
+	for k, vs := range jm.Header {
+		if len(vs) == 0 {
+			continue
+		}
+		v := vs[0]
+		if k == headerMsgID {
+			m.ID = idOf(jm.Subject, v)
+			continue
+		}
+		if strings.HasPrefix(k, wirePrefix) {
+			if c, ok := canonical[k]; ok {
+				k = c
+			} else {
+				k = transport.HeaderPrefix + k[len(wirePrefix):]
+			}
+		}
+		sl.hdr[k] = v
+	}
+	if len(sl.hdr) > 0 {
+		m.Header = sl.hdr
+		m.Key = sl.hdr[transport.HeaderPartitionKey]
+		if m.ID == "" {
+			// A foreign CloudEvents producer that set no Nats-Msg-Id.
+			m.ID = sl.hdr[transport.HeaderID]
+		}
+	}
+	if md, err := jm.Metadata(); err == nil {
+		m.Attempt = int(md.NumDelivered)
+		m.Time = md.Timestamp
+		sl.meta[transport.MetaSequence] = strconv.FormatUint(md.Sequence.Stream, 10)
+		m.Meta = sl.meta
+	} else {
+		m.Attempt = 1
+		m.Time = time.Now()
+	}
+	return m
+}

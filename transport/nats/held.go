@@ -1,0 +1,138 @@
+package nats
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+)
+
+// heldSet is what a subscription holds: the messages received from the
+// server and not yet finished (waiting in the dispatcher or being handled),
+// at most MaxHeld, which progress keeps in progress on the server; and,
+// once Close began, the messages that arrived since, to hand back.
+type heldSet struct {
+	s *subscription
+
+	mu       sync.Mutex
+	m        map[*held]struct{} // received and not finished, at most MaxHeld
+	handback []*natsgo.Msg      // received while closing; at most one pull batch
+
+	unfinished sync.WaitGroup // the messages of m: received and not yet acked or naked
+}
+
+// held is a message the subscription holds: queued or being handled.
+type held struct {
+	m     *natsgo.Msg
+	since time.Time // when received or last reported in progress
+}
+
+// add takes m, received at now, into the set and queues it on dl, under
+// the set's lock: Close marks the subscription closing under the same
+// lock before it closes the dispatcher, so every message queued is
+// counted and run before the workers end. Once Close began, m is kept to
+// be handed back instead (see handBack).
+func (hs *heldSet) add(m *natsgo.Msg, now time.Time, dl *delivery) {
+	hs.mu.Lock()
+	if hs.s.closing.Load() {
+		// Received while Close began: Close hands it back (Nak) once the
+		// inbox is drained, so that the server gives it to another member
+		// (or the next subscription) at once. A Nak now could have it
+		// redelivered to this subscription's open pull request, where it
+		// would wait for AckWait.
+		hs.handback = append(hs.handback, m)
+		hs.mu.Unlock()
+		return
+	}
+	h := &held{m: m, since: now}
+	hs.m[h] = struct{}{}
+	hs.unfinished.Add(1)
+	dl.queue(h)
+	hs.mu.Unlock()
+}
+
+// release drops a finished message from the set: there is room for
+// another.
+func (hs *heldSet) release(h *held) {
+	hs.mu.Lock()
+	delete(hs.m, h)
+	hs.mu.Unlock()
+	hs.s.pull.signalRoom()
+	hs.unfinished.Done()
+}
+
+// len returns how many messages the set holds.
+func (hs *heldSet) len() int {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return len(hs.m)
+}
+
+// startClosing marks the subscription closing: add takes no more messages
+// in but keeps them for handBack.
+func (hs *heldSet) startClosing() {
+	hs.mu.Lock()
+	hs.s.closing.Store(true)
+	hs.mu.Unlock()
+}
+
+// handBack naks the messages that arrived since Close began.
+func (hs *heldSet) handBack() {
+	hs.mu.Lock()
+	for _, m := range hs.handback {
+		hs.s.nak(m, 0)
+	}
+	hs.handback = nil
+	hs.mu.Unlock()
+}
+
+// wait waits until every message the set took in is finished.
+func (hs *heldSet) wait() { hs.unfinished.Wait() }
+
+// due appends to due the messages held for every since they were received
+// or last reported, and marks them reported at now.
+func (hs *heldSet) due(due []*natsgo.Msg, now time.Time, every time.Duration) []*natsgo.Msg {
+	hs.mu.Lock()
+	for h := range hs.m {
+		if now.Sub(h.since) >= every {
+			h.since = now
+			due = append(due, h.m)
+		}
+	}
+	hs.mu.Unlock()
+	return due
+}
+
+// progress runs while the subscription does: every message it holds,
+// waiting in the dispatcher or being handled, is reported in progress to
+// the server once it was held for a quarter of AckWait, so that nothing
+// the subscription holds is redelivered meanwhile; and it watches the
+// consumer, recreating it when it was lost (deleted by an operator, or
+// gone with a server that keeps no state) from the last ack floor it saw,
+// so nothing unacked is skipped.
+func (s *subscription) progress() {
+	defer s.wg.Done()
+	every := max(s.ss.ackWait/4, 10*time.Millisecond)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var due []*natsgo.Msg
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.cons.lost:
+			s.cons.recreate()
+			continue
+		case <-tick.C:
+		}
+		due = s.held.due(due[:0], time.Now(), every)
+		for _, m := range due {
+			if err := m.InProgress(); err != nil && !errors.Is(err, natsgo.ErrMsgAlreadyAckd) {
+				s.t.log.Warn("nats: in-progress", "topic", s.topic, "group", s.group, "error", err)
+			}
+		}
+		clear(due)
+		s.cons.check(every)
+	}
+}
