@@ -28,9 +28,21 @@
 // pull request) bounds what it adds itself; one whose producers must wait
 // (chanbus's Publish) uses TryAdd with Config.KeyLimit and Config.Limit,
 // which count the items waiting for a worker: queued, not yet taken.
+//
+// # Locks
+//
+// A producer and a worker meet on every item, so the keys are spread over
+// stripes, each with its own lock, map of lanes and recycled lanes: a
+// producer adding to one key and a worker finishing another take different
+// locks. A lane's items and state are guarded by its stripe's lock; the
+// ready queue and the idle workers by the dispatcher's, taken after a
+// stripe's when both are needed, and only when a lane changes hands.
 package dispatch
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // Config configures a Dispatcher. The zero value has no limits and a turn
 // of DefaultTurn.
@@ -39,7 +51,8 @@ type Config struct {
 	// refuses another of that key; 0 means no limit.
 	KeyLimit int
 	// Limit is how many items may wait in all before TryAdd refuses; 0
-	// means no limit.
+	// means no limit. Producers that add at the same moment may pass it by
+	// one item each.
 	Limit int
 	// Turn is how many items of one lane a worker runs in a row while
 	// other lanes are ready before it lets them go first: a worker that
@@ -51,21 +64,46 @@ type Config struct {
 // DefaultTurn is Config.Turn's default.
 const DefaultTurn = 64
 
+// stripes is the number of key stripes (a power of two).
+const stripes = 16
+
 // Dispatcher orders items of type T by key. Safe for concurrent use.
 type Dispatcher[T any] struct {
 	keyLimit, limit, turn int
 
-	mu      sync.Mutex
-	keys    map[string]*Lane[T] // keyed lanes with unfinished items
-	ready   ring[*Lane[T]]
-	waiting int           // items not held by a worker or a holder
-	idle    int           // workers blocked in Next
-	wake    chan struct{} // one pending wake-up for an idle worker
-	room    chan struct{} // closed when an item is taken; nil while nobody waits for room
-	closed  bool
-	done    chan struct{} // closed by Close
-	free    []*Lane[T]    // recycled lanes
+	stripes [stripes]stripe[T]
+	rr      atomic.Uint32 // stripe of the next keyless item
+	waiting atomic.Int64  // items not held by a worker or a holder
+	// roomWanted: a TryAdd refused for Limit waits on room; a take then
+	// closes room (it looks after taking, the TryAdd after asking).
+	roomWanted atomic.Bool
+	readyLen   atomic.Int64 // ready.len(), read without mu
+
+	mu     sync.Mutex
+	ready  ring[*Lane[T]]
+	idle   int           // workers blocked in Next
+	wake   chan struct{} // one pending wake-up for an idle worker
+	room   chan struct{} // closed when an item is taken; nil while nobody waits for Limit
+	closed bool
+	done   chan struct{} // closed by Close
 }
+
+// stripe is the lanes of the keys that hash to it, under one lock.
+type stripe[T any] struct {
+	mu     sync.Mutex
+	keys   map[string]*Lane[T] // keyed lanes with unfinished items, or parked
+	free   []*Lane[T]          // recycled lanes
+	parked int                 // empty lanes kept in keys
+	_      [64]byte            // keeps neighbouring stripes' locks off one cache line
+}
+
+type laneState uint8
+
+const (
+	ready  laneState = iota // in the ready queue, or being taken from it
+	held                    // a worker or a Hold holds the head
+	parked                  // empty, kept in its stripe's keys for the key's next item
+)
 
 // Lane is the unfinished items of one key, in order (or one keyless item).
 // Its holder (the worker that took it with Next, or the caller of Hold)
@@ -73,9 +111,10 @@ type Dispatcher[T any] struct {
 type Lane[T any] struct {
 	key     string
 	keyed   bool
+	st      *stripe[T]
 	items   ring[T]
-	head    T    // items' front while held: Head reads it without the lock
-	held    bool // a worker or a Hold holds the head
+	head    T // items' front while held: Head reads it without the lock
+	state   laneState
 	owner   any  // the worker holding it, as passed to Next
 	ran     int  // items run in this worker's turn
 	removed bool // Drain dropped it
@@ -100,27 +139,45 @@ func New[T any](cfg Config) *Dispatcher[T] {
 	if turn < 1 {
 		turn = DefaultTurn
 	}
-	return &Dispatcher[T]{
+	d := &Dispatcher[T]{
 		keyLimit: max(cfg.KeyLimit, 0),
 		limit:    max(cfg.Limit, 0),
 		turn:     turn,
-		keys:     make(map[string]*Lane[T]),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
+	for i := range d.stripes {
+		d.stripes[i].keys = make(map[string]*Lane[T])
+	}
+	return d
+}
+
+// stripeOf returns key's stripe: FNV-1a of the key, or round robin for
+// keyless items.
+func (d *Dispatcher[T]) stripeOf(key string) *stripe[T] {
+	if key == "" {
+		return &d.stripes[d.rr.Add(1)%stripes]
+	}
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return &d.stripes[h%stripes]
 }
 
 // Add queues item behind the unfinished items of key ("" for none: it runs
 // in parallel with everything). It never blocks and ignores the limits.
 // After Close or Drain it still queues (a later Drain drops it).
 func (d *Dispatcher[T]) Add(key string, item T) {
-	d.mu.Lock()
+	st := d.stripeOf(key)
+	st.mu.Lock()
 	var l *Lane[T]
 	if key != "" {
-		l = d.keys[key]
+		l = st.keys[key]
 	}
-	d.addLocked(key, item, l)
-	d.mu.Unlock()
+	d.addLocked(st, key, item, l)
+	st.mu.Unlock()
 }
 
 // TryAdd queues item as Add does, unless key already has KeyLimit items
@@ -130,49 +187,79 @@ func (d *Dispatcher[T]) Add(key string, item T) {
 // any item; and the worker holding key's lane (as passed to Next), nil when
 // no worker does.
 func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{}, owner any) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	full := d.limit > 0 && d.waiting >= d.limit
+	st := d.stripeOf(key)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	full := d.limit > 0 && d.waiting.Load() >= int64(d.limit)
 	var l *Lane[T]
 	if key != "" {
-		l = d.keys[key]
+		l = st.keys[key]
 	}
 	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
 	if !full && !keyFull {
-		d.addLocked(key, item, l)
+		d.addLocked(st, key, item, l)
 		return true, nil, nil
 	}
-	if l != nil && l.held {
+	if l != nil && l.state == held {
 		owner = l.owner
 	}
 	if keyFull {
 		// Only a take of this key makes room for it: waking on every other
-		// key's take would spin the producer.
+		// key's take would spin the producer. Takes of the key hold st.mu.
 		if l.room == nil {
 			l.room = make(chan struct{})
 		}
 		return false, l.room, owner
 	}
+	return false, d.totalRoom(), owner
+}
+
+// totalRoom returns the channel a take closes, for a TryAdd refused for
+// Limit.
+func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.room == nil {
 		d.room = make(chan struct{})
 	}
-	return false, d.room, owner
+	ch := d.room
+	d.roomWanted.Store(true)
+	if d.waiting.Load() < int64(d.limit) || d.closed {
+		// A take came between the refusal and roomWanted: it did not see
+		// the flag, so say "try again" now.
+		close(d.room)
+		d.room = nil
+		d.roomWanted.Store(false)
+	}
+	return ch
 }
 
 // addLocked queues item of key; l is key's lane, nil when it has none (or
-// for a keyless item).
-func (d *Dispatcher[T]) addLocked(key string, item T, l *Lane[T]) {
-	d.waiting++
+// for a keyless item). st.mu is held.
+func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T]) {
+	d.waiting.Add(1)
 	if l != nil {
 		l.items.push(item) // its holder or the ready queue runs it in turn
+		if l.state == parked {
+			st.parked--
+			d.ready1(l)
+		}
 		return
 	}
-	l = d.newLane(key)
+	l = st.newLane(key)
 	l.items.push(item)
 	if l.keyed {
-		d.keys[key] = l
+		st.keys[key] = l
 	}
-	d.readyLocked(l)
+	d.ready1(l)
+}
+
+// waitingItems counts l's items that wait for a worker.
+func (l *Lane[T]) waitingItems() int {
+	if l.state == held {
+		return l.items.len() - 1
+	}
+	return l.items.len()
 }
 
 // wakeRoom closes l.room, if a TryAdd waits for it.
@@ -183,57 +270,66 @@ func (l *Lane[T]) wakeRoom() {
 	}
 }
 
-// waitingItems counts l's items that wait for a worker.
-func (l *Lane[T]) waitingItems() int {
-	if l.held {
-		return l.items.len() - 1
-	}
-	return l.items.len()
-}
-
-func (d *Dispatcher[T]) newLane(key string) *Lane[T] {
+func (st *stripe[T]) newLane(key string) *Lane[T] {
 	var l *Lane[T]
-	if n := len(d.free); n > 0 {
-		l = d.free[n-1]
-		d.free[n-1] = nil
-		d.free = d.free[:n-1]
+	if n := len(st.free); n > 0 {
+		l = st.free[n-1]
+		st.free[n-1] = nil
+		st.free = st.free[:n-1]
 	} else {
-		l = new(Lane[T])
+		l = &Lane[T]{st: st}
 	}
 	l.key, l.keyed = key, key != ""
 	return l
 }
 
-// maxFree and maxFreeItems bound what the recycled lanes keep.
+// maxFree and maxFreeItems bound what the recycled lanes of a stripe keep.
+// maxParked bounds the emptied lanes a stripe keeps under their keys: a
+// key whose items come one at a time (its worker is faster than its
+// producer) then finds its lane again, without a map insert and delete per
+// item. Parked lanes stay until Drain; once a stripe has maxParked, further
+// keys' lanes are recycled when they empty, as if nothing were parked.
 const (
-	maxFree      = 1024
+	maxFree      = 64
 	maxFreeItems = 64
+	maxParked    = 16
 )
 
-func (d *Dispatcher[T]) recycle(l *Lane[T]) {
+// empty is done with a lane whose last item finished: it stays parked
+// under its key, or is recycled. st.mu is held.
+func (st *stripe[T]) empty(l *Lane[T]) {
 	l.wakeRoom()
-	if l.keyed {
-		delete(d.keys, l.key)
+	l.owner, l.ran = nil, 0
+	if l.keyed && st.parked < maxParked && l.items.cap() <= maxFreeItems {
+		l.state = parked
+		st.parked++
+		return
 	}
-	if len(d.free) >= maxFree || l.items.cap() > maxFreeItems {
+	if l.keyed {
+		delete(st.keys, l.key)
+	}
+	if len(st.free) >= maxFree || l.items.cap() > maxFreeItems {
 		return
 	}
 	l.items.reset()
-	*l = Lane[T]{items: l.items}
-	d.free = append(d.free, l)
+	*l = Lane[T]{st: st, items: l.items}
+	st.free = append(st.free, l)
 }
 
-// readyLocked puts l at the end of the ready queue and wakes an idle
-// worker.
-func (d *Dispatcher[T]) readyLocked(l *Lane[T]) {
-	l.held, l.owner, l.ran = false, nil, 0
+// ready1 puts l at the end of the ready queue and wakes an idle worker.
+// l's stripe lock is held.
+func (d *Dispatcher[T]) ready1(l *Lane[T]) {
+	l.state, l.owner, l.ran = ready, nil, 0
+	d.mu.Lock()
 	d.ready.push(l)
+	d.readyLen.Store(int64(d.ready.len()))
 	if d.idle > 0 {
 		select {
 		case d.wake <- struct{}{}:
 		default: // a wake-up is pending; the woken worker passes it on
 		}
 	}
+	d.mu.Unlock()
 }
 
 // Next waits for a ready lane and gives it to the caller, a worker, with
@@ -249,7 +345,7 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 	d.mu.Lock()
 	for {
 		if l, ok := d.ready.pop(); ok {
-			d.takeLocked(l, owner)
+			d.readyLen.Store(int64(d.ready.len()))
 			if d.ready.len() > 0 && d.idle > 0 {
 				select {
 				case d.wake <- struct{}{}: // pass the wake-up on
@@ -257,6 +353,11 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 				}
 			}
 			d.mu.Unlock()
+			// Off the queue and not yet held, l is still "ready": a
+			// producer only queues behind its items.
+			l.st.mu.Lock()
+			d.take(l, owner)
+			l.st.mu.Unlock()
 			return l
 		}
 		if d.closed {
@@ -279,15 +380,21 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 	}
 }
 
-// takeLocked makes owner the holder of l, whose head stops waiting.
-func (d *Dispatcher[T]) takeLocked(l *Lane[T], owner any) {
-	l.held, l.owner = true, owner
+// take makes owner the holder of l, whose head stops waiting. l's stripe
+// lock is held.
+func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
+	l.state, l.owner = held, owner
 	l.head = l.items.front() // Add may grow items while the holder reads Head
-	d.waiting--
+	d.waiting.Add(-1)
 	l.wakeRoom()
-	if d.room != nil {
-		close(d.room)
-		d.room = nil
+	if d.roomWanted.Load() {
+		d.mu.Lock()
+		if d.room != nil {
+			close(d.room)
+			d.room = nil
+		}
+		d.roomWanted.Store(false)
+		d.mu.Unlock()
 	}
 }
 
@@ -296,8 +403,9 @@ func (d *Dispatcher[T]) takeLocked(l *Lane[T], owner any) {
 // lane went back to the ready queue, or away with its last item, and the
 // worker must not touch it again.
 func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	st := l.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	if l.removed {
 		return false
 	}
@@ -305,39 +413,39 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 	l.items.popFront(zero)
 	l.head, l.Attempt = zero, 0
 	if l.items.len() == 0 {
-		d.recycle(l)
+		st.empty(l)
 		return false
 	}
 	l.ran++
-	if l.ran < d.turn || d.ready.len() == 0 {
+	if l.ran < d.turn || d.readyLen.Load() == 0 {
 		if l.ran >= d.turn {
 			l.ran = 0 // nobody else is waiting: a new turn
 		}
-		d.takeLocked(l, l.owner)
+		d.take(l, l.owner)
 		return true
 	}
-	d.readyLocked(l)
+	d.ready1(l)
 	return false
 }
 
 // Release hands l back unfinished, its head not run (or to be run again
 // at once), for any worker.
 func (d *Dispatcher[T]) Release(l *Lane[T]) {
-	d.mu.Lock()
+	l.st.mu.Lock()
 	if !l.removed {
-		d.waiting++
-		d.readyLocked(l)
+		d.waiting.Add(1)
+		d.ready1(l)
 	}
-	d.mu.Unlock()
+	l.st.mu.Unlock()
 }
 
 // Hold keeps l's head with the caller, to be run again later: no worker
 // holds l any more, and no worker takes it until the caller calls Ready.
 // The key's later items wait behind it; other keys go on.
 func (d *Dispatcher[T]) Hold(l *Lane[T]) {
-	d.mu.Lock()
+	l.st.mu.Lock()
 	l.owner, l.ran = nil, 0
-	d.mu.Unlock()
+	l.st.mu.Unlock()
 }
 
 // Ready puts a lane the caller held (see Hold) back in the ready queue.
@@ -347,12 +455,15 @@ func (d *Dispatcher[T]) Ready(l *Lane[T]) {
 
 // Waiting returns how many items wait for a worker, in all and of key.
 func (d *Dispatcher[T]) Waiting(key string) (all, ofKey int) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if l := d.keys[key]; l != nil {
-		ofKey = l.waitingItems()
+	if key != "" {
+		st := d.stripeOf(key)
+		st.mu.Lock()
+		if l := st.keys[key]; l != nil {
+			ofKey = l.waitingItems()
+		}
+		st.mu.Unlock()
 	}
-	return d.waiting, ofKey
+	return int(d.waiting.Load()), ofKey
 }
 
 // ReadyLanes returns how many lanes wait in the ready queue for a worker:
@@ -360,23 +471,26 @@ func (d *Dispatcher[T]) Waiting(key string) (all, ofKey int) {
 // tell whether a free worker would make room (a lane is ready) or only
 // the holders of lanes can.
 func (d *Dispatcher[T]) ReadyLanes() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.ready.len()
+	return int(d.readyLen.Load())
 }
 
 // Close makes Next return nil once no lane is ready, instead of waiting,
-// and wakes the workers that wait. Items added later are still run by
-// workers that call Next. Idempotent.
+// and wakes the workers that wait and the producers that wait for room.
+// Items added later are still run by workers that call Next. Idempotent.
 func (d *Dispatcher[T]) Close() {
+	for i := range d.stripes {
+		st := &d.stripes[i]
+		st.mu.Lock()
+		for _, l := range st.keys {
+			l.wakeRoom()
+		}
+		st.mu.Unlock()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.closed {
 		d.closed = true
 		close(d.done)
-	}
-	for _, l := range d.keys {
-		l.wakeRoom()
 	}
 	if d.room != nil {
 		close(d.room)
@@ -389,6 +503,10 @@ func (d *Dispatcher[T]) Close() {
 // Done, Release or Ready on it afterwards does nothing), but the items
 // behind it are dropped. Call it once no worker runs, to tear down.
 func (d *Dispatcher[T]) Drain(drop func(T)) int {
+	for i := range d.stripes {
+		d.stripes[i].mu.Lock()
+		defer d.stripes[i].mu.Unlock()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := 0
@@ -398,6 +516,8 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			drop(l.items.popBack(zero))
 			n++
 		}
+		l.wakeRoom()
+		l.removed = true
 	}
 	for {
 		l, ok := d.ready.pop()
@@ -405,19 +525,20 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			break
 		}
 		take(l, 0)
-		l.wakeRoom()
-		l.removed = true
 		if l.keyed {
-			delete(d.keys, l.key)
+			delete(l.st.keys, l.key)
 		}
 	}
-	for key, l := range d.keys { // held lanes
-		take(l, 1)
-		l.wakeRoom()
-		l.removed = true
-		delete(d.keys, key)
+	d.readyLen.Store(0)
+	for i := range d.stripes {
+		st := &d.stripes[i]
+		for key, l := range st.keys { // held and parked lanes
+			take(l, 1)
+			delete(st.keys, key)
+		}
+		st.parked = 0
 	}
-	d.waiting = 0
+	d.waiting.Store(0)
 	if d.room != nil {
 		close(d.room)
 		d.room = nil

@@ -361,3 +361,88 @@ func TestKeyRoomOnlyForItsKey(t *testing.T) {
 		}
 	}
 }
+
+// parkedAndKeys counts d's parked lanes and keyed lanes in its maps.
+func parkedAndKeys[T any](d *Dispatcher[T]) (parked, keys int) {
+	for i := range d.stripes {
+		st := &d.stripes[i]
+		st.mu.Lock()
+		parked += st.parked
+		keys += len(st.keys)
+		st.mu.Unlock()
+	}
+	return parked, keys
+}
+
+// An emptied lane stays parked under its key (up to maxParked keys a
+// stripe), and the key's next item runs from it, in order; Drain forgets
+// parked lanes.
+func TestParkedLanes(t *testing.T) {
+	d := New[int](Config{})
+	runAll := func() []string {
+		var got []string
+		for d.ReadyLanes() > 0 {
+			l := d.Next(nil, nil)
+			for {
+				got = append(got, fmt.Sprint(l.Key(), "/", l.Head()))
+				if !d.Done(l) {
+					break
+				}
+			}
+		}
+		return got
+	}
+	const n = stripes*maxParked + 50
+	perStripe := map[*stripe[int]]int{}
+	for k := range n {
+		key := fmt.Sprint("k", k)
+		perStripe[d.stripeOf(key)]++
+		d.Add(key, 0)
+	}
+	runAll()
+	want := 0
+	for _, c := range perStripe {
+		want += min(c, maxParked)
+	}
+	if parked, keys := parkedAndKeys(d); parked != want || keys != want {
+		t.Fatalf("after %d keys ran empty: %d parked, %d keys kept; want %d of each (at most %d a stripe)", n, parked, keys, want, maxParked)
+	}
+	d.Add("k1", 1)
+	d.Add("k1", 2)
+	d.Add("new", 1)
+	if all, ofKey := d.Waiting("k1"); all != 3 || ofKey != 2 {
+		t.Fatalf("waiting %d, of k1 %d; want 3 and 2", all, ofKey)
+	}
+	if got := fmt.Sprint(runAll()); got != "[k1/1 k1/2 new/1]" {
+		t.Fatalf("ran %s, want k1's items from its parked lane, in order, then new", got)
+	}
+	if n := d.Drain(func(int) {}); n != 0 {
+		t.Fatalf("Drain dropped %d items of parked lanes", n)
+	}
+	if parked, keys := parkedAndKeys(d); parked != 0 || keys != 0 {
+		t.Fatalf("after Drain: %d parked, %d keys", parked, keys)
+	}
+}
+
+// A TryAdd refused for Limit is told to try again by the next take, also
+// when the take comes between the refusal and the wait.
+func TestTotalRoom(t *testing.T) {
+	d := New[int](Config{Limit: 1})
+	if ok, _, _ := d.TryAdd("a", 1); !ok {
+		t.Fatal("first item refused")
+	}
+	ok, room, _ := d.TryAdd("b", 1)
+	if ok {
+		t.Fatal("second item queued past Limit 1")
+	}
+	l := d.Next(nil, nil)
+	select {
+	case <-room:
+	case <-time.After(10 * time.Second):
+		t.Fatal("room not signalled by a take")
+	}
+	if ok, _, _ := d.TryAdd("b", 1); !ok {
+		t.Fatal("refused after room came")
+	}
+	_ = d.Done(l)
+}
