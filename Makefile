@@ -48,7 +48,7 @@ stress:
 # Each fuzz target for FUZZTIME (go test -fuzz runs one target at a time). Inputs that found
 # a bug are kept under each package's testdata/fuzz and run by every go test.
 FUZZTIME ?= 20s
-FUZZ_TARGETS = ./bus:FuzzDecodeEnvelope .:FuzzOpenURL ./middleware:FuzzDeadLetter
+FUZZ_TARGETS = ./bus:FuzzDecodeEnvelope ./bus:FuzzFlatJSON ./bus:FuzzFlatJSONEncode ./bus:FuzzTime .:FuzzOpenURL ./middleware:FuzzDeadLetter
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZTIME))"; \

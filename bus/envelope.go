@@ -238,14 +238,7 @@ func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []b
 	}
 	h := box.msg.Header
 	if same && h != nil {
-		h[transport.HeaderID] = e.ID
-		h[transport.HeaderTime] = ts
-		if e.Subject != "" {
-			h[transport.HeaderSubject] = e.Subject
-		}
-		if e.Key != "" {
-			h[transport.HeaderPartitionKey] = e.Key
-		}
+		setEventHeaders(h, e, ts)
 		box.msg = transport.Message{ID: e.ID, Key: e.Key, Header: h, Body: body}
 		box.arr[0] = &box.msg
 		return nil
@@ -266,16 +259,9 @@ func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []b
 		}
 	}
 	h[transport.HeaderSpecVersion] = SpecVersion
-	h[transport.HeaderID] = e.ID
 	h[transport.HeaderSource] = e.Source
 	h[transport.HeaderType] = e.Type
-	h[transport.HeaderTime] = ts
-	if e.Subject != "" {
-		h[transport.HeaderSubject] = e.Subject
-	}
-	if e.Key != "" {
-		h[transport.HeaderPartitionKey] = e.Key
-	}
+	setEventHeaders(h, e, ts)
 	if e.ContentType != "" {
 		h[transport.HeaderContentType] = e.ContentType
 	}
@@ -285,6 +271,19 @@ func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []b
 	box.msg = transport.Message{ID: e.ID, Key: e.Key, Header: h, Body: body}
 	box.arr[0] = &box.msg
 	return nil
+}
+
+// setEventHeaders writes the attributes that differ from one event of a
+// shape to the next: ID, time (ts), and subject and key when set.
+func setEventHeaders(h map[string]string, e *Envelope, ts string) {
+	h[transport.HeaderID] = e.ID
+	h[transport.HeaderTime] = ts
+	if e.Subject != "" {
+		h[transport.HeaderSubject] = e.Subject
+	}
+	if e.Key != "" {
+		h[transport.HeaderPartitionKey] = e.Key
+	}
 }
 
 // newIDAndTime returns a new UUIDv7 for the time now (see newV7) and t in

@@ -1,0 +1,196 @@
+package kafka
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/internal/dispatch"
+)
+
+// dispatch queues m behind the unfinished messages of its key, blocking
+// while MaxInFlight messages are unfinished.
+func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Message) error {
+	select {
+	case s.inflight <- struct{}{}:
+	default:
+		select {
+		case s.inflight <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.wg.Add(1)
+	key := string(m.Key)
+	s.d.Add(key, &job{p: p, m: m, key: key})
+	return nil
+}
+
+// lane is a key's unfinished messages, in offset order, as the dispatcher
+// hands them to a worker.
+type lane = dispatch.Lane[*job]
+
+// work runs the dispatcher's ready lanes until the subscription closes,
+// beginning with l when it is not nil (a lane a replacement worker takes
+// over).
+func (s *subscription) work(l *lane) {
+	var d delivery
+	var running *lane // whose handler runs on this goroutine
+	defer func() {
+		if running == nil {
+			s.workers.Done()
+			return
+		}
+		// The handler called runtime.Goexit (t.FailNow in a test, say):
+		// this goroutine is ending and nothing can stop that. The attempt
+		// failed (transport.CallHandler logged it); a new worker takes
+		// this one's place in s.workers, and the lane if it is kept.
+		go s.work(s.settle(running, &d, transport.ErrHandlerGoexit))
+	}()
+	for {
+		if l == nil {
+			if l = s.d.Next(nil, nil); l == nil {
+				return
+			}
+		}
+		running = l
+		l = s.step(l, &d)
+		running = nil
+	}
+}
+
+// delivery is the Message a worker hands its handler, reused from one
+// message to the next with its maps (a Handler must not keep a Message),
+// which spares allocations per message.
+type delivery struct {
+	m         transport.Message
+	hdr, meta map[string]string
+}
+
+// step makes one attempt at l's head, then passes l on (see advance and
+// retryLater) and returns it when the calling worker keeps it, to run its
+// next message. d is the calling worker's.
+func (s *subscription) step(l *lane, d *delivery) *lane {
+	j := l.Head()
+	p := j.p
+	switch {
+	case p.ctx.Err() != nil || p.abandoned(l.Key()):
+		// Skipped: redelivered after the abandoned message of its key.
+	case l.Attempt > 0 && isClosed(p.draining):
+		// Failed before and the partition is draining: leave it to the
+		// new owner, with the rest of its key.
+		p.abandon(l.Key())
+	default:
+		l.Attempt++
+		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, l.Attempt))
+		return s.settle(l, d, err)
+	}
+	return s.advance(l)
+}
+
+// settle acts on the result err of an attempt at l's head: done, given up
+// (MaxAttempts), abandoned (its partition drains), or retried later. It
+// returns l when the calling worker keeps it (see advance).
+func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
+	j := l.Head()
+	p := j.p
+	switch {
+	case err == nil:
+		p.finish(j.m.Offset)
+	case p.stopping():
+		p.abandon(l.Key())
+	case !s.t.cfg.retry.Retries(l.Attempt):
+		// Out of budget: give it up, so that its key and partition go on.
+		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
+			"offset", j.m.Offset, "id", d.m.ID, "attempts", l.Attempt, "err", err)
+		p.finish(j.m.Offset)
+	default:
+		delay := s.t.cfg.retry.Delay(l.Attempt)
+		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.m.Offset,
+			"attempt", l.Attempt, "backoff", delay, "err", err)
+		s.retryLater(l, p, delay)
+		return nil
+	}
+	return s.advance(l)
+}
+
+// advance is done with l's head: the dispatcher passes l on to its key's
+// next message, or drops it when the key has none. It returns l when the
+// calling worker keeps it to run that next message now.
+func (s *subscription) advance(l *lane) *lane {
+	l.Head().p.wg.Done()
+	<-s.inflight
+	if s.d.Done(l) {
+		return l
+	}
+	return nil
+}
+
+// retryLater holds l's head and makes l ready again after d, or at once
+// when its partition starts draining or is abandoned (the next step then
+// gives the message up). Only l's key waits.
+func (s *subscription) retryLater(l *lane, p *partition, d time.Duration) {
+	s.d.Hold(l)
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-p.draining:
+		case <-p.ctx.Done():
+		}
+		s.d.Ready(l)
+	}()
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// fill makes d's Message the delivery of j's record, attempt attempt.
+func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message {
+	if d.meta == nil {
+		d.hdr, d.meta = make(map[string]string), make(map[string]string, 2)
+	}
+	clear(d.hdr)
+	clear(d.meta)
+	m := &j.m
+	d.meta[transport.MetaPartition] = j.p.idText
+	d.meta[transport.MetaOffset] = strconv.FormatInt(m.Offset, 10)
+	msg := &d.m
+	*msg = transport.Message{
+		Body:    m.Value,
+		Topic:   s.topic,
+		Group:   s.group,
+		Time:    m.Time,
+		Attempt: attempt,
+		Meta:    d.meta,
+	}
+	msg.Key = j.key
+	if len(m.Headers) > 0 {
+		msg.Header = d.hdr
+		for _, h := range m.Headers {
+			msg.Header[h.Key] = string(h.Value)
+		}
+		if id, ok := msg.Header[idHeader]; ok {
+			msg.ID = id
+			delete(msg.Header, idHeader)
+		} else {
+			msg.ID = msg.Header[transport.HeaderID]
+		}
+	}
+	if msg.Time.IsZero() {
+		msg.Time = time.Now()
+	}
+	return msg
+}
