@@ -176,8 +176,9 @@ func (d *Dispatcher[T]) Add(key string, item T) {
 	if key != "" {
 		l = st.keys[key]
 	}
-	d.addLocked(st, key, item, l)
+	wake := d.addLocked(st, key, item, l)
 	st.mu.Unlock()
+	d.signal(wake)
 }
 
 // TryAdd queues item as Add does, unless key already has KeyLimit items
@@ -189,7 +190,6 @@ func (d *Dispatcher[T]) Add(key string, item T) {
 func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{}, owner any) {
 	st := d.stripeOf(key)
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	full := d.limit > 0 && d.waiting.Load() >= int64(d.limit)
 	var l *Lane[T]
 	if key != "" {
@@ -197,9 +197,12 @@ func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{
 	}
 	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
 	if !full && !keyFull {
-		d.addLocked(st, key, item, l)
+		wake := d.addLocked(st, key, item, l)
+		st.mu.Unlock()
+		d.signal(wake)
 		return true, nil, nil
 	}
+	defer st.mu.Unlock()
 	if l != nil && l.state == held {
 		owner = l.owner
 	}
@@ -235,23 +238,24 @@ func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
 }
 
 // addLocked queues item of key; l is key's lane, nil when it has none (or
-// for a keyless item). st.mu is held.
-func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T]) {
+// for a keyless item). st.mu is held. It reports whether to signal an idle
+// worker (see ready1).
+func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T]) (wake bool) {
 	d.waiting.Add(1)
 	if l != nil {
 		l.items.push(item) // its holder or the ready queue runs it in turn
 		if l.state == parked {
 			st.parked--
-			d.ready1(l)
+			return d.ready1(l)
 		}
-		return
+		return false
 	}
 	l = st.newLane(key)
 	l.items.push(item)
 	if l.keyed {
 		st.keys[key] = l
 	}
-	d.ready1(l)
+	return d.ready1(l)
 }
 
 // waitingItems counts l's items that wait for a worker.
@@ -316,20 +320,28 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 	st.free = append(st.free, l)
 }
 
-// ready1 puts l at the end of the ready queue and wakes an idle worker.
-// l's stripe lock is held.
-func (d *Dispatcher[T]) ready1(l *Lane[T]) {
+// ready1 puts l at the end of the ready queue; l's stripe lock is held. It
+// reports whether a worker is idle: then the caller calls signal once it
+// released its locks, so that the woken worker does not find them taken.
+func (d *Dispatcher[T]) ready1(l *Lane[T]) (wake bool) {
 	l.state, l.owner, l.ran = ready, nil, 0
 	d.mu.Lock()
 	d.ready.push(l)
 	d.readyLen.Store(int64(d.ready.len()))
-	if d.idle > 0 {
+	wake = d.idle > 0
+	d.mu.Unlock()
+	return wake
+}
+
+// signal wakes an idle worker when wake is true. A worker that goes idle
+// after ready1 looked finds the lane in the ready queue first.
+func (d *Dispatcher[T]) signal(wake bool) {
+	if wake {
 		select {
 		case d.wake <- struct{}{}:
 		default: // a wake-up is pending; the woken worker passes it on
 		}
 	}
-	d.mu.Unlock()
 }
 
 // Next waits for a ready lane and gives it to the caller, a worker, with
@@ -346,18 +358,14 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 	for {
 		if l, ok := d.ready.pop(); ok {
 			d.readyLen.Store(int64(d.ready.len()))
-			if d.ready.len() > 0 && d.idle > 0 {
-				select {
-				case d.wake <- struct{}{}: // pass the wake-up on
-				default:
-				}
-			}
+			pass := d.ready.len() > 0 && d.idle > 0 // pass the wake-up on
 			d.mu.Unlock()
 			// Off the queue and not yet held, l is still "ready": a
 			// producer only queues behind its items.
 			l.st.mu.Lock()
 			d.take(l, owner)
 			l.st.mu.Unlock()
+			d.signal(pass)
 			return l
 		}
 		if d.closed {
@@ -405,8 +413,8 @@ func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
 func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 	st := l.st
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	if l.removed {
+		st.mu.Unlock()
 		return false
 	}
 	var zero T
@@ -414,6 +422,7 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 	l.head, l.Attempt = zero, 0
 	if l.items.len() == 0 {
 		st.empty(l)
+		st.mu.Unlock()
 		return false
 	}
 	l.ran++
@@ -422,9 +431,12 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 			l.ran = 0 // nobody else is waiting: a new turn
 		}
 		d.take(l, l.owner)
+		st.mu.Unlock()
 		return true
 	}
-	d.ready1(l)
+	wake := d.ready1(l)
+	st.mu.Unlock()
+	d.signal(wake)
 	return false
 }
 
@@ -432,11 +444,13 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 // at once), for any worker.
 func (d *Dispatcher[T]) Release(l *Lane[T]) {
 	l.st.mu.Lock()
+	wake := false
 	if !l.removed {
 		d.waiting.Add(1)
-		d.ready1(l)
+		wake = d.ready1(l)
 	}
 	l.st.mu.Unlock()
+	d.signal(wake)
 }
 
 // Hold keeps l's head with the caller, to be run again later: no worker
