@@ -10,13 +10,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 	"unsafe"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/backoff"
 )
 
 // Publish sends msgs to topic's subject and returns once JetStream has
@@ -108,9 +108,8 @@ func (t *Transport) request(ctx context.Context, nm *natsgo.Msg) error {
 	resp, err := t.nc.RequestMsgWithContext(ctx, nm)
 	for r := 0; errors.Is(err, natsgo.ErrNoResponders) && r < jetstream.DefaultPubRetryAttempts; r++ {
 		// A stream leader may be moving: jetstream retries too.
-		select {
-		case <-ctx.Done():
-		case <-time.After(jetstream.DefaultPubRetryWait):
+		if serr := backoff.Sleep(ctx, jetstream.DefaultPubRetryWait); serr != nil {
+			return serr
 		}
 		resp, err = t.nc.RequestMsgWithContext(ctx, nm)
 	}

@@ -18,6 +18,9 @@
 //     head for later (a retry backoff);
 //   - its holder after Hold, which makes it ready again with Ready.
 //
+// A keyed lane that ran empty may stay parked under its key (a bounded
+// number of them), so that the key's next item needs no new lane.
+//
 // Nothing else blocks a lane: a slow or failing key keeps its own lane and
 // one worker, never the others, and a worker that finishes a lane's head
 // takes whatever lane is ready next.
@@ -111,7 +114,6 @@ const (
 // may read Head and use Attempt; nothing else of it.
 type Lane[T any] struct {
 	key     string
-	keyed   bool
 	st      *stripe[T]
 	items   ring[T]
 	head    T // items' front while held: Head reads it without the lock
@@ -253,7 +255,7 @@ func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T])
 	}
 	l = st.newLane(key)
 	l.items.push(item)
-	if l.keyed {
+	if l.key != "" {
 		st.keys[key] = l
 	}
 	return d.ready1(l)
@@ -284,7 +286,7 @@ func (st *stripe[T]) newLane(key string) *Lane[T] {
 	} else {
 		l = &Lane[T]{st: st}
 	}
-	l.key, l.keyed = key, key != ""
+	l.key = key
 	return l
 }
 
@@ -305,12 +307,12 @@ const (
 func (st *stripe[T]) empty(l *Lane[T]) {
 	l.wakeRoom()
 	l.owner, l.ran = nil, 0
-	if l.keyed && st.parked < maxParked && l.items.cap() <= maxFreeItems {
+	if l.key != "" && st.parked < maxParked && l.items.cap() <= maxFreeItems {
 		l.state = parked
 		st.parked++
 		return
 	}
-	if l.keyed {
+	if l.key != "" {
 		delete(st.keys, l.key)
 	}
 	if len(st.free) >= maxFree || l.items.cap() > maxFreeItems {
@@ -567,7 +569,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			break
 		}
 		take(l, 0)
-		if l.keyed {
+		if l.key != "" {
 			delete(l.st.keys, l.key)
 		}
 	}
