@@ -242,6 +242,54 @@ func (s *suite) testGroups(t *testing.T) {
 	}
 }
 
+// testSlowKeyBlocksOnlyItself: with Concurrency 2, a handler stuck on one
+// key holds up that key's later messages and nothing else: every message
+// of ten other keys (some of which share any hash bucket, shard or worker
+// with it) is handled meanwhile. Then the stuck one returns and its key
+// goes on, in order.
+func (s *suite) testSlowKeyBlocksOnlyItself(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	rec := newRecorder()
+	var slowLate atomic.Bool // slow-1 handled while slow-0 was stuck
+	var stuck atomic.Bool
+	s.subscribe(t, tr, topic, func(ctx context.Context, m *transport.Message) error {
+		if m.Key == "slow" {
+			if m.Header["seq"] == "0" {
+				stuck.Store(true)
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				stuck.Store(false)
+			} else if stuck.Load() {
+				slowLate.Store(true)
+			}
+		}
+		rec.add(m)
+		return nil
+	}, transport.SubscribeOptions{Group: UniqueGroup(t), Concurrency: 2})
+	t.Cleanup(unblock) // before the subscription's Close (cleanups run last first)
+
+	slow := makeMsgs("slow", 2, func(int) string { return "slow" })
+	s.publish(t, tr, topic, slow, 0)
+	s.waitFor(t, "the slow key's first message to start", func() (bool, string) {
+		return stuck.Load(), "slow-0 not started"
+	})
+	others := makeMsgs("other", 40, func(i int) string { return "other-" + strconv.Itoa(i%10) })
+	s.publish(t, tr, topic, others, 0)
+	s.waitFor(t, "every message of the other keys while one key is stuck", rec.hasAll(ids(others)))
+	if rec.has(slow[1].ID) || slowLate.Load() {
+		t.Fatal("the stuck key's second message was handled while its first was still running")
+	}
+	unblock()
+	s.waitFor(t, "the stuck key's messages after it returned", rec.hasAll(ids(slow)))
+}
+
 // testKeyOrder: per-key order under Concurrency 8 with random handler
 // delays, while different keys really run in parallel.
 func (s *suite) testKeyOrder(t *testing.T) {

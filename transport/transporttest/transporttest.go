@@ -161,6 +161,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"TopicsIsolated", s.testTopicsIsolated},
 		{"Groups", s.testGroups},
 		{"KeyOrder", s.testKeyOrder},
+		{"SlowKeyBlocksOnlyItself", s.testSlowKeyBlocksOnlyItself},
 		{"Redelivery", s.testRedelivery},
 		{"HandlerPanic", s.testHandlerPanic},
 		{"DurableRounds", s.testDurableRounds},
