@@ -335,32 +335,47 @@ func plainString(data []byte, start int) (int, bool) {
 	s := data[start : start+q]
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	var high uint64
-	k := 0
-	for ; k+8 <= len(s); k += 8 {
-		w := binary.LittleEndian.Uint64(s[k:])
-		// A byte below 0x20 (control), a backslash, or one of 0x80 and up.
-		bs := w ^ (lo * '\\')
-		if (w-lo*0x20)&^w&hi != 0 || (bs-lo)&^bs&hi != 0 {
-			if w&hi != 0 {
-				high = hi
-			}
-			if !plainBytes(s[k : k+8]) {
-				return 0, false
-			}
-			continue
+	rest := s
+	// Thirty-two bytes at a time while no byte needs a look: four words
+	// tested at once, with one branch.
+	for len(rest) >= 32 {
+		w0 := binary.LittleEndian.Uint64(rest)
+		w1 := binary.LittleEndian.Uint64(rest[8:])
+		w2 := binary.LittleEndian.Uint64(rest[16:])
+		w3 := binary.LittleEndian.Uint64(rest[24:])
+		if (controlOrBackslash(w0)|controlOrBackslash(w1)|controlOrBackslash(w2)|controlOrBackslash(w3))&hi != 0 {
+			break // the loop below looks at these words one by one
+		}
+		high |= (w0 | w1 | w2 | w3) & hi
+		rest = rest[32:]
+	}
+	for len(rest) >= 8 {
+		w := binary.LittleEndian.Uint64(rest)
+		if controlOrBackslash(w)&hi != 0 && !plainBytes(rest[:8]) {
+			return 0, false
 		}
 		high |= w & hi
+		rest = rest[8:]
 	}
-	if !plainBytes(s[k:]) {
+	if !plainBytes(rest) {
 		return 0, false
 	}
-	for _, c := range s[k:] {
+	for _, c := range rest {
 		high |= uint64(c & 0x80)
 	}
 	if high != 0 && !utf8.Valid(s) {
 		return 0, false
 	}
 	return start + q, true
+}
+
+// controlOrBackslash has the high bit of a byte set where w may have a
+// byte below 0x20 (a control character) or a backslash; none set means w
+// has neither. (A byte of 0x80 and up may set it too.)
+func controlOrBackslash(w uint64) uint64 {
+	const lo = 0x0101010101010101
+	bs := w ^ (lo * '\\')
+	return (w-lo*0x20)&^w | (bs-lo)&^bs
 }
 
 // plainBytes reports whether s has no control character and no backslash.
@@ -425,14 +440,17 @@ func (p *flatJSON) encode(b []byte, v reflect.Value) ([]byte, bool) {
 // (with its HTML escaping, as json.Marshal does): no control character, no
 // '"', '\\', '<', '>' or '&', valid UTF-8 without U+2028 and U+2029.
 func plainOut(s string) bool {
-	const lo, hi = 0x0101010101010101, 0x8080808080808080
-	has := func(w uint64, c byte) uint64 { x := w ^ (lo * uint64(c)); return (x - lo) &^ x & hi }
 	high := false
 	k := 0
+	// Thirty-two bytes at a time while no byte needs a look (one branch
+	// for four words), then a word at a time.
+	for ; k+32 <= len(s); k += 32 {
+		if (outLook(word(s[k:k+8]))|outLook(word(s[k+8:k+16]))|outLook(word(s[k+16:k+24]))|outLook(word(s[k+24:k+32])))&hiBits != 0 {
+			break
+		}
+	}
 	for ; k+8 <= len(s); k += 8 {
-		w := uint64(s[k]) | uint64(s[k+1])<<8 | uint64(s[k+2])<<16 | uint64(s[k+3])<<24 |
-			uint64(s[k+4])<<32 | uint64(s[k+5])<<40 | uint64(s[k+6])<<48 | uint64(s[k+7])<<56
-		if (w-lo*0x20)&^w&hi|has(w, '"')|has(w, '\\')|has(w, '<')|has(w, '>')|has(w, '&')|w&hi == 0 {
+		if outLook(word(s[k:k+8]))&hiBits == 0 {
 			continue
 		}
 		for j := k; j < k+8; j++ {
@@ -449,6 +467,29 @@ func plainOut(s string) bool {
 		high = high || s[j] >= utf8.RuneSelf
 	}
 	return !high || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
+}
+
+const loBits, hiBits = 0x0101010101010101, 0x8080808080808080
+
+// word is b's eight bytes, little-endian (one load: b's length is known).
+func word(b string) uint64 {
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+// outLook has the high bit of a byte set where w may have a byte that
+// encoding/json does not write as it is, or one of 0x80 and up (UTF-8 to
+// check); none set means w's bytes are written as they are. zero(x) sets a
+// byte's high bit where x may have a zero byte (exact as a test for any).
+// Bytes that differ in one bit share a test: '"' (0x22) and '&' (0x26),
+// '<' (0x3c) and '>' (0x3e).
+func outLook(w uint64) uint64 {
+	zero := func(x uint64) uint64 { return (x - loBits) &^ x }
+	control := (w - loBits*0x20) &^ w
+	quoteAmp := zero((w ^ loBits*'"') &^ (loBits * ('"' ^ '&')))
+	angle := zero((w ^ loBits*'<') &^ (loBits * ('<' ^ '>')))
+	backslash := zero(w ^ loBits*'\\')
+	return control | quoteAmp | angle | backslash | w
 }
 
 func plainOutByte(c byte) bool {

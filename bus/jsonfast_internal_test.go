@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/busway/busway/transport"
 )
@@ -243,4 +244,87 @@ func FuzzFlatJSONEncode(f *testing.F) {
 		encodeBoth(t, flatOrder{ID: s, Amount: int(n), Note: s})
 		encodeBoth(t, flatOut{S: s, T: s[len(s)/2:], B: b, I8: int8(n), I: int(n), U16: uint16(n), Label: flatLabel(s)})
 	})
+}
+
+// TestPlainOutMatchesEncodingJSON: plainOut says a string is plain exactly
+// when json.Marshal writes it unchanged between quotes, for every byte value
+// at every position of strings that span the eight-byte words and the tail,
+// and for multi-byte characters across a word's boundary.
+func TestPlainOutMatchesEncodingJSON(t *testing.T) {
+	check := func(s string) {
+		t.Helper()
+		out, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := string(out) == `"`+s+`"`
+		if got := plainOut(s); got != want {
+			t.Fatalf("plainOut(%q) = %v, json.Marshal writes %s", s, got, out)
+		}
+	}
+	for _, n := range []int{1, 7, 8, 9, 16, 17, 23} {
+		for pos := range n {
+			for c := range 256 {
+				b := []byte(strings.Repeat("a", n))
+				b[pos] = byte(c)
+				check(string(b))
+			}
+		}
+	}
+	for _, r := range []string{"é", "€", "😀", "\u2028", "\u2029", "\ufffd", "\xed\xa0\x80"} {
+		for pos := range 12 {
+			check(strings.Repeat("a", pos) + r + strings.Repeat("b", 12-pos))
+		}
+	}
+}
+
+func BenchmarkPlainOut(b *testing.B) {
+	s := strings.Repeat("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", 64) // 4 KiB
+	b.SetBytes(int64(len(s)))
+	for b.Loop() {
+		if !plainOut(s) {
+			b.Fatal("not plain")
+		}
+	}
+}
+
+// TestPlainStringMatchesByteLoop: plainString finds the closing quote and
+// accepts the string exactly when a byte-by-byte reading would (no control
+// character, no backslash, valid UTF-8), for every byte value at every
+// position of strings that span the eight-byte words and the tail.
+func TestPlainStringMatchesByteLoop(t *testing.T) {
+	ref := func(data []byte, start int) (int, bool) {
+		for j := start; j < len(data); j++ {
+			switch c := data[j]; {
+			case c == '"':
+				return j, utf8.Valid(data[start:j])
+			case c < 0x20 || c == '\\':
+				return 0, false
+			}
+		}
+		return 0, false
+	}
+	for _, n := range []int{1, 7, 8, 9, 16, 17, 23} {
+		for pos := range n {
+			for c := range 256 {
+				data := []byte(`"` + strings.Repeat("a", n) + `"x`)
+				data[1+pos] = byte(c)
+				wantEnd, wantOK := ref(data, 1)
+				end, ok := plainString(data, 1)
+				if ok != wantOK || ok && end != wantEnd {
+					t.Fatalf("plainString(%q) = %d, %v; want %d, %v", data, end, ok, wantEnd, wantOK)
+				}
+			}
+		}
+	}
+}
+
+func BenchmarkPlainString(b *testing.B) {
+	data := []byte(`"` + strings.Repeat("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", 64) + `"`)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, ok := plainString(data, 1); !ok {
+			b.Fatal("not plain")
+		}
+	}
 }

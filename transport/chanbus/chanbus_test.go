@@ -523,9 +523,7 @@ func TestGroupRemovedWithLastMember(t *testing.T) {
 	if err := sub.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	tr.mu.RLock()
-	n := len(tr.topics)
-	tr.mu.RUnlock()
+	n := len(*tr.topics.Load())
 	if n != 0 {
 		t.Errorf("%d topics left after the last member closed", n)
 	}

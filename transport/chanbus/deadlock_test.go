@@ -244,12 +244,10 @@ func TestHandlerPublishWaitsForARunningConsumer(t *testing.T) {
 	// B's worker holds the first message, its shard the second; the third
 	// publish must wait for room.
 	waitCount(t, 20*time.Second, "group a's handler publishing its third follow-up", 3, publishing.Load)
-	tr.mu.RLock()
 	var gb *group
-	for _, g := range tr.topics["b"] {
+	for _, g := range tr.groups("b") {
 		gb = g
 	}
-	tr.mu.RUnlock()
 	deadline := time.Now().Add(100 * time.Millisecond) // only for looking: the assertion is that n never exceeds 1
 	for time.Now().Before(deadline) {
 		n, _ := gb.d.Waiting("k")

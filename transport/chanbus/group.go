@@ -24,8 +24,13 @@ type group struct {
 	gone        chan struct{} // closed by teardown: unblocks waiting publishers
 	// mu: publishers hold it shared while queueing; teardown takes it
 	// exclusively, so no message is queued after the group was drained.
+	// Every Publish writes it, so it has a cache line of its own: a lane
+	// (which a worker writes on every message) allocated next to the group
+	// made each RLock a cache miss.
+	_       [64]byte
 	mu      sync.RWMutex
 	removed bool
+	_       [64]byte
 	members int // guarded by t.mu
 	running int // workers of its members not waiting to publish; guarded by t.waits.mu
 

@@ -16,9 +16,7 @@ import (
 // for room that only a waiting worker could make). Messages for a topic
 // without groups are dropped. It returns ErrClosed after Close.
 func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
-	t.mu.RLock()
-	groups := t.topics[topic]
-	t.mu.RUnlock()
+	groups := t.groups(topic)
 	if len(groups) > 0 {
 		// The topic is valid: its groups' Subscribe checked it.
 		for _, m := range msgs {

@@ -30,7 +30,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		return nil, fmt.Errorf("chanbus: subscribe to %q: %w", topic, transport.ErrClosed)
 	}
 	var g *group
-	groups := t.topics[topic]
+	groups := t.groups(topic)
 	for _, x := range groups {
 		if x.name == opts.Group {
 			g = x
@@ -39,7 +39,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	}
 	if g == nil {
 		g = t.newGroup(topic, opts.Group)
-		t.topics[topic] = append(slices.Clip(groups), g)
+		t.setGroups(topic, append(slices.Clip(groups), g))
 	}
 	g.members++
 	workers := opts.Workers()
@@ -66,18 +66,14 @@ func (t *Transport) leave(s *subscription) {
 	g.members--
 	last := g.members == 0
 	if last {
-		groups := t.topics[g.topic]
+		groups := t.groups(g.topic)
 		rest := make([]*group, 0, len(groups))
 		for _, x := range groups {
 			if x != g {
 				rest = append(rest, x)
 			}
 		}
-		if len(rest) == 0 {
-			delete(t.topics, g.topic)
-		} else {
-			t.topics[g.topic] = rest
-		}
+		t.setGroups(g.topic, rest)
 	}
 	t.mu.Unlock()
 	if last {

@@ -23,8 +23,11 @@ type Transport struct {
 	log *slog.Logger
 
 	closer transport.CloseOnce
-	mu     sync.RWMutex
-	topics map[string][]*group // copy-on-write slices: Publish reads them without the lock
+	// topics maps each topic to its groups. Publish reads it without a
+	// lock; Subscribe and leave replace it (map and slices are never
+	// changed once stored) while they hold mu.
+	topics atomic.Pointer[map[string][]*group]
+	mu     sync.Mutex
 	subs   map[*subscription]struct{}
 
 	pend     pending       // for WaitIdle and WaitSettled
@@ -39,12 +42,28 @@ func New(opts ...Option) *Transport {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Transport{
-		cfg:    c,
-		log:    log,
-		topics: make(map[string][]*group),
-		subs:   make(map[*subscription]struct{}),
+	t := &Transport{
+		cfg:  c,
+		log:  log,
+		subs: make(map[*subscription]struct{}),
 	}
+	t.topics.Store(&map[string][]*group{})
+	return t
+}
+
+// groups returns the groups of topic.
+func (t *Transport) groups(topic string) []*group { return (*t.topics.Load())[topic] }
+
+// setGroups makes groups topic's groups (none: the topic is removed).
+// t.mu is held.
+func (t *Transport) setGroups(topic string, groups []*group) {
+	m := maps.Clone(*t.topics.Load())
+	if len(groups) == 0 {
+		delete(m, topic)
+	} else {
+		m[topic] = groups
+	}
+	t.topics.Store(&m)
 }
 
 // Close closes every subscription, waiting for their running handlers (and
@@ -71,7 +90,7 @@ func (t *Transport) close() error {
 // or is waiting in retry backoff after a handler error; or ctx's error when
 // ctx ends first.
 func (t *Transport) WaitIdle(ctx context.Context) error {
-	return t.pend.wait(ctx, &t.pend.idle)
+	return t.pend.wait(ctx, idleCount)
 }
 
 // WaitSettled returns nil once every message published so far has been
@@ -79,7 +98,7 @@ func (t *Transport) WaitIdle(ctx context.Context) error {
 // retry backoff to be delivered again and succeed. A message whose handler
 // keeps failing keeps it waiting until ctx ends.
 func (t *Transport) WaitSettled(ctx context.Context) error {
-	return t.pend.wait(ctx, &t.pend.unacked)
+	return t.pend.wait(ctx, unackedCount)
 }
 
 // Stats are counters of a Transport since New.

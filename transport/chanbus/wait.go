@@ -113,64 +113,93 @@ func (ws *waits) broadcastLocked() {
 
 // pending counts the messages queued or being handled (idle: WaitIdle)
 // and those not yet acknowledged or dropped, backoff included (unacked:
-// WaitSettled). Publishers and workers change them on every message, so
-// each is an atomic counter; only its waiters take a lock.
+// WaitSettled). Publishers and workers change both on every message, so
+// they share one atomic word (idle in its low 32 bits, unacked in its high
+// 32), which each changes with one atomic add, on a cache line of its own:
+// the fields Publish reads stay off the line that every worker writes.
+// Only waiters take the lock.
+//
+// Neither count goes below zero, not even for a moment: a message is
+// counted before it is queued and uncounted after, so an add never borrows
+// from the other half.
 type pending struct {
-	idle, unacked counter
+	_       [64]byte
+	n       atomic.Uint64
+	waiting atomic.Bool // a waiter registered: the add that reaches 0 wakes it
+	_       [64]byte
+	mu      sync.Mutex
+	idle    chan struct{} // closed when idle reaches 0; nil while nobody waits
+	unacked chan struct{} // the same for unacked
 }
 
-type counter struct {
-	n       atomic.Int64
-	waiting atomic.Bool // a waiter registered: the add that reaches 0 wakes it
-	mu      sync.Mutex
-	waiters chan struct{} // closed when n reaches 0; nil while nobody waits
-}
+// Which of pending's counts a waiter waits for.
+const (
+	idleCount    = 1
+	unackedCount = 2
+)
 
 func (p *pending) add(idle, unacked int) {
-	if idle != 0 {
-		p.idle.add(int64(idle))
-	}
-	if unacked != 0 {
-		p.unacked.add(int64(unacked))
-	}
-}
-
-func (c *counter) add(k int64) {
+	v := p.n.Add(uint64(int64(idle)) + uint64(int64(unacked))<<32)
 	// Add then look for a waiter, as wait registers then looks at n: one
 	// of the two sees the other (sequentially consistent atomics).
-	if c.n.Add(k) == 0 && c.waiting.Load() {
-		c.wake()
+	var zero int
+	if idle != 0 && uint32(v) == 0 {
+		zero |= idleCount
+	}
+	if unacked != 0 && v>>32 == 0 {
+		zero |= unackedCount
+	}
+	if zero != 0 && p.waiting.Load() {
+		p.wake(zero)
 	}
 }
 
-// wake releases the waiters: n reached 0 since they registered.
-func (c *counter) wake() {
-	c.mu.Lock()
-	if c.waiters != nil {
-		close(c.waiters)
-		c.waiters = nil
-		c.waiting.Store(false)
+// count returns one of the counts.
+func (p *pending) count(which int) uint64 {
+	v := p.n.Load()
+	if which == idleCount {
+		return uint64(uint32(v))
 	}
-	c.mu.Unlock()
+	return v >> 32
 }
 
-// wait waits until c, one of p's counters, is 0.
-func (p *pending) wait(ctx context.Context, c *counter) error {
-	if c.n.Load() == 0 {
+// wake releases the waiters of the counts in zero: they reached 0 since
+// the waiters registered.
+func (p *pending) wake(zero int) {
+	p.mu.Lock()
+	if zero&idleCount != 0 && p.idle != nil {
+		close(p.idle)
+		p.idle = nil
+	}
+	if zero&unackedCount != 0 && p.unacked != nil {
+		close(p.unacked)
+		p.unacked = nil
+	}
+	p.waiting.Store(p.idle != nil || p.unacked != nil)
+	p.mu.Unlock()
+}
+
+// wait waits until one of the counts (idleCount, unackedCount) is 0.
+func (p *pending) wait(ctx context.Context, which int) error {
+	if p.count(which) == 0 {
 		return nil
 	}
-	c.mu.Lock()
-	if c.waiters == nil {
-		c.waiters = make(chan struct{})
+	p.mu.Lock()
+	ch := &p.idle
+	if which == unackedCount {
+		ch = &p.unacked
 	}
-	ch := c.waiters
-	c.waiting.Store(true)
-	c.mu.Unlock()
-	if c.n.Load() == 0 {
-		c.wake() // it reached 0 before the add could see this waiter
+	if *ch == nil {
+		*ch = make(chan struct{})
+	}
+	w := *ch
+	p.waiting.Store(true)
+	p.mu.Unlock()
+	if p.count(which) == 0 {
+		p.wake(which) // it reached 0 before the add could see this waiter
 	}
 	select {
-	case <-ch:
+	case <-w:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
