@@ -14,19 +14,26 @@ import (
 // dispatch queues m behind the unfinished messages of its key, blocking
 // while MaxInFlight messages are unfinished.
 func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Message) error {
+	_, err := s.dispatchWaited(ctx, p, m)
+	return err
+}
+
+// dispatchWaited is dispatch, reporting whether it blocked.
+func (s *subscription) dispatchWaited(ctx context.Context, p *partition, m kafkago.Message) (waited bool, err error) {
 	select {
 	case s.inflight <- struct{}{}:
 	default:
+		waited = true
 		select {
 		case s.inflight <- struct{}{}:
 		case <-ctx.Done():
-			return ctx.Err()
+			return waited, ctx.Err()
 		}
 	}
 	p.wg.Add(1)
 	key := string(m.Key)
 	s.d.Add(key, &job{p: p, m: m, key: key})
-	return nil
+	return waited, nil
 }
 
 // lane is a key's unfinished messages, in offset order, as the dispatcher

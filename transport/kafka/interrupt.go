@@ -10,13 +10,13 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// fetchConns are the connections of one partition reader. kafka-go's
-// Reader cannot interrupt a fetch that the broker holds open (up to
-// Config.FetchMaxWait when the partition has no new records): its Close
-// waits the fetch out, so every Subscription.Close and every revoked
-// partition would wait most of FetchMaxWait. Once stopped, every read
-// deadline of these connections is in the past: the fetch in flight fails
-// at once and the reader, whose context is already canceled, returns.
+// fetchConns are the connections of one partition's fetch loop. A
+// kafka-go Conn cannot interrupt a fetch that the broker holds open (up to
+// Config.FetchMaxWait when the partition has no new records) on a context:
+// every Subscription.Close and every revoked partition would wait most of
+// FetchMaxWait. Once stopped, every read deadline of these connections is
+// in the past: the fetch in flight fails at once and the loop, whose
+// context is already canceled, returns.
 type fetchConns struct {
 	stopped atomic.Bool
 	mu      sync.Mutex

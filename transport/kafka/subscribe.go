@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -493,56 +494,17 @@ func (p *partition) finish(off int64) {
 // consume fetches one partition until its generation ends or the
 // subscription closes, then drains it and commits.
 func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *partition, offset int64) {
-	cfg := s.t.cfg
 	conns := &fetchConns{}
-	r := kafkago.NewReader(kafkago.ReaderConfig{
-		Brokers:        cfg.Brokers,
-		Topic:          s.topic,
-		Partition:      p.id,
-		Dialer:         conns.dialer(s.t.dialer),
-		MinBytes:       1,
-		MaxBytes:       cfg.FetchMaxBytes,
-		MaxWait:        cfg.FetchMaxWait,
-		ReadBackoffMin: cfg.RetryBackoff,
-		ReadBackoffMax: cfg.RetryBackoffMax,
-		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
-			if !conns.stopped.Load() { // a stopped reader's interrupted fetch is no news
-				s.log.Info("kafka-go reader: " + fmt.Sprintf(f, a...))
-			}
-		}),
-	})
 	fctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.stopCtx, cancel)
-	err := r.SetOffset(offset)
-	for err == nil {
-		var m kafkago.Message
-		m, err = r.FetchMessage(fctx)
-		if err != nil {
-			if fctx.Err() == nil {
-				s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
-				err = backoff.Sleep(fctx, cfg.RetryBackoff)
-			}
-			continue
-		}
-		for err == nil && p.full(s.window) {
-			select {
-			case <-p.advanced:
-			case <-fctx.Done():
-				err = fctx.Err()
-			}
-		}
-		if err != nil {
-			break
-		}
-		p.add(m.Offset)
-		err = s.dispatch(fctx, p, m)
-	}
+	// A fetch the broker holds open, or a read of its records, fails at
+	// once when fetching stops.
+	interrupt := context.AfterFunc(fctx, conns.stop)
+	s.fetch(fctx, p, offset, conns.dialer(s.t.dialer))
 	stop()
+	interrupt()
 	cancel()
-	conns.stop() // else r.Close waits for a fetch the broker holds open
-	if err := r.Close(); err != nil {
-		s.log.Debug("kafka: closing partition reader", "partition", p.id, "err", err)
-	}
+	conns.stop()
 	s.drain(p)
 	if s.hooks.finalCommit == nil || s.hooks.finalCommit() {
 		s.commit(gen, p)
@@ -551,6 +513,160 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 	// Returning ends the generation: wait until it ends anyway (revocation
 	// or Close), so that a drained partition does not trigger a rejoin.
 	<-ctx.Done()
+}
+
+// fetchReadTimeout bounds reading a fetched batch's records once its
+// response began (kafka-go's Reader's ReadBatchTimeout default); it starts
+// again after fetching paused for room.
+const fetchReadTimeout = 10 * time.Second
+
+// fetch reads partition p from offset and dispatches its records until ctx
+// ends: one connection to the partition's leader, one fetch at a time, the
+// records read from the connection as kafka-go's Reader reads them (its
+// Conn and Batch), without the Reader's goroutine and queue between the
+// connection and the dispatcher, or its deadline per record. Errors are
+// retried as the Reader retries them: after a backoff (RetryBackoff,
+// doubling up to RetryBackoffMax), with a new connection to the leader
+// when the error says the leader moved or the connection broke.
+func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, dialer *kafkago.Dialer) {
+	var conn *kafkago.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	retry := backoff.Policy{InitialInterval: s.t.cfg.RetryBackoff, MaxInterval: s.t.cfg.RetryBackoffMax}
+	fails := 0 // consecutive failures: the next try waits for retry.Delay(fails)
+	for ctx.Err() == nil {
+		if fails > 0 && backoff.Sleep(ctx, retry.Delay(fails)) != nil {
+			return
+		}
+		if conn == nil {
+			c, off, err := s.dialLeader(ctx, dialer, p.id, offset)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Info("kafka: connecting to the partition's leader failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
+				}
+				fails++
+				continue
+			}
+			conn, offset = c, off
+		}
+		err := s.readBatch(ctx, conn, p)
+		if next, _ := conn.Offset(); next >= 0 {
+			offset = next // past what was dispatched (and records a compaction removed)
+		}
+		var ke kafkago.Error
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil, errors.Is(err, io.EOF), errors.Is(err, kafkago.RequestTimedOut):
+			fails = 0
+		case errors.Is(err, kafkago.OffsetOutOfRange):
+			first, last, oerr := conn.ReadOffsets()
+			switch {
+			case oerr != nil:
+				conn.Close()
+				conn = nil
+				fails++
+			case offset < first:
+				// The records up to first were deleted (retention).
+				s.log.Warn("kafka: fetching before the partition's first offset; skipping to it", "partition", p.id, "offset", offset, "first", first)
+				offset, fails = first, 0
+				_, _ = conn.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck)
+			case offset < last:
+				fails = 0
+			default:
+				fails++
+			}
+		case errors.As(err, &ke) && ke != kafkago.NotLeaderForPartition && ke != kafkago.UnknownTopicOrPartition:
+			s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
+			fails++
+		default:
+			// The leader moved, or the connection broke: connect again.
+			s.log.Info("kafka: fetch failed; connecting to the partition's leader again", "partition", p.id, "err", classify(context.Background(), err))
+			conn.Close()
+			conn = nil
+			fails++
+		}
+	}
+}
+
+// dialLeader connects to the leader of the topic's partition id, through
+// the first broker that answers, positioned at offset (FirstOffset and an
+// offset before the partition's first one mean its first, LastOffset its
+// last), and returns the connection and the offset.
+func (s *subscription) dialLeader(ctx context.Context, dialer *kafkago.Dialer, id int, offset int64) (*kafkago.Conn, int64, error) {
+	var errs []error
+	for _, b := range s.t.cfg.Brokers {
+		conn, err := dialer.DialLeader(ctx, "tcp", b, s.topic, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		first, last, err := conn.ReadOffsets()
+		if err == nil {
+			switch {
+			case offset == kafkago.FirstOffset, offset < first:
+				offset = first
+			case offset == kafkago.LastOffset:
+				offset = last
+			}
+			offset, err = conn.Seek(offset, kafkago.SeekAbsolute)
+		}
+		if err != nil {
+			conn.Close()
+			return nil, 0, err
+		}
+		_ = conn.SetDeadline(time.Time{})
+		return conn, offset, nil
+	}
+	return nil, 0, errors.Join(errs...)
+}
+
+// readBatch makes one fetch on conn (from its offset) and dispatches the
+// records, pausing while the partition or the subscription has no room
+// (MaxInFlight, CommitEvery). It returns the error that ended the batch:
+// io.EOF when all of it was dispatched.
+func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *partition) error {
+	cfg := s.t.cfg
+	// As kafka-go's Reader: the broker holds the fetch open for part of
+	// FetchMaxWait, the rest is the round trip's.
+	_ = conn.SetReadDeadline(time.Now().Add(cfg.FetchMaxWait))
+	batch := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: cfg.FetchMaxBytes})
+	_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
+	var err error
+	for {
+		var m kafkago.Message
+		if m, err = batch.ReadMessage(); err != nil {
+			break
+		}
+		waited := false
+		for err == nil && p.full(s.window) {
+			waited = true
+			select {
+			case <-p.advanced:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		if err != nil {
+			break
+		}
+		p.add(m.Offset)
+		var w bool
+		if w, err = s.dispatchWaited(ctx, p, m); err != nil {
+			break
+		}
+		if waited || w {
+			_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
+		}
+	}
+	if cerr := batch.Close(); cerr != nil && errors.Is(err, io.EOF) {
+		err = cerr
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return err
 }
 
 // drain waits for the partition's dispatched messages, at most DrainTimeout
