@@ -31,8 +31,7 @@ func (s *subscription) dispatchWaited(ctx context.Context, p *partition, m kafka
 		}
 	}
 	p.wg.Add(1)
-	key := string(m.Key)
-	s.d.Add(key, &job{p: p, m: m, key: key})
+	s.d.Add(newJob(p, &m))
 	return waited, nil
 }
 
@@ -106,17 +105,17 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 	p := j.p
 	switch {
 	case err == nil:
-		p.finish(j.m.Offset)
+		p.finish(j.off)
 	case p.stopping():
 		p.abandon(l.Key())
 	case !s.t.cfg.retry.Retries(l.Attempt):
 		// Out of budget: give it up, so that its key and partition go on.
 		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
-			"offset", j.m.Offset, "id", d.m.ID, "attempts", l.Attempt, "err", err)
-		p.finish(j.m.Offset)
+			"offset", j.off, "id", d.m.ID, "attempts", l.Attempt, "err", err)
+		p.finish(j.off)
 	default:
 		delay := s.t.cfg.retry.Delay(l.Attempt)
-		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.m.Offset,
+		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.off,
 			"attempt", l.Attempt, "backoff", delay, "err", err)
 		s.retryLater(l, p, delay)
 		return nil
@@ -169,24 +168,32 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 	if d.meta == nil {
 		d.hdr, d.meta = make(map[string]string), make(map[string]string, 2)
 	}
-	clear(d.hdr)
-	clear(d.meta)
-	m := &j.m
+	if len(d.hdr) > 0 {
+		clear(d.hdr)
+	}
+	// The two keys are written over the last message's (a handler may
+	// have changed the map: then it is cleared first).
+	offset := strconv.FormatInt(j.off, 10)
 	d.meta[transport.MetaPartition] = j.p.idText
-	d.meta[transport.MetaOffset] = strconv.FormatInt(m.Offset, 10)
+	d.meta[transport.MetaOffset] = offset
+	if len(d.meta) != 2 {
+		clear(d.meta)
+		d.meta[transport.MetaPartition] = j.p.idText
+		d.meta[transport.MetaOffset] = offset
+	}
 	msg := &d.m
 	*msg = transport.Message{
-		Body:    m.Value,
+		Body:    j.value,
 		Topic:   s.topic,
 		Group:   s.group,
-		Time:    m.Time,
+		Time:    j.time,
 		Attempt: attempt,
 		Meta:    d.meta,
 	}
 	msg.Key = j.key
-	if len(m.Headers) > 0 {
+	if len(j.headers) > 0 {
 		msg.Header = d.hdr
-		for _, h := range m.Headers {
+		for _, h := range j.headers {
 			msg.Header[h.Key] = string(h.Value)
 		}
 		if id, ok := msg.Header[idHeader]; ok {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -297,10 +298,23 @@ type hooks struct {
 
 func (hooks) Transport() string { return Scheme }
 
+// job is a fetched record on its way through the dispatcher: what the
+// delivery needs of its kafka-go Message.
 type job struct {
-	p   *partition
-	m   kafkago.Message
-	key string // m.Key, converted once: the dispatcher's key and Message.Key
+	p       *partition
+	key     string // the record's key: the dispatcher's key and Message.Key
+	off     int64
+	time    time.Time
+	value   []byte
+	headers []kafkago.Header
+}
+
+// newJob is m's job, and the dispatcher's key. The key's string shares
+// m.Key's bytes: kafka-go's Batch.ReadMessage allocates them for this one
+// record, and nothing writes them (the handler gets the string).
+func newJob(p *partition, m *kafkago.Message) (string, *job) {
+	key := unsafe.String(unsafe.SliceData(m.Key), len(m.Key))
+	return key, &job{p: p, key: key, off: m.Offset, time: m.Time, value: m.Value, headers: m.Headers}
 }
 
 // Close stops fetching, lets in-flight handlers finish until ctx ends (then
@@ -445,14 +459,24 @@ func (p *partition) add(off int64) {
 	p.mu.Unlock()
 }
 
-// full reports whether fetching must pause: window messages are fetched
+// fullLocked reports whether fetching must pause: window messages are fetched
 // past the first unfinished one, or window+every past the committed offset
 // (the most a crash can make the group handle again).
-func (p *partition) full(window int) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func (p *partition) fullLocked(window int) bool {
 	pending := int64(len(p.pending) - p.head)
 	return pending >= int64(window) || pending+p.done-p.doneCommitted >= int64(window)+p.every
+}
+
+// reserve adds off to the partition's pending offsets unless fetching
+// must pause (see fullLocked), and reports whether it did.
+func (p *partition) reserve(off int64, window int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fullLocked(window) {
+		return false
+	}
+	p.pending = append(p.pending, pendingOffset{off: off})
+	return true
 }
 
 func (p *partition) finish(off int64) {
@@ -642,7 +666,7 @@ func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *par
 			break
 		}
 		waited := false
-		for err == nil && p.full(s.window) {
+		for err == nil && !p.reserve(m.Offset, s.window) {
 			waited = true
 			select {
 			case <-p.advanced:
@@ -653,7 +677,6 @@ func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *par
 		if err != nil {
 			break
 		}
-		p.add(m.Offset)
 		var w bool
 		if w, err = s.dispatchWaited(ctx, p, m); err != nil {
 			break
