@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -524,7 +525,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 	// A fetch the broker holds open, or a read of its records, fails at
 	// once when fetching stops.
 	interrupt := context.AfterFunc(fctx, conns.stop)
-	s.fetch(fctx, p, offset, conns.dialer(s.t.dialer))
+	s.fetch(fctx, p, offset, conns.dialer(s.t.dialer), &conns.stopped)
 	stop()
 	interrupt()
 	cancel()
@@ -552,7 +553,7 @@ const fetchReadTimeout = 10 * time.Second
 // retried as the Reader retries them: after a backoff (RetryBackoff,
 // doubling up to RetryBackoffMax), with a new connection to the leader
 // when the error says the leader moved or the connection broke.
-func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, dialer *kafkago.Dialer) {
+func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, dialer *kafkago.Dialer, stopped *atomic.Bool) {
 	var conn *kafkago.Conn
 	defer func() {
 		if conn != nil {
@@ -576,7 +577,7 @@ func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, di
 			}
 			conn, offset = c, off
 		}
-		err := s.readBatch(ctx, conn, p)
+		err := s.readBatch(ctx, conn, p, stopped)
 		if next, _ := conn.Offset(); next >= 0 {
 			offset = next // past what was dispatched (and records a compaction removed)
 		}
@@ -652,7 +653,7 @@ func (s *subscription) dialLeader(ctx context.Context, dialer *kafkago.Dialer, i
 // records, pausing while the partition or the subscription has no room
 // (MaxInFlight, CommitEvery). It returns the error that ended the batch:
 // io.EOF when all of it was dispatched.
-func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *partition) error {
+func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *partition, stopped *atomic.Bool) error {
 	cfg := s.t.cfg
 	// As kafka-go's Reader: the broker holds the fetch open for part of
 	// FetchMaxWait, the rest is the round trip's.
@@ -663,6 +664,12 @@ func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *par
 	for {
 		var m kafkago.Message
 		if m, err = batch.ReadMessage(); err != nil {
+			break
+		}
+		if stopped.Load() {
+			// Records read from the connection's buffer after the stop
+			// are left to the partition's next fetch.
+			err = ctx.Err()
 			break
 		}
 		waited := false
