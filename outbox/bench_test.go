@@ -240,12 +240,14 @@ func rawRound(ctx context.Context, o *Outbox, size int) (int, error) {
 	}
 	var ids []int64
 	for rs.Next() {
-		var x row
-		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
+		var id int64
+		var topic, key, mid string
+		var headers, body []byte
+		if err := rs.Scan(&id, &topic, &key, &mid, &headers, &body); err != nil {
 			rs.Close()
 			return 0, err
 		}
-		ids = append(ids, x.id)
+		ids = append(ids, id)
 	}
 	rs.Close()
 	if len(ids) > 0 {

@@ -30,14 +30,17 @@ func encodeHeaders(h map[string]string) []byte {
 	return b
 }
 
+// decodeHeaders decodes b (which it does not keep) into a map whose names
+// and values are substrings of one string: one copy of b instead of one
+// allocation per name and value.
 func decodeHeaders(b []byte) (map[string]string, error) {
 	if len(b) == 0 || b[0] != headerFormat {
 		return nil, fmt.Errorf("%w: unknown format", errCorrupt)
 	}
-	b = b[1:]
+	s := string(b[1:])
 	h := make(map[string]string, 8)
-	for len(b) > 0 {
-		k, rest, err := readString(b)
+	for len(s) > 0 {
+		k, rest, err := readString(s)
 		if err != nil {
 			return nil, err
 		}
@@ -46,15 +49,27 @@ func decodeHeaders(b []byte) (map[string]string, error) {
 			return nil, err
 		}
 		h[k] = v
-		b = rest
+		s = rest
 	}
 	return h, nil
 }
 
-func readString(b []byte) (string, []byte, error) {
-	n, w := binary.Uvarint(b)
-	if w <= 0 || n > uint64(len(b)-w) {
-		return "", nil, fmt.Errorf("%w: truncated", errCorrupt)
+// readString reads one uvarint-prefixed string off s.
+func readString(s string) (string, string, error) {
+	var n uint64
+	for i := 0; i < len(s) && i < binary.MaxVarintLen64; i++ {
+		c := s[i]
+		if c < 0x80 {
+			if i == binary.MaxVarintLen64-1 && c > 1 {
+				break // overflows 64 bits
+			}
+			n |= uint64(c) << (7 * i)
+			if w := i + 1; n <= uint64(len(s)-w) {
+				return s[w : w+int(n)], s[w+int(n):], nil
+			}
+			break
+		}
+		n |= uint64(c&0x7f) << (7 * i)
 	}
-	return string(b[w : w+int(n)]), b[w+int(n):], nil
+	return "", "", fmt.Errorf("%w: truncated", errCorrupt)
 }

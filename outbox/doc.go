@@ -103,10 +103,12 @@
 //
 // # Performance
 //
-// On PostgreSQL a backlog costs two statements per batch, one of them off
-// the critical path: while a batch is published the next one is read on the
-// same connection, and once the batch went out it is deleted, before the
-// next goes out (so a crash re-sends at most one batch). Rows are deleted
+// On PostgreSQL a backlog costs one statement per batch and one per four
+// batches, the latter off the critical path: while a batch is published
+// the next four are read on the same connection (one index scan from the
+// oldest row, which also walks the entries of the rows deleted before
+// until VACUUM removes them), and once the batch went out it is deleted,
+// before the next goes out (so a crash re-sends at most one batch). Rows are deleted
 // by ranges of consecutive ids (one index range scan per range), the ranges
 // passed as two parameters so that each statement is prepared once. Under a
 // stream a round is one statement: it deletes the rows the round before
@@ -115,8 +117,11 @@
 // WAL flush; if the server crashes before the flush the rows come back and
 // are published again, which at-least-once allows. Under a stream of small
 // commits, rounds start at most every RelayOptions.Coalesce (1ms; up to
-// 4ms under a heavy stream), so that the relay takes several rows per
-// statement and leaves the database and the CPU to the writers. Figures: BenchmarkPGWriters, BenchmarkPGDrain,
+// 4ms under a heavy stream), so that the relay
+// takes several rows per statement and leaves the database and the CPU to
+// the writers. The relay reads only the columns it sends and decodes each
+// row's headers into one string (two allocations where there were a
+// dozen). Figures: BenchmarkPGWriters, BenchmarkPGDrain,
 // BenchmarkNATSDrain, BenchmarkSQLiteDrain, BenchmarkPGLatency, each beside
 // its raw reference measured in the same call (README.md).
 //

@@ -619,14 +619,15 @@ type dbError struct{ err error }
 func (e *dbError) Error() string { return e.err.Error() }
 func (e *dbError) Unwrap() error { return e.err }
 
-// row is one outbox row.
+// row is one outbox row as the relay reads it: its headers are decoded
+// while it is scanned (hdrErr: they are corrupt, the row is poison).
 type row struct {
-	id        int64
-	topic     string
-	key, mid  string
-	headers   []byte
-	body      []byte
-	createdAt int64
+	id       int64
+	topic    string
+	key, mid string
+	header   map[string]string
+	hdrErr   error
+	body     []byte
 }
 
 // read deletes (or archives) the rows of prev, published by the round
@@ -666,28 +667,49 @@ func (r *Relay) read(ctx context.Context, ex execer, prev []int64) ([]row, error
 	return rows, nil
 }
 
-// readAhead reads the batch after the rows of cur, which are being
+// readAheadRows is about how many rows a read-ahead takes (a whole number
+// of batches, at least one): under a backlog one statement reads the next
+// four batches of 500, so that the index range of rows deleted before
+// (which a scan from the oldest id walks until VACUUM removes it) and the
+// statement's fixed cost are paid once per four batches.
+const readAheadRows = 2000
+
+// aheadRows is how many rows a read-ahead reads.
+func (r *Relay) aheadRows() int {
+	b := r.opts.BatchSize
+	return max(1, readAheadRows/b) * b
+}
+
+// readAhead reads the batches after the rows of cur, which are being
 // published and are not deleted yet.
 func (r *Relay) readAhead(ctx context.Context, ex execer, cur []row) ([]row, error) {
 	ids := make([]int64, len(cur))
 	for i := range cur {
 		ids[i] = cur[i].id
 	}
-	rs, err := ex.QueryContext(ctx, r.o.q.selectAhead, pgArray(ids), r.opts.BatchSize)
+	n := r.aheadRows()
+	rs, err := ex.QueryContext(ctx, r.o.q.selectAhead, pgArray(ids), n)
 	if err != nil {
 		return nil, err
 	}
-	return scanRows(rs, r.opts.BatchSize)
+	return scanRows(rs, n)
 }
 
+// scanRows reads the rows of rs and decodes their headers. The headers
+// column is scanned as sql.RawBytes (no copy; valid until the next Next)
+// and decoded at once into one string per row that the names and values
+// share (see decodeHeaders): two allocations per row where a copy of the
+// column and a string per name and value took a dozen or more.
 func scanRows(rs *sql.Rows, size int) ([]row, error) {
 	rows := make([]row, 0, min(size, 64))
+	var hdr sql.RawBytes
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &x.headers, &x.body, &x.createdAt); err != nil {
+		if err := rs.Scan(&x.id, &x.topic, &x.key, &x.mid, &hdr, &x.body); err != nil {
 			rs.Close()
 			return nil, err
 		}
+		x.header, x.hdrErr = decodeHeaders(hdr)
 		rows = append(rows, x)
 	}
 	if err := errors.Join(rs.Err(), rs.Close()); err != nil {
@@ -709,13 +731,18 @@ func scanRows(rs *sql.Rows, size int) ([]row, error) {
 // publishes the failed row and them again, in id order.
 //
 // Read-ahead (PostgreSQL, a full batch): while the batch is published, the
-// next one is read on the same connection, leaving out the batch's rows. If
-// the batch went out cleanly, the round deletes it itself, so that no more
-// than one batch is ever published and not deleted (what a crash
-// re-sends), and returns the next batch as ahead: the next round publishes
-// it without reading. Otherwise the rows read ahead are dropped.
+// next batches (aheadRows) are read on the same connection, leaving out
+// the batch's rows. If the batch went out cleanly, the round deletes it
+// itself, so that no more than one batch is ever published and not deleted
+// (what a crash re-sends), and returns the rows read ahead as ahead: the
+// next rounds publish them, one batch each, without reading, and the last
+// of them reads ahead again. Otherwise the rows read ahead are dropped.
 func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row) (int, []int64, []row, error) {
 	rows := ahead
+	var later []row // the batches after this one, read before or meanwhile
+	if b := r.opts.BatchSize; len(rows) > b {
+		rows, later = rows[:b:b], rows[b:]
+	}
 	if len(rows) == 0 {
 		var err error
 		rows, err = r.read(ctx, ex, prev)
@@ -723,8 +750,8 @@ func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row)
 			return 0, nil, nil, err
 		}
 	}
-	var next chan []row // the batch after, read meanwhile
-	if r.o.dialect == PostgreSQL && len(rows) >= r.opts.BatchSize {
+	var next chan []row // the batches after, read meanwhile
+	if r.o.dialect == PostgreSQL && len(rows) >= r.opts.BatchSize && len(later) == 0 {
 		next = make(chan []row, 1)
 		go func() {
 			// An error here is found again by the next round's read.
@@ -733,7 +760,6 @@ func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row)
 		}()
 	}
 	// wait waits for the read-ahead, which uses ex, and returns its rows.
-	var later []row
 	wait := func() []row {
 		if next != nil {
 			later, next = <-next, nil
@@ -755,7 +781,7 @@ func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row)
 	msgs := make([]transport.Message, len(rows))
 	for i := range rows {
 		x := &rows[i]
-		h, err := decodeHeaders(x.headers)
+		err := x.hdrErr
 		if err == nil {
 			err = transport.ValidateTopic(x.topic)
 		}
@@ -763,7 +789,7 @@ func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row)
 			poison = append(poison, Poison{RowID: x.id, Topic: x.topic, ID: x.mid, Err: err})
 			continue
 		}
-		msgs[i] = transport.Message{ID: x.mid, Key: x.key, Header: h, Body: x.body}
+		msgs[i] = transport.Message{ID: x.mid, Key: x.key, Header: x.header, Body: x.body}
 		g := byTopic[x.topic]
 		if g == nil {
 			g = &group{topic: x.topic}

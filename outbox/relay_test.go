@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -755,4 +756,147 @@ func TestPGRanges(t *testing.T) {
 			t.Errorf("pgRanges(%v) = %s, %s; want %s, %s", c.ids, lo, hi, c.lo, c.hi)
 		}
 	}
+}
+
+// recorder passes messages on and records, per key, the Seq of each
+// message the next publisher accepted, in order.
+type recorder struct {
+	next transport.Publisher
+	mu   sync.Mutex
+	seqs map[string][]int
+	ids  map[string]bool // every accepted Message.ID
+}
+
+func (p *recorder) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	err := p.next.Publish(ctx, topic, msgs...)
+	failed := map[int]bool{}
+	var pe *transport.PublishError
+	switch {
+	case errors.As(err, &pe):
+		for _, f := range pe.Failures {
+			failed[f.Index] = true
+		}
+	case err != nil:
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, m := range msgs {
+		if failed[i] {
+			continue
+		}
+		var ev OrderPlaced
+		if jerr := json.Unmarshal(m.Body, &ev); jerr != nil {
+			return jerr
+		}
+		p.seqs[m.Key] = append(p.seqs[m.Key], ev.Seq)
+		p.ids[m.ID] = true
+	}
+	return err
+}
+
+// TestBacklogReadAhead: a backlog of 120 rows (3 keys, one row a
+// transaction) relayed with BatchSize 10, so that on PostgreSQL the relay
+// reads the rest of the backlog ahead in one statement and publishes it
+// one batch a round; one message of key b in a batch read ahead fails
+// once. Every row is delivered, each key in order (key b's rows from the
+// failed one on again, in order, after it), and after each publish no
+// more than one batch of accepted rows is still in the table (what a
+// crash would re-send).
+func TestBacklogReadAhead(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		const perKey, batch, failSeq = 40, 10, 25
+		keys := []string{"a", "b", "c"}
+		for i := range perKey {
+			for _, key := range keys {
+				if err := o.Transact(ctx, func(tx *sql.Tx) error {
+					return Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(key, i), Key: key, Seq: i}, bus.WithKey(key))
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var failID string
+		if err := e.db.QueryRow("SELECT msg_id FROM " + e.table + " ORDER BY id LIMIT 1 OFFSET " + fmt.Sprint(failSeq*len(keys)+1)).Scan(&failID); err != nil {
+			t.Fatal(err)
+		}
+		rec := &recorder{next: tr, seqs: map[string][]int{}, ids: map[string]bool{}}
+		f := &failOne{next: rec, id: failID}
+		r, err := NewRelay(o, f, RelayOptions{BatchSize: batch, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var unsent atomic.Int64 // most accepted rows still in the table after a publish
+		r.afterPublish = func() error {
+			rs, err := e.db.Query("SELECT msg_id FROM " + e.table)
+			if err != nil {
+				return err
+			}
+			defer rs.Close()
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			var n int64
+			for rs.Next() {
+				var id string
+				if err := rs.Scan(&id); err != nil {
+					return err
+				}
+				if rec.ids[id] {
+					n++
+				}
+			}
+			if n > unsent.Load() {
+				unsent.Store(n)
+			}
+			return rs.Err()
+		}
+		if err := r.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer r.Stop(ctx)
+		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		if !f.failed.Load() {
+			t.Fatal("the injected failure did not happen")
+		}
+		if n := unsent.Load(); n > batch {
+			t.Errorf("%d accepted rows were still in the table after a publish, want at most one batch (%d)", n, batch)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		for _, key := range keys {
+			got := rec.seqs[key]
+			// The deliveries end with the key's rows in order from the
+			// last delivery of the failed row (key b) or of row 0.
+			from := 0
+			if key == "b" {
+				from = failSeq
+			}
+			last := -1
+			for i, s := range got {
+				if s == from {
+					last = i
+				}
+			}
+			var want []int
+			for s := from; s < perKey; s++ {
+				want = append(want, s)
+			}
+			if last < 0 || fmt.Sprint(got[last:]) != fmt.Sprint(want) {
+				t.Errorf("key %s delivered %v, want it to end with %v", key, got, want)
+			}
+			if key != "b" && len(got) != perKey {
+				t.Errorf("key %s (no failure) delivered %d rows, want each of %d once", key, len(got), perKey)
+			}
+			seen := map[int]bool{}
+			for _, s := range got {
+				seen[s] = true
+			}
+			if len(seen) != perKey {
+				t.Errorf("key %s: %d of %d rows delivered", key, len(seen), perKey)
+			}
+		}
+	})
 }

@@ -84,7 +84,9 @@ func newQueries(d middleware.Dialect, table string) queries {
 	all := "id, topic, msg_key, msg_id, headers, body, created_at"
 	q.insert = fmt.Sprintf("INSERT INTO %s (topic, msg_key, msg_id, headers, body, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
 		q.table, p(1), p(2), p(3), p(4), p(5), p(6))
-	q.selectBatch = fmt.Sprintf("SELECT %s FROM %s ORDER BY id LIMIT %s", all, q.table, p(1))
+	// The relay reads only what it sends (created_at is for the stats).
+	read := "id, topic, msg_key, msg_id, headers, body"
+	q.selectBatch = fmt.Sprintf("SELECT %s FROM %s ORDER BY id LIMIT %s", read, q.table, p(1))
 	// The id lists are integers the relay read; formatting them into the
 	// statement avoids both a parameter limit (SQLite) and array types.
 	q.deleteIn = "DELETE FROM " + q.table + " WHERE id IN (%s)"
@@ -98,8 +100,8 @@ func newQueries(d middleware.Dialect, table string) queries {
 		// The statement's SELECT sees the table as it was before its DELETE
 		// (one snapshot): it leaves out the rows the DELETE returns (a
 		// hashed subplan).
-		next := fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT id FROM d) ORDER BY id LIMIT $3", all, q.table)
-		q.selectAhead = fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT unnest($1::text::bigint[])) ORDER BY id LIMIT $2", all, q.table)
+		next := fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT id FROM d) ORDER BY id LIMIT $3", read, q.table)
+		q.selectAhead = fmt.Sprintf("SELECT %s FROM %s WHERE id NOT IN (SELECT unnest($1::text::bigint[])) ORDER BY id LIMIT $2", read, q.table)
 		q.finishSelect = fmt.Sprintf("WITH d AS (%s RETURNING t.id) %s", del, next)
 		q.finishArchiveSelect = fmt.Sprintf("WITH d AS (%s RETURNING %s), a AS (INSERT INTO %s (%s, published_at) SELECT %s, $4 FROM d) %s",
 			del, tall, q.published, all, all, next)
