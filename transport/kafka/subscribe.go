@@ -637,7 +637,14 @@ func (s *subscription) dialLeader(ctx context.Context, dialer *kafkago.Dialer, i
 			case offset == kafkago.LastOffset:
 				offset = last
 			}
-			offset, err = conn.Seek(offset, kafkago.SeekAbsolute)
+			whence := kafkago.SeekAbsolute
+			if offset <= last {
+				// Checked against the offsets just read: Seek need not
+				// read them again. An offset past the end fails
+				// (OffsetOutOfRange) and is tried again later.
+				whence |= kafkago.SeekDontCheck
+			}
+			offset, err = conn.Seek(offset, whence)
 		}
 		if err != nil {
 			conn.Close()
