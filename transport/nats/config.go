@@ -149,8 +149,10 @@ type Config struct {
 	NakDelays []time.Duration
 	// MaxAckPending caps messages delivered to a subscription's group and
 	// not yet acked, the bound on in-flight memory. Default
-	// max(1000, 64*Concurrency) of the subscription that created or last
-	// updated the group's consumer.
+	// max(2048, 64*Concurrency) of the subscription that created or last
+	// updated the group's consumer: eight times the default MaxHeld, so
+	// that eight dead members cannot fill it (the server's own default is
+	// 1000).
 	MaxAckPending int
 	// PublishTimeout bounds waiting for the server's acks when the Publish
 	// context has no deadline. Default 5s.

@@ -76,6 +76,11 @@ func TestWaitingMessagesNotRedelivered(t *testing.T) {
 // parent SIGKILLs mid-stream. A last consumer in the parent finishes.
 const crashChildEnv = "BUSWAY_NATS_CRASH_CHILD"
 
+// crashHeld is the MaxHeld of TestConsumerCrash's consumer processes, set
+// (not the default, 256) so that the test holds them to the same bound as
+// before the default grew.
+const crashHeld = 64
+
 // TestCrashChild is the consumer process of TestConsumerCrash; it does
 // nothing in a normal run.
 func TestCrashChild(t *testing.T) {
@@ -92,7 +97,7 @@ func TestCrashChild(t *testing.T) {
 		fmt.Printf("handled %s %s\n", m.Key, m.ID)
 		mu.Unlock()
 		return nil
-	}, transport.SubscribeOptions{Group: "g", Concurrency: 4})
+	}, transport.SubscribeOptions{Group: "g", Concurrency: 4, Specific: []transport.SpecificOption{busnats.MaxHeld(crashHeld)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,8 +220,8 @@ func TestConsumerCrash(t *testing.T) {
 	}
 
 	// What the dead members held is bounded: it cannot fill MaxAckPending
-	// (default 1000) and stall the group.
-	const bound = 3 * 64 // 3 kills, each member holding at most MaxHeld (default 64 here)
+	// and stall the group.
+	const bound = 3 * crashHeld // 3 kills, each member holding at most MaxHeld
 	st, err := tr.JetStream().Stream(ctxT(t), tr.Stream())
 	if err != nil {
 		t.Fatal(err)

@@ -17,8 +17,9 @@ import (
 	"github.com/busway/busway/transport/transporttest"
 )
 
-// crashSuiteHeld is the MaxHeld of TestCrashSuite's consumers (the default
-// for Concurrency 8 and MaxAckPending 1000).
+// crashSuiteHeld is the MaxHeld of TestCrashSuite's consumers, set (not
+// the default, 256) so that the suite holds them to the same bound as
+// before the default grew.
 const crashSuiteHeld = 64
 
 // TestCrashSuite is the reliability suite's crash test on NATS (embedded
@@ -80,7 +81,8 @@ func crashSuiteChild(spec string) {
 	}
 	_, err = tr.Subscribe(context.Background(), p[3], func(_ context.Context, m *transport.Message) error {
 		return crashtest.Emit(os.Stdout, m)
-	}, transport.SubscribeOptions{Group: p[4], Concurrency: 8, StartFrom: transport.StartEarliest})
+	}, transport.SubscribeOptions{Group: p[4], Concurrency: 8, StartFrom: transport.StartEarliest,
+		Specific: []transport.SpecificOption{busnats.MaxHeld(crashSuiteHeld)}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child: Subscribe:", err)
 		os.Exit(3)

@@ -216,14 +216,68 @@ func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
 			m.ID = sl.hdr[transport.HeaderID]
 		}
 	}
-	if md, err := jm.Metadata(); err == nil {
-		m.Attempt = int(md.NumDelivered)
-		m.Time = md.Timestamp
-		sl.meta[transport.MetaSequence] = strconv.FormatUint(md.Sequence.Stream, 10)
+	if md, ok := ackMeta(jm.Reply); ok {
+		m.Attempt = int(md.delivered)
+		m.Time = time.Unix(0, md.time)
+		sl.meta[transport.MetaSequence] = strconv.FormatUint(md.streamSeq, 10)
 		m.Meta = sl.meta
 	} else {
 		m.Attempt = 1
 		m.Time = time.Now()
 	}
 	return m
+}
+
+// ackMetadata is what fill reads of a message's ack subject.
+type ackMetadata struct {
+	delivered, streamSeq uint64
+	time                 int64 // when the stream stored it, in Unix nanoseconds
+}
+
+// ackMeta reads the delivery count, stream sequence and time from a
+// JetStream ack subject, as nats.go's Msg.Metadata does, without its
+// allocations (the parsed tokens' strings, a *MsgMetadata per message):
+//
+//	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>
+//	$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>[.<token>...]
+//
+// The first form has 9 tokens, the second at least 11.
+func ackMeta(reply string) (md ackMetadata, ok bool) {
+	const prefix = "$JS.ACK."
+	if !strings.HasPrefix(reply, prefix) {
+		return md, false
+	}
+	n := strings.Count(reply, ".") + 1
+	var skip int // tokens after the prefix before <delivered>
+	switch {
+	case n == 9:
+		skip = 2
+	case n >= 11:
+		skip = 4
+	default:
+		return md, false
+	}
+	rest := reply[len(prefix):]
+	for range skip {
+		_, rest, _ = strings.Cut(rest, ".")
+	}
+	var tok [4]string // delivered, sseq, cseq, time
+	for i := range tok {
+		tok[i], rest, _ = strings.Cut(rest, ".")
+	}
+	md.delivered, md.streamSeq, md.time = parseNum(tok[0]), parseNum(tok[1]), int64(parseNum(tok[3]))
+	return md, true
+}
+
+// parseNum reads a decimal number of an ack subject, 0 for anything
+// else, as nats.go reads it.
+func parseNum(d string) (n uint64) {
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
 }

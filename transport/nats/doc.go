@@ -55,7 +55,7 @@
 //     not get it again, and the consumer's ack floor moves past it. Put
 //     DeadLetter in the chain to keep such messages.
 //   - Nothing ages unseen: a subscription holds at most MaxHeld messages
-//     (default min(max(64, 2*Concurrency), max(MaxAckPending/8,
+//     (default min(max(256, 2*Concurrency), max(MaxAckPending/8,
 //     Concurrency))) received and not yet finished, and pulls only as many
 //     as it has room for, so no message waits in a client buffer; every
 //     message it holds, waiting behind others of its key or running, is
@@ -88,7 +88,7 @@
 //     parallel up to Concurrency; a slow key holds up only its own later
 //     messages.
 //   - Backpressure: the consumer's MaxAckPending (default
-//     max(1000, 64*Concurrency)) bounds the messages handed out to the
+//     max(2048, 64*Concurrency)) bounds the messages handed out to the
 //     group and not yet acked, and MaxHeld what one subscription holds; a
 //     slow handler slows the pulls.
 //   - Message.Attempt is the server's delivery count, Message.Time the time

@@ -3,6 +3,7 @@ package nats
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -16,16 +17,22 @@ type heldSet struct {
 	s *subscription
 
 	mu       sync.Mutex
-	m        map[*held]struct{} // received and not finished, at most MaxHeld
-	handback []*natsgo.Msg      // received while closing; at most one pull batch
+	list     held          // sentinel of the messages received and not finished, oldest first: at most MaxHeld
+	free     *held         // finished ones to reuse, linked by next
+	nfree    int           // the length of free, at most MaxHeld
+	handback []*natsgo.Msg // received while closing; at most one pull batch
+	n        atomic.Int32  // how many list holds, changed under mu
 
-	unfinished sync.WaitGroup // the messages of m: received and not yet acked or naked
+	unfinished sync.WaitGroup // the messages of list: received and not yet acked or naked
 }
 
-// held is a message the subscription holds: queued or being handled.
+// held is a message the subscription holds: queued or being handled. Once
+// released it is reused for a later message: the worker that ran it
+// releases it last.
 type held struct {
-	m     *natsgo.Msg
-	since time.Time // when received or last reported in progress
+	m          *natsgo.Msg
+	since      time.Time // when received or last reported in progress
+	prev, next *held     // in the held set's list
 }
 
 // add takes m, received at now, into the set and queues it on dl, under
@@ -45,8 +52,20 @@ func (hs *heldSet) add(m *natsgo.Msg, now time.Time, dl *delivery) {
 		hs.mu.Unlock()
 		return
 	}
-	h := &held{m: m, since: now}
-	hs.m[h] = struct{}{}
+	h := hs.free
+	if h != nil {
+		hs.free, h.next = h.next, nil
+		hs.nfree--
+	} else {
+		h = new(held)
+	}
+	h.m, h.since = m, now
+	if hs.list.next == nil {
+		hs.list.next, hs.list.prev = &hs.list, &hs.list
+	}
+	h.prev, h.next = hs.list.prev, &hs.list
+	h.prev.next, hs.list.prev = h, h
+	hs.n.Add(1)
 	hs.unfinished.Add(1)
 	dl.queue(h)
 	hs.mu.Unlock()
@@ -56,18 +75,20 @@ func (hs *heldSet) add(m *natsgo.Msg, now time.Time, dl *delivery) {
 // another.
 func (hs *heldSet) release(h *held) {
 	hs.mu.Lock()
-	delete(hs.m, h)
+	h.prev.next, h.next.prev = h.next, h.prev
+	*h = held{}
+	if hs.nfree < hs.s.ss.maxHeld {
+		h.next, hs.free = hs.free, h
+		hs.nfree++
+	}
+	hs.n.Add(-1)
 	hs.mu.Unlock()
-	hs.s.pull.signalRoom()
+	hs.s.pull.kick()
 	hs.unfinished.Done()
 }
 
 // len returns how many messages the set holds.
-func (hs *heldSet) len() int {
-	hs.mu.Lock()
-	defer hs.mu.Unlock()
-	return len(hs.m)
-}
+func (hs *heldSet) len() int { return int(hs.n.Load()) }
 
 // startClosing marks the subscription closing: add takes no more messages
 // in but keeps them for handBack.
@@ -94,7 +115,7 @@ func (hs *heldSet) wait() { hs.unfinished.Wait() }
 // or last reported, and marks them reported at now.
 func (hs *heldSet) due(due []*natsgo.Msg, now time.Time, every time.Duration) []*natsgo.Msg {
 	hs.mu.Lock()
-	for h := range hs.m {
+	for h := hs.list.next; h != nil && h != &hs.list; h = h.next {
 		if now.Sub(h.since) >= every {
 			h.since = now
 			due = append(due, h.m)

@@ -2,7 +2,6 @@ package nats
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,17 +52,19 @@ var pullRetry = backoff.Policy{InitialInterval: 50 * time.Millisecond, MaxInterv
 type puller struct {
 	s      *subscription
 	inbox  *pullInbox // set before run starts
-	reqBuf []byte     // run's request, reused
+	refill int        // the least room worth a request (but for an empty subscription)
+	next   string     // the consumer's "next" subject, the requests' subject
 
-	// mu guards the requests awaited and how the last ones ended. run
-	// takes the held set's lock inside it, never the other way round.
-	mu     sync.Mutex
-	pulls  []pullReq // pull requests awaited: at most one open, and ended ones whose last messages are on their way
-	seq    uint64    // the last pull request's id
-	ok     bool      // a pull request ended normally (408, 404)
-	failed bool      // a pull request failed: run backs off
+	// mu guards the requests awaited and how the last ones ended. It is
+	// taken before the held set's lock, never inside it.
+	mu      sync.Mutex
+	pulls   []pullReq // pull requests awaited: at most one open, and ended ones whose last messages are on their way
+	seq     uint64    // the last pull request's id
+	ok      bool      // a pull request ended normally (408, 404)
+	failed  bool      // a pull request failed: run backs off
+	backoff bool      // run waits before asking again: only run asks
 
-	room  chan struct{} // a held message finished, or a pull request ended
+	room  chan struct{} // a request went out or ended, or room came that only run can ask for
 	reset chan struct{} // the pull requests in flight are void (reconnect, recreated consumer)
 }
 
@@ -72,6 +73,80 @@ type pullReq struct {
 	id   uint64    // its reply subject is inbox.prefix + id
 	left int       // messages it may still bring
 	seen time.Time // when it went out, or last brought a message or heartbeat
+}
+
+// want returns how many messages to ask for now: the room the held set
+// leaves, when it is at least refill (or everything: the subscription
+// holds nothing), and 0 while a request is awaited, failed or run backs
+// off. Called with mu.
+func (p *puller) want() int {
+	if len(p.pulls) > 0 || p.failed || p.backoff {
+		return 0
+	}
+	maxHeld := p.s.ss.maxHeld
+	if h := p.s.held.len(); maxHeld-h >= p.refill || h == 0 {
+		return maxHeld - h
+	}
+	return 0
+}
+
+// open registers a request for n messages, sent at now, and returns its
+// reply subject and body. Called with mu; the caller sends it with send
+// once it released mu (the request is awaited from now on, so no other
+// goroutine asks meanwhile).
+func (p *puller) open(n int, now time.Time) (reply string, req []byte) {
+	p.seq++
+	p.pulls = append(p.pulls, pullReq{id: p.seq, left: n, seen: now})
+	req = make([]byte, 0, 80)
+	req = append(req, `{"batch":`...)
+	req = strconv.AppendInt(req, int64(n), 10)
+	req = append(req, `,"expires":`...)
+	req = strconv.AppendInt(req, pullExpires.Nanoseconds(), 10)
+	req = append(req, `,"idle_heartbeat":`...)
+	req = strconv.AppendInt(req, pullHeartbeat.Nanoseconds(), 10)
+	req = append(req, '}')
+	return p.inbox.prefix + strconv.FormatUint(p.seq, 10), req
+}
+
+// send publishes a request open made. One that could not be sent has run
+// back off.
+func (p *puller) send(reply string, req []byte) {
+	s := p.s
+	if err := s.t.nc.PublishRequest(p.next, reply, req); err != nil {
+		p.mu.Lock()
+		p.pulls, p.failed = p.pulls[:0], true
+		p.mu.Unlock()
+		s.t.log.Warn("nats: pull request", "topic", s.topic, "group", s.group, "error", err)
+	}
+}
+
+// kick asks for messages from the calling goroutine, the one that made
+// room (a worker that finished a message, the inbox that saw a request
+// end): waking run to ask would wait until the scheduler runs it, which
+// on a busy machine is when the workers have run out of messages. What
+// kick does not do (look after a request in flight, back off, wait for a
+// reconnect) it leaves to run, which it tells when it sent a request or
+// cannot send one.
+func (p *puller) kick() {
+	s := p.s
+	if h := s.held.len(); s.ss.maxHeld-h < p.refill && h > 0 {
+		return // no room worth a request (want says so too, with mu)
+	}
+	p.mu.Lock()
+	n := p.want()
+	if n == 0 || s.closing.Load() {
+		p.mu.Unlock()
+		return
+	}
+	if !s.t.nc.IsConnected() {
+		p.mu.Unlock()
+		p.signalRoom() // run waits for the reconnect
+		return
+	}
+	reply, req := p.open(n, time.Now())
+	p.mu.Unlock()
+	p.send(reply, req)
+	p.signalRoom() // run watches the request (or backs off)
 }
 
 // run asks the server for messages while the subscription runs, never for
@@ -84,35 +159,29 @@ type pullReq struct {
 // that lives as long as the subscription: a message the server sends after
 // it ended the request (it announces a shutdown before it stops sending)
 // is still received and handled, not left to come back after AckWait.
+// Most requests go out from kick, at once where room came; run sends the
+// first, those after a failure or a reconnect, and notices lost ones.
 func (p *puller) run() {
 	s := p.s
 	defer s.wg.Done()
-	refill := max(1, s.ss.maxHeld/2)
-	subject := apiNext + s.t.s.Stream + "." + s.ss.durable
 	fails := 0 // pull requests refused or lost in a row
 	for {
 		var wait <-chan time.Time
 		var tm *time.Timer
-		n := 0
 		p.mu.Lock()
 		if p.ok {
 			fails = 0
 		}
 		failed := p.failed
-		p.ok, p.failed = false, false
+		p.ok, p.failed, p.backoff = false, false, failed
 		now := time.Now()
 		p.dropLost(now)
-		switch {
-		case len(p.pulls) > 0:
+		n := p.want()
+		if len(p.pulls) > 0 {
 			// A request is open, or messages it sent are on their way:
 			// wait for them, or for its end to be overdue.
 			tm = time.NewTimer(p.pulls[0].seen.Add(pullLost).Sub(now))
 			wait = tm.C
-		case failed:
-		default:
-			if h := s.held.len(); s.ss.maxHeld-h >= refill || h == 0 {
-				n = s.ss.maxHeld - h
-			}
 		}
 		if n > 0 && !s.t.nc.IsConnected() {
 			// A request sent now would wait in nats.go's reconnect buffer
@@ -122,11 +191,15 @@ func (p *puller) run() {
 			tm = time.NewTimer(time.Second)
 			wait = tm.C
 		}
-		var reply string
 		if n > 0 {
-			p.seq++
-			reply = p.inbox.prefix + strconv.FormatUint(p.seq, 10)
-			p.pulls = append(p.pulls, pullReq{id: p.seq, left: n, seen: now})
+			if s.closing.Load() {
+				p.mu.Unlock()
+				return
+			}
+			reply, req := p.open(n, now)
+			p.mu.Unlock()
+			p.send(reply, req)
+			continue
 		}
 		p.mu.Unlock()
 		if failed {
@@ -144,20 +217,9 @@ func (p *puller) run() {
 				return
 			}
 			tm.Stop()
-			continue
-		}
-		if n > 0 {
-			if s.closing.Load() {
-				return
-			}
-			req := fmt.Appendf(p.reqBuf[:0], `{"batch":%d,"expires":%d,"idle_heartbeat":%d}`, n, pullExpires.Nanoseconds(), pullHeartbeat.Nanoseconds())
-			p.reqBuf = req
-			if err := s.t.nc.PublishRequest(subject, reply, req); err != nil {
-				p.mu.Lock()
-				p.pulls, p.failed = p.pulls[:0], true
-				p.mu.Unlock()
-				s.t.log.Warn("nats: pull request", "topic", s.topic, "group", s.group, "error", err)
-			}
+			p.mu.Lock()
+			p.backoff = false
+			p.mu.Unlock()
 			continue
 		}
 		select {
@@ -258,14 +320,19 @@ func (p *puller) receive(m *natsgo.Msg) {
 // one that ended sent its last messages before the next request went out).
 func (p *puller) received(now time.Time) {
 	p.mu.Lock()
+	ended := false
 	if len(p.pulls) > 0 {
 		if p.pulls[0].left--; p.pulls[0].left <= 0 {
 			p.pulls = append(p.pulls[:0], p.pulls[1:]...)
+			ended = true
 		} else {
 			p.pulls[0].seen = now
 		}
 	}
 	p.mu.Unlock()
+	if ended {
+		p.kick()
+	}
 }
 
 // status takes in a status message: every one but a heartbeat ends the
@@ -306,10 +373,11 @@ func (p *puller) status(code string, m *natsgo.Msg) {
 		p.failed = true
 	}
 	p.mu.Unlock()
-	p.signalRoom()
 	if normal {
+		p.kick()
 		return
 	}
+	p.signalRoom()
 	lower := strings.ToLower(desc)
 	switch {
 	case code == statusConflict && (strings.Contains(lower, "shutdown") || strings.Contains(lower, "leadership")):

@@ -67,7 +67,7 @@ func NakDelays(d ...time.Duration) SubscribeOption {
 	}}
 }
 
-// MaxAckPending overrides the default max(1000, 64*Concurrency) of
+// MaxAckPending overrides the default max(2048, 64*Concurrency) of
 // Config.MaxAckPending.
 func MaxAckPending(n int) SubscribeOption {
 	return SubscribeOption{"MaxAckPending", func(s *subSettings) error {
@@ -94,12 +94,17 @@ func Durable(name string) SubscribeOption {
 }
 
 // MaxHeld caps the messages one subscription holds, received from the
-// server and not yet finished (queued for a worker or being handled). The
-// default is min(max(64, 2*Concurrency), max(MaxAckPending/8,
-// Concurrency)), at most MaxAckPending: enough to keep the workers busy,
-// small enough that a member that dies takes few messages with it (they
-// come back after AckWait, see the package doc) and that several dead
-// members cannot fill MaxAckPending and stall the group.
+// server and not yet finished (queued for a worker or being handled); it
+// asks for more once half of it is free. The default is min(max(256,
+// 2*Concurrency), max(MaxAckPending/8, Concurrency)), at most
+// MaxAckPending: 256 with the default MaxAckPending, in the range of
+// nats.go's Consume (up to 500 buffered, pulled again at half), so that a
+// busy subscription pulls, and its acks go out, in batches large enough
+// to keep server and client busy (see transport/nats/README.md for
+// figures); still small enough that a member that dies takes few
+// messages with it (they come back after AckWait, see the package doc)
+// and that several dead members cannot fill MaxAckPending and stall the
+// group.
 func MaxHeld(n int) SubscribeOption {
 	return SubscribeOption{"MaxHeld", func(s *subSettings) error {
 		if n <= 0 {
@@ -136,10 +141,10 @@ func (t *Transport) subSettings(topic string, opts transport.SubscribeOptions) (
 	}
 	w := opts.Workers()
 	if ss.maxAckPending == 0 {
-		ss.maxAckPending = max(1000, 64*w)
+		ss.maxAckPending = max(2048, 64*w)
 	}
 	if ss.maxHeld == 0 {
-		ss.maxHeld = min(max(64, 2*w), max(ss.maxAckPending/8, w))
+		ss.maxHeld = min(max(256, 2*w), max(ss.maxAckPending/8, w))
 	}
 	if ss.maxHeld > ss.maxAckPending {
 		return nil, fmt.Errorf("%w: nats: MaxHeld %d is above MaxAckPending %d (the server would never hand out that many)",
@@ -205,11 +210,13 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		done:  make(chan struct{}),
 	}
 	sub.pull = puller{
-		s:     sub,
-		room:  make(chan struct{}, 1), // a pending "a message finished"; more would say nothing new
-		reset: make(chan struct{}, 1), // a pending "pull requests are void"; more would say nothing new
+		s:      sub,
+		refill: max(1, ss.maxHeld/2),
+		next:   apiNext + t.s.Stream + "." + ss.durable,
+		room:   make(chan struct{}, 1), // a pending "look again"; more would say nothing new
+		reset:  make(chan struct{}, 1), // a pending "pull requests are void"; more would say nothing new
 	}
-	sub.held = heldSet{s: sub, m: make(map[*held]struct{}, ss.maxHeld)}
+	sub.held = heldSet{s: sub}
 	sub.cons = consumerWatch{
 		s:    sub,
 		cons: cons,
