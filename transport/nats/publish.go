@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -48,25 +49,73 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	if len(msgs) == 1 {
 		return t.publishOne(ctx, topic, subject, limit, msgs[:1])
 	}
-	nms := make([]natsgo.Msg, len(msgs))
-	var wb wireBuf
-	wb.grow(subject, msgs)
+	bb := batchPool.Get().(*batchBuf)
+	bms := bb.take(len(msgs))
+	bb.wb.grow(subject, msgs)
 	var rejected []transport.MessageError
 	for i, m := range msgs {
-		if err := checkWire(&nms[i], subject, m, limit, &wb); err != nil {
+		if err := checkWire(&bms[i].Msg, subject, m, limit, &bb.wb); err != nil {
 			rejected = append(rejected, transport.MessageError{Index: i, ID: m.ID, Err: err})
 		}
 	}
 	if len(rejected) > 0 {
+		bb.release(bms) // nothing sent
 		return t.publishRest(ctx, topic, msgs, rejected)
 	}
 	if err := ctx.Err(); err != nil {
+		bb.release(bms)
 		return err // nothing sent
 	}
 	parent := ctx
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
-	return t.publishBatch(ctx, parent, topic, msgs, nms)
+	err, settled := t.publishBatch(ctx, parent, topic, msgs, bms)
+	if settled {
+		bb.release(bms)
+	}
+	return err
+}
+
+// batchBuf is the storage of one batch's messages, reused through
+// batchPool: the nats.Msgs with their header maps and the header values.
+// It is reused only once every message it sent was acked or failed: until
+// then jetstream may send one again (a retry after no responders).
+type batchBuf struct {
+	bms []batchMsg
+	wb  wireBuf
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batchBuf) }}
+
+// take returns n messages to fill, each with the header map it had.
+func (bb *batchBuf) take(n int) []batchMsg {
+	if cap(bb.bms) < n {
+		bb.bms = make([]batchMsg, n)
+	}
+	return bb.bms[:n]
+}
+
+// release returns bb, whose messages bms are done with, to batchPool,
+// keeping their header maps but nothing of the caller's (bodies, header
+// values). A batch of unusual size or headers is not kept.
+func (bb *batchBuf) release(bms []batchMsg) {
+	for i := range bms {
+		bm := &bms[i]
+		h := bm.Msg.Header
+		if len(h) > 16 {
+			h = nil
+		}
+		clear(h)
+		bm.Msg = natsgo.Msg{Header: h}
+		bm.b, bm.err = nil, nil
+		bm.state.Store(msgWaiting)
+	}
+	if cap(bb.bms) > 1024 || cap(bb.wb.ids) > 64<<10 || cap(bb.wb.vals) > 4096 {
+		return
+	}
+	clear(bb.wb.vals[:cap(bb.wb.vals)]) // drop the caller's strings
+	bb.wb.vals, bb.wb.ids = bb.wb.vals[:0], bb.wb.ids[:0]
+	batchPool.Put(bb)
 }
 
 // publishOne publishes a single message synchronously. Its nats.Msg and
@@ -213,88 +262,138 @@ func (t *Transport) publishRest(ctx context.Context, topic string, msgs []*trans
 	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}
 }
 
-func (t *Transport) publishBatch(ctx, parent context.Context, topic string, msgs []*transport.Message, nms []natsgo.Msg) error {
-	futs := make([]jetstream.PubAckFuture, len(nms))
+// batchMsg is one message of a batch as publishBatch sends it: the
+// nats.Msg, first, so that the pointer bjs's callbacks get back is the
+// batchMsg's, and the message's outcome.
+type batchMsg struct {
+	natsgo.Msg
+	b     *pubBatch
+	state atomic.Uint32 // msgWaiting, msgAcked or msgFailed (then err is set)
+	err   error
+}
+
+const (
+	msgWaiting = iota // not sent, or no outcome yet
+	msgAcked
+	msgFailed
+)
+
+// pubBatch is a batch's count of messages sent and not yet acked or
+// failed, plus one while publishBatch still sends.
+type pubBatch struct {
+	pending atomic.Int32
+	done    chan struct{} // closed when pending reaches 0
+	settled chan struct{} // a message was acked or failed; more would say nothing new
+}
+
+// settle records bm's outcome; the last one closes its batch's done.
+func (bm *batchMsg) settle(err error) {
+	b := bm.b
+	if err != nil {
+		bm.err = err
+		bm.state.Store(msgFailed)
+	} else {
+		bm.state.Store(msgAcked)
+	}
+	if b.pending.Add(-1) == 0 {
+		close(b.done)
+	}
+	select {
+	case b.settled <- struct{}{}:
+	default:
+	}
+}
+
+// batchAcked and batchFailed are bjs's callbacks, which jetstream calls
+// once for every message bjs published: acked, or failed (an error reply,
+// no stream, a reconnect that voids the pending acks). Only publishBatch
+// publishes with bjs, and always the Msg of a batchMsg, so m points to
+// one.
+func batchAcked(_ jetstream.JetStream, m *natsgo.Msg, _ *jetstream.PubAck) {
+	(*batchMsg)(unsafe.Pointer(m)).settle(nil)
+}
+
+func batchFailed(_ jetstream.JetStream, m *natsgo.Msg, err error) {
+	if err == nil {
+		err = jetstream.ErrInvalidJSAck
+	}
+	(*batchMsg)(unsafe.Pointer(m)).settle(err)
+}
+
+// publishBatch sends bms asynchronously and waits for their outcomes,
+// which bjs's callbacks record: no future, channel or select per message.
+// settled says that every message sent has its outcome: jetstream is done
+// with them.
+func (t *Transport) publishBatch(ctx, parent context.Context, topic string, msgs []*transport.Message, bms []batchMsg) (err error, settled bool) {
+	b := &pubBatch{done: make(chan struct{}), settled: make(chan struct{}, 1)}
+	b.pending.Store(1) // publishBatch's own, until it sent them all
 	var fails []transport.MessageError
 	fail := func(i int, err error) {
 		fails = append(fails, transport.MessageError{Index: i, ID: msgs[i].ID, Err: err})
 	}
-	next := 0 // the oldest future not yet awaited
-	wait := func(i int) bool {
-		select {
-		case <-futs[i].Ok():
-		case err := <-futs[i].Err():
-			fail(i, t.wrapPubErr(topic, err))
-		case <-ctx.Done():
-			return false
-		}
-		return true
-	}
-	sent := 0
 send:
-	for i := range nms {
+	for i := range bms {
+		bm := &bms[i]
+		bm.b = b
 		for {
-			f, err := t.js.PublishMsgAsync(&nms[i])
+			b.pending.Add(1) // before its ack can come
+			_, err := t.bjs.PublishMsgAsync(&bm.Msg)
 			if err == nil {
-				futs[i] = f
-				sent = i + 1
 				break
 			}
+			b.pending.Add(-1) // not sent: no callback (and publishBatch's own keeps it above 0)
 			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil {
 				// The client's cap on unacknowledged async publishes is
-				// reached: wait for our oldest (when others hold the slots,
-				// the client already waited a moment) and try again.
-				for next < i && futs[next] == nil {
-					next++ // failed to send: nothing to wait for
-				}
-				if next < i {
-					if !wait(next) {
+				// reached: wait for one of ours to be acked (when others
+				// hold the slots, the client already waited a moment) and
+				// try again.
+				if b.pending.Load() > 1 {
+					select {
+					case <-b.settled:
+					case <-ctx.Done():
 						break send
 					}
-					futs[next] = nil
-					next++
 				}
 				continue
 			}
-			fail(i, t.wrapPubErr(topic, err))
-			sent = i + 1
+			bm.err = err
+			bm.state.Store(msgFailed)
 			break
 		}
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	// Wait for the last message sent first: acks come back about in
-	// order, so once it is acked the others mostly are too and the loop
-	// below reads them without parking on each (a wakeup per ack costs
-	// more than the ack). Its outcome is recorded and its future dropped.
-	if last := sent - 1; last >= next && futs[last] != nil && ctx.Err() == nil && wait(last) {
-		futs[last] = nil
+	if b.pending.Add(-1) == 0 {
+		close(b.done)
 	}
-	for i := next; i < len(nms); i++ {
-		if futs[i] == nil {
-			if i >= sent {
-				fail(i, t.ctxErr(parent))
-			}
-			continue
-		}
-		if ctx.Err() == nil && wait(i) {
-			continue
-		}
-		// ctx ended: report what has not been acked.
+	if ctx.Err() == nil {
 		select {
-		case <-futs[i].Ok():
-		case err := <-futs[i].Err():
-			fail(i, t.wrapPubErr(topic, err))
+		case <-b.done:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-b.done:
+		settled = true
+	default:
+	}
+	// Once ctx ended, what has no outcome yet (not sent, or not acked) is
+	// reported as not stored.
+	for i := range bms {
+		bm := &bms[i]
+		switch bm.state.Load() {
+		case msgAcked:
+		case msgFailed:
+			fail(i, t.wrapPubErr(topic, bm.err))
 		default:
 			fail(i, t.ctxErr(parent))
 		}
 	}
 	if len(fails) == 0 {
-		return nil
+		return nil, settled
 	}
-	slices.SortFunc(fails, func(a, b transport.MessageError) int { return a.Index - b.Index })
-	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}
+	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}, settled
 }
 
 func (t *Transport) publishError(topic string, m *transport.Message, err error) error {

@@ -40,6 +40,10 @@ type Transport struct {
 	srv *server.Server // the embedded server, or nil
 	nc  *natsgo.Conn
 	js  jetstream.JetStream
+	// bjs publishes Publish's batches, and only them: its callbacks take
+	// every message it publishes for a batchMsg (see publishBatch). The
+	// JetStream method hands out js, never bjs.
+	bjs jetstream.JetStream
 	log *slog.Logger
 
 	// maxMsgSize is the stream's MaxMsgSize when New ran (<= 0: none).
@@ -142,6 +146,9 @@ func (t *Transport) connect() error {
 	}
 	t.nc = nc
 	t.js, err = jetstream.New(nc)
+	if err == nil {
+		t.bjs, err = jetstream.New(nc, jetstream.WithPublishAsyncAckHandler(batchAcked), jetstream.WithPublishAsyncErrHandler(batchFailed))
+	}
 	if err != nil {
 		return fmt.Errorf("%w: nats: jetstream: %v", transport.ErrUnavailable, err)
 	}
