@@ -109,8 +109,9 @@ type Config struct {
 	// RebalanceTimeout is how long the coordinator waits for members to
 	// rejoin during a rebalance. Default 30s.
 	RebalanceTimeout time.Duration
-	// FetchMaxBytes is the most bytes fetched per partition and request.
-	// Default 2 × MaxMessageBytes.
+	// FetchMaxBytes is the most bytes fetched per partition and request;
+	// a partition holds the records of one such batch while it dispatches
+	// them, and fetches the next meanwhile. Default 2 × MaxMessageBytes.
 	FetchMaxBytes int
 	// FetchMaxWait is how long the broker may hold a fetch open waiting for
 	// data; it also bounds how fast an idle partition reader stops. Default

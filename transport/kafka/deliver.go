@@ -14,25 +14,18 @@ import (
 // dispatch queues m behind the unfinished messages of its key, blocking
 // while MaxInFlight messages are unfinished.
 func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Message) error {
-	_, err := s.dispatchWaited(ctx, p, m)
-	return err
-}
-
-// dispatchWaited is dispatch, reporting whether it blocked.
-func (s *subscription) dispatchWaited(ctx context.Context, p *partition, m kafkago.Message) (waited bool, err error) {
 	select {
 	case s.inflight <- struct{}{}:
 	default:
-		waited = true
 		select {
 		case s.inflight <- struct{}{}:
 		case <-ctx.Done():
-			return waited, ctx.Err()
+			return ctx.Err()
 		}
 	}
 	p.wg.Add(1)
 	s.d.Add(newJob(p, &m))
-	return waited, nil
+	return nil
 }
 
 // lane is a key's unfinished messages, in offset order, as the dispatcher

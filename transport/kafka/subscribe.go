@@ -21,10 +21,12 @@ import (
 )
 
 // MaxInFlight is a subscribe option (in SubscribeOptions.Specific) bounding
-// the messages a subscription has fetched but not finished, across its
-// partitions, and, per partition, the messages fetched past its first
-// unfinished one (the window in which handlers finish out of order): when
-// either is reached, fetching pauses. It bounds memory. Together with
+// the messages a subscription has dispatched to its workers but not
+// finished, across its partitions, and, per partition, the messages
+// dispatched past its first unfinished one (the window in which handlers
+// finish out of order): when either is reached, dispatching (and so
+// fetching) pauses. It bounds memory, with the records of one fetched batch
+// per partition (at most Config.FetchMaxBytes) that wait to be dispatched. Together with
 // Config.CommitEvery it bounds the messages handled again after a crash: a
 // partition pauses fetching while MaxInFlight + CommitEvery of its messages
 // are past its committed offset, so a crash redelivers at most that many
@@ -541,27 +543,34 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 }
 
 // fetchReadTimeout bounds reading a fetched batch's records once its
-// response began (kafka-go's Reader's ReadBatchTimeout default); it starts
-// again after fetching paused for room.
+// response began (kafka-go's Reader's ReadBatchTimeout default).
 const fetchReadTimeout = 10 * time.Second
 
 // fetch reads partition p from offset and dispatches its records until ctx
-// ends: one connection to the partition's leader, one fetch at a time, the
-// records read from the connection as kafka-go's Reader reads them (its
-// Conn and Batch), without the Reader's goroutine and queue between the
-// connection and the dispatcher, or its deadline per record. Errors are
+// ends: one connection to the partition's leader, the records read from the
+// connection as kafka-go's Reader reads them (its Conn and Batch), without
+// the Reader's goroutine and queue between the connection and the
+// dispatcher, or its deadline per record. While a fetched batch's records
+// are dispatched, the next fetch is on its way (see fetchAhead). Errors are
 // retried as the Reader retries them: after a backoff (RetryBackoff,
 // doubling up to RetryBackoffMax), with a new connection to the leader
 // when the error says the leader moved or the connection broke.
 func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, dialer *kafkago.Dialer, stopped *atomic.Bool) {
 	var conn *kafkago.Conn
+	var ahead <-chan *kafkago.Batch // the next fetch, sent on conn
 	defer func() {
+		if ahead != nil {
+			if b := <-ahead; b != nil {
+				b.Close()
+			}
+		}
 		if conn != nil {
 			conn.Close()
 		}
 	}()
 	retry := backoff.Policy{InitialInterval: s.t.cfg.RetryBackoff, MaxInterval: s.t.cfg.RetryBackoffMax}
 	fails := 0 // consecutive failures: the next try waits for retry.Delay(fails)
+	var recs []kafkago.Message
 	for ctx.Err() == nil {
 		if fails > 0 && backoff.Sleep(ctx, retry.Delay(fails)) != nil {
 			return
@@ -577,15 +586,31 @@ func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, di
 			}
 			conn, offset = c, off
 		}
-		err := s.readBatch(ctx, conn, p, stopped)
-		if next, _ := conn.Offset(); next >= 0 {
-			offset = next // past what was dispatched (and records a compaction removed)
+		var batch *kafkago.Batch
+		if ahead != nil {
+			batch = <-ahead
+			ahead = nil
+		} else {
+			batch = s.startFetch(conn)
 		}
+		var err error
+		recs, err = readAll(conn, batch, recs[:0], stopped)
+		if next, _ := conn.Offset(); next >= 0 {
+			offset = next // past what was read (and records a compaction removed)
+		}
+		ended := err == nil || errors.Is(err, io.EOF) || errors.Is(err, kafkago.RequestTimedOut)
+		if ended && len(recs) > 0 && ctx.Err() == nil {
+			ahead = s.fetchAhead(conn)
+		}
+		if s.dispatchAll(ctx, p, recs) != nil {
+			return
+		}
+		clear(recs) // the records' bytes belong to their jobs now
 		var ke kafkago.Error
 		switch {
 		case ctx.Err() != nil:
 			return
-		case err == nil, errors.Is(err, io.EOF), errors.Is(err, kafkago.RequestTimedOut):
+		case ended:
 			fails = 0
 		case errors.Is(err, kafkago.OffsetOutOfRange):
 			first, last, oerr := conn.ReadOffsets()
@@ -615,6 +640,72 @@ func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, di
 			fails++
 		}
 	}
+}
+
+// startFetch sends a fetch on conn, from its offset, and returns its Batch
+// once the response began.
+func (s *subscription) startFetch(conn *kafkago.Conn) *kafkago.Batch {
+	// As kafka-go's Reader: the broker holds the fetch open for part of
+	// FetchMaxWait, the rest is the round trip's.
+	_ = conn.SetReadDeadline(time.Now().Add(s.t.cfg.FetchMaxWait))
+	return conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: s.t.cfg.FetchMaxBytes})
+}
+
+// fetchAhead starts the next fetch on conn in a goroutine of its own and
+// returns the channel of its Batch: the broker prepares and sends it while
+// the last batch's records are dispatched, so that a partition does not
+// wait a round trip between batches. What is held before a handler starts
+// is then one batch's records per partition (at most FetchMaxBytes) being
+// dispatched, the next response in the connection, and MaxInFlight
+// dispatched messages. The goroutine ends once the response began or the
+// fetch failed (at once when fetching stops: see fetchConns).
+func (s *subscription) fetchAhead(conn *kafkago.Conn) <-chan *kafkago.Batch {
+	c := make(chan *kafkago.Batch, 1)
+	go func() { c <- s.startFetch(conn) }()
+	return c
+}
+
+// readAll appends batch's records to recs and closes it, returning the
+// error that ended it (io.EOF when it was read to its end). It stops early
+// when fetching stopped: what was not read is left to the next fetch.
+func readAll(conn *kafkago.Conn, batch *kafkago.Batch, recs []kafkago.Message, stopped *atomic.Bool) ([]kafkago.Message, error) {
+	_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
+	var err error
+	for !stopped.Load() {
+		var m kafkago.Message
+		if m, err = batch.ReadMessage(); err != nil {
+			break
+		}
+		recs = append(recs, m)
+	}
+	if cerr := batch.Close(); cerr != nil && (err == nil || errors.Is(err, io.EOF)) {
+		err = cerr
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return recs, err
+}
+
+// dispatchAll dispatches recs, in order, pausing while the partition or the
+// subscription has no room (MaxInFlight, CommitEvery). It fails only when
+// ctx ends.
+func (s *subscription) dispatchAll(ctx context.Context, p *partition, recs []kafkago.Message) error {
+	for i := range recs {
+		m := &recs[i]
+		for !p.reserve(m.Offset, s.window) {
+			select {
+			case <-p.advanced:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.dispatch(ctx, p, *m); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dialLeader connects to the leader of the topic's partition id, through
@@ -654,56 +745,6 @@ func (s *subscription) dialLeader(ctx context.Context, dialer *kafkago.Dialer, i
 		return conn, offset, nil
 	}
 	return nil, 0, errors.Join(errs...)
-}
-
-// readBatch makes one fetch on conn (from its offset) and dispatches the
-// records, pausing while the partition or the subscription has no room
-// (MaxInFlight, CommitEvery). It returns the error that ended the batch:
-// io.EOF when all of it was dispatched.
-func (s *subscription) readBatch(ctx context.Context, conn *kafkago.Conn, p *partition, stopped *atomic.Bool) error {
-	cfg := s.t.cfg
-	// As kafka-go's Reader: the broker holds the fetch open for part of
-	// FetchMaxWait, the rest is the round trip's.
-	_ = conn.SetReadDeadline(time.Now().Add(cfg.FetchMaxWait))
-	batch := conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: cfg.FetchMaxBytes})
-	_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
-	var err error
-	for {
-		var m kafkago.Message
-		if m, err = batch.ReadMessage(); err != nil {
-			break
-		}
-		if stopped.Load() {
-			// Records read from the connection's buffer after the stop
-			// are left to the partition's next fetch.
-			err = ctx.Err()
-			break
-		}
-		waited := false
-		for err == nil && !p.reserve(m.Offset, s.window) {
-			waited = true
-			select {
-			case <-p.advanced:
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
-		}
-		if err != nil {
-			break
-		}
-		var w bool
-		if w, err = s.dispatchWaited(ctx, p, m); err != nil {
-			break
-		}
-		if waited || w {
-			_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
-		}
-	}
-	if cerr := batch.Close(); cerr != nil && errors.Is(err, io.EOF) {
-		err = cerr
-	}
-	_ = conn.SetReadDeadline(time.Time{})
-	return err
 }
 
 // drain waits for the partition's dispatched messages, at most DrainTimeout
