@@ -1,0 +1,130 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/busway/busway/transport"
+	"github.com/busway/busway/transport/transporttest"
+)
+
+// failFetches makes every other fetch of topic, up to the 2*len(fails)th,
+// fail in turn with fails[i]: a partition error code, or 0 for a
+// connection the broker closes. It returns how many it failed so far.
+func failFetches(c *kfake.Cluster, topic string, fails []int16) func() int {
+	var mu sync.Mutex
+	seen, failed := 0, 0
+	c.ControlKey(int16(kmsg.Fetch), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		req := kreq.(*kmsg.FetchRequest)
+		if len(req.Topics) == 0 || req.Topics[0].Topic != topic {
+			return nil, nil, false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		seen++
+		if seen%2 == 1 || failed == len(fails) {
+			return nil, nil, false
+		}
+		code := fails[failed]
+		failed++
+		if code == 0 {
+			return nil, errors.New("injected: connection closed"), true
+		}
+		resp := req.ResponseKind().(*kmsg.FetchResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewFetchResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewFetchResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = code
+				sp.HighWatermark, sp.LastStableOffset, sp.LogStartOffset = -1, -1, -1
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return failed
+	}
+}
+
+// A partition's fetch loop retries what a fetch fails with (the leader
+// moved, an offset the broker calls out of range although it is not,
+// another broker error, a connection the broker closes) and goes on from
+// the offset after the last record it dispatched: every message is handled
+// once, each key's in publish order.
+func TestFetchErrorsRetried(t *testing.T) {
+	c := newCluster(t)
+	cfg := testConfig(c.ListenAddrs())
+	cfg.FetchMaxBytes = 1024 // a few record batches a fetch: the errors come mid-stream
+	tr := open(t, cfg)
+	topic := transporttest.UniqueTopic(t)
+	const n, keys = 600, 20
+	for i := 0; i < n; i += 10 {
+		var msgs []*transport.Message
+		for j := i; j < i+10; j++ {
+			msgs = append(msgs, &transport.Message{ID: strconv.Itoa(j), Key: "k-" + strconv.Itoa(j%keys), Body: []byte("x")})
+		}
+		if err := tr.Publish(t.Context(), topic, msgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fails := []int16{
+		kerr.NotLeaderForPartition.Code, kerr.OffsetOutOfRange.Code, 0, kerr.UnknownServerError.Code,
+		kerr.NotLeaderForPartition.Code, 0, kerr.OffsetOutOfRange.Code, kerr.UnknownTopicOrPartition.Code,
+	}
+	failed := failFetches(c, topic, fails)
+
+	var mu sync.Mutex
+	handled := make(map[string]int)
+	last := make(map[string]int) // key -> last index handled
+	var disorder []string
+	sub, err := tr.Subscribe(t.Context(), topic, func(_ context.Context, m *transport.Message) error {
+		i, _ := strconv.Atoi(m.ID)
+		mu.Lock()
+		defer mu.Unlock()
+		handled[m.ID]++
+		if l, ok := last[m.Key]; ok && i <= l {
+			disorder = append(disorder, m.Key+": "+strconv.Itoa(i)+" after "+strconv.Itoa(l))
+		}
+		last[m.Key] = i
+		return nil
+	}, transport.SubscribeOptions{Group: transporttest.UniqueGroup(t), Concurrency: 4, StartFrom: transport.StartEarliest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "every message handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(handled) == n
+	})
+	if err := sub.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := failed(); got != len(fails) {
+		t.Errorf("%d fetches failed, want %d (the test did not make its errors)", got, len(fails))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, k := range handled {
+		if k != 1 {
+			t.Errorf("message %s handled %d times, want once", id, k)
+		}
+	}
+	if len(disorder) > 0 {
+		t.Errorf("key order broken: %v", disorder)
+	}
+}
