@@ -53,11 +53,12 @@ type RelayOptions struct {
 	// reads, publishes and deletes several at once instead of one
 	// statement per commit, which leaves the database to the writers. A
 	// round after an idle spell starts at once, and a backlog is read
-	// without pause. Under a heavy stream the spacing grows with the rows
-	// the last round found, one Coalesce per 4 rows, up to 4 x Coalesce
-	// (from 16 rows a round): fewer, larger rounds where their fixed cost
-	// (a statement, a publish call, wake-ups) would take CPU from the
-	// writers, while a light stream (a few rows a round) keeps Coalesce.
+	// without pause. Under a heavy stream the spacing grows with the rate
+	// the last round found, one Coalesce per row that came per Coalesce,
+	// up to 4 x Coalesce (with the default, 2ms at 2,000 rows/s, 4ms from
+	// 4,000 rows/s): fewer, larger rounds where their fixed cost (a
+	// statement, a publish call, wake-ups) would take CPU from the writers,
+	// while a light stream (up to one row per Coalesce) keeps Coalesce.
 	// So this adds at most Coalesce (4 x Coalesce under a heavy stream) to
 	// the latency of a commit that comes right after another. Default 1ms;
 	// negative: none.
@@ -575,8 +576,8 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 			continue // a backlog: no pause
 		}
 		if n > 0 {
+			spacing = streamSpacing(r.opts.Coalesce, n, roundStart.Sub(found))
 			found = roundStart
-			spacing = r.opts.Coalesce * time.Duration(min(maxCoalesce, max(1, n/coalesceRows)))
 		}
 		if n == 0 {
 			if !poll.Stop() {
@@ -606,12 +607,28 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 	}
 }
 
-// The spacing of rounds under a stream (RelayOptions.Coalesce): Coalesce
-// times the rows the last round found / coalesceRows, at least 1, at most
-// maxCoalesce. 500 one-row commits per second (1 row a round) keep
-// Coalesce; 25,000 rows per second reach 4 x Coalesce (100 rows a round,
-// 250 rounds a second instead of 1,000).
-const coalesceRows, maxCoalesce = 4, 4
+// maxCoalesce bounds the spacing of rounds under a stream, in Coalesce.
+const maxCoalesce = 4
+
+// streamSpacing is the least time from the start of a round that found n
+// rows to the start of the next (RelayOptions.Coalesce c): c times the
+// rows that came per c, n over iv (the time since the start of the round
+// before that found rows, over which they came), at least 1, at most
+// maxCoalesce. Up to 1,000 commits per second (500 one-row commits: one
+// row a round) keep c = 1ms; the spacing grows with the rate beyond
+// (2,000 rows/s: 2ms, 4 rows a round) up to 4ms from 4,000 rows/s (16 rows
+// a round at 4,000/s, 100 at 25,000/s: 250 rounds a second instead of
+// 1,000-4,000).
+func streamSpacing(c time.Duration, n int, iv time.Duration) time.Duration {
+	if c <= 0 {
+		return 0
+	}
+	f := float64(maxCoalesce)
+	if iv > 0 {
+		f = min(maxCoalesce, max(1, float64(n)*float64(c)/float64(iv)))
+	}
+	return time.Duration(f * float64(c))
+}
 
 // dbError is a round's database failure (as opposed to the transport's).
 type dbError struct{ err error }
