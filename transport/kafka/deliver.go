@@ -14,14 +14,8 @@ import (
 // dispatch queues m behind the unfinished messages of its key, blocking
 // while MaxInFlight messages are unfinished.
 func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Message) error {
-	select {
-	case s.inflight <- struct{}{}:
-	default:
-		select {
-		case s.inflight <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := s.inflight.acquire(ctx); err != nil {
+		return err
 	}
 	p.wg.Add(1)
 	s.d.Add(newJob(p, &m))
@@ -121,7 +115,7 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 // calling worker keeps it to run that next message now.
 func (s *subscription) advance(l *lane) *lane {
 	l.Head().p.wg.Done()
-	<-s.inflight
+	s.inflight.release()
 	if s.d.Done(l) {
 		return l
 	}

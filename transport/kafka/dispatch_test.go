@@ -93,7 +93,7 @@ func TestBackpressure(t *testing.T) {
 	waitUntil(t, 20*time.Second, "three handlers running", func() bool { return running.Load() == 3 })
 	time.Sleep(300 * time.Millisecond) // give fetching the chance to overrun
 	s := sub.(*subscription)
-	if n := len(s.inflight); n > 10 {
+	if n := s.inflight.held(); n > 10 {
 		t.Errorf("%d messages in flight, MaxInFlight is 10", n)
 	}
 	if n := started.Load(); n != 3 {

@@ -31,7 +31,7 @@ func newTestSubscription(t *testing.T, h transport.Handler, workers int) *subscr
 		h:        h,
 		log:      slog.New(slog.DiscardHandler),
 		d:        dispatch.New[*job](dispatch.Config{}),
-		inflight: make(chan struct{}, 64),
+		inflight: newSemaphore(64),
 		window:   64,
 	}
 	s.runCtx, s.cancelRun = context.WithCancel(context.Background())

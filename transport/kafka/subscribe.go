@@ -117,16 +117,14 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		return nil, fmt.Errorf("%w: kafka: %v", transport.ErrInvalidOptions, err)
 	}
 	s := &subscription{
-		t:     t,
-		topic: topic,
-		group: opts.Group,
-		h:     h,
-		cg:    cg,
-		log:   log,
-		d:     dispatch.New[*job](dispatch.Config{}),
-		// A counting semaphore of the fetched, unfinished messages: its
-		// capacity is the bound on them (MaxInFlight).
-		inflight: make(chan struct{}, maxInFlight),
+		t:        t,
+		topic:    topic,
+		group:    opts.Group,
+		h:        h,
+		cg:       cg,
+		log:      log,
+		d:        dispatch.New[*job](dispatch.Config{}),
+		inflight: newSemaphore(maxInFlight),
 		window:   maxInFlight,
 		every:    t.cfg.CommitEvery,
 		loopDone: make(chan struct{}),
@@ -267,9 +265,9 @@ type subscription struct {
 	cg    *kafkago.ConsumerGroup
 	log   *slog.Logger
 
-	inflight chan struct{} // fetched, unfinished messages (MaxInFlight)
-	window   int           // per partition, fetched messages past the commit position (MaxInFlight)
-	every    int           // per partition, finished messages past the committed offset that ask for a commit (CommitEvery)
+	inflight *semaphore // dispatched, unfinished messages (MaxInFlight)
+	window   int        // per partition, fetched messages past the commit position (MaxInFlight)
+	every    int        // per partition, finished messages past the committed offset that ask for a commit (CommitEvery)
 	// d orders the fetched messages by key for the Concurrency workers;
 	// inflight bounds what it holds.
 	d       *dispatch.Dispatcher[*job]
