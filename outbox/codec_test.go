@@ -5,7 +5,6 @@ import (
 	"errors"
 	"maps"
 	"testing"
-	"time"
 )
 
 func TestHeadersRoundTrip(t *testing.T) {
@@ -55,27 +54,4 @@ func FuzzReadString(f *testing.F) {
 			t.Fatalf("% x: readString %q %q", b, s, rest)
 		}
 	})
-}
-
-func TestStreamSpacing(t *testing.T) {
-	ms := time.Millisecond
-	for _, c := range []struct {
-		c    time.Duration
-		n    int
-		iv   time.Duration
-		want time.Duration
-	}{
-		{ms, 1, 2 * ms, ms},    // 500/s: Coalesce
-		{ms, 1, time.Hour, ms}, // after an idle spell
-		{ms, 2, ms, 2 * ms},    // 2,000/s
-		{ms, 10, 4 * ms, 2500 * time.Microsecond},
-		{ms, 100, 4 * ms, 4 * ms}, // 25,000/s: at most 4 x
-		{ms, 5, 0, 4 * ms},
-		{0, 100, ms, 0}, // Coalesce off
-		{10 * ms, 3, 10 * ms, 30 * ms},
-	} {
-		if got := streamSpacing(c.c, c.n, c.iv); got != c.want {
-			t.Errorf("streamSpacing(%v, %d, %v) = %v, want %v", c.c, c.n, c.iv, got, c.want)
-		}
-	}
 }
