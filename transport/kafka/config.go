@@ -110,8 +110,9 @@ type Config struct {
 	// rejoin during a rebalance. Default 30s.
 	RebalanceTimeout time.Duration
 	// FetchMaxBytes is the most bytes fetched per partition and request;
-	// a partition holds the records of one such batch while it dispatches
-	// them, and fetches the next meanwhile. Default 2 × MaxMessageBytes.
+	// a partition reads up to 4096 records of such a batch before it
+	// dispatches them, and fetches the next batch while it dispatches the
+	// last ones. Default 2 × MaxMessageBytes.
 	FetchMaxBytes int
 	// FetchMaxWait is how long the broker may hold a fetch open waiting for
 	// data; it also bounds how fast an idle partition reader stops. Default

@@ -128,3 +128,61 @@ func TestFetchErrorsRetried(t *testing.T) {
 		t.Errorf("key order broken: %v", disorder)
 	}
 }
+
+// A fetch returning more records than a partition reads before it
+// dispatches them (readAheadRecords) is dispatched in parts, in order,
+// each record once.
+func TestFetchLargeBatch(t *testing.T) {
+	c := newCluster(t)
+	cfg := testConfig(c.ListenAddrs())
+	cfg.Topics.Partitions = 1
+	tr := open(t, cfg)
+	topic := transporttest.UniqueTopic(t)
+	const n = 3*readAheadRecords + 100
+	msgs := make([]*transport.Message, 0, 1000)
+	for i := range n {
+		msgs = append(msgs, &transport.Message{ID: strconv.Itoa(i), Key: "k-" + strconv.Itoa(i%7)})
+		if len(msgs) == cap(msgs) || i == n-1 {
+			if err := tr.Publish(t.Context(), topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			msgs = msgs[:0]
+		}
+	}
+	var mu sync.Mutex
+	handled := make(map[string]int)
+	last := make(map[string]int)
+	var disorder []string
+	sub, err := tr.Subscribe(t.Context(), topic, func(_ context.Context, m *transport.Message) error {
+		i, _ := strconv.Atoi(m.ID)
+		mu.Lock()
+		defer mu.Unlock()
+		handled[m.ID]++
+		if l, ok := last[m.Key]; ok && i <= l {
+			disorder = append(disorder, m.Key+": "+strconv.Itoa(i)+" after "+strconv.Itoa(l))
+		}
+		last[m.Key] = i
+		return nil
+	}, transport.SubscribeOptions{Group: transporttest.UniqueGroup(t), Concurrency: 3, StartFrom: transport.StartEarliest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "every message handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(handled) == n
+	})
+	if err := sub.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, k := range handled {
+		if k != 1 {
+			t.Errorf("message %s handled %d times, want once", id, k)
+		}
+	}
+	if len(disorder) > 0 {
+		t.Errorf("key order broken (%d): %v", len(disorder), disorder[:min(len(disorder), 10)])
+	}
+}

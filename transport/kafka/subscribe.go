@@ -25,9 +25,10 @@ import (
 // finished, across its partitions, and, per partition, the messages
 // dispatched past its first unfinished one (the window in which handlers
 // finish out of order): when either is reached, dispatching (and so
-// fetching) pauses. It bounds memory, with the records of one fetched batch
-// per partition (at most Config.FetchMaxBytes) that wait to be dispatched. Together with
-// Config.CommitEvery it bounds the messages handled again after a crash: a
+// fetching) pauses. It bounds memory, with the records a partition has read
+// from a fetched batch and not dispatched yet (at most 4096, and at most
+// Config.FetchMaxBytes of them). Together with Config.CommitEvery it
+// bounds the messages handled again after a crash: a
 // partition pauses fetching while MaxInFlight + CommitEvery of its messages
 // are past its committed offset, so a crash redelivers at most that many
 // per partition. Default max(256, 8*Concurrency).
@@ -592,7 +593,21 @@ func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, di
 			batch = s.startFetch(conn)
 		}
 		var err error
-		recs, err = readAll(conn, batch, recs[:0], stopped)
+		for {
+			if recs, err = readRecords(conn, batch, recs[:0], stopped); err != nil || stopped.Load() {
+				break
+			}
+			// readAheadRecords read and more to come: dispatch these first.
+			if s.dispatchAll(ctx, p, recs) != nil {
+				batch.Close()
+				return
+			}
+			clear(recs)
+		}
+		if cerr := batch.Close(); cerr != nil && errors.Is(err, io.EOF) {
+			err = cerr
+		}
+		_ = conn.SetReadDeadline(time.Time{})
 		if next, _ := conn.Offset(); next >= 0 {
 			offset = next // past what was read (and records a compaction removed)
 		}
@@ -651,11 +666,12 @@ func (s *subscription) startFetch(conn *kafkago.Conn) *kafkago.Batch {
 
 // fetchAhead starts the next fetch on conn in a goroutine of its own and
 // returns the channel of its Batch: the broker prepares and sends it while
-// the last batch's records are dispatched, so that a partition does not
-// wait a round trip between batches. What is held before a handler starts
-// is then one batch's records per partition (at most FetchMaxBytes) being
-// dispatched, the next response in the connection, and MaxInFlight
-// dispatched messages. The goroutine ends once the response began or the
+// the last batch's (last readAheadRecords) records are dispatched, so that
+// a partition does not wait a round trip between batches. What is held
+// before a handler starts is then up to readAheadRecords records of a
+// batch per partition (at most FetchMaxBytes of them) being dispatched,
+// the next response in the connection, and MaxInFlight dispatched
+// messages. The goroutine ends once the response began or the
 // fetch failed (at once when fetching stops: see fetchConns).
 func (s *subscription) fetchAhead(conn *kafkago.Conn) <-chan *kafkago.Batch {
 	c := make(chan *kafkago.Batch, 1)
@@ -663,24 +679,25 @@ func (s *subscription) fetchAhead(conn *kafkago.Conn) <-chan *kafkago.Batch {
 	return c
 }
 
-// readAll appends batch's records to recs and closes it, returning the
-// error that ended it (io.EOF when it was read to its end). It stops early
-// when fetching stopped: what was not read is left to the next fetch.
-func readAll(conn *kafkago.Conn, batch *kafkago.Batch, recs []kafkago.Message, stopped *atomic.Bool) ([]kafkago.Message, error) {
+// readAheadRecords bounds the records a partition reads from a batch
+// before it dispatches them (the decoded records of a batch of small ones
+// take several times its FetchMaxBytes).
+const readAheadRecords = 4096
+
+// readRecords appends batch's next records to recs, up to readAheadRecords,
+// and returns the error that ended them: io.EOF at the batch's end, nil
+// when there may be more. It stops early when fetching stopped: what was
+// not read is left to the next fetch.
+func readRecords(conn *kafkago.Conn, batch *kafkago.Batch, recs []kafkago.Message, stopped *atomic.Bool) ([]kafkago.Message, error) {
 	_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
-	var err error
-	for !stopped.Load() {
-		var m kafkago.Message
-		if m, err = batch.ReadMessage(); err != nil {
-			break
+	for len(recs) < readAheadRecords && !stopped.Load() {
+		m, err := batch.ReadMessage()
+		if err != nil {
+			return recs, err
 		}
 		recs = append(recs, m)
 	}
-	if cerr := batch.Close(); cerr != nil && (err == nil || errors.Is(err, io.EOF)) {
-		err = cerr
-	}
-	_ = conn.SetReadDeadline(time.Time{})
-	return recs, err
+	return recs, nil
 }
 
 // dispatchAll dispatches recs, in order, pausing while the partition or the
