@@ -43,7 +43,6 @@
 package dispatch
 
 import (
-	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -375,15 +374,12 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 			d.mu.Unlock()
 			return nil
 		}
-		d.mu.Unlock()
-		if d.spinFor() {
-			d.mu.Lock()
-			continue
-		}
-		d.mu.Lock()
-		if d.ready.len() > 0 {
-			continue
-		}
+		// Park at once, without spinning first: a worker that yields and
+		// looks again takes each item the moment it comes, one at a time,
+		// and its looking makes the producer's writes cache misses (chanbus
+		// at 256B: 690 ns per message with four yields, 390 ns without, on
+		// a quiet 2-core machine), while a parked worker finds several
+		// items when it wakes.
 		d.idle++
 		d.mu.Unlock()
 		select {
@@ -398,24 +394,6 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 		d.mu.Lock()
 		d.idle--
 	}
-}
-
-// spins is how many times an idle worker yields and looks at the ready
-// queue again before it parks: a lane that becomes ready meanwhile is
-// taken without a park and a wake-up (about a microsecond of yields,
-// while a wake-up of a parked worker can take tens of microseconds).
-const spins = 4
-
-// spinFor reports whether a lane became ready while the worker yielded a
-// few times.
-func (d *Dispatcher[T]) spinFor() bool {
-	for range spins {
-		runtime.Gosched()
-		if d.readyLen.Load() > 0 {
-			return true
-		}
-	}
-	return false
 }
 
 // take makes owner the holder of l, whose head stops waiting. l's stripe
