@@ -13,12 +13,12 @@ import (
 
 // dispatch queues m behind the unfinished messages of its key, blocking
 // while MaxInFlight messages are unfinished.
-func (s *subscription) dispatch(ctx context.Context, p *partition, m kafkago.Message) error {
+func (s *subscription) dispatch(ctx context.Context, p *partition, m *kafkago.Message) error {
 	if err := s.inflight.acquire(ctx); err != nil {
 		return err
 	}
 	p.wg.Add(1)
-	s.d.Add(newJob(p, &m))
+	s.d.Add(newJob(p, m))
 	return nil
 }
 

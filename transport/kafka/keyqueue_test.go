@@ -76,7 +76,7 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 		m kafkago.Message
 	}{{p1, rec("p1-a", 0)}, {p2, rec("p2-b", 0)}, {p1, rec("p1-c", 1)}} {
 		j.p.add(j.m.Offset)
-		if err := s.dispatch(context.Background(), j.p, j.m); err != nil {
+		if err := s.dispatch(context.Background(), j.p, &j.m); err != nil {
 			t.Fatal(err)
 		}
 	}

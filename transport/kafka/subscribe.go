@@ -455,12 +455,6 @@ func (p *partition) stopping() bool {
 	return p.ctx.Err() != nil || isClosed(p.draining)
 }
 
-func (p *partition) add(off int64) {
-	p.mu.Lock()
-	p.pending = append(p.pending, pendingOffset{off: off})
-	p.mu.Unlock()
-}
-
 // fullLocked reports whether fetching must pause: window messages are fetched
 // past the first unfinished one, or window+every past the committed offset
 // (the most a crash can make the group handle again).
@@ -716,7 +710,7 @@ func (s *subscription) dispatchAll(ctx context.Context, p *partition, recs []kaf
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.dispatch(ctx, p, *m); err != nil {
+		if err := s.dispatch(ctx, p, m); err != nil {
 			return err
 		}
 	}

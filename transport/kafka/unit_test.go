@@ -46,6 +46,14 @@ func TestMurmur2MatchesJava(t *testing.T) {
 	}
 }
 
+// add records off as fetched and dispatched, as reserve does when there is
+// room.
+func (p *partition) add(off int64) {
+	p.mu.Lock()
+	p.pending = append(p.pending, pendingOffset{off: off})
+	p.mu.Unlock()
+}
+
 func TestPartitionCommitsOnlyContiguous(t *testing.T) {
 	p := &partition{next: -1, committed: -1}
 	offs := []int64{10, 11, 12, 14, 15, 20} // gaps: compaction, transaction markers

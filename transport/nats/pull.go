@@ -83,9 +83,15 @@ func (p *puller) want() int {
 	if len(p.pulls) > 0 || p.failed || p.backoff {
 		return 0
 	}
-	maxHeld := p.s.ss.maxHeld
-	if h := p.s.held.len(); maxHeld-h >= p.refill || h == 0 {
-		return maxHeld - h
+	return p.roomFor(p.s.held.len())
+}
+
+// roomFor returns how many messages to ask for while the held set holds
+// h: the room it leaves, when that is at least refill (or everything: the
+// subscription holds nothing), else 0.
+func (p *puller) roomFor(h int) int {
+	if room := p.s.ss.maxHeld - h; room >= p.refill || h == 0 {
+		return room
 	}
 	return 0
 }
@@ -129,7 +135,7 @@ func (p *puller) send(reply string, req []byte) {
 // cannot send one.
 func (p *puller) kick() {
 	s := p.s
-	if h := s.held.len(); s.ss.maxHeld-h < p.refill && h > 0 {
+	if p.roomFor(s.held.len()) == 0 {
 		return // no room worth a request (want says so too, with mu)
 	}
 	p.mu.Lock()
