@@ -111,22 +111,37 @@ const (
 // Lane is the unfinished items of one key, in order (or one keyless item).
 // Its holder (the worker that took it with Next, or the caller of Hold)
 // may read Head and use Attempt; nothing else of it.
+//
+// A worker that takes a lane takes a batch of its items at once (as many
+// as are queued, up to what is left of its turn): it runs them one by one,
+// and Done passes from one to the next without a lock, touching no memory
+// the producers write. The producers' fields and the holder's are on
+// separate cache lines.
 type Lane[T any] struct {
+	// Guarded by st.mu; written by producers.
 	key     string
 	st      *stripe[T]
-	items   ring[T]
-	head    T // items' front while held: Head reads it without the lock
+	items   ring[T] // the items not in batch
 	state   laneState
 	owner   any  // the worker holding it, as passed to Next
-	ran     int  // items run in this worker's turn
 	removed bool // Drain dropped it
 	// room is closed when an item of the lane is taken; nil while no
 	// TryAdd refused for the lane's KeyLimit waits for it.
 	room chan struct{}
+	_    [64]byte
+
+	// The holder's: the items taken with the lane, batch[bi] the head.
+	// Changed under st.mu, or by the holder alone between its take and
+	// the Done, Release or Hold that gives the lane up.
+	batch []T
+	bi    int
+	head  T   // batch[bi]
+	ran   int // items run in this worker's turn
 
 	// Attempt is the holder's count of attempts at Head, for transports
 	// that retry in place; it is 0 when a new item becomes the head.
 	Attempt int
+	_       [64]byte
 }
 
 // Key returns the lane's key, "" for a keyless item.
@@ -260,13 +275,9 @@ func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T])
 	return d.ready1(l)
 }
 
-// waitingItems counts l's items that wait for a worker.
-func (l *Lane[T]) waitingItems() int {
-	if l.state == held {
-		return l.items.len() - 1
-	}
-	return l.items.len()
-}
+// waitingItems counts l's items that wait for a worker: those a holder
+// took (its batch) do not.
+func (l *Lane[T]) waitingItems() int { return l.items.len() }
 
 // wakeRoom closes l.room, if a TryAdd waits for it.
 func (l *Lane[T]) wakeRoom() {
@@ -318,7 +329,7 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 		return
 	}
 	l.items.reset()
-	*l = Lane[T]{st: st, items: l.items}
+	*l = Lane[T]{st: st, items: l.items, batch: l.batch[:0]}
 	st.free = append(st.free, l)
 }
 
@@ -396,12 +407,18 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 	}
 }
 
-// take makes owner the holder of l, whose head stops waiting. l's stripe
-// lock is held.
+// take makes owner the holder of l and takes its batch: the items queued
+// now, up to what is left of the turn, stop waiting. l's stripe lock is
+// held and l.batch is empty.
 func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
 	l.state, l.owner = held, owner
-	l.head = l.items.front() // Add may grow items while the holder reads Head
-	d.waiting.Add(-1)
+	n := min(l.items.len(), max(d.turn-l.ran, 1))
+	var zero T
+	for range n {
+		l.batch = append(l.batch, l.items.popFront(zero))
+	}
+	l.bi, l.head = 0, l.batch[0]
+	d.waiting.Add(int64(-n))
 	l.wakeRoom()
 	if d.roomWanted.Load() {
 		d.mu.Lock()
@@ -414,26 +431,47 @@ func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
 	}
 }
 
+// giveBack returns the holder's unrun items (the head among them) to the
+// front of l's items. l's stripe lock is held.
+func (d *Dispatcher[T]) giveBack(l *Lane[T]) {
+	var zero T
+	rest := l.batch[l.bi:]
+	for i := len(rest) - 1; i >= 0; i-- {
+		l.items.pushFront(rest[i])
+	}
+	d.waiting.Add(int64(len(rest)))
+	clear(l.batch)
+	l.batch, l.bi, l.head = l.batch[:0], 0, zero
+}
+
 // Done finishes l's head, which its worker ran. It returns true when the
 // worker keeps l and runs its next item (the new Head) now; otherwise the
 // lane went back to the ready queue, or away with its last item, and the
 // worker must not touch it again.
 func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
+	var zero T
+	l.batch[l.bi] = zero
+	l.bi++
+	l.ran++
+	l.Attempt = 0
+	if l.bi < len(l.batch) {
+		// The next item of the batch: it was taken with the lane, and the
+		// turn was counted when it was.
+		l.head = l.batch[l.bi]
+		return true
+	}
+	l.batch, l.bi, l.head = l.batch[:0], 0, zero
 	st := l.st
 	st.mu.Lock()
 	if l.removed {
 		st.mu.Unlock()
 		return false
 	}
-	var zero T
-	l.items.popFront(zero)
-	l.head, l.Attempt = zero, 0
 	if l.items.len() == 0 {
 		st.empty(l)
 		st.mu.Unlock()
 		return false
 	}
-	l.ran++
 	if l.ran < d.turn || d.readyLen.Load() == 0 {
 		if l.ran >= d.turn {
 			l.ran = 0 // nobody else is waiting: a new turn
@@ -454,7 +492,7 @@ func (d *Dispatcher[T]) Release(l *Lane[T]) {
 	l.st.mu.Lock()
 	wake := false
 	if !l.removed {
-		d.waiting.Add(1)
+		d.giveBack(l)
 		wake = d.ready1(l)
 	}
 	l.st.mu.Unlock()
@@ -533,10 +571,18 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 	defer d.mu.Unlock()
 	n := 0
 	var zero T
-	take := func(l *Lane[T], keep int) {
-		for l.items.len() > keep {
+	take := func(l *Lane[T]) {
+		for l.items.len() > 0 {
 			drop(l.items.popBack(zero))
 			n++
+		}
+		if len(l.batch) > l.bi+1 { // a holder's items behind its head
+			for _, item := range l.batch[l.bi+1:] {
+				drop(item)
+				n++
+			}
+			clear(l.batch[l.bi+1:])
+			l.batch = l.batch[:l.bi+1]
 		}
 		l.wakeRoom()
 		l.removed = true
@@ -546,7 +592,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 		if !ok {
 			break
 		}
-		take(l, 0)
+		take(l)
 		if l.key != "" {
 			delete(l.st.keys, l.key)
 		}
@@ -555,7 +601,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 	for i := range d.stripes {
 		st := &d.stripes[i]
 		for key, l := range st.keys { // held and parked lanes
-			take(l, 1)
+			take(l)
 			delete(st.keys, key)
 		}
 		st.parked = 0
@@ -579,17 +625,29 @@ func (r *ring[T]) cap() int { return len(r.buf) }
 
 func (r *ring[T]) push(v T) {
 	if r.n == len(r.buf) {
-		buf := make([]T, max(4, 2*len(r.buf)))
-		for i := range r.n {
-			buf[i] = r.buf[(r.head+i)%len(r.buf)]
-		}
-		r.buf, r.head = buf, 0
+		r.grow()
 	}
 	r.buf[(r.head+r.n)%len(r.buf)] = v
 	r.n++
 }
 
-func (r *ring[T]) front() T { return r.buf[r.head] }
+// pushFront puts v before the first element.
+func (r *ring[T]) pushFront(v T) {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	r.head = (r.head - 1 + len(r.buf)) % len(r.buf)
+	r.buf[r.head] = v
+	r.n++
+}
+
+func (r *ring[T]) grow() {
+	buf := make([]T, max(4, 2*len(r.buf)))
+	for i := range r.n {
+		buf[i] = r.buf[(r.head+i)%len(r.buf)]
+	}
+	r.buf, r.head = buf, 0
+}
 
 func (r *ring[T]) pop() (T, bool) {
 	var zero T

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,7 +169,8 @@ func TestTryAddLimits(t *testing.T) {
 	if n := d.ReadyLanes(); n != 2 {
 		t.Fatalf("%d lanes ready, want 2 (a and b)", n)
 	}
-	// A worker takes a's head: room comes, and the lane's owner is known.
+	// A worker takes a's lane with both its items (its batch): room comes,
+	// and the lane's owner is known.
 	l := d.Next(nil, "w1")
 	if l.Key() != "a" || l.Head() != 0 {
 		t.Fatalf("took %q/%d, want a/0", l.Key(), l.Head())
@@ -178,33 +180,90 @@ func TestTryAddLimits(t *testing.T) {
 	default:
 		t.Fatal("room not signalled when a worker took an item")
 	}
-	if all, ofA := d.Waiting("a"); all != 2 || ofA != 1 {
-		t.Fatalf("waiting %d, of a %d; want 2 and 1", all, ofA)
+	if all, ofA := d.Waiting("a"); all != 1 || ofA != 0 {
+		t.Fatalf("waiting %d, of a %d; want 1 (b) and 0 (the worker took both of a's)", all, ofA)
 	}
 	if n := d.ReadyLanes(); n != 1 {
 		t.Fatalf("%d lanes ready after a worker took a's, want 1 (b)", n)
 	}
-	if ok, _, _ := d.TryAdd("a", 2); !ok {
-		t.Fatal("refused after room came")
+	for _, v := range []int{2, 3} {
+		if ok, _, _ := d.TryAdd("a", v); !ok {
+			t.Fatalf("item %d refused after room came", v)
+		}
 	}
-	_, _, owner = d.TryAdd("a", 3)
-	if owner != "w1" {
-		t.Fatalf("owner of a's lane = %v, want w1", owner)
+	ok, _, owner = d.TryAdd("a", 4)
+	if ok || owner != "w1" {
+		t.Fatalf("a fifth item of a: ok %v, owner %v; want refused, owned by w1", ok, owner)
 	}
-	d.Add("a", 3) // Add ignores limits
+	d.Add("a", 5) // Add ignores limits
 	if all, ofA := d.Waiting("a"); all != 4 || ofA != 3 {
 		t.Fatalf("after Add: waiting %d, of a %d; want 4 and 3", all, ofA)
 	}
-	// Drain drops all but the held head.
+	// Drain drops all but the held head: b's item, the worker's item 1
+	// behind its head, and a's 2, 3 and 5.
 	var dropped []int
-	if n := d.Drain(func(v int) { dropped = append(dropped, v) }); n != 4 {
-		t.Fatalf("Drain dropped %d (%v), want 4", n, dropped)
+	if n := d.Drain(func(v int) { dropped = append(dropped, v) }); n != 5 {
+		t.Fatalf("Drain dropped %d (%v), want 5", n, dropped)
+	}
+	slices.Sort(dropped)
+	if fmt.Sprint(dropped) != "[0 1 2 3 5]" {
+		t.Fatalf("Drain dropped %v, want b's 0 and a's 1, 2, 3, 5", dropped)
 	}
 	if d.Done(l) {
 		t.Fatal("Done kept a drained lane")
 	}
 	if all, _ := d.Waiting(""); all != 0 {
 		t.Fatalf("waiting %d after Drain", all)
+	}
+}
+
+// TestReleaseMidBatch: a worker that took a lane's items at once and hands
+// the lane back after running some (Release, as a stopping worker does)
+// gives the rest back in order, before items added meanwhile; a Hold and
+// Ready keeps the head and its Attempt.
+func TestReleaseMidBatch(t *testing.T) {
+	d := New[int](Config{})
+	for i := range 4 {
+		d.Add("k", i)
+	}
+	l := d.Next(nil, "w1")
+	if l.Head() != 0 || !d.Done(l) || l.Head() != 1 {
+		t.Fatalf("head %d after one Done, want 1", l.Head())
+	}
+	d.Add("k", 4)
+	if all, ofK := d.Waiting("k"); all != 1 || ofK != 1 {
+		t.Fatalf("waiting %d, of k %d; want 1 and 1 (4; 1-3 are the worker's)", all, ofK)
+	}
+	d.Release(l)
+	if all, _ := d.Waiting("k"); all != 4 {
+		t.Fatalf("waiting %d after Release, want 4 (1-4)", all)
+	}
+	l = d.Next(nil, "w2")
+	if l.Head() != 1 {
+		t.Fatalf("head %d after Release, want 1", l.Head())
+	}
+	l.Attempt = 3
+	d.Hold(l)
+	d.Ready(l)
+	l = d.Next(nil, "w3")
+	if l.Head() != 1 || l.Attempt != 3 {
+		t.Fatalf("after Hold and Ready: head %d, attempt %d; want 1, 3", l.Head(), l.Attempt)
+	}
+	var got []int
+	for {
+		got = append(got, l.Head())
+		if !d.Done(l) {
+			break
+		}
+		if l.Attempt != 0 {
+			t.Fatalf("attempt %d on a new head, want 0", l.Attempt)
+		}
+	}
+	if fmt.Sprint(got) != "[1 2 3 4]" {
+		t.Fatalf("ran %v, want [1 2 3 4]", got)
+	}
+	if all, _ := d.Waiting(""); all != 0 {
+		t.Fatalf("waiting %d at the end", all)
 	}
 }
 
