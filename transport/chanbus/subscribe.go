@@ -163,8 +163,21 @@ func (s *subscription) work(w *worker) {
 // run handles the messages of the lane l, which w took from the group's
 // dispatcher, until the dispatcher takes it back (empty, or another lane's
 // turn), a handler fails or the subscription stops.
+//
+// Its acknowledged messages leave the pending counts in batches (at most
+// ackBatch at a time, and all before run returns): the count is a word
+// that every publish writes too, and each add from here moved its cache
+// line to this worker's core. A count that lags stays above zero only
+// while this worker is still running the lane's messages, whose WaitIdle
+// waits anyway.
 func (s *subscription) run(w *worker, l *lane) {
 	ctx := w.ctx
+	acked := 0
+	defer func() {
+		if acked > 0 {
+			s.t.pend.add(-acked, -acked)
+		}
+	}()
 	for {
 		if s.stopping() {
 			s.g.d.Release(l) // for another member's worker, or teardown
@@ -196,7 +209,10 @@ func (s *subscription) run(w *worker, l *lane) {
 			s.failed(ctx, l, d, err)
 			return
 		}
-		s.t.pend.add(-1, -1)
+		if acked++; acked == ackBatch {
+			s.t.pend.add(-acked, -acked)
+			acked = 0
+		}
 		keep := s.g.d.Done(l)
 		d.recycle()
 		if !keep {
@@ -204,6 +220,10 @@ func (s *subscription) run(w *worker, l *lane) {
 		}
 	}
 }
+
+// ackBatch is how many acknowledged messages a worker counts before it
+// takes them off the pending counts (see run).
+const ackBatch = 32
 
 // failed keeps d at the head of its lane l, which w held, to be delivered
 // again after its backoff.
