@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/busway/busway/internal/clock"
 	"github.com/busway/busway/transport"
 )
 
@@ -216,14 +217,14 @@ func (box *msgBox) fill(e *Envelope, hm map[string]string, hs []header, body []b
 	var ts string
 	stamped := e.Time.IsZero()
 	if stamped {
-		e.Time = time.Now()
+		e.Time = clock.Now()
 	} else if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
 		return fmt.Errorf("%w: time %v: year %d is outside RFC 3339's 0000 to 9999", ErrInvalidEnvelope, e.Time, y)
 	}
 	if e.ID == "" {
 		now := e.Time // the ID's time is the event's when it was stamped here
 		if !stamped {
-			now = time.Now()
+			now = clock.Now()
 		}
 		e.ID, ts = newIDAndTime(now, e.Time)
 	} else {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/busway/busway/internal/clock"
 	"github.com/busway/busway/transport"
 )
 
@@ -40,7 +41,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 			slog.String("topic", topic), slog.Int("messages", len(msgs)))
 		return nil
 	}
-	now := time.Now()
+	now := clock.Now()
 	w := t.publisher(ctx)
 	for i, m := range msgs {
 		if err := t.enqueueAll(ctx, groups, m, topic, now, w); err != nil {
