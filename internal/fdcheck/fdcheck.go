@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,7 +84,7 @@ func waitClosed(before map[string]string, grace time.Duration) []string {
 		var extra []string
 		for fd, target := range now {
 			if b, ok := before[fd]; !ok || b != target {
-				extra = append(extra, fd+" -> "+target)
+				extra = append(extra, fd+" -> "+target+describeSocket(target))
 			}
 		}
 		if len(extra) == 0 || time.Now().After(deadline) {
@@ -91,4 +93,45 @@ func waitClosed(before map[string]string, grace time.Duration) []string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// describeSocket names the addresses of a leaked socket ("socket:[inode]")
+// from /proc/self/net, so that a failure says which connection it was:
+// " (tcp 127.0.0.1:41234 -> 127.0.0.1:4222, state 01)"; "" when it is not
+// a TCP socket or cannot be found.
+func describeSocket(target string) string {
+	inode, ok := strings.CutPrefix(target, "socket:[")
+	if !ok {
+		return ""
+	}
+	inode = strings.TrimSuffix(inode, "]")
+	for _, table := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile("/proc/self/net/" + table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			if len(f) > 9 && f[9] == inode {
+				return fmt.Sprintf(" (%s %s -> %s, state %s)", table, hexAddr(f[1]), hexAddr(f[2]), f[3])
+			}
+		}
+	}
+	return ""
+}
+
+// hexAddr renders /proc/net/tcp's "0100007F:10CE" as "127.0.0.1:4302"
+// (IPv4; other addresses as they are).
+func hexAddr(a string) string {
+	host, port, ok := strings.Cut(a, ":")
+	p, err := strconv.ParseUint(port, 16, 16)
+	if !ok || err != nil || len(host) != 8 {
+		return a
+	}
+	ip, err := strconv.ParseUint(host, 16, 32)
+	if err != nil {
+		return a
+	}
+	return fmt.Sprintf("%d.%d.%d.%d:%d", ip&0xff, ip>>8&0xff, ip>>16&0xff, ip>>24, p)
 }
