@@ -505,3 +505,77 @@ func TestTotalRoom(t *testing.T) {
 	}
 	_ = d.Done(l)
 }
+
+// TestOrderWithReleaseAndHold: producers and workers at once, the workers
+// now and then handing a lane back mid-batch (Release) or holding its head
+// for a retry (Hold, then Ready from another goroutine, run again): every
+// item of every key runs to the end once, in the order it was added, and
+// nothing is left waiting.
+func TestOrderWithReleaseAndHold(t *testing.T) {
+	d := New[item](Config{Turn: 8})
+	const keys, per, producers = 12, 300, 3
+	var mu sync.Mutex
+	next := map[string]int{} // the key's next seq to finish
+	var finished atomic.Int32
+	var retries sync.WaitGroup
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			n := 0
+			for l := d.Next(nil, w); l != nil; {
+				n++
+				it := l.Head()
+				switch {
+				case n%7 == 0:
+					d.Release(l) // handed back unrun: runs again later
+					l = d.Next(nil, w)
+					continue
+				case n%11 == 0 && l.Attempt == 0:
+					l.Attempt++
+					d.Hold(l)
+					held := l
+					retries.Go(func() { d.Ready(held) })
+					l = d.Next(nil, w)
+					continue
+				}
+				mu.Lock()
+				if it.seq != next[it.key] {
+					t.Errorf("key %s: item %d finished, want %d", it.key, it.seq, next[it.key])
+				}
+				next[it.key] = it.seq + 1
+				mu.Unlock()
+				finished.Add(1)
+				if !d.Done(l) {
+					l = d.Next(nil, w)
+				}
+			}
+		})
+	}
+	var pg sync.WaitGroup
+	for p := range producers {
+		pg.Go(func() {
+			for s := range per {
+				for k := p; k < keys; k += producers { // each key has one producer: its order is defined
+					key := fmt.Sprint("k", k)
+					d.Add(key, item{key, s})
+				}
+			}
+		})
+	}
+	pg.Wait()
+	for finished.Load() < keys*per {
+		if t.Failed() {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	d.Close()
+	wg.Wait()
+	retries.Wait()
+	if got := finished.Load(); got != keys*per {
+		t.Fatalf("finished %d items, want %d", got, keys*per)
+	}
+	if all, _ := d.Waiting(""); all != 0 {
+		t.Fatalf("%d items still waiting", all)
+	}
+}
