@@ -485,6 +485,79 @@ func TestBoundedInFlight(t *testing.T) {
 	close(release)
 }
 
+// TestHeldBound: a subscription never has more than MaxHeld messages
+// delivered and not finished, though it asks for more before the server
+// answered its last request. Its handler stops now and then; once the
+// server answered every request (NumWaiting 0), delivered minus handled is
+// what the subscription holds or has on its way, at most MaxHeld.
+func TestHeldBound(t *testing.T) {
+	const maxHeld, total, every = 8, 400, 50
+	tr := open(t, embeddedConfig(t))
+	defer tr.Close()
+	topic := transporttest.UniqueTopic(t)
+	var handled atomic.Int64
+	blocked := make(chan int)
+	release := make(chan struct{})
+	failed := make(chan struct{}) // the test ends: stop no more
+	subscribe(t, tr, topic, func(ctx context.Context, m *transport.Message) error {
+		n := int(handled.Load())
+		if n%every == every-1 && n < total-every {
+			select {
+			case blocked <- n:
+			case <-failed:
+			case <-ctx.Done():
+			}
+			select {
+			case <-release:
+			case <-failed:
+			case <-ctx.Done():
+			}
+		}
+		handled.Add(1)
+		return nil
+	}, transport.SubscribeOptions{Group: "g", StartFrom: transport.StartEarliest,
+		Specific: []transport.SpecificOption{busnats.MaxHeld(maxHeld), busnats.MaxAckPending(1000)}})
+	t.Cleanup(func() { close(failed) }) // before the subscription's Close
+	msgs := make([]*transport.Message, total)
+	for i := range msgs {
+		msgs[i] = &transport.Message{ID: fmt.Sprint(i)}
+	}
+	if err := tr.Publish(ctxT(t), topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tr.JetStream().Stream(ctxT(t), tr.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stops := 0
+	for stops < total/every-1 {
+		var n int
+		select {
+		case n = <-blocked:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("handler did not reach its stop %d (%d handled)", stops, handled.Load())
+		}
+		stops++
+		var info *jetstream.ConsumerInfo
+		waitUntil(t, 10*time.Second, "the server to answer every pull request", func() bool {
+			names := st.ConsumerNames(ctxT(t))
+			for name := range names.Name() {
+				c, err := st.Consumer(ctxT(t), name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				info = c.CachedInfo()
+			}
+			return info != nil && info.NumWaiting == 0
+		})
+		if held := int(info.Delivered.Consumer) - n; held > maxHeld || held < 1 {
+			t.Fatalf("stopped at message %d: %d delivered, %d held, MaxHeld %d", n, info.Delivered.Consumer, held, maxHeld)
+		}
+		release <- struct{}{}
+	}
+	waitUntil(t, 10*time.Second, "every message handled", func() bool { return handled.Load() == total })
+}
+
 // TestSlowKeyBlocksOnlyItself: with Concurrency 2, a handler blocked on one
 // key delays only that key's later messages, not those of other keys; the
 // keys "slow", "a" and "c" once shared a worker (fnv32a(key)%2 == 0), so

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -58,11 +59,12 @@ type puller struct {
 	// mu guards the requests awaited and how the last ones ended. It is
 	// taken before the held set's lock, never inside it.
 	mu      sync.Mutex
-	pulls   []pullReq // pull requests awaited: at most one open, and ended ones whose last messages are on their way
-	seq     uint64    // the last pull request's id
-	ok      bool      // a pull request ended normally (408, 404)
-	failed  bool      // a pull request failed: run backs off
-	backoff bool      // run waits before asking again: only run asks
+	pulls   []pullReq    // pull requests awaited, oldest first: open ones, and ended ones whose last messages are on their way
+	asked   atomic.Int32 // the sum of pulls' left: messages asked for and not yet received; changed under mu
+	seq     uint64       // the last pull request's id
+	ok      bool         // a pull request ended normally (408, 404)
+	failed  bool         // a pull request failed: run backs off
+	backoff bool         // run waits before asking again: only run asks
 
 	room  chan struct{} // a request went out or ended, or room came that only run can ask for
 	reset chan struct{} // the pull requests in flight are void (reconnect, recreated consumer)
@@ -71,26 +73,28 @@ type puller struct {
 // pullReq is a pull request the subscription awaits messages of.
 type pullReq struct {
 	id   uint64    // its reply subject is inbox.prefix + id
-	left int       // messages it may still bring
-	seen time.Time // when it went out, or last brought a message or heartbeat
+	left int       // messages it may still bring (as counted: see received)
+	seen time.Time // when it went out, or last brought a heartbeat, or any request a message
 }
 
-// want returns how many messages to ask for now: the room the held set
-// leaves, when it is at least refill (or everything: the subscription
-// holds nothing), and 0 while a request is awaited, failed or run backs
-// off. Called with mu.
+// want returns how many messages to ask for now: the room that the held
+// set and the messages asked for and not yet received leave, when it is
+// at least refill; 0 while a request failed or run backs off. Requests
+// need not wait for the last one to be answered: while one is answered
+// the next is on its way, so that the server never waits for it while
+// there is room. Called with mu.
 func (p *puller) want() int {
-	if len(p.pulls) > 0 || p.failed || p.backoff {
+	if p.failed || p.backoff {
 		return 0
 	}
-	return p.roomFor(p.s.held.len())
+	return p.roomFor(p.s.held.len(), int(p.asked.Load()))
 }
 
 // roomFor returns how many messages to ask for while the held set holds
-// h: the room it leaves, when that is at least refill (or everything: the
-// subscription holds nothing), else 0.
-func (p *puller) roomFor(h int) int {
-	if room := p.s.ss.maxHeld - h; room >= p.refill || h == 0 {
+// h and a are asked for and not yet received: the room they leave, when
+// that is at least refill, else 0.
+func (p *puller) roomFor(h, a int) int {
+	if room := p.s.ss.maxHeld - h - a; room >= p.refill {
 		return room
 	}
 	return 0
@@ -103,6 +107,7 @@ func (p *puller) roomFor(h int) int {
 func (p *puller) open(n int, now time.Time) (reply string, req []byte) {
 	p.seq++
 	p.pulls = append(p.pulls, pullReq{id: p.seq, left: n, seen: now})
+	p.asked.Add(int32(n))
 	req = make([]byte, 0, 80)
 	req = append(req, `{"batch":`...)
 	req = strconv.AppendInt(req, int64(n), 10)
@@ -114,13 +119,17 @@ func (p *puller) open(n int, now time.Time) (reply string, req []byte) {
 	return p.inbox.prefix + strconv.FormatUint(p.seq, 10), req
 }
 
-// send publishes a request open made. One that could not be sent has run
-// back off.
+// send publishes a request open made. One that could not be sent is no
+// longer awaited (those sent before it still are) and has run back off.
 func (p *puller) send(reply string, req []byte) {
 	s := p.s
 	if err := s.t.nc.PublishRequest(p.next, reply, req); err != nil {
 		p.mu.Lock()
-		p.pulls, p.failed = p.pulls[:0], true
+		if i := p.index(reply); i >= 0 {
+			p.asked.Add(int32(-p.pulls[i].left))
+			p.pulls = append(p.pulls[:i], p.pulls[i+1:]...)
+		}
+		p.failed = true
 		p.mu.Unlock()
 		s.t.log.Warn("nats: pull request", "topic", s.topic, "group", s.group, "error", err)
 	}
@@ -135,7 +144,7 @@ func (p *puller) send(reply string, req []byte) {
 // cannot send one.
 func (p *puller) kick() {
 	s := p.s
-	if p.roomFor(s.held.len()) == 0 {
+	if p.roomFor(s.held.len(), int(p.asked.Load())) == 0 {
 		return // no room worth a request (want says so too, with mu)
 	}
 	p.mu.Lock()
@@ -161,12 +170,14 @@ func (p *puller) kick() {
 // it holds is in the held set, which progress keeps in progress on the
 // server. Nothing waits unseen in a client buffer.
 //
-// Requests go out one at a time, all answered on one inbox subscription
-// that lives as long as the subscription: a message the server sends after
-// it ended the request (it announces a shutdown before it stops sending)
-// is still received and handled, not left to come back after AckWait.
-// Most requests go out from kick, at once where room came; run sends the
-// first, those after a failure or a reconnect, and notices lost ones.
+// A request goes out whenever the room left by what is held and what is
+// asked for is worth one, also while earlier ones are still answered, all
+// answered on one inbox subscription that lives as long as the
+// subscription: a message the server sends after it ended the request (it
+// announces a shutdown before it stops sending) is still received and
+// handled, not left to come back after AckWait. Most requests go out from
+// kick, at once where room came; run sends the first, those after a
+// failure or a reconnect, and notices lost ones.
 func (p *puller) run() {
 	s := p.s
 	defer s.wg.Done()
@@ -185,8 +196,14 @@ func (p *puller) run() {
 		n := p.want()
 		if len(p.pulls) > 0 {
 			// A request is open, or messages it sent are on their way:
-			// wait for them, or for its end to be overdue.
-			tm = time.NewTimer(p.pulls[0].seen.Add(pullLost).Sub(now))
+			// wait for them, or for an end to be overdue.
+			seen := p.pulls[0].seen
+			for _, r := range p.pulls[1:] {
+				if r.seen.Before(seen) {
+					seen = r.seen
+				}
+			}
+			tm = time.NewTimer(seen.Add(pullLost).Sub(now))
 			wait = tm.C
 		}
 		if n > 0 && !s.t.nc.IsConnected() {
@@ -321,24 +338,28 @@ func (p *puller) receive(m *natsgo.Msg) {
 }
 
 // received counts a stream message that arrived at now. It comes with its
-// own subject, not the reply subject of its request: it counts against
-// the oldest request still awaited (the server answers requests in order;
-// one that ended sent its last messages before the next request went out).
+// own subject, not the reply subject of its request, and the server
+// answers the requests it waits on in turns, a message to each: it counts
+// against the oldest request still awaited, which keeps asked exact (one
+// message fewer on the way) while a request's own count may be off its
+// true one (below for the oldest, above for later ones). That errs on the
+// safe side only: a request's end (see status) takes off at most what the
+// server says it did not send, so asked is never below what is truly on
+// its way. Every request awaited counts as seen: the server is answering.
+//
+// Room does not grow here (held grew by what asked lost): nothing to ask.
 func (p *puller) received(now time.Time) {
 	p.mu.Lock()
-	ended := false
 	if len(p.pulls) > 0 {
+		p.asked.Add(-1)
 		if p.pulls[0].left--; p.pulls[0].left <= 0 {
 			p.pulls = append(p.pulls[:0], p.pulls[1:]...)
-			ended = true
-		} else {
-			p.pulls[0].seen = now
+		}
+		for i := range p.pulls {
+			p.pulls[i].seen = now
 		}
 	}
 	p.mu.Unlock()
-	if ended {
-		p.kick()
-	}
 }
 
 // status takes in a status message: every one but a heartbeat ends the
@@ -363,11 +384,12 @@ func (p *puller) status(code string, m *natsgo.Msg) {
 	p.mu.Lock()
 	if i := p.index(m.Subject); i >= 0 {
 		r := &p.pulls[i]
-		if pending < 0 {
-			r.left = 0
-		} else {
-			r.left = max(0, r.left-pending)
+		left := 0
+		if pending >= 0 {
+			left = max(0, r.left-pending)
 		}
+		p.asked.Add(int32(left - r.left))
+		r.left = left
 		// What is still left was sent before the end: on its way.
 		if r.left == 0 {
 			p.pulls = append(p.pulls[:i], p.pulls[i+1:]...)
@@ -430,17 +452,25 @@ func (p *puller) dropLost(now time.Time) {
 	for _, r := range p.pulls {
 		if now.Sub(r.seen) < pullLost {
 			kept = append(kept, r)
+		} else {
+			p.asked.Add(int32(-r.left))
 		}
 	}
 	clear(p.pulls[len(kept):])
 	p.pulls = kept
 }
 
+// clearPulls forgets every request awaited. Called with mu.
+func (p *puller) clearPulls() {
+	p.pulls = p.pulls[:0]
+	p.asked.Store(0)
+}
+
 // resetPulls forgets every pull request in flight, after a reconnect or a
 // recreated consumer: the server no longer has them.
 func (p *puller) resetPulls() {
 	p.mu.Lock()
-	p.pulls = p.pulls[:0]
+	p.clearPulls()
 	p.mu.Unlock()
 	select {
 	case p.reset <- struct{}{}:
