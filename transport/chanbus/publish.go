@@ -91,10 +91,43 @@ type delivery struct {
 	gate    <-chan struct{} // nil, or closed once the message is queued for every group
 }
 
-// deliveries recycles delivery values with their Header maps and Body
-// buffers: the transport contract lets a transport reuse a Message once its
-// handler returned, and the copy per group is most of Publish's cost.
-var deliveries = sync.Pool{New: func() any { return new(delivery) }}
+// Deliveries are recycled with their Header maps and Body buffers: the
+// transport contract lets a transport reuse a Message once its handler
+// returned, and the copy per group is most of Publish's cost. A worker
+// collects the deliveries it is done with in a batch of its own and passes
+// them on a full batch at a time (full); Publish takes one from a full
+// batch, which it puts back while it has more (on its P's private slot of
+// the pool, so the next Publish there finds it at once). The deliveries
+// then change cores a batch at a time: with one pool of deliveries, every
+// Publish stole the one its worker had just put on the other core's share
+// of the pool, and both wrote that share's word on every message.
+var full, empty sync.Pool // of *freeList: with deliveries, emptied
+
+// freeList is a batch of recycled deliveries.
+type freeList struct{ ds []*delivery }
+
+// freeBatch is how many deliveries a worker collects before it passes them
+// on.
+const freeBatch = 32
+
+// getDelivery returns a recycled delivery, or a new one.
+func getDelivery() *delivery {
+	v := full.Get()
+	if v == nil {
+		return new(delivery)
+	}
+	f := v.(*freeList)
+	n := len(f.ds) - 1
+	d := f.ds[n]
+	f.ds[n] = nil
+	f.ds = f.ds[:n]
+	if n > 0 {
+		full.Put(f)
+	} else {
+		empty.Put(f)
+	}
+	return d
+}
 
 // Limits on what a recycled delivery keeps, so one large message does not
 // pin its buffers in the pool.
@@ -105,7 +138,7 @@ const (
 
 // newDelivery returns a copy of m for group, in a recycled delivery.
 func newDelivery(m *transport.Message, topic, group string, now time.Time) *delivery {
-	d := deliveries.Get().(*delivery)
+	d := getDelivery()
 	header, body := d.msg.Header, d.msg.Body
 	d.msg = transport.Message{ID: m.ID, Key: m.Key, Topic: topic, Group: group, Time: now}
 	d.attempt, d.gate = 0, nil
@@ -137,13 +170,25 @@ func newDelivery(m *transport.Message, topic, group string, now time.Time) *deli
 	return d
 }
 
-// recycle returns d to the pool once its handler returned nil.
-func (d *delivery) recycle() {
+// recycle keeps d, whose handler returned nil, in w's batch of recycled
+// deliveries, which goes to the pool once full.
+func (w *worker) recycle(d *delivery) {
 	if cap(d.msg.Body) > maxPooledBody {
 		d.msg.Body = nil
 	}
 	if len(d.msg.Header) > maxPooledHeader {
 		d.msg.Header = nil
 	}
-	deliveries.Put(d)
+	if w.free == nil {
+		if v := empty.Get(); v != nil {
+			w.free = v.(*freeList)
+		} else {
+			w.free = &freeList{ds: make([]*delivery, 0, freeBatch)}
+		}
+	}
+	w.free.ds = append(w.free.ds, d)
+	if len(w.free.ds) == freeBatch {
+		full.Put(w.free)
+		w.free = nil
+	}
 }

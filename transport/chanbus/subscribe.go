@@ -98,6 +98,7 @@ type worker struct {
 	// waiting counts this worker's handler's publishes waiting for room;
 	// guarded by t.waits.mu.
 	waiting int
+	free    *freeList // deliveries done with, for Publish to reuse (see recycle)
 }
 
 // publisher returns the worker whose handler called Publish with ctx, or
@@ -157,6 +158,12 @@ func (s *subscription) work(w *worker) {
 			return // stopped
 		}
 		s.run(w, l)
+		if w.free != nil && s.g.d.ReadyLanes() == 0 {
+			// Likely to wait for work: pass the deliveries on now, so
+			// that the pool has them and the GC may drop them.
+			full.Put(w.free)
+			w.free = nil
+		}
 	}
 }
 
@@ -214,7 +221,7 @@ func (s *subscription) run(w *worker, l *lane) {
 			acked = 0
 		}
 		keep := s.g.d.Done(l)
-		d.recycle()
+		w.recycle(d)
 		if !keep {
 			return
 		}
