@@ -117,7 +117,7 @@
 // WAL flush; if the server crashes before the flush the rows come back and
 // are published again, which at-least-once allows. Under a stream of small
 // commits, rounds start at most every RelayOptions.Coalesce (1ms; up to
-// 4ms as the rate grows beyond one row per millisecond), so that the
+// 8ms as the rate grows beyond one row per millisecond), so that the
 // relay takes several rows per statement and leaves the database and the
 // CPU to the writers. The relay reads only the columns it sends and decodes each
 // row's headers into one string (two allocations where there were a

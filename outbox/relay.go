@@ -55,11 +55,11 @@ type RelayOptions struct {
 	// round after an idle spell starts at once, and a backlog is read
 	// without pause. Under a heavy stream the spacing grows with the rate
 	// the last round found, one Coalesce per row that came per Coalesce,
-	// up to 4 x Coalesce (with the default, 2ms at 2,000 rows/s, 4ms from
-	// 4,000 rows/s): fewer, larger rounds where their fixed cost (a
+	// up to 8 x Coalesce (with the default, 2ms at 2,000 rows/s, 8ms from
+	// 8,000 rows/s): fewer, larger rounds where their fixed cost (a
 	// statement, a publish call, wake-ups) would take CPU from the writers,
 	// while a light stream (up to one row per Coalesce) keeps Coalesce.
-	// So this adds at most Coalesce (4 x Coalesce under a heavy stream) to
+	// So this adds at most Coalesce (8 x Coalesce under a heavy stream) to
 	// the latency of a commit that comes right after another. Default 1ms;
 	// negative: none.
 	Coalesce time.Duration
@@ -608,7 +608,7 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 }
 
 // maxCoalesce bounds the spacing of rounds under a stream, in Coalesce.
-const maxCoalesce = 4
+const maxCoalesce = 8
 
 // streamSpacing is the least time from the start of a round that found n
 // rows to the start of the next (RelayOptions.Coalesce c): c times the
@@ -616,9 +616,12 @@ const maxCoalesce = 4
 // before that found rows, over which they came), at least 1, at most
 // maxCoalesce. Up to 1,000 commits per second (500 one-row commits: one
 // row a round) keep c = 1ms; the spacing grows with the rate beyond
-// (2,000 rows/s: 2ms, 4 rows a round) up to 4ms from 4,000 rows/s (16 rows
-// a round at 4,000/s, 100 at 25,000/s: 250 rounds a second instead of
-// 1,000-4,000).
+// (2,000 rows/s: 2ms, 4 rows a round; 6,000 rows/s: 6ms, 36 rows) up to
+// 8ms from 8,000 rows/s (200 rows a round at 25,000/s: 125 rounds a second,
+// against 250 with a bound of 4ms and 1,000-4,000 without). Besides its rows, a round costs PostgreSQL
+// some 60-75us of CPU (its statement) and the relay's process about as
+// much (the round trip, a publish call, its wake-ups): CPU the writers
+// would have under a stream.
 func streamSpacing(c time.Duration, n int, iv time.Duration) time.Duration {
 	if c <= 0 {
 		return 0

@@ -913,8 +913,9 @@ func TestStreamSpacing(t *testing.T) {
 		{ms, 1, time.Hour, ms}, // after an idle spell
 		{ms, 2, ms, 2 * ms},    // 2,000/s
 		{ms, 10, 4 * ms, 2500 * time.Microsecond},
-		{ms, 100, 4 * ms, 4 * ms}, // 25,000/s: at most 4 x
-		{ms, 5, 0, 4 * ms},
+		{ms, 24, 4 * ms, 6 * ms},  // 6,000/s
+		{ms, 100, 4 * ms, 8 * ms}, // 25,000/s: at most 8 x
+		{ms, 5, 0, 8 * ms},
 		{0, 100, ms, 0}, // Coalesce off
 		{10 * ms, 3, 10 * ms, 30 * ms},
 	} {
