@@ -134,7 +134,7 @@ func (dl *delivery) handle(sl *slot, h *held) {
 func (s *subscription) settle(jm *natsgo.Msg, attempt int, id string, err error) {
 	switch {
 	case err == nil:
-		if aerr := jm.Ack(); aerr != nil {
+		if aerr := s.ack(jm); aerr != nil {
 			// Not acked: the server redelivers after AckWait (at-least-once).
 			s.t.log.Warn("nats: ack", "topic", s.topic, "group", s.group, "id", id, "error", aerr)
 		}
@@ -150,6 +150,18 @@ func (s *subscription) settle(jm *natsgo.Msg, attempt int, id string, err error)
 	default:
 		s.nak(jm, s.ss.nakDelay(attempt))
 	}
+}
+
+// ackBody is the body of an ack, as nats.go's Msg.Ack sends it.
+var ackBody = []byte("+ACK")
+
+// ack acks m, sending what m.Ack sends, without its allocation (its
+// options escape) and its look at the subscription: a stream message of
+// the pull inbox has a reply (receive checked it), and settle acks it at
+// most once. (m is not marked acked: an InProgress that progress sends
+// after the ack is ignored by the server.)
+func (s *subscription) ack(m *natsgo.Msg) error {
+	return s.t.nc.Publish(m.Reply, ackBody)
 }
 
 func (s *subscription) nak(m *natsgo.Msg, d time.Duration) {
@@ -219,7 +231,7 @@ func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
 	if md, ok := ackMeta(jm.Reply); ok {
 		m.Attempt = int(md.delivered)
 		m.Time = time.Unix(0, md.time)
-		sl.meta[transport.MetaSequence] = strconv.FormatUint(md.streamSeq, 10)
+		sl.meta[transport.MetaSequence] = md.seq
 		m.Meta = sl.meta
 	} else {
 		m.Attempt = 1
@@ -231,7 +243,8 @@ func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
 // ackMetadata is what fill reads of a message's ack subject.
 type ackMetadata struct {
 	delivered, streamSeq uint64
-	time                 int64 // when the stream stored it, in Unix nanoseconds
+	time                 int64  // when the stream stored it, in Unix nanoseconds
+	seq                  string // streamSeq in decimal: the subject's own token when it is that
 }
 
 // ackMeta reads the delivery count, stream sequence and time from a
@@ -266,6 +279,11 @@ func ackMeta(reply string) (md ackMetadata, ok bool) {
 		tok[i], rest, _ = strings.Cut(rest, ".")
 	}
 	md.delivered, md.streamSeq, md.time = parseNum(tok[0]), parseNum(tok[1]), int64(parseNum(tok[3]))
+	if md.streamSeq > 0 && tok[1][0] != '0' {
+		md.seq = tok[1] // no allocation: it shares the reply's bytes
+	} else {
+		md.seq = strconv.FormatUint(md.streamSeq, 10)
+	}
 	return md, true
 }
 
