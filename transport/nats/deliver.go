@@ -21,7 +21,10 @@ type delivery struct {
 	s *subscription
 	d *dispatch.Dispatcher[*held]
 	// keyed: messages go by their key. With one worker they do not need
-	// to: everything runs in stream order, each message its own lane.
+	// to: everything runs in stream order, in one lane (oneLane), which
+	// the worker keeps while it has messages and takes in batches; as
+	// keyless messages each would be a lane of its own, through the
+	// dispatcher's ready queue and a wake-up each.
 	keyed   bool
 	slots   []slot         // per worker: the Message its handler gets
 	workers sync.WaitGroup // the workers (a replacement counts as the one it replaces)
@@ -61,11 +64,15 @@ func (dl *delivery) finish() {
 	dl.workers.Wait()
 }
 
+// oneLane is the key of every message of a delivery with one worker.
+const oneLane = "\x00"
+
 // queue adds a held message to the dispatcher, behind the unfinished
 // messages of its key.
 func (dl *delivery) queue(h *held) {
-	key := ""
+	key := oneLane
 	if dl.keyed {
+		key = ""
 		if v := h.m.Header[wireKeyHeader]; len(v) > 0 {
 			key = v[0]
 		}
