@@ -88,3 +88,82 @@ func TestPublishDuringOutage(t *testing.T) {
 		return true
 	})
 }
+
+// TestBatchAcrossOutage: a batch in flight when the server stops reports
+// each message stored or failed (ErrUnavailable: its ack may be lost with
+// the connection), and every message it reports stored is consumed once
+// the server is back; a batch published during the outage (into nats.go's
+// reconnect buffer) returns nil once the server is back, its acks coming
+// to the batch inbox of the new connection.
+func TestBatchAcrossOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a server")
+	}
+	dir := t.TempDir()
+	srv := startServer(t, &server.Options{StoreDir: dir})
+	port := portOf(srv)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	tr := open(t, busnats.Config{Servers: []string{url}, PublishTimeout: 20 * time.Second})
+	defer tr.Close()
+	topic := transporttest.UniqueTopic(t)
+	batch := func(prefix string, n int) []*transport.Message {
+		msgs := make([]*transport.Message, n)
+		for i := range msgs {
+			msgs[i] = &transport.Message{ID: fmt.Sprint(prefix, i), Body: []byte("x")}
+		}
+		return msgs
+	}
+	wait := func(done <-chan error, what string) error {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not return", what)
+			return nil
+		}
+	}
+	if err := tr.Publish(ctxT(t), topic, batch("warm-", 10)...); err != nil {
+		t.Fatal(err)
+	}
+
+	cut := batch("cut-", 20000)
+	done := make(chan error, 1)
+	go func() { done <- tr.Publish(context.Background(), topic, cut...) }()
+	waitUntil(t, 10*time.Second, "part of the batch stored", func() bool { return streamMsgs(t, tr) > 1000 })
+	stop(srv)
+	failed := map[string]bool{}
+	if err := wait(done, "the batch cut by the outage"); err != nil {
+		var pe *transport.PublishError
+		if !errors.As(err, &pe) {
+			t.Fatalf("batch cut by the outage: %v, want a *PublishError", err)
+		}
+		for _, f := range pe.Failures {
+			failed[f.ID] = true
+			if !errors.Is(f.Err, transport.ErrUnavailable) {
+				t.Errorf("%s: %v, want an error matching ErrUnavailable", f.ID, f.Err)
+			}
+		}
+	}
+	t.Logf("batch cut by the outage: %d of %d failed", len(failed), len(cut))
+
+	waitUntil(t, 10*time.Second, "the transport to see the outage", func() bool { return !tr.Conn().IsConnected() })
+	during := batch("during-", 100)
+	done = make(chan error, 1)
+	go func() { done <- tr.Publish(context.Background(), topic, during...) }()
+	srv = startServer(t, &server.Options{StoreDir: dir, Port: port})
+	defer stop(srv)
+	if err := wait(done, "the batch sent during the outage"); err != nil {
+		t.Fatalf("batch sent during the outage: %v", err)
+	}
+
+	col := newCollector()
+	subscribe(t, tr, topic, col.handle, transport.SubscribeOptions{Group: "g", StartFrom: transport.StartEarliest})
+	waitUntil(t, 30*time.Second, "every message reported stored consumed", func() bool {
+		for _, m := range append(cut, during...) {
+			if !failed[m.ID] && col.get(m.ID) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -69,7 +71,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	parent := ctx
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
-	err, settled := t.publishBatch(ctx, parent, topic, msgs, bms)
+	err, settled := t.publishBatch(ctx, parent, topic, msgs, bb, bms)
 	if settled {
 		bb.release(bms)
 	}
@@ -77,12 +79,25 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 }
 
 // batchBuf is the storage of one batch's messages, reused through
-// batchPool: the nats.Msgs with their header maps and the header values.
-// It is reused only once every message it sent was acked or failed: until
-// then jetstream may send one again (a retry after no responders).
+// batchPool: the nats.Msgs with their header maps, the header values and
+// the reply subjects. It is reused only once the batch is no longer
+// awaited (then no message of it is sent again).
 type batchBuf struct {
-	bms []batchMsg
-	wb  wireBuf
+	bms     []batchMsg
+	wb      wireBuf
+	replies []byte
+}
+
+// reply writes into bb.replies the reply subject of message i of batch
+// id, prefix + id + "." + i, and returns it (sharing bb.replies' memory,
+// as wireBuf.msgID does).
+func (bb *batchBuf) reply(prefix string, id uint64, i int) string {
+	start := len(bb.replies)
+	bb.replies = append(bb.replies, prefix...)
+	bb.replies = strconv.AppendUint(bb.replies, id, 10)
+	bb.replies = append(bb.replies, '.')
+	bb.replies = strconv.AppendUint(bb.replies, uint64(i), 10)
+	return unsafe.String(&bb.replies[start], len(bb.replies)-start)
 }
 
 var batchPool = sync.Pool{New: func() any { return new(batchBuf) }}
@@ -107,12 +122,13 @@ func (bb *batchBuf) release(bms []batchMsg) {
 		}
 		clear(h)
 		bm.Msg = natsgo.Msg{Header: h}
-		bm.b, bm.err = nil, nil
-		bm.state.Store(msgWaiting)
+		bm.err, bm.retries = nil, 0
+		bm.state.Store(msgUnsent)
 	}
-	if cap(bb.bms) > 1024 || cap(bb.wb.ids) > 64<<10 || cap(bb.wb.vals) > 4096 {
+	if cap(bb.bms) > 1024 || cap(bb.wb.ids) > 64<<10 || cap(bb.wb.vals) > 4096 || cap(bb.replies) > 64<<10 {
 		return
 	}
+	bb.replies = bb.replies[:0]
 	clear(bb.wb.vals[:cap(bb.wb.vals)]) // drop the caller's strings
 	bb.wb.vals, bb.wb.ids = bb.wb.vals[:0], bb.wb.ids[:0]
 	batchPool.Put(bb)
@@ -262,33 +278,40 @@ func (t *Transport) publishRest(ctx context.Context, topic string, msgs []*trans
 	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}
 }
 
-// batchMsg is one message of a batch as publishBatch sends it: the
-// nats.Msg, first, so that the pointer bjs's callbacks get back is the
-// batchMsg's, and the message's outcome.
+// batchMsg is one message of a batch as publishBatch sends it, and its
+// outcome.
 type batchMsg struct {
 	natsgo.Msg
-	b     *pubBatch
-	state atomic.Uint32 // msgWaiting, msgAcked or msgFailed (then err is set)
-	err   error
+	state   atomic.Uint32 // msgUnsent, msgSent, msgAcked or msgFailed (then err is set); changed under pubInbox.mu once sent
+	retries int           // no-responders replies it was sent again after; under pubInbox.mu
+	err     error
 }
 
 const (
-	msgWaiting = iota // not sent, or no outcome yet
+	msgUnsent = iota // not sent (yet)
+	msgSent          // sent, no outcome yet
 	msgAcked
 	msgFailed
 )
 
-// pubBatch is a batch's count of messages sent and not yet acked or
-// failed, plus one while publishBatch still sends.
+// pubBatch is a batch that publishBatch sends and awaits: its messages,
+// and its count of messages sent and without an outcome, plus one while
+// publishBatch still sends.
 type pubBatch struct {
+	id      uint64 // its messages' replies come to pubInbox.prefix + id + "." + index
+	bms     []batchMsg
 	pending atomic.Int32
 	done    chan struct{} // closed when pending reaches 0
 	settled chan struct{} // a message was acked or failed; more would say nothing new
 }
 
-// settle records bm's outcome; the last one closes its batch's done.
-func (bm *batchMsg) settle(err error) {
-	b := bm.b
+// settle records the outcome of bms[i], sent; the last one closes the
+// batch's done. Called with pubInbox.mu.
+func (b *pubBatch) settle(i int, err error) {
+	bm := &b.bms[i]
+	if bm.state.Load() != msgSent {
+		return // settled already (a reply after a disconnect failed it)
+	}
 	if err != nil {
 		bm.err = err
 		bm.state.Store(msgFailed)
@@ -304,64 +327,154 @@ func (bm *batchMsg) settle(err error) {
 	}
 }
 
-// batchAcked and batchFailed are bjs's callbacks, which jetstream calls
-// once for every message bjs published: acked, or failed (an error reply,
-// no stream, a reconnect that voids the pending acks). Only publishBatch
-// publishes with bjs, and always the Msg of a batchMsg, so m points to
-// one.
-func batchAcked(_ jetstream.JetStream, m *natsgo.Msg, _ *jetstream.PubAck) {
-	(*batchMsg)(unsafe.Pointer(m)).settle(nil)
+// pubInbox is the subscription that receives the replies (PubAcks) to
+// the batches' messages, which publishBatch sends with nats.go's
+// PublishMsg instead of jetstream's PublishMsgAsync: no future, map
+// entry, reply string and copy of the message per message, and a reply
+// that is a PubAck is recognised without decoding it (ackError).
+type pubInbox struct {
+	mu      sync.Mutex
+	sub     *natsgo.Subscription // nil until the first batch
+	prefix  string               // "_INBOX.<nuid>."
+	seq     uint64               // the last batch's id
+	batches map[uint64]*pubBatch // the batches awaited
 }
 
-func batchFailed(_ jetstream.JetStream, m *natsgo.Msg, err error) {
-	if err == nil {
-		err = jetstream.ErrInvalidJSAck
+// batchWindow is how many messages of one batch may be sent and not yet
+// answered, as jetstream's default PublishAsyncMaxPending (4000) was.
+const batchWindow = 4000
+
+// register makes b awaited, subscribing the inbox at the first batch.
+func (t *Transport) register(b *pubBatch) (prefix string, err error) {
+	p := &t.pub
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sub == nil {
+		prefix := t.nc.NewInbox() + "."
+		sub, err := t.nc.Subscribe(prefix+"*.*", t.pubReply)
+		if err != nil {
+			return "", err
+		}
+		// Every reply is awaited: nats.go's limits would drop some of a
+		// large batch's (publishBatch then waits for them until ctx ends).
+		if err := sub.SetPendingLimits(-1, -1); err != nil {
+			_ = sub.Unsubscribe()
+			return "", err
+		}
+		p.sub, p.prefix, p.batches = sub, prefix, make(map[uint64]*pubBatch)
 	}
-	(*batchMsg)(unsafe.Pointer(m)).settle(err)
+	p.seq++
+	b.id = p.seq
+	p.batches[b.id] = b
+	return p.prefix, nil
+}
+
+// unregister stops awaiting b: later replies to it are dropped, and its
+// messages are no longer sent again.
+func (t *Transport) unregister(b *pubBatch) {
+	t.pub.mu.Lock()
+	delete(t.pub.batches, b.id)
+	t.pub.mu.Unlock()
+}
+
+// pubReply takes in a reply to a batch's message, on the inbox's
+// goroutine: a PubAck or an error, as jetstream's PublishMsgAsync reads
+// it; a no-responders status (the stream's leader may be moving) has the
+// message sent again after DefaultPubRetryWait, up to
+// DefaultPubRetryAttempts times, as jetstream does.
+func (t *Transport) pubReply(m *natsgo.Msg) {
+	p := &t.pub
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	bs, is, _ := strings.Cut(strings.TrimPrefix(m.Subject, p.prefix), ".")
+	id, i := parseNum(bs), int(parseNum(is))
+	b := p.batches[id]
+	if b == nil || i >= len(b.bms) || b.bms[i].state.Load() != msgSent {
+		return // no longer awaited
+	}
+	if len(m.Data) == 0 && m.Header.Get(hdrStatus) == statusNoResponder {
+		bm := &b.bms[i]
+		if bm.retries < jetstream.DefaultPubRetryAttempts {
+			bm.retries++
+			time.AfterFunc(jetstream.DefaultPubRetryWait, func() { t.resend(id, i) })
+			return
+		}
+		b.settle(i, jetstream.ErrNoStreamResponse)
+		return
+	}
+	b.settle(i, ackError(m.Data))
+}
+
+// resend sends message i of batch id again, if it is still awaited.
+func (t *Transport) resend(id uint64, i int) {
+	p := &t.pub
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := p.batches[id]
+	if b == nil || b.bms[i].state.Load() != msgSent {
+		return
+	}
+	if err := t.nc.PublishMsg(&b.bms[i].Msg); err != nil {
+		b.settle(i, err)
+	}
+}
+
+// failSent fails every message sent and not answered, when the
+// connection is lost: its reply may be lost with it (jetstream's
+// PublishMsgAsync does the same). The caller may send it again; the
+// stream's deduplication drops it if it was stored.
+func (t *Transport) failSent(err error) {
+	p := &t.pub
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.batches {
+		for i := range b.bms {
+			b.settle(i, err)
+		}
+	}
 }
 
 // publishBatch sends bms asynchronously and waits for their outcomes,
-// which bjs's callbacks record: no future, channel or select per message.
-// settled says that every message sent has its outcome: jetstream is done
-// with them.
-func (t *Transport) publishBatch(ctx, parent context.Context, topic string, msgs []*transport.Message, bms []batchMsg) (err error, settled bool) {
-	b := &pubBatch{done: make(chan struct{}), settled: make(chan struct{}, 1)}
+// which pubReply records: no future, channel or select per message.
+// settled says that nothing refers to bms any more (bb can be reused).
+func (t *Transport) publishBatch(ctx, parent context.Context, topic string, msgs []*transport.Message, bb *batchBuf, bms []batchMsg) (err error, settled bool) {
+	b := &pubBatch{bms: bms, done: make(chan struct{}), settled: make(chan struct{}, 1)}
 	b.pending.Store(1) // publishBatch's own, until it sent them all
+	prefix, rerr := t.register(b)
 	var fails []transport.MessageError
 	fail := func(i int, err error) {
 		fails = append(fails, transport.MessageError{Index: i, ID: msgs[i].ID, Err: err})
 	}
-send:
+	if rerr != nil {
+		for i := range msgs {
+			fail(i, t.wrapPubErr(topic, rerr))
+		}
+		return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}, true
+	}
+	// One allocation at most for the replies (a uint64 and an int in
+	// decimal take at most 20 bytes each).
+	bb.replies = slices.Grow(bb.replies[:0], len(bms)*(len(prefix)+24))
 	for i := range bms {
-		bm := &bms[i]
-		bm.b = b
-		for {
-			b.pending.Add(1) // before its ack can come
-			_, err := t.bjs.PublishMsgAsync(&bm.Msg)
-			if err == nil {
-				break
-			}
-			b.pending.Add(-1) // not sent: no callback (and publishBatch's own keeps it above 0)
-			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil {
-				// The client's cap on unacknowledged async publishes is
-				// reached: wait for one of ours to be acked (when others
-				// hold the slots, the client already waited a moment) and
-				// try again.
-				if b.pending.Load() > 1 {
-					select {
-					case <-b.settled:
-					case <-ctx.Done():
-						break send
-					}
-				}
-				continue
-			}
-			bm.err = err
-			bm.state.Store(msgFailed)
+		if ctx.Err() != nil {
 			break
+		}
+		for int(b.pending.Load())-1 >= batchWindow && ctx.Err() == nil {
+			select {
+			case <-b.settled:
+			case <-ctx.Done():
+			}
 		}
 		if ctx.Err() != nil {
 			break
+		}
+		bm := &bms[i]
+		bm.Reply = bb.reply(prefix, b.id, i)
+		b.pending.Add(1) // before its reply can come
+		bm.state.Store(msgSent)
+		if err := t.nc.PublishMsg(&bm.Msg); err != nil {
+			t.pub.mu.Lock()
+			b.settle(i, err)
+			t.pub.mu.Unlock()
 		}
 	}
 	if b.pending.Add(-1) == 0 {
@@ -373,11 +486,7 @@ send:
 		case <-ctx.Done():
 		}
 	}
-	select {
-	case <-b.done:
-		settled = true
-	default:
-	}
+	t.unregister(b)
 	// Once ctx ended, what has no outcome yet (not sent, or not acked) is
 	// reported as not stored.
 	for i := range bms {
@@ -391,9 +500,9 @@ send:
 		}
 	}
 	if len(fails) == 0 {
-		return nil, settled
+		return nil, true
 	}
-	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}, settled
+	return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: fails}, true
 }
 
 func (t *Transport) publishError(topic string, m *transport.Message, err error) error {

@@ -40,10 +40,7 @@ type Transport struct {
 	srv *server.Server // the embedded server, or nil
 	nc  *natsgo.Conn
 	js  jetstream.JetStream
-	// bjs publishes Publish's batches, and only them: its callbacks take
-	// every message it publishes for a batchMsg (see publishBatch). The
-	// JetStream method hands out js, never bjs.
-	bjs jetstream.JetStream
+	pub pubInbox // the replies to Publish's batches
 	log *slog.Logger
 
 	// maxMsgSize is the stream's MaxMsgSize when New ran (<= 0: none).
@@ -93,8 +90,15 @@ func (t *Transport) connect() error {
 		// whose ack did not arrive, so nothing that returned nil is lost.
 		natsgo.MaxReconnects(-1),
 		natsgo.ReconnectWait(500 * time.Millisecond),
-		natsgo.DisconnectErrHandler(func(_ *natsgo.Conn, err error) {
+		natsgo.DisconnectErrHandler(func(nc *natsgo.Conn, err error) {
 			t.log.Warn("nats: disconnected", "error", err)
+			// The replies to batch messages sent on the lost connection
+			// may be lost with it.
+			if nc.IsClosed() {
+				t.failSent(natsgo.ErrConnectionClosed)
+			} else {
+				t.failSent(natsgo.ErrDisconnected)
+			}
 		}),
 		natsgo.ReconnectHandler(func(nc *natsgo.Conn) {
 			t.log.Info("nats: reconnected", "server", nc.ConnectedUrlRedacted())
@@ -146,9 +150,6 @@ func (t *Transport) connect() error {
 	}
 	t.nc = nc
 	t.js, err = jetstream.New(nc)
-	if err == nil {
-		t.bjs, err = jetstream.New(nc, jetstream.WithPublishAsyncAckHandler(batchAcked), jetstream.WithPublishAsyncErrHandler(batchFailed))
-	}
 	if err != nil {
 		return fmt.Errorf("%w: nats: jetstream: %v", transport.ErrUnavailable, err)
 	}
