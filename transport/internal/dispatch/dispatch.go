@@ -39,7 +39,10 @@
 // producer adding to one key and a worker finishing another take different
 // locks. A lane's items and state are guarded by its stripe's lock; the
 // ready queue and the idle workers by the dispatcher's, taken after a
-// stripe's when both are needed, and only when a lane changes hands.
+// stripe's when both are needed, and only when a lane changes hands. A
+// keyless item's lane is never looked up by key, so it belongs to no
+// stripe: the dispatcher's lock guards it while it changes hands, and its
+// producer and holder take no other.
 package dispatch
 
 import (
@@ -75,8 +78,7 @@ type Dispatcher[T any] struct {
 	keyLimit, limit, turn int
 
 	stripes [stripes]stripe[T]
-	rr      atomic.Uint32 // stripe of the next keyless item
-	waiting atomic.Int64  // items not held by a worker or a holder
+	waiting atomic.Int64 // items not held by a worker or a holder
 	// roomWanted: a TryAdd refused for Limit waits on room; a take then
 	// closes room (it looks after taking, the TryAdd after asking).
 	roomWanted atomic.Bool
@@ -84,6 +86,7 @@ type Dispatcher[T any] struct {
 
 	mu     sync.Mutex
 	ready  ring[*Lane[T]]
+	loose  []*Lane[T]    // recycled keyless lanes
 	idle   int           // workers blocked in Next
 	wake   chan struct{} // one pending wake-up for an idle worker
 	room   chan struct{} // closed when an item is taken; nil while nobody waits for Limit
@@ -169,12 +172,8 @@ func New[T any](cfg Config) *Dispatcher[T] {
 	return d
 }
 
-// stripeOf returns key's stripe: FNV-1a of the key, or round robin for
-// keyless items.
+// stripeOf returns key's stripe: FNV-1a of the key.
 func (d *Dispatcher[T]) stripeOf(key string) *stripe[T] {
-	if key == "" {
-		return &d.stripes[d.rr.Add(1)%stripes]
-	}
 	h := uint32(2166136261)
 	for i := 0; i < len(key); i++ {
 		h ^= uint32(key[i])
@@ -187,14 +186,37 @@ func (d *Dispatcher[T]) stripeOf(key string) *stripe[T] {
 // in parallel with everything). It never blocks and ignores the limits.
 // After Close or Drain it still queues (a later Drain drops it).
 func (d *Dispatcher[T]) Add(key string, item T) {
+	if key == "" {
+		d.addKeyless(item)
+		return
+	}
 	st := d.stripeOf(key)
 	st.mu.Lock()
-	var l *Lane[T]
-	if key != "" {
-		l = st.keys[key]
-	}
-	wake := d.addLocked(st, key, item, l)
+	wake := d.addLocked(st, key, item, st.keys[key])
 	st.mu.Unlock()
+	d.signal(wake)
+}
+
+// addKeyless queues a keyless item in a lane of its own. Such a lane is
+// never looked up (it has no key), so only the dispatcher's lock guards
+// it: its producer and its holder never take a stripe's.
+func (d *Dispatcher[T]) addKeyless(item T) {
+	d.waiting.Add(1)
+	d.mu.Lock()
+	var l *Lane[T]
+	if n := len(d.loose); n > 0 {
+		l = d.loose[n-1]
+		d.loose[n-1] = nil
+		d.loose = d.loose[:n-1]
+	} else {
+		l = new(Lane[T])
+	}
+	l.items.push(item)
+	l.state = ready
+	d.ready.push(l)
+	d.readyLen.Store(int64(d.ready.len()))
+	wake := d.idle > 0
+	d.mu.Unlock()
 	d.signal(wake)
 }
 
@@ -205,13 +227,17 @@ func (d *Dispatcher[T]) Add(key string, item T) {
 // any item; and the worker holding key's lane (as passed to Next), nil when
 // no worker does.
 func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{}, owner any) {
+	if key == "" {
+		if d.limit > 0 && d.waiting.Load() >= int64(d.limit) {
+			return false, d.totalRoom(), nil
+		}
+		d.addKeyless(item)
+		return true, nil, nil
+	}
 	st := d.stripeOf(key)
 	st.mu.Lock()
 	full := d.limit > 0 && d.waiting.Load() >= int64(d.limit)
-	var l *Lane[T]
-	if key != "" {
-		l = st.keys[key]
-	}
+	l := st.keys[key]
 	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
 	if !full && !keyFull {
 		wake := d.addLocked(st, key, item, l)
@@ -254,8 +280,8 @@ func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
 	return ch
 }
 
-// addLocked queues item of key; l is key's lane, nil when it has none (or
-// for a keyless item). st.mu is held. It reports whether to signal an idle
+// addLocked queues item of key (not ""); l is key's lane, nil when it has
+// none. st.mu is held. It reports whether to signal an idle
 // worker (see ready1).
 func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T]) (wake bool) {
 	d.waiting.Add(1)
@@ -269,9 +295,7 @@ func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T])
 	}
 	l = st.newLane(key)
 	l.items.push(item)
-	if l.key != "" {
-		st.keys[key] = l
-	}
+	st.keys[key] = l
 	return d.ready1(l)
 }
 
@@ -317,14 +341,12 @@ const (
 func (st *stripe[T]) empty(l *Lane[T]) {
 	l.wakeRoom()
 	l.owner, l.ran = nil, 0
-	if l.key != "" && st.parked < maxParked && l.items.cap() <= maxFreeItems {
+	if st.parked < maxParked && l.items.cap() <= maxFreeItems {
 		l.state = parked
 		st.parked++
 		return
 	}
-	if l.key != "" {
-		delete(st.keys, l.key)
-	}
+	delete(st.keys, l.key)
 	if len(st.free) >= maxFree || l.items.cap() > maxFreeItems {
 		return
 	}
@@ -372,6 +394,12 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 		if l, ok := d.ready.pop(); ok {
 			d.readyLen.Store(int64(d.ready.len()))
 			pass := d.ready.len() > 0 && d.idle > 0 // pass the wake-up on
+			if l.key == "" {
+				d.takeKeyless(l, owner)
+				d.mu.Unlock()
+				d.signal(pass)
+				return l
+			}
 			d.mu.Unlock()
 			// Off the queue and not yet held, l is still "ready": a
 			// producer only queues behind its items.
@@ -431,6 +459,22 @@ func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
 	}
 }
 
+// takeKeyless is take for a keyless lane, under d.mu instead.
+func (d *Dispatcher[T]) takeKeyless(l *Lane[T], owner any) {
+	l.state, l.owner = held, owner
+	var zero T
+	for l.items.len() > 0 {
+		l.batch = append(l.batch, l.items.popFront(zero))
+	}
+	l.bi, l.head = 0, l.batch[0]
+	d.waiting.Add(int64(-len(l.batch)))
+	if d.roomWanted.Load() && d.room != nil {
+		close(d.room)
+		d.room = nil
+		d.roomWanted.Store(false)
+	}
+}
+
 // giveBack returns the holder's unrun items (the head among them) to the
 // front of l's items. l's stripe lock is held.
 func (d *Dispatcher[T]) giveBack(l *Lane[T]) {
@@ -461,6 +505,16 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 		return true
 	}
 	l.batch, l.bi, l.head = l.batch[:0], 0, zero
+	if l.key == "" {
+		// Done with its one item (nobody adds to a keyless lane): recycled.
+		d.mu.Lock()
+		if !l.removed && len(d.loose) < maxFree*stripes {
+			l.state, l.owner, l.ran, l.Attempt = ready, nil, 0, 0
+			d.loose = append(d.loose, l)
+		}
+		d.mu.Unlock()
+		return false
+	}
 	st := l.st
 	st.mu.Lock()
 	if l.removed {
@@ -489,6 +543,20 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 // Release hands l back unfinished, its head not run (or to be run again
 // at once), for any worker.
 func (d *Dispatcher[T]) Release(l *Lane[T]) {
+	if l.key == "" {
+		d.mu.Lock()
+		wake := false
+		if !l.removed {
+			d.giveBack(l)
+			l.state, l.owner, l.ran = ready, nil, 0
+			d.ready.push(l)
+			d.readyLen.Store(int64(d.ready.len()))
+			wake = d.idle > 0
+		}
+		d.mu.Unlock()
+		d.signal(wake)
+		return
+	}
 	l.st.mu.Lock()
 	wake := false
 	if !l.removed {
@@ -503,6 +571,10 @@ func (d *Dispatcher[T]) Release(l *Lane[T]) {
 // holds l any more, and no worker takes it until the caller calls Ready.
 // The key's later items wait behind it; other keys go on.
 func (d *Dispatcher[T]) Hold(l *Lane[T]) {
+	if l.key == "" { // nobody else reads a keyless lane's owner
+		l.owner, l.ran = nil, 0
+		return
+	}
 	l.st.mu.Lock()
 	l.owner, l.ran = nil, 0
 	l.st.mu.Unlock()
