@@ -25,6 +25,10 @@ type comparison struct {
 	ratio              float64 // ratio of medians, or the median for an absolute check
 	ratioMin, ratioMax float64 // range of the per-run ratios (runs pair up in order)
 	bMed, rMed         float64
+	// cpu is the reference's CPU per message ÷ busway's (higher is
+	// better), for throughput comparisons whose cases both report
+	// cpu-ns/msg; 0 when they do not.
+	cpu float64
 }
 
 func (c *comparison) met() bool {
@@ -102,6 +106,9 @@ func comparisons() []*comparison {
 }
 
 // compare fills in the comparisons whose cases ran.
+// cpuUnit is the metric of a case's process CPU time per message.
+const cpuUnit = "cpu-ns/msg"
+
 func compare(c *cases) []*comparison {
 	var out []*comparison
 	for _, cmp := range comparisons() {
@@ -123,6 +130,13 @@ func compare(c *cases) []*comparison {
 		}
 		cmp.rMed = rs.med
 		cmp.have, cmp.ratio = true, bs.med/rs.med
+		if cmp.unit == "msgs/s" {
+			bc, okB := b.stat(cpuUnit)
+			rc, okR := r.stat(cpuUnit)
+			if okB && okR && bc.med > 0 {
+				cmp.cpu = rc.med / bc.med
+			}
+		}
 		// Runs pair up: run i of busway and run i of the reference ran
 		// in the same pass, one soon after the other.
 		bv, rv := b.runs[cmp.unit], r.runs[cmp.unit]

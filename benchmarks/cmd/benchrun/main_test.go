@@ -12,8 +12,8 @@ import (
 
 const sample = `goos: linux
 pkg: github.com/busway/busway/benchmarks
-BenchmarkInProc/256B/raw-chan-2         	  100000	        50 ns/op	  20000000 msgs/s	       0 B/op	       0 allocs/op
-BenchmarkInProc/256B/busway-chanbus-2   	  100000	       200 ns/op	   5000000 msgs/s	       4 B/op	       0 allocs/op
+BenchmarkInProc/256B/raw-chan-2         	  100000	        50 ns/op	        60.00 cpu-ns/msg	  20000000 msgs/s	       0 B/op	       0 allocs/op
+BenchmarkInProc/256B/busway-chanbus-2   	  100000	       200 ns/op	       240.0 cpu-ns/msg	   5000000 msgs/s	       4 B/op	       0 allocs/op
 BenchmarkInProc/256B/raw-chan-2         	  100000	        40 ns/op	  25000000 msgs/s	       0 B/op	       0 allocs/op
 BenchmarkInProc/256B/busway-chanbus-2   	  100000	       250 ns/op	   4000000 msgs/s	       4 B/op	       0 allocs/op
 BenchmarkInProc/256B/raw-chan-2         	  100000	        45 ns/op	  22000000 msgs/s	       0 B/op	       0 allocs/op
@@ -51,8 +51,11 @@ func TestParseCompareReport(t *testing.T) {
 	if c == nil || math.Abs(c.ratio-4.2/22) > 1e-9 || math.Abs(c.ratioMin-0.16) > 1e-9 || math.Abs(c.ratioMax-0.25) > 1e-9 || c.met() {
 		t.Fatalf("chanbus vs raw channel = %+v", c)
 	}
+	if c.cpu != 0.25 { // one run each: 60 ÷ 240
+		t.Fatalf("chanbus vs raw channel CPU ratio = %v, want 0.25", c.cpu)
+	}
 	l := byTitle["latency p99, NATS vs nats.go"]
-	if l == nil || l.ratio != 1.5 || l.met() {
+	if l == nil || l.ratio != 1.5 || l.met() || l.cpu != 0 {
 		t.Fatalf("latency = %+v", l)
 	}
 	if _, ok := byTitle["Kafka consume c1 vs kgo group 256B"]; ok {
@@ -61,7 +64,7 @@ func TestParseCompareReport(t *testing.T) {
 
 	var md bytes.Buffer
 	writeMarkdown(&md, env{cpu: "test cpu", cores: 2}, cs, cmps)
-	for _, want := range []string{"| chanbus vs raw channel 256B | 4.20M msgs/s | 22.00M msgs/s | 0.19x | 0.16–0.25x | ≥ 0.2x (within 5x) | **missed** |",
+	for _, want := range []string{"| chanbus vs raw channel 256B | 4.20M msgs/s | 22.00M msgs/s | 0.19x | 0.16–0.25x | ≥ 0.2x (within 5x) | **missed** | 0.25x |",
 		"| latency p99, NATS vs nats.go | 900 µs | 600 µs | 1.50x |", "| outbox: Relay/sqlite | 1 | 2.5k (2.5k–2.5k) | 500k | - | - |  | 2.5k events/s, 3.00 p50-ms |", "100 / 900 / 2.0k at 2.5k msgs/s"} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("RESULTS.md lacks %q:\n%s", want, md.String())

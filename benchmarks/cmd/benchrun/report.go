@@ -74,15 +74,19 @@ func verdict(c *comparison) string {
 }
 
 func writeComparisons(w io.Writer, cmps []*comparison) {
-	fmt.Fprintln(w, "| comparison | busway | reference | ratio (median) | range of the runs | target | |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| comparison | busway | reference | ratio (median) | range of the runs | target | | CPU per message, reference ÷ busway |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, c := range cmps {
 		ref := "—"
 		if c.ref != "" {
 			ref = value(c.rMed, c.unit)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", c.title, value(c.bMed, c.unit), ref,
-			ratioText(c), rangeText(c), c.targetText(), verdict(c))
+		cpu := ""
+		if c.cpu > 0 {
+			cpu = fmt.Sprintf("%.2fx", c.cpu)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.title, value(c.bMed, c.unit), ref,
+			ratioText(c), rangeText(c), c.targetText(), verdict(c), cpu)
 	}
 }
 
@@ -112,6 +116,9 @@ func writeMarkdown(w io.Writer, e env, cs *cases, cmps []*comparison) {
 	fmt.Fprintln(w, "Throughput: busway's msgs/s ÷ the reference's (higher is better). Latency: busway's p99 ÷")
 	fmt.Fprintln(w, "the reference's (lower is better). The ratio is of the medians; the range is of the")
 	fmt.Fprintln(w, "ratios of each pass's pair (every pass runs each case once, busway's beside its references).")
+	fmt.Fprintln(w, "The last column is the reference's process CPU time per message ÷ busway's (higher is")
+	fmt.Fprintln(w, "better; embedded brokers included): it swings less with the machine's load than the")
+	fmt.Fprintln(w, "wall-clock throughput the targets are set on.")
 	fmt.Fprintln(w)
 	writeComparisons(w, cmps)
 	fmt.Fprintln(w)
