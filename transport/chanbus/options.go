@@ -23,7 +23,9 @@ const (
 	// values.
 	MaxURLQueue   = 1 << 22
 	DefaultBuffer = 64
-	// DefaultShards is 8: a group holds at most 512 messages by default.
+	// DefaultShards is 8: at most 512 messages wait in a group by default,
+	// besides those its workers took (a worker takes a key's waiting
+	// messages at once, up to 64).
 	// With 16 (1024 messages), copies of 4 KiB bodies missed the cache
 	// more often (about 0.2 µs a message more, benchmarks/ InProc) and
 	// nothing got faster: a Publish that finds its group full waits for the
