@@ -76,7 +76,7 @@ func New(ctx context.Context, cfg Config) (*Transport, error) {
 		subs:   make(map[*subscription]struct{}),
 		topics: make(map[string]topicInfo),
 	}
-	t.conns = &connTracker{d: net.Dialer{Timeout: c.DialTimeout}}
+	t.conns = &connTracker{d: net.Dialer{Timeout: c.DialTimeout}, coalesce: c.TLS == nil}
 	t.kt = &kafkago.Transport{
 		Dial:        t.conns.dial,
 		DialTimeout: c.DialTimeout,
