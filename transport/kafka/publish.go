@@ -276,13 +276,15 @@ func (t *Transport) sendToLeader(ctx context.Context, topic string, chunks []*ch
 // that share a leader.
 func (t *Transport) produceRound(ctx context.Context, topic string, chunks []*chunk, msgs []*transport.Message, now time.Time) {
 	parts := make([]produceAPI.RequestPartition, len(chunks))
+	bufs := make([]*recordBufs, len(chunks))
 	for k, c := range chunks {
-		records := toRecords(msgs, c.idx, now)
+		bufs[k] = recordBufsPool.Get().(*recordBufs)
+		bufs[k].fill(msgs, c.idx, now)
 		parts[k] = produceAPI.RequestPartition{
 			Partition: int32(c.partition),
 			RecordSet: protocol.RecordSet{
 				Attributes: protocol.Attributes(t.cfg.compression) & 0x7,
-				Records:    kafkago.NewRecordReader(records...),
+				Records:    &bufs[k].reader,
 			},
 		}
 	}
@@ -298,11 +300,18 @@ func (t *Transport) produceRound(ctx context.Context, topic string, chunks []*ch
 		Topics:  []produceAPI.RequestTopic{{Topic: topic, Partitions: parts}},
 	})
 	if err != nil {
+		// The request may still be being written (kafka-go's RoundTrip
+		// returns at ctx's end, its connection's goroutine goes on): the
+		// records' buffers are left to the collector.
 		err = classify(ctx, err)
 		for _, c := range chunks {
 			c.err = err
 		}
 		return
+	}
+	// Written: the encoder is done with the records.
+	for _, b := range bufs {
+		b.release()
 	}
 	if t.cfg.Acks == AcksNone || res == nil {
 		return
@@ -332,12 +341,72 @@ func (t *Transport) produceRound(ctx context.Context, topic string, chunks []*ch
 	}
 }
 
+// recordBufs are the records of one partition's share of a produce
+// request, reused by the next request once this one is written (a 100
+// message Publish allocated ~290 bytes per message for them: the records,
+// their fields and kafka-go's copy of the records in NewRecordReader).
+type recordBufs struct {
+	records []kafkago.Record
+	fields  []field
+	hdrs    []kafkago.Header
+	vals    []byte
+	reader  recordsReader
+}
+
+var recordBufsPool = sync.Pool{New: func() any { return new(recordBufs) }}
+
+// maxPooledRecords bounds what a pooled recordBufs keeps.
+const maxPooledRecords = 4096
+
+// fill sets b to the records of msgs[idx[0]], msgs[idx[1]], ... (of every
+// message when idx is nil), ready to be read once (b.reader).
+func (b *recordBufs) fill(msgs []*transport.Message, idx []int, now time.Time) {
+	b.records, b.fields, b.hdrs, b.vals = toRecordsInto(msgs, idx, now, b.records, b.fields, b.hdrs, b.vals)
+	b.reader = recordsReader{records: b.records}
+}
+
+// release clears b's references to the messages and puts it back in the
+// pool.
+func (b *recordBufs) release() {
+	if len(b.records) > maxPooledRecords {
+		return
+	}
+	clear(b.records)
+	clear(b.fields)
+	clear(b.hdrs)
+	b.reader = recordsReader{}
+	recordBufsPool.Put(b)
+}
+
+// recordsReader is kafka-go's RecordReader of records, without the copy
+// of them NewRecordReader makes.
+type recordsReader struct {
+	records []kafkago.Record
+	next    int
+}
+
+func (r *recordsReader) ReadRecord() (*kafkago.Record, error) {
+	if r.next >= len(r.records) {
+		return nil, io.EOF
+	}
+	r.next++
+	return &r.records[r.next-1], nil
+}
+
 // toRecords are the records of msgs[idx[0]], msgs[idx[1]], ... (of every
 // message of msgs when idx is nil), for one encoding: their keys, values
 // and headers are read from a few slices allocated together, not from an
 // allocation per field (kafka-go's NewBytes, a []byte of each key and
 // header value).
 func toRecords(msgs []*transport.Message, idx []int, now time.Time) []kafkago.Record {
+	records, _, _, _ := toRecordsInto(msgs, idx, now, nil, nil, nil, nil)
+	return records
+}
+
+// toRecordsInto is toRecords in the slices given, grown as needed and
+// returned.
+func toRecordsInto(msgs []*transport.Message, idx []int, now time.Time,
+	records []kafkago.Record, fields []field, hdrs []kafkago.Header, vals []byte) ([]kafkago.Record, []field, []kafkago.Header, []byte) {
 	n := len(msgs)
 	if idx != nil {
 		n = len(idx)
@@ -360,14 +429,12 @@ func toRecords(msgs []*transport.Message, idx []int, now time.Time) []kafkago.Re
 			nb += len(m.ID)
 		}
 	}
-	records := make([]kafkago.Record, n)
-	fields := make([]field, 2*n)
-	var hdrs []kafkago.Header
-	var vals []byte
-	if nh > 0 {
-		hdrs = make([]kafkago.Header, 0, nh)
-		vals = make([]byte, 0, nb)
-	}
+	records = slices.Grow(records[:0], n)[:n]
+	fields = slices.Grow(fields[:0], 2*n)[:2*n]
+	// hdrs and vals are not grown while filled: the records hold
+	// subslices of them.
+	hdrs = slices.Grow(hdrs[:0], nh)
+	vals = slices.Grow(vals[:0], nb)
 	value := func(v string) []byte { // v's bytes in vals, capped
 		start := len(vals)
 		vals = append(vals, v...)
@@ -376,15 +443,15 @@ func toRecords(msgs []*transport.Message, idx []int, now time.Time) []kafkago.Re
 	for j := range records {
 		m := at(j)
 		r := &records[j]
-		r.Time = now
+		*r = kafkago.Record{Time: now}
 		if m.Body != nil {
 			f := &fields[2*j]
-			f.b = m.Body
+			*f = field{b: m.Body}
 			r.Value = f
 		}
 		if m.Key != "" {
 			f := &fields[2*j+1]
-			f.s, f.str = m.Key, true
+			*f = field{s: m.Key, str: true}
 			r.Key = f
 		}
 		id := addID(m)
@@ -400,7 +467,7 @@ func toRecords(msgs []*transport.Message, idx []int, now time.Time) []kafkago.Re
 		}
 		r.Headers = hdrs[start:len(hdrs):len(hdrs)]
 	}
-	return records
+	return records, fields, hdrs, vals
 }
 
 // addID reports whether m's ID travels in the idHeader.

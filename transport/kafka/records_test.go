@@ -14,7 +14,7 @@ import (
 )
 
 // TestToRecordsRoundTrip: the records Publish encodes from its shared
-// slices read back, through kafka-go's encoder and decoder, as the
+// slices (toRecords, and a reused recordBufs) read back, through kafka-go's encoder and decoder, as the
 // messages: null key for no key, null value for a nil body, an empty one
 // for an empty body, every header (an empty value empty, not null) and
 // the ID header only where ce_id does not hold the ID.
@@ -27,8 +27,17 @@ func TestToRecordsRoundTrip(t *testing.T) {
 		{ID: "id-4", Body: bytes.Repeat([]byte("z"), 70000)},
 	}
 	now := time.UnixMilli(1700000000123)
-	for _, idx := range [][]int{nil, {4, 1, 3}} {
-		rs := protocol.RecordSet{Version: 2, Records: kafkago.NewRecordReader(toRecords(msgs, idx, now)...)}
+	// One recordBufs for all, as a pooled one is reused: fewer records
+	// and headers than before, then more.
+	b := new(recordBufs)
+	for k, idx := range [][]int{nil, {4, 1, 3}, {0}, nil} {
+		var rs protocol.RecordSet
+		if k == 0 {
+			rs = protocol.RecordSet{Version: 2, Records: kafkago.NewRecordReader(toRecords(msgs, idx, now)...)}
+		} else {
+			b.fill(msgs, idx, now)
+			rs = protocol.RecordSet{Version: 2, Records: &b.reader}
+		}
 		var buf bytes.Buffer
 		if _, err := rs.WriteTo(&buf); err != nil {
 			t.Fatal(err)
