@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // A flatJSON decodes the commonest event bodies, a JSON object of plain
@@ -333,6 +334,16 @@ func plainString(data []byte, start int) (int, bool) {
 		return 0, false
 	}
 	s := data[start : start+q]
+	if len(s) >= longPlain {
+		if bytes.IndexByte(s, '\\') >= 0 {
+			return 0, false
+		}
+		ctl, high := controlOrHigh(unsafe.String(unsafe.SliceData(s), len(s)))
+		if ctl || high && !utf8.Valid(s) {
+			return 0, false
+		}
+		return start + q, true
+	}
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	var high uint64
 	rest := s
@@ -440,6 +451,9 @@ func (p *flatJSON) encode(b []byte, v reflect.Value) ([]byte, bool) {
 // (with its HTML escaping, as json.Marshal does): no control character, no
 // '"', '\\', '<', '>' or '&', valid UTF-8 without U+2028 and U+2029.
 func plainOut(s string) bool {
+	if len(s) >= longPlain {
+		return plainOutLong(s)
+	}
 	high := false
 	k := 0
 	// Thirty-two bytes at a time while no byte needs a look (one branch
@@ -467,6 +481,50 @@ func plainOut(s string) bool {
 		high = high || s[j] >= utf8.RuneSelf
 	}
 	return !high || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
+}
+
+// longPlain is the length from which plainOut and plainString look for
+// the bytes to escape one at a time with strings.IndexByte (vector code),
+// each a pass over the string, and for control characters in a separate
+// scan of the words; below it, one scan of the words tests everything.
+const longPlain = 128
+
+// plainOutLong is plainOut for a long string: five IndexByte passes, and
+// one scan of the words for control characters and bytes of 0x80 and up.
+func plainOutLong(s string) bool {
+	for _, c := range []byte{'"', '\\', '<', '>', '&'} {
+		if strings.IndexByte(s, c) >= 0 {
+			return false
+		}
+	}
+	ctl, high := controlOrHigh(s)
+	if ctl {
+		return false
+	}
+	return !high || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
+}
+
+// controlOrHigh reports whether s has a control character (below 0x20),
+// and whether it has a byte of 0x80 and up (UTF-8 to check).
+func controlOrHigh(s string) (ctl, high bool) {
+	var hb uint64
+	k := 0
+	for ; k+32 <= len(s); k += 32 {
+		w0, w1, w2, w3 := word(s[k:k+8]), word(s[k+8:k+16]), word(s[k+16:k+24]), word(s[k+24:k+32])
+		// (w - 0x20) &^ w sets a byte's high bit exactly where a byte is
+		// below 0x20 (a borrow starts only at such a byte).
+		if ((w0-loBits*0x20)&^w0|(w1-loBits*0x20)&^w1|(w2-loBits*0x20)&^w2|(w3-loBits*0x20)&^w3)&hiBits != 0 {
+			return true, false
+		}
+		hb |= w0 | w1 | w2 | w3
+	}
+	for ; k < len(s); k++ {
+		if s[k] < 0x20 {
+			return true, false
+		}
+		hb |= uint64(s[k])
+	}
+	return false, hb&hiBits != 0
 }
 
 const loBits, hiBits = 0x0101010101010101, 0x8080808080808080

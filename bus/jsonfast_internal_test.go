@@ -262,8 +262,8 @@ func TestPlainOutMatchesEncodingJSON(t *testing.T) {
 			t.Fatalf("plainOut(%q) = %v, json.Marshal writes %s", s, got, out)
 		}
 	}
-	for _, n := range []int{1, 7, 8, 9, 16, 17, 23} {
-		for pos := range n {
+	for _, n := range plainLengths {
+		for _, pos := range plainPositions(n) {
 			for c := range 256 {
 				b := []byte(strings.Repeat("a", n))
 				b[pos] = byte(c)
@@ -272,10 +272,30 @@ func TestPlainOutMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 	for _, r := range []string{"é", "€", "😀", "\u2028", "\u2029", "\ufffd", "\xed\xa0\x80"} {
-		for pos := range 12 {
-			check(strings.Repeat("a", pos) + r + strings.Repeat("b", 12-pos))
+		for _, n := range []int{12, longPlain + 12} {
+			for pos := range n {
+				check(strings.Repeat("a", pos) + r + strings.Repeat("b", n-pos))
+			}
 		}
 	}
+}
+
+// plainLengths are the string lengths the plain-string tests try: the
+// word and 32-byte steps of the short scans and their tails, and around
+// longPlain, from which the scans go by IndexByte.
+var plainLengths = []int{1, 7, 8, 9, 16, 17, 23, 31, 32, 33, 63, 64, 65, longPlain - 1, longPlain, longPlain + 1, longPlain + 37, 300}
+
+// plainPositions are the positions of a string of length n that the
+// tests set each byte value at: all of them up to longPlain + 1, else
+// the first and last 40 and every seventh between.
+func plainPositions(n int) []int {
+	var ps []int
+	for p := range n {
+		if n <= longPlain+1 || p < 40 || p >= n-40 || p%7 == 0 {
+			ps = append(ps, p)
+		}
+	}
+	return ps
 }
 
 func BenchmarkPlainOut(b *testing.B) {
@@ -304,8 +324,8 @@ func TestPlainStringMatchesByteLoop(t *testing.T) {
 		}
 		return 0, false
 	}
-	for _, n := range []int{1, 7, 8, 9, 16, 17, 23} {
-		for pos := range n {
+	for _, n := range plainLengths {
+		for _, pos := range plainPositions(n) {
 			for c := range 256 {
 				data := []byte(`"` + strings.Repeat("a", n) + `"x`)
 				data[1+pos] = byte(c)
