@@ -507,16 +507,24 @@ func plainOutLong(s string) bool {
 // controlOrHigh reports whether s has a control character (below 0x20),
 // and whether it has a byte of 0x80 and up (UTF-8 to check).
 func controlOrHigh(s string) (ctl, high bool) {
-	var hb uint64
+	// (w - 0x20) &^ w sets a byte's high bit where a byte is below 0x20,
+	// and only there while no byte is (a borrow starts only at such a
+	// byte): or'd over all words, its high bits say whether any byte is.
+	// Plain strings are the ones worth speed, so there is no early exit.
+	var c, hb uint64
 	k := 0
-	for ; k+32 <= len(s); k += 32 {
-		w0, w1, w2, w3 := word(s[k:k+8]), word(s[k+8:k+16]), word(s[k+16:k+24]), word(s[k+24:k+32])
-		// (w - 0x20) &^ w sets a byte's high bit exactly where a byte is
-		// below 0x20 (a borrow starts only at such a byte).
-		if ((w0-loBits*0x20)&^w0|(w1-loBits*0x20)&^w1|(w2-loBits*0x20)&^w2|(w3-loBits*0x20)&^w3)&hiBits != 0 {
-			return true, false
-		}
-		hb |= w0 | w1 | w2 | w3
+	for ; k+64 <= len(s); k += 64 {
+		t := s[k : k+64] // one bounds check for the eight words
+		w0, w1, w2, w3 := word(t[0:8]), word(t[8:16]), word(t[16:24]), word(t[24:32])
+		w4, w5, w6, w7 := word(t[32:40]), word(t[40:48]), word(t[48:56]), word(t[56:64])
+		c |= (w0-loBits*0x20)&^w0 | (w1-loBits*0x20)&^w1 | (w2-loBits*0x20)&^w2 | (w3-loBits*0x20)&^w3 |
+			(w4-loBits*0x20)&^w4 | (w5-loBits*0x20)&^w5 | (w6-loBits*0x20)&^w6 | (w7-loBits*0x20)&^w7
+		hb |= w0 | w1 | w2 | w3 | w4 | w5 | w6 | w7
+	}
+	for ; k+8 <= len(s); k += 8 {
+		w := word(s[k : k+8])
+		c |= (w - loBits*0x20) &^ w
+		hb |= w
 	}
 	for ; k < len(s); k++ {
 		if s[k] < 0x20 {
@@ -524,7 +532,7 @@ func controlOrHigh(s string) (ctl, high bool) {
 		}
 		hb |= uint64(s[k])
 	}
-	return false, hb&hiBits != 0
+	return c&hiBits != 0, hb&hiBits != 0
 }
 
 const loBits, hiBits = 0x0101010101010101, 0x8080808080808080
