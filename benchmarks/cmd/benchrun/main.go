@@ -7,7 +7,7 @@
 // benchstat) into -out, and the comparisons into the README between its
 // bench markers.
 //
-//	go run ./cmd/benchrun            # make bench: the full suite, about 7 minutes
+//	go run ./cmd/benchrun            # make bench: the full suite, about 5 minutes
 //	go run ./cmd/benchrun -short     # make bench-short: a smoke run of every case
 package main
 
