@@ -598,3 +598,62 @@ func TestOpenerConformance(t *testing.T) {
 	transporttest.CheckOpener(t, transporttest.OpenerHarness{Opener: &URLOpener{}, Scheme: Scheme,
 		Bad: []transporttest.BadURL{{URL: "chan://?buffer=0", Part: `"buffer"`}, {URL: "chan://?drain_timeout=-1s", Part: `"drain_timeout"`}}})
 }
+
+// TestPublishRacingGroupRemoval: publishers keep publishing, keyed and
+// keyless, while the group's last member leaves (a small buffer, so some
+// of them wait for room): every Publish returns nil, the messages queued
+// before the removal and those refused after it are counted off alike, and
+// WaitIdle and WaitSettled return at once afterwards.
+func TestPublishRacingGroupRemoval(t *testing.T) {
+	for round := range 30 {
+		tr := New(WithBuffer(2), WithShards(1))
+		var handled atomic.Int64
+		sub, err := tr.Subscribe(t.Context(), "race", func(context.Context, *transport.Message) error {
+			handled.Add(1)
+			return nil
+		}, transport.SubscribeOptions{Group: "g", Concurrency: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for p := range 4 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					key := ""
+					if p%2 == 0 {
+						key = fmt.Sprint("k", i%3)
+					}
+					if err := tr.Publish(t.Context(), "race", &transport.Message{ID: fmt.Sprint(p, "-", i), Key: key}); err != nil {
+						t.Errorf("round %d: Publish: %v", round, err)
+						return
+					}
+				}
+			})
+		}
+		for handled.Load() < 20 {
+			time.Sleep(50 * time.Microsecond) // publishing is under way
+		}
+		if err := sub.Close(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		if err := tr.WaitIdle(ctx); err != nil {
+			t.Fatalf("round %d: WaitIdle after the group left: %v (a message counted and never counted off)", round, err)
+		}
+		if err := tr.WaitSettled(ctx); err != nil {
+			t.Fatalf("round %d: WaitSettled after the group left: %v", round, err)
+		}
+		cancel()
+		if err := tr.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -21,16 +21,10 @@ type group struct {
 	t           *Transport
 	topic, name string
 	d           *dispatch.Dispatcher[*delivery]
-	gone        chan struct{} // closed by teardown: unblocks waiting publishers
-	// mu: publishers hold it shared while queueing; teardown takes it
-	// exclusively, so no message is queued after the group was drained.
-	// Every Publish writes it, so it has a cache line of its own: a lane
-	// (which a worker writes on every message) allocated next to the group
-	// made each RLock a cache miss.
-	_       [64]byte
-	mu      sync.RWMutex
-	removed bool
-	_       [64]byte
+	// gone is closed by teardown: it unblocks waiting publishers. No
+	// message is queued after teardown drained the dispatcher: from then
+	// on the dispatcher refuses every one (see enqueue).
+	gone    chan struct{}
 	members int // guarded by t.mu
 	running int // workers of its members not waiting to publish; guarded by t.waits.mu
 
@@ -58,22 +52,35 @@ func (t *Transport) newGroup(topic, name string) *group {
 // ends. w is the worker whose handler publishes, or nil: such a publish
 // waits only while waits.mayWait says room is sure to come, else it queues
 // d beyond the limits. A removed group drops d.
+//
+// d is counted as pending before it is queued; teardown's Drain counts off
+// the messages it drops, and a refusal after it (the group is removed)
+// counts d off here, so every message is counted off once.
 func (g *group) enqueue(ctx context.Context, d *delivery, w *worker) error {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	if g.removed {
-		return nil
-	}
 	g.t.pend.add(1, 1)
 	ok, room, owner := g.d.TryAdd(d.msg.Key, d)
-	if ok {
+	switch {
+	case ok:
 		return nil
+	case room == nil:
+		return g.dropped()
 	}
 	return g.waitRoom(ctx, d, w, room, owner)
 }
 
+// dropped is what a publish to g returns once g was removed (its last
+// member left, or the transport closed): d was not queued, and is counted
+// off.
+func (g *group) dropped() error {
+	g.t.pend.add(-1, -1)
+	if g.t.closer.Closed() {
+		return fmt.Errorf("chanbus: publish to %q: %w", g.topic, transport.ErrClosed)
+	}
+	return nil // the group's last member left: dropped, as documented
+}
+
 // waitRoom queues d once the dispatcher has room (see enqueue); room and
-// owner are what its TryAdd refusal returned. g.mu is held shared.
+// owner are what its TryAdd refusal returned.
 func (g *group) waitRoom(ctx context.Context, d *delivery, w *worker, room <-chan struct{}, owner any) error {
 	key := d.msg.Key
 	marked := false // w counted as waiting
@@ -89,7 +96,10 @@ func (g *group) waitRoom(ctx context.Context, d *delivery, w *worker, room <-cha
 			may, changed = g.t.waits.mayWait(w, g, key, owner, !marked)
 			marked = true
 			if !may {
-				g.d.Add(key, d) // queued beyond the limits: waiting could deadlock
+				// Queued beyond the limits: waiting could deadlock.
+				if !g.d.Add(key, d) {
+					return g.dropped()
+				}
 				return nil
 			}
 		}
@@ -100,15 +110,14 @@ func (g *group) waitRoom(ctx context.Context, d *delivery, w *worker, room <-cha
 			g.t.pend.add(-1, -1)
 			return ctx.Err()
 		case <-g.gone:
-			g.t.pend.add(-1, -1)
-			if g.t.closer.Closed() {
-				return fmt.Errorf("chanbus: publish to %q: %w", g.topic, transport.ErrClosed)
-			}
-			return nil // the group's last member left: dropped, as documented
+			return g.dropped()
 		}
 		var ok bool
 		if ok, room, owner = g.d.TryAdd(key, d); ok {
 			return nil
+		}
+		if room == nil {
+			return g.dropped()
 		}
 	}
 }
@@ -149,9 +158,6 @@ func (g *group) inBackoff() bool {
 // worker of the group has stopped.
 func (g *group) teardown() {
 	close(g.gone)
-	g.mu.Lock()
-	g.removed = true
-	g.mu.Unlock()
 	dropped := 0
 	g.bmu.Lock()
 	for l, timer := range g.backoffs {

@@ -91,7 +91,10 @@ type Dispatcher[T any] struct {
 	wake   chan struct{} // one pending wake-up for an idle worker
 	room   chan struct{} // closed when an item is taken; nil while nobody waits for Limit
 	closed bool
-	done   chan struct{} // closed by Close
+	// drained: Drain ran, and nothing is queued any more. Set holding
+	// every stripe's lock and mu, so either lock suffices to read it.
+	drained bool
+	done    chan struct{} // closed by Close
 }
 
 // stripe is the lanes of the keys that hash to it, under one lock.
@@ -184,25 +187,34 @@ func (d *Dispatcher[T]) stripeOf(key string) *stripe[T] {
 
 // Add queues item behind the unfinished items of key ("" for none: it runs
 // in parallel with everything). It never blocks and ignores the limits.
-// After Close or Drain it still queues (a later Drain drops it).
-func (d *Dispatcher[T]) Add(key string, item T) {
+// After Close it still queues; after Drain it queues nothing and returns
+// false.
+func (d *Dispatcher[T]) Add(key string, item T) (queued bool) {
 	if key == "" {
-		d.addKeyless(item)
-		return
+		return d.addKeyless(item)
 	}
 	st := d.stripeOf(key)
 	st.mu.Lock()
+	if d.drained {
+		st.mu.Unlock()
+		return false
+	}
 	wake := d.addLocked(st, key, item, st.keys[key])
 	st.mu.Unlock()
 	d.signal(wake)
+	return true
 }
 
 // addKeyless queues a keyless item in a lane of its own. Such a lane is
 // never looked up (it has no key), so only the dispatcher's lock guards
 // it: its producer and its holder never take a stripe's.
-func (d *Dispatcher[T]) addKeyless(item T) {
-	d.waiting.Add(1)
+func (d *Dispatcher[T]) addKeyless(item T) (queued bool) {
 	d.mu.Lock()
+	if d.drained {
+		d.mu.Unlock()
+		return false
+	}
+	d.waiting.Add(1)
 	var l *Lane[T]
 	if n := len(d.loose); n > 0 {
 		l = d.loose[n-1]
@@ -218,6 +230,7 @@ func (d *Dispatcher[T]) addKeyless(item T) {
 	wake := d.idle > 0
 	d.mu.Unlock()
 	d.signal(wake)
+	return true
 }
 
 // TryAdd queues item as Add does, unless key already has KeyLimit items
@@ -225,17 +238,24 @@ func (d *Dispatcher[T]) addKeyless(item T) {
 // a channel that is closed when room may have come (try again): when a
 // worker takes an item of key, if key was full, else when a worker takes
 // any item; and the worker holding key's lane (as passed to Next), nil when
-// no worker does.
+// no worker does. After Drain it queues nothing and returns false with a
+// nil room: there will never be room.
 func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{}, owner any) {
 	if key == "" {
 		if d.limit > 0 && d.waiting.Load() >= int64(d.limit) {
 			return false, d.totalRoom(), nil
 		}
-		d.addKeyless(item)
+		if !d.addKeyless(item) {
+			return false, nil, nil
+		}
 		return true, nil, nil
 	}
 	st := d.stripeOf(key)
 	st.mu.Lock()
+	if d.drained {
+		st.mu.Unlock()
+		return false, nil, nil
+	}
 	full := d.limit > 0 && d.waiting.Load() >= int64(d.limit)
 	l := st.keys[key]
 	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
@@ -270,7 +290,7 @@ func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
 	}
 	ch := d.room
 	d.roomWanted.Store(true)
-	if d.waiting.Load() < int64(d.limit) || d.closed {
+	if d.waiting.Load() < int64(d.limit) || d.closed || d.drained {
 		// A take came between the refusal and roomWanted: it did not see
 		// the flag, so say "try again" now.
 		close(d.room)
@@ -633,7 +653,10 @@ func (d *Dispatcher[T]) Close() {
 // Drain removes every item nobody holds, calling drop on each, and returns
 // how many it dropped. The head of a held lane stays with its holder (a
 // Done, Release or Ready on it afterwards does nothing), but the items
-// behind it are dropped. Call it once no worker runs, to tear down.
+// behind it are dropped. Nothing is queued after it: Add and TryAdd
+// return false (a producer that raced with it either queued before, and
+// its item is among the dropped, or finds it drained). Call it once no
+// worker runs, to tear down.
 func (d *Dispatcher[T]) Drain(drop func(T)) int {
 	for i := range d.stripes {
 		d.stripes[i].mu.Lock()
@@ -641,6 +664,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.drained = true
 	n := 0
 	var zero T
 	take := func(l *Lane[T]) {

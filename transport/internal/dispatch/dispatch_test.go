@@ -579,3 +579,24 @@ func TestOrderWithReleaseAndHold(t *testing.T) {
 		t.Fatalf("%d items still waiting", all)
 	}
 }
+
+// TestNothingQueuedAfterDrain: once drained, a dispatcher takes no item:
+// Add and TryAdd report it, keyed and keyless, and nothing waits.
+func TestNothingQueuedAfterDrain(t *testing.T) {
+	d := New[int](Config{KeyLimit: 1, Limit: 1})
+	d.Add("k", 1)
+	if n := d.Drain(func(int) {}); n != 1 {
+		t.Fatalf("Drain dropped %d, want 1", n)
+	}
+	for _, key := range []string{"k", "other", ""} {
+		if d.Add(key, 2) {
+			t.Errorf("Add(%q) queued after Drain", key)
+		}
+		if ok, room, _ := d.TryAdd(key, 3); ok || room != nil {
+			t.Errorf("TryAdd(%q) after Drain = %v, room %v; want false, nil", key, ok, room)
+		}
+	}
+	if all, _ := d.Waiting(""); all != 0 || d.ReadyLanes() != 0 {
+		t.Fatalf("after Drain: %d waiting, %d lanes ready", all, d.ReadyLanes())
+	}
+}
