@@ -224,10 +224,7 @@ func (d *Dispatcher[T]) addKeyless(item T) (queued bool) {
 		l = new(Lane[T])
 	}
 	l.items.push(item)
-	l.state = ready
-	d.ready.push(l)
-	d.readyLen.Store(int64(d.ready.len()))
-	wake := d.idle > 0
+	wake := d.readyLocked(l)
 	d.mu.Unlock()
 	d.signal(wake)
 	return true
@@ -293,9 +290,7 @@ func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
 	if d.waiting.Load() < int64(d.limit) || d.closed || d.drained {
 		// A take came between the refusal and roomWanted: it did not see
 		// the flag, so say "try again" now.
-		close(d.room)
-		d.room = nil
-		d.roomWanted.Store(false)
+		d.wakeRoomLocked()
 	}
 	return ch
 }
@@ -379,13 +374,19 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 // reports whether a worker is idle: then the caller calls signal once it
 // released its locks, so that the woken worker does not find them taken.
 func (d *Dispatcher[T]) ready1(l *Lane[T]) (wake bool) {
-	l.state, l.owner, l.ran = ready, nil, 0
 	d.mu.Lock()
-	d.ready.push(l)
-	d.readyLen.Store(int64(d.ready.len()))
-	wake = d.idle > 0
+	wake = d.readyLocked(l)
 	d.mu.Unlock()
 	return wake
+}
+
+// readyLocked is ready1 with d.mu held (and, for a keyed lane, its
+// stripe's lock).
+func (d *Dispatcher[T]) readyLocked(l *Lane[T]) (wake bool) {
+	l.state, l.owner, l.ran = ready, nil, 0
+	d.ready.push(l)
+	d.readyLen.Store(int64(d.ready.len()))
+	return d.idle > 0
 }
 
 // signal wakes an idle worker when wake is true. A worker that goes idle
@@ -459,6 +460,28 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 // now, up to what is left of the turn, stop waiting. l's stripe lock is
 // held and l.batch is empty.
 func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
+	d.takeBatch(l, owner)
+	l.wakeRoom()
+	if d.roomWanted.Load() {
+		d.mu.Lock()
+		d.wakeRoomLocked()
+		d.mu.Unlock()
+	}
+}
+
+// takeKeyless is take for a keyless lane, with d.mu held instead (such a
+// lane has no room of its own: TryAdd refuses keyless items only for
+// Limit).
+func (d *Dispatcher[T]) takeKeyless(l *Lane[T], owner any) {
+	d.takeBatch(l, owner)
+	if d.roomWanted.Load() {
+		d.wakeRoomLocked()
+	}
+}
+
+// takeBatch makes owner the holder of l and moves its batch out of its
+// items: those queued now, up to what is left of the turn.
+func (d *Dispatcher[T]) takeBatch(l *Lane[T], owner any) {
 	l.state, l.owner = held, owner
 	n := min(l.items.len(), max(d.turn-l.ran, 1))
 	var zero T
@@ -467,32 +490,16 @@ func (d *Dispatcher[T]) take(l *Lane[T], owner any) {
 	}
 	l.bi, l.head = 0, l.batch[0]
 	d.waiting.Add(int64(-n))
-	l.wakeRoom()
-	if d.roomWanted.Load() {
-		d.mu.Lock()
-		if d.room != nil {
-			close(d.room)
-			d.room = nil
-		}
-		d.roomWanted.Store(false)
-		d.mu.Unlock()
-	}
 }
 
-// takeKeyless is take for a keyless lane, under d.mu instead.
-func (d *Dispatcher[T]) takeKeyless(l *Lane[T], owner any) {
-	l.state, l.owner = held, owner
-	var zero T
-	for l.items.len() > 0 {
-		l.batch = append(l.batch, l.items.popFront(zero))
-	}
-	l.bi, l.head = 0, l.batch[0]
-	d.waiting.Add(int64(-len(l.batch)))
-	if d.roomWanted.Load() && d.room != nil {
+// wakeRoomLocked closes the room a TryAdd refused for Limit waits on (an
+// item was taken, or the dispatcher closed), if one waits. d.mu is held.
+func (d *Dispatcher[T]) wakeRoomLocked() {
+	if d.room != nil {
 		close(d.room)
 		d.room = nil
-		d.roomWanted.Store(false)
 	}
+	d.roomWanted.Store(false)
 }
 
 // giveBack returns the holder's unrun items (the head among them) to the
@@ -529,8 +536,7 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 		// Done with its one item (nobody adds to a keyless lane): recycled.
 		d.mu.Lock()
 		if !l.removed && len(d.loose) < maxFree*stripes {
-			l.state, l.owner, l.ran, l.Attempt = ready, nil, 0, 0
-			d.loose = append(d.loose, l)
+			d.loose = append(d.loose, l) // addKeyless readies it again
 		}
 		d.mu.Unlock()
 		return false
@@ -568,10 +574,7 @@ func (d *Dispatcher[T]) Release(l *Lane[T]) {
 		wake := false
 		if !l.removed {
 			d.giveBack(l)
-			l.state, l.owner, l.ran = ready, nil, 0
-			d.ready.push(l)
-			d.readyLen.Store(int64(d.ready.len()))
-			wake = d.idle > 0
+			wake = d.readyLocked(l)
 		}
 		d.mu.Unlock()
 		d.signal(wake)
@@ -644,10 +647,7 @@ func (d *Dispatcher[T]) Close() {
 		d.closed = true
 		close(d.done)
 	}
-	if d.room != nil {
-		close(d.room)
-		d.room = nil
-	}
+	d.wakeRoomLocked()
 }
 
 // Drain removes every item nobody holds, calling drop on each, and returns
@@ -703,10 +703,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 		st.parked = 0
 	}
 	d.waiting.Store(0)
-	if d.room != nil {
-		close(d.room)
-		d.room = nil
-	}
+	d.wakeRoomLocked()
 	return n
 }
 
