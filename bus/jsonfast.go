@@ -480,7 +480,7 @@ func plainOut(s string) bool {
 		}
 		high = high || s[j] >= utf8.RuneSelf
 	}
-	return !high || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
+	return !high || validOut(s)
 }
 
 // longPlain is the length from which plainOut and plainString look for
@@ -501,7 +501,13 @@ func plainOutLong(s string) bool {
 	if ctl {
 		return false
 	}
-	return !high || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
+	return !high || validOut(s)
+}
+
+// validOut reports whether json.Marshal writes s's multi-byte characters
+// as they are: valid UTF-8, without U+2028 and U+2029 (which it escapes).
+func validOut(s string) bool {
+	return utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
 }
 
 // controlOrHigh reports whether s has a control character (below 0x20),

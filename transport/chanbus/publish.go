@@ -188,7 +188,13 @@ func (w *worker) recycle(d *delivery) {
 	}
 	w.free.ds = append(w.free.ds, d)
 	if len(w.free.ds) == freeBatch {
-		full.Put(w.free)
-		w.free = nil
+		w.passFree()
 	}
+}
+
+// passFree passes w's batch of recycled deliveries, which must have one,
+// to the pool.
+func (w *worker) passFree() {
+	full.Put(w.free)
+	w.free = nil
 }

@@ -161,8 +161,7 @@ func (s *subscription) work(w *worker) {
 		if w.free != nil && s.g.d.ReadyLanes() == 0 {
 			// Likely to wait for work: pass the deliveries on now, so
 			// that the pool has them and the GC may drop them.
-			full.Put(w.free)
-			w.free = nil
+			w.passFree()
 		}
 	}
 }
