@@ -2,6 +2,7 @@ package nats
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,8 +127,7 @@ func (p *puller) send(reply string, req []byte) {
 	if err := s.t.nc.PublishRequest(p.next, reply, req); err != nil {
 		p.mu.Lock()
 		if i := p.index(reply); i >= 0 {
-			p.asked.Add(int32(-p.pulls[i].left))
-			p.pulls = append(p.pulls[:i], p.pulls[i+1:]...)
+			p.setLeft(i, 0)
 		}
 		p.failed = true
 		p.mu.Unlock()
@@ -351,10 +351,7 @@ func (p *puller) receive(m *natsgo.Msg) {
 func (p *puller) received(now time.Time) {
 	p.mu.Lock()
 	if len(p.pulls) > 0 {
-		p.asked.Add(-1)
-		if p.pulls[0].left--; p.pulls[0].left <= 0 {
-			p.pulls = append(p.pulls[:0], p.pulls[1:]...)
-		}
+		p.setLeft(0, p.pulls[0].left-1)
 		for i := range p.pulls {
 			p.pulls[i].seen = now
 		}
@@ -383,17 +380,12 @@ func (p *puller) status(code string, m *natsgo.Msg) {
 	normal := code == statusNoMessages || code == statusTimeout
 	p.mu.Lock()
 	if i := p.index(m.Subject); i >= 0 {
-		r := &p.pulls[i]
+		// What is still left was sent before the end: on its way.
 		left := 0
 		if pending >= 0 {
-			left = max(0, r.left-pending)
+			left = p.pulls[i].left - pending
 		}
-		p.asked.Add(int32(left - r.left))
-		r.left = left
-		// What is still left was sent before the end: on its way.
-		if r.left == 0 {
-			p.pulls = append(p.pulls[:i], p.pulls[i+1:]...)
-		}
+		p.setLeft(i, left)
 	}
 	if normal {
 		p.ok = true
@@ -458,6 +450,18 @@ func (p *puller) dropLost(now time.Time) {
 	}
 	clear(p.pulls[len(kept):])
 	p.pulls = kept
+}
+
+// setLeft sets how many messages request i may still bring (at least 0),
+// keeping asked their sum, and forgets the request once it may bring none.
+// Called with mu.
+func (p *puller) setLeft(i, left int) {
+	left = max(left, 0)
+	p.asked.Add(int32(left - p.pulls[i].left))
+	p.pulls[i].left = left
+	if left == 0 {
+		p.pulls = slices.Delete(p.pulls, i, i+1)
+	}
 }
 
 // clearPulls forgets every request awaited. Called with mu.
