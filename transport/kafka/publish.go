@@ -358,13 +358,6 @@ var recordBufsPool = sync.Pool{New: func() any { return new(recordBufs) }}
 // maxPooledRecords bounds what a pooled recordBufs keeps.
 const maxPooledRecords = 4096
 
-// fill sets b to the records of msgs[idx[0]], msgs[idx[1]], ... (of every
-// message when idx is nil), ready to be read once (b.reader).
-func (b *recordBufs) fill(msgs []*transport.Message, idx []int, now time.Time) {
-	b.records, b.fields, b.hdrs, b.vals = toRecordsInto(msgs, idx, now, b.records, b.fields, b.hdrs, b.vals)
-	b.reader = recordsReader{records: b.records}
-}
-
 // release clears b's references to the messages and puts it back in the
 // pool.
 func (b *recordBufs) release() {
@@ -394,19 +387,19 @@ func (r *recordsReader) ReadRecord() (*kafkago.Record, error) {
 }
 
 // toRecords are the records of msgs[idx[0]], msgs[idx[1]], ... (of every
-// message of msgs when idx is nil), for one encoding: their keys, values
-// and headers are read from a few slices allocated together, not from an
-// allocation per field (kafka-go's NewBytes, a []byte of each key and
-// header value).
+// message of msgs when idx is nil), in recordBufs of their own.
 func toRecords(msgs []*transport.Message, idx []int, now time.Time) []kafkago.Record {
-	records, _, _, _ := toRecordsInto(msgs, idx, now, nil, nil, nil, nil)
-	return records
+	var b recordBufs
+	b.fill(msgs, idx, now)
+	return b.records
 }
 
-// toRecordsInto is toRecords in the slices given, grown as needed and
-// returned.
-func toRecordsInto(msgs []*transport.Message, idx []int, now time.Time,
-	records []kafkago.Record, fields []field, hdrs []kafkago.Header, vals []byte) ([]kafkago.Record, []field, []kafkago.Header, []byte) {
+// fill sets b to the records of msgs[idx[0]], msgs[idx[1]], ... (of every
+// message when idx is nil), for one encoding, ready to be read once
+// (b.reader): their keys, values and headers are read from b's few
+// slices, reused from one fill to the next, not from an allocation per
+// field (kafka-go's NewBytes, a []byte of each key and header value).
+func (b *recordBufs) fill(msgs []*transport.Message, idx []int, now time.Time) {
 	n := len(msgs)
 	if idx != nil {
 		n = len(idx)
@@ -429,12 +422,12 @@ func toRecordsInto(msgs []*transport.Message, idx []int, now time.Time,
 			nb += len(m.ID)
 		}
 	}
-	records = slices.Grow(records[:0], n)[:n]
-	fields = slices.Grow(fields[:0], 2*n)[:2*n]
+	records := slices.Grow(b.records[:0], n)[:n]
+	fields := slices.Grow(b.fields[:0], 2*n)[:2*n]
 	// hdrs and vals are not grown while filled: the records hold
 	// subslices of them.
-	hdrs = slices.Grow(hdrs[:0], nh)
-	vals = slices.Grow(vals[:0], nb)
+	hdrs := slices.Grow(b.hdrs[:0], nh)
+	vals := slices.Grow(b.vals[:0], nb)
 	value := func(v string) []byte { // v's bytes in vals, capped
 		start := len(vals)
 		vals = append(vals, v...)
@@ -467,7 +460,8 @@ func toRecordsInto(msgs []*transport.Message, idx []int, now time.Time,
 		}
 		r.Headers = hdrs[start:len(hdrs):len(hdrs)]
 	}
-	return records, fields, hdrs, vals
+	b.records, b.fields, b.hdrs, b.vals = records, fields, hdrs, vals
+	b.reader = recordsReader{records: records}
 }
 
 // addID reports whether m's ID travels in the idHeader.
