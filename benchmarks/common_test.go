@@ -2,6 +2,8 @@ package benchmarks
 
 import (
 	"math/rand/v2"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,9 +64,27 @@ type OrderPlaced struct {
 // not part of the case) is not measured.
 func startMeasuring(b *testing.B) {
 	b.ReportAllocs()
+	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		profiling = true
+		b.Cleanup(func() { f.Close() })
+	}
 	cpuStart = processCPU()
 	b.ResetTimer()
 }
+
+// profiling is whether startMeasuring started the CPU profile that
+// BENCH_CPUPROFILE asks for: the measured part of each run, without its
+// set-up (servers, prefilled topics), which -cpuprofile would include.
+// Each run overwrites the file: select one case with -bench, and the file
+// holds its last (longest) run.
+var profiling bool
 
 // report stops the clock and reports the throughput, and the process's
 // CPU time per message (user and system, every goroutine's, the embedded
@@ -73,6 +93,10 @@ func startMeasuring(b *testing.B) {
 // Every case's iteration is one message.
 func report(b *testing.B) {
 	b.StopTimer()
+	if profiling {
+		pprof.StopCPUProfile()
+		profiling = false
+	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	b.ReportMetric(float64(processCPU()-cpuStart)/float64(b.N), "cpu-ns/msg")
 }
