@@ -109,10 +109,10 @@ type Config struct {
 	// RebalanceTimeout is how long the coordinator waits for members to
 	// rejoin during a rebalance. Default 30s.
 	RebalanceTimeout time.Duration
-	// FetchMaxBytes is the most bytes fetched per partition and request;
-	// a partition reads up to 4096 records of such a batch before it
-	// dispatches them, and fetches the next batch while it dispatches the
-	// last ones. Default 2 × MaxMessageBytes.
+	// FetchMaxBytes is the most bytes fetched per partition and request
+	// (the broker returns a record batch larger than that whole); a
+	// partition holds the response it dispatches and the next one, which it
+	// fetches while it dispatches the last. Default 2 × MaxMessageBytes.
 	FetchMaxBytes int
 	// FetchMaxWait is how long the broker may hold a fetch open waiting for
 	// data; it also bounds how fast an idle partition reader stops. Default

@@ -5,20 +5,18 @@ import (
 	"strconv"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
-
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/internal/dispatch"
 )
 
-// dispatch queues m behind the unfinished messages of its key, blocking
+// dispatch queues j behind the unfinished messages of its key, blocking
 // while MaxInFlight messages are unfinished.
-func (s *subscription) dispatch(ctx context.Context, p *partition, m *kafkago.Message) error {
+func (s *subscription) dispatch(ctx context.Context, j *job) error {
 	if err := s.inflight.acquire(ctx); err != nil {
 		return err
 	}
-	p.wg.Add(1)
-	s.d.Add(newJob(p, m))
+	j.p.wg.Add(1)
+	s.d.Add(j.key, j)
 	return nil
 }
 
@@ -173,7 +171,7 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 		Body:    j.value,
 		Topic:   s.topic,
 		Group:   s.group,
-		Time:    j.time,
+		Time:    recordTime(j.ms),
 		Attempt: attempt,
 		Meta:    d.meta,
 	}
@@ -181,7 +179,7 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 	if len(j.headers) > 0 {
 		msg.Header = d.hdr
 		for _, h := range j.headers {
-			msg.Header[h.Key] = string(h.Value)
+			msg.Header[h.key] = h.value
 		}
 		if id, ok := msg.Header[idHeader]; ok {
 			msg.ID = id
@@ -194,4 +192,13 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 		msg.Time = time.Now()
 	}
 	return msg
+}
+
+// recordTime is a record's timestamp, ms after the Unix epoch, as kafka-go
+// reads it: zero when not positive (fill then uses the time of delivery).
+func recordTime(ms int64) time.Time {
+	if ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
 }

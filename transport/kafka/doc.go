@@ -23,7 +23,12 @@
 //
 // A subscription is a member of the consumer group SubscribeOptions.Group,
 // run with kafka-go's ConsumerGroup API: each generation's partitions are
-// fetched by one loop each, on a kafka-go Conn to the partition's leader. Within a partition, messages with the same key
+// fetched by one loop each, on a connection to the partition's leader
+// (dialed with kafka-go's Dialer, TLS and SASL included), which sends its
+// own Fetch requests (v4, read uncommitted: records of aborted transactions
+// are delivered too) and decodes the record batches (format v2, any
+// compression, CRC checked) in place, without copying a record. Within a
+// partition, messages with the same key
 // are handled one at a time, in offset order; different keys run in parallel
 // up to SubscribeOptions.Concurrency. A handler error retries the message in
 // place with exponential backoff (Kafka has no negative acknowledgement);

@@ -129,16 +129,16 @@ func TestFetchErrorsRetried(t *testing.T) {
 	}
 }
 
-// A fetch returning more records than a partition reads before it
-// dispatches them (readAheadRecords) is dispatched in parts, in order,
-// each record once.
+// A fetch response holding many more records than MaxInFlight is
+// dispatched in parts, in order, each record once, while the next fetch
+// is read ahead.
 func TestFetchLargeBatch(t *testing.T) {
 	c := newCluster(t)
 	cfg := testConfig(c.ListenAddrs())
 	cfg.Topics.Partitions = 1
 	tr := open(t, cfg)
 	topic := transporttest.UniqueTopic(t)
-	const n = 3*readAheadRecords + 100
+	const n = 3*4096 + 100
 	msgs := make([]*transport.Message, 0, 1000)
 	for i := range n {
 		msgs = append(msgs, &transport.Message{ID: strconv.Itoa(i), Key: "k-" + strconv.Itoa(i%7)})

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
-
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/internal/dispatch"
 )
@@ -68,15 +66,12 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 		return nil
 	}, 1)
 	p1, p2 := newTestPartition(s, 1), newTestPartition(s, 2)
-	rec := func(id string, off int64) kafkago.Message {
-		return kafkago.Message{Key: []byte("k"), Offset: off, Headers: []kafkago.Header{{Key: idHeader, Value: []byte(id)}}}
+	rec := func(p *partition, id string, off int64) *job {
+		return &job{p: p, key: "k", off: off, headers: []header{{key: idHeader, value: id}}}
 	}
-	for _, j := range []struct {
-		p *partition
-		m kafkago.Message
-	}{{p1, rec("p1-a", 0)}, {p2, rec("p2-b", 0)}, {p1, rec("p1-c", 1)}} {
-		j.p.add(j.m.Offset)
-		if err := s.dispatch(context.Background(), j.p, &j.m); err != nil {
+	for _, j := range []*job{rec(p1, "p1-a", 0), rec(p2, "p2-b", 0), rec(p1, "p1-c", 1)} {
+		j.p.add(j.off)
+		if err := s.dispatch(context.Background(), j); err != nil {
 			t.Fatal(err)
 		}
 	}

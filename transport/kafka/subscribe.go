@@ -2,16 +2,16 @@ package kafka
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sort"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
-	"unsafe"
 
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -25,9 +25,9 @@ import (
 // finished, across its partitions, and, per partition, the messages
 // dispatched past its first unfinished one (the window in which handlers
 // finish out of order): when either is reached, dispatching (and so
-// fetching) pauses. It bounds memory, with the records a partition has read
-// from a fetched batch and not dispatched yet (at most 4096, and at most
-// Config.FetchMaxBytes of them). Together with Config.CommitEvery it
+// fetching) pauses. It bounds memory, with the fetch responses a partition
+// holds and has not dispatched yet (two, of at most Config.FetchMaxBytes
+// each). Together with Config.CommitEvery it
 // bounds the messages handled again after a crash: a
 // partition pauses fetching while MaxInFlight + CommitEvery of its messages
 // are past its committed offset, so a crash redelivers at most that many
@@ -300,23 +300,16 @@ type hooks struct {
 
 func (hooks) Transport() string { return Scheme }
 
-// job is a fetched record on its way through the dispatcher: what the
-// delivery needs of its kafka-go Message.
+// job is a fetched record on its way through the dispatcher. Its strings
+// and value point into its fetch response (see decoder): a response's jobs
+// are allocated together, and nothing writes their bytes.
 type job struct {
 	p       *partition
 	key     string // the record's key: the dispatcher's key and Message.Key
 	off     int64
-	time    time.Time
-	value   []byte
-	headers []kafkago.Header
-}
-
-// newJob is m's job, and the dispatcher's key. The key's string shares
-// m.Key's bytes: kafka-go's Batch.ReadMessage allocates them for this one
-// record, and nothing writes them (the handler gets the string).
-func newJob(p *partition, m *kafkago.Message) (string, *job) {
-	key := unsafe.String(unsafe.SliceData(m.Key), len(m.Key))
-	return key, &job{p: p, key: key, off: m.Offset, time: m.Time, value: m.Value, headers: m.Headers}
+	ms      int64  // the record's timestamp, in Unix milliseconds
+	value   []byte // nil for a null value
+	headers []header
 }
 
 // Close stops fetching, lets in-flight handlers finish until ctx ends (then
@@ -520,7 +513,7 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 	// A fetch the broker holds open, or a read of its records, fails at
 	// once when fetching stops.
 	interrupt := context.AfterFunc(fctx, conns.stop)
-	s.fetch(fctx, p, offset, conns.dialer(s.t.dialer), &conns.stopped)
+	s.fetch(fctx, p, offset, conns)
 	stop()
 	interrupt()
 	cancel()
@@ -535,41 +528,39 @@ func (s *subscription) consume(ctx context.Context, gen *kafkago.Generation, p *
 	<-ctx.Done()
 }
 
-// fetchReadTimeout bounds reading a fetched batch's records once its
-// response began (kafka-go's Reader's ReadBatchTimeout default).
+// fetchReadTimeout bounds reading a fetch response once it began (kafka-go's
+// Reader's ReadBatchTimeout default).
 const fetchReadTimeout = 10 * time.Second
 
 // fetch reads partition p from offset and dispatches its records until ctx
-// ends: one connection to the partition's leader, the records read from the
-// connection as kafka-go's Reader reads them (its Conn and Batch), without
-// the Reader's goroutine and queue between the connection and the
-// dispatcher, or its deadline per record. While a fetched batch's records
-// are dispatched, the next fetch is on its way (see fetchAhead). Errors are
-// retried as the Reader retries them: after a backoff (RetryBackoff,
+// ends: one connection to the partition's leader, on which this package
+// sends its own Fetch requests (see fetchConn) and decodes each response in
+// place (see decoder), without kafka-go's Reader's goroutine and queue
+// between the connection and the dispatcher. While a response's records are
+// dispatched, the next fetch is on its way (see fetchAhead). Errors are
+// retried as kafka-go's Reader retries them: after a backoff (RetryBackoff,
 // doubling up to RetryBackoffMax), with a new connection to the leader
 // when the error says the leader moved or the connection broke.
-func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, dialer *kafkago.Dialer, stopped *atomic.Bool) {
-	var conn *kafkago.Conn
-	var ahead <-chan *kafkago.Batch // the next fetch, sent on conn
+func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, conns *fetchConns) {
+	var conn *fetchConn
+	var ahead <-chan fetched // the next fetch, sent on conn
 	defer func() {
 		if ahead != nil {
-			if b := <-ahead; b != nil {
-				b.Close()
-			}
+			<-ahead
 		}
 		if conn != nil {
-			conn.Close()
+			conn.kc.Close()
 		}
 	}()
+	dialer := conns.dialer(s.t.dialer)
 	retry := backoff.Policy{InitialInterval: s.t.cfg.RetryBackoff, MaxInterval: s.t.cfg.RetryBackoffMax}
 	fails := 0 // consecutive failures: the next try waits for retry.Delay(fails)
-	var recs []kafkago.Message
 	for ctx.Err() == nil {
 		if fails > 0 && backoff.Sleep(ctx, retry.Delay(fails)) != nil {
 			return
 		}
 		if conn == nil {
-			c, off, err := s.dialLeader(ctx, dialer, p.id, offset)
+			c, off, err := s.dialLeader(ctx, dialer, conns, p.id, offset)
 			if err != nil {
 				if ctx.Err() == nil {
 					s.log.Info("kafka: connecting to the partition's leader failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
@@ -579,58 +570,38 @@ func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, di
 			}
 			conn, offset = c, off
 		}
-		var batch *kafkago.Batch
+		var f fetched
 		if ahead != nil {
-			batch = <-ahead
+			f = <-ahead
 			ahead = nil
 		} else {
-			batch = s.startFetch(conn)
+			f = s.fetchOnce(conn, p, offset)
 		}
-		var err error
-		for {
-			if recs, err = readRecords(conn, batch, recs[:0], stopped); err != nil || stopped.Load() {
-				break
-			}
-			// readAheadRecords read and more to come: dispatch these first.
-			if s.dispatchAll(ctx, p, recs) != nil {
-				batch.Close()
-				return
-			}
-			clear(recs)
+		offset = f.next // past what was read (and what compaction removed)
+		err := f.err
+		if err == nil && len(f.jobs) > 0 && ctx.Err() == nil {
+			ahead = s.fetchAhead(conn, p, offset)
 		}
-		if cerr := batch.Close(); cerr != nil && errors.Is(err, io.EOF) {
-			err = cerr
-		}
-		_ = conn.SetReadDeadline(time.Time{})
-		if next, _ := conn.Offset(); next >= 0 {
-			offset = next // past what was read (and records a compaction removed)
-		}
-		ended := err == nil || errors.Is(err, io.EOF) || errors.Is(err, kafkago.RequestTimedOut)
-		if ended && len(recs) > 0 && ctx.Err() == nil {
-			ahead = s.fetchAhead(conn)
-		}
-		if s.dispatchAll(ctx, p, recs) != nil {
+		if s.dispatchAll(ctx, p, f.jobs) != nil {
 			return
 		}
-		clear(recs) // the records' bytes belong to their jobs now
 		var ke kafkago.Error
 		switch {
 		case ctx.Err() != nil:
 			return
-		case ended:
+		case err == nil:
 			fails = 0
 		case errors.Is(err, kafkago.OffsetOutOfRange):
-			first, last, oerr := conn.ReadOffsets()
+			first, last, oerr := conn.kc.ReadOffsets()
 			switch {
 			case oerr != nil:
-				conn.Close()
+				conn.kc.Close()
 				conn = nil
 				fails++
 			case offset < first:
 				// The records up to first were deleted (retention).
 				s.log.Warn("kafka: fetching before the partition's first offset; skipping to it", "partition", p.id, "offset", offset, "first", first)
 				offset, fails = first, 0
-				_, _ = conn.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck)
 			case offset < last:
 				fails = 0
 			default:
@@ -639,68 +610,105 @@ func (s *subscription) fetch(ctx context.Context, p *partition, offset int64, di
 		case errors.As(err, &ke) && ke != kafkago.NotLeaderForPartition && ke != kafkago.UnknownTopicOrPartition:
 			s.log.Warn("kafka: fetch failed; retrying", "partition", p.id, "err", classify(context.Background(), err))
 			fails++
+		case errors.Is(err, errMalformed), errors.Is(err, errors.ErrUnsupported):
+			// What the response held is not readable (the records before
+			// what was wrong are dispatched): fetch it again, on a new
+			// connection in case the bytes broke on the way.
+			s.log.Error("kafka: fetch response unreadable; fetching it again", "partition", p.id, "offset", offset, "err", err)
+			conn.kc.Close()
+			conn = nil
+			fails++
 		default:
 			// The leader moved, or the connection broke: connect again.
 			s.log.Info("kafka: fetch failed; connecting to the partition's leader again", "partition", p.id, "err", classify(context.Background(), err))
-			conn.Close()
+			conn.kc.Close()
 			conn = nil
 			fails++
 		}
 	}
 }
 
-// startFetch sends a fetch on conn, from its offset, and returns its Batch
-// once the response began.
-func (s *subscription) startFetch(conn *kafkago.Conn) *kafkago.Batch {
-	// As kafka-go's Reader: the broker holds the fetch open for part of
+// fetchConn is a connection to a partition's leader: kafka-go's Conn, for
+// ListOffsets, and the connection under it, on which the fetch loop sends
+// its Fetch requests and reads their responses itself (only one of the two
+// has a request in flight at a time).
+type fetchConn struct {
+	kc  *kafkago.Conn
+	nc  *stoppableConn
+	id  int32  // the last request's correlation id
+	req []byte // the request being sent
+}
+
+// fetched is a fetch's result: the records decoded, the offset to fetch
+// next, and the error that ended the fetch (the records before it are in
+// jobs).
+type fetched struct {
+	jobs []job
+	next int64
+	err  error
+}
+
+// fetchOnce fetches p's records from offset on conn and decodes them.
+func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fetched {
+	cfg := s.t.cfg
+	conn.id++
+	// As kafka-go's Conn: the broker holds the fetch open for part of
 	// FetchMaxWait, the rest is the round trip's.
-	_ = conn.SetReadDeadline(time.Now().Add(s.t.cfg.FetchMaxWait))
-	return conn.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: s.t.cfg.FetchMaxBytes})
+	wait := cfg.FetchMaxWait - min(time.Second, cfg.FetchMaxWait/4)
+	conn.req = appendFetchRequest(conn.req[:0], conn.id, cfg.ClientID, s.topic, int32(p.id), offset,
+		int32(min(wait.Milliseconds(), math.MaxInt32)), int32(min(cfg.FetchMaxBytes, math.MaxInt32)))
+	nc := conn.nc
+	defer nc.SetReadDeadline(time.Time{})
+	_ = nc.SetReadDeadline(time.Now().Add(cfg.FetchMaxWait))
+	if _, err := nc.Write(conn.req); err != nil {
+		return fetched{next: offset, err: err}
+	}
+	var size [4]byte
+	if _, err := io.ReadFull(nc.r, size[:]); err != nil {
+		return fetched{next: offset, err: dontExpectEOF(err)}
+	}
+	n := int32(binary.BigEndian.Uint32(size[:]))
+	if n < 4 {
+		return fetched{next: offset, err: malformed("response size %d", n)}
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(fetchReadTimeout))
+	// A new buffer for every response: its records' values are sub-slices
+	// of it for as long as their messages are handled.
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(nc.r, buf); err != nil {
+		return fetched{next: offset, err: dontExpectEOF(err)}
+	}
+	recs, err := parseFetchResponse(buf, conn.id, s.topic, int32(p.id))
+	if err != nil {
+		return fetched{next: offset, err: err}
+	}
+	d := decoder{p: p}
+	next, err := d.decode(recs, offset)
+	return fetched{jobs: d.jobs, next: next, err: err}
 }
 
 // fetchAhead starts the next fetch on conn in a goroutine of its own and
-// returns the channel of its Batch: the broker prepares and sends it while
-// the last batch's (last readAheadRecords) records are dispatched, so that
-// a partition does not wait a round trip between batches. What is held
-// before a handler starts is then up to readAheadRecords records of a
-// batch per partition (at most FetchMaxBytes of them) being dispatched,
-// the next response in the connection, and MaxInFlight dispatched
-// messages. The goroutine ends once the response began or the
-// fetch failed (at once when fetching stops: see fetchConns).
-func (s *subscription) fetchAhead(conn *kafkago.Conn) <-chan *kafkago.Batch {
-	c := make(chan *kafkago.Batch, 1)
-	go func() { c <- s.startFetch(conn) }()
+// returns the channel of its result: the broker prepares and sends it while
+// the last response's records are dispatched, so that a partition does not
+// wait a round trip between responses. What is held before a handler starts
+// is then a response per partition being dispatched (at most
+// FetchMaxBytes, or one record batch when that is larger), the next one,
+// and MaxInFlight dispatched messages (with the responses they are in).
+// The goroutine ends once the response was read, or the fetch failed (at
+// once when fetching stops: see fetchConns).
+func (s *subscription) fetchAhead(conn *fetchConn, p *partition, offset int64) <-chan fetched {
+	c := make(chan fetched, 1)
+	go func() { c <- s.fetchOnce(conn, p, offset) }()
 	return c
 }
 
-// readAheadRecords bounds the records a partition reads from a batch
-// before it dispatches them (the decoded records of a batch of small ones
-// take several times its FetchMaxBytes).
-const readAheadRecords = 4096
-
-// readRecords appends batch's next records to recs, up to readAheadRecords,
-// and returns the error that ended them: io.EOF at the batch's end, nil
-// when there may be more. It stops early when fetching stopped: what was
-// not read is left to the next fetch.
-func readRecords(conn *kafkago.Conn, batch *kafkago.Batch, recs []kafkago.Message, stopped *atomic.Bool) ([]kafkago.Message, error) {
-	_ = conn.SetReadDeadline(time.Now().Add(fetchReadTimeout))
-	for len(recs) < readAheadRecords && !stopped.Load() {
-		m, err := batch.ReadMessage()
-		if err != nil {
-			return recs, err
-		}
-		recs = append(recs, m)
-	}
-	return recs, nil
-}
-
-// dispatchAll dispatches recs, in order, pausing while the partition or the
+// dispatchAll dispatches jobs, in order, pausing while the partition or the
 // subscription has no room (MaxInFlight, CommitEvery). It fails only when
 // ctx ends.
-func (s *subscription) dispatchAll(ctx context.Context, p *partition, recs []kafkago.Message) error {
-	for i := range recs {
-		m := &recs[i]
-		for !p.reserve(m.Offset, s.window) {
+func (s *subscription) dispatchAll(ctx context.Context, p *partition, jobs []job) error {
+	for i := range jobs {
+		j := &jobs[i]
+		for !p.reserve(j.off, s.window) {
 			select {
 			case <-p.advanced:
 			case <-ctx.Done():
@@ -710,7 +718,7 @@ func (s *subscription) dispatchAll(ctx context.Context, p *partition, recs []kaf
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.dispatch(ctx, p, m); err != nil {
+		if err := s.dispatch(ctx, j); err != nil {
 			return err
 		}
 	}
@@ -718,42 +726,64 @@ func (s *subscription) dispatchAll(ctx context.Context, p *partition, recs []kaf
 }
 
 // dialLeader connects to the leader of the topic's partition id, through
-// the first broker that answers, positioned at offset (FirstOffset and an
-// offset before the partition's first one mean its first, LastOffset its
-// last), and returns the connection and the offset.
-func (s *subscription) dialLeader(ctx context.Context, dialer *kafkago.Dialer, id int, offset int64) (*kafkago.Conn, int64, error) {
+// the first broker that answers, and returns the connection and offset
+// resolved (FirstOffset and an offset before the partition's first one
+// mean its first, LastOffset its last). An offset past the partition's end
+// is left as it is: its fetch fails with OffsetOutOfRange, and is tried
+// again later.
+func (s *subscription) dialLeader(ctx context.Context, dialer *kafkago.Dialer, conns *fetchConns, id int, offset int64) (*fetchConn, int64, error) {
 	var errs []error
 	for _, b := range s.t.cfg.Brokers {
-		conn, err := dialer.DialLeader(ctx, "tcp", b, s.topic, id)
+		kc, err := dialer.DialLeader(ctx, "tcp", b, s.topic, id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		first, last, err := conn.ReadOffsets()
+		nc := conns.takeLast()
+		if nc == nil {
+			kc.Close()
+			return nil, 0, errors.New("kafka: the leader's connection was not dialed through the fetch dialer")
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			_ = kc.SetDeadline(dl)
+		}
+		first, last, err := kc.ReadOffsets()
 		if err == nil {
-			switch {
-			case offset == kafkago.FirstOffset, offset < first:
-				offset = first
-			case offset == kafkago.LastOffset:
-				offset = last
-			}
-			whence := kafkago.SeekAbsolute
-			if offset <= last {
-				// Checked against the offsets just read: Seek need not
-				// read them again. An offset past the end fails
-				// (OffsetOutOfRange) and is tried again later.
-				whence |= kafkago.SeekDontCheck
-			}
-			offset, err = conn.Seek(offset, whence)
+			err = checkFetchVersion(kc)
 		}
 		if err != nil {
-			conn.Close()
+			kc.Close()
 			return nil, 0, err
 		}
-		_ = conn.SetDeadline(time.Time{})
-		return conn, offset, nil
+		switch {
+		case offset == kafkago.FirstOffset, offset < first:
+			offset = first
+		case offset == kafkago.LastOffset:
+			offset = last
+		}
+		_ = kc.SetDeadline(time.Time{})
+		return &fetchConn{kc: kc, nc: nc}, offset, nil
 	}
 	return nil, 0, errors.Join(errs...)
+}
+
+// checkFetchVersion fails when the broker on kc does not take Fetch
+// fetchVersion (a broker before Kafka 0.11).
+func checkFetchVersion(kc *kafkago.Conn) error {
+	vs, err := kc.ApiVersions()
+	if err != nil {
+		return err
+	}
+	for _, v := range vs {
+		if v.ApiKey == apiKeyFetch {
+			if v.MinVersion <= fetchVersion && fetchVersion <= v.MaxVersion {
+				return nil
+			}
+			return fmt.Errorf("kafka: broker %s takes Fetch v%d-v%d, not v%d (Kafka 0.11 or later is needed): %w",
+				kc.RemoteAddr(), v.MinVersion, v.MaxVersion, fetchVersion, errors.ErrUnsupported)
+		}
+	}
+	return fmt.Errorf("kafka: broker %s takes no Fetch requests: %w", kc.RemoteAddr(), errors.ErrUnsupported)
 }
 
 // drain waits for the partition's dispatched messages, at most DrainTimeout
