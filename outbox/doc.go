@@ -107,9 +107,11 @@
 // batches, the latter off the critical path: while a batch is published
 // the next four are read on the same connection (one index scan from the
 // oldest row, which also walks the entries of the rows deleted before
-// until VACUUM removes them), and once the batch went out it is deleted,
-// before the next goes out (so a crash re-sends at most one batch). Rows are deleted
-// by ranges of consecutive ids (one index range scan per range), the ranges
+// until VACUUM removes them: the relay runs one itself every
+// RelayOptions.VacuumEvery published rows, at most once a second, instead
+// of leaving them to autovacuum's visit once a minute), and once the batch
+// went out it is deleted, before the next goes out (so a crash re-sends at
+// most one batch). Rows are deleted by ranges of consecutive ids (one index range scan per range), the ranges
 // passed as two parameters so that each statement is prepared once. Under a
 // stream a round is one statement: it deletes the rows the round before
 // published and reads what came meanwhile. The leader's session

@@ -78,6 +78,21 @@ type RelayOptions struct {
 	// deletes older ones about every Retention/2 (at most every minute).
 	// Default 0: delete at once.
 	Retention time.Duration
+	// VacuumEvery (PostgreSQL) is how many published rows the relay lets
+	// pass between two VACUUMs of the outbox table, at most one a second,
+	// run on a connection of their own beside the rounds. Every round reads
+	// the table in id order from its first index entry, and the entries of
+	// the rows deleted before are walked over until VACUUM removes them
+	// (about 1.6ns each, every round); autovacuum visits a table at most
+	// every autovacuum_naptime (1 minute by default), by when a stream of
+	// 25,000 rows/s leaves 1.5 million of them: some 2.4ms per round,
+	// growing with the rate. VACUUM (SKIP_LOCKED) skips the table while
+	// autovacuum works on it, blocks no writer, and needs the table's
+	// owner (or, PostgreSQL 17, the MAINTAIN privilege): without it
+	// PostgreSQL skips the table with a warning and autovacuum is all
+	// there is. Default 20,000; negative: never (leave it to autovacuum).
+	// SQLite frees a deleted row's space at once and is never vacuumed.
+	VacuumEvery int
 	// OnPoison is called for each row that can never be published (corrupt
 	// headers, an invalid topic, a message the transport rejects as
 	// invalid or too large) after it was moved to Table_dead. Default:
@@ -157,6 +172,14 @@ type Relay struct {
 	cPublished, cFailed, cPoisoned      metric.Int64Counter
 	attrs                               metric.MeasurementOption
 
+	// VACUUM of the table (PostgreSQL, see RelayOptions.VacuumEvery):
+	// the published count at the last one and its start, read and written
+	// by the leading goroutine alone; vacuuming while one runs.
+	vacuumedAt   uint64
+	lastVacuum   time.Time
+	vacuuming    atomic.Bool
+	vacuumFailed time.Time // last failure logged
+
 	// afterPublish, when set (tests), runs after a round's publish and
 	// before its delete; an error abandons the round as a crash there would.
 	afterPublish func() error
@@ -193,6 +216,9 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 	}
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 10 * time.Second
+	}
+	if opts.VacuumEvery == 0 {
+		opts.VacuumEvery = 20_000
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
 		return nil, fmt.Errorf("%w: NewRelay: MaxBackoff %v is below MinBackoff %v", ErrInvalidOptions, opts.MaxBackoff, opts.MinBackoff)
@@ -566,6 +592,7 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 			continue
 		}
 		fails = 0
+		r.maybeVacuum()
 		if ret := r.opts.Retention; ret > 0 && r.o.now().Sub(lastPrune) >= min(ret/2, time.Minute) {
 			lastPrune = r.o.now()
 			if _, err := ex.ExecContext(r.hardCtx, r.o.q.pruneArchive, lastPrune.Add(-ret).UnixMicro()); err != nil {
@@ -605,6 +632,37 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 			}
 		}
 	}
+}
+
+// minVacuumInterval is the least time between the starts of two VACUUMs
+// of the outbox table (RelayOptions.VacuumEvery).
+const minVacuumInterval = time.Second
+
+// maybeVacuum starts a VACUUM of the outbox table when VacuumEvery rows
+// were published since the last one started, a second has passed, and
+// none runs (PostgreSQL). It runs on a connection of the pool, so that the
+// rounds go on meanwhile, and ends at Stop (a cancelled VACUUM leaves
+// nothing behind). A failure is logged at most once a minute.
+func (r *Relay) maybeVacuum() {
+	if r.o.dialect != PostgreSQL || r.opts.VacuumEvery < 0 {
+		return
+	}
+	published := r.published.Load()
+	if published-r.vacuumedAt < uint64(r.opts.VacuumEvery) || time.Since(r.lastVacuum) < minVacuumInterval ||
+		!r.vacuuming.CompareAndSwap(false, true) {
+		return
+	}
+	r.vacuumedAt, r.lastVacuum = published, time.Now()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.vacuuming.Store(false)
+		_, err := r.o.db.ExecContext(r.stopCtx, r.o.q.vacuum)
+		if err != nil && r.stopCtx.Err() == nil && time.Since(r.vacuumFailed) >= time.Minute {
+			r.vacuumFailed = time.Now()
+			r.o.log.Warn("outbox: VACUUM of the outbox table failed; autovacuum is left to remove deleted rows", "table", r.o.q.table, "err", err)
+		}
+	}()
 }
 
 // maxCoalesce bounds the spacing of rounds under a stream, in Coalesce.

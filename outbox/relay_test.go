@@ -924,3 +924,60 @@ func TestStreamSpacing(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayVacuums (PostgreSQL): once VacuumEvery rows were published the
+// relay VACUUMs the outbox table itself, so that the rounds, which read the
+// table from its first index entry, do not walk the entries of every row
+// deleted since autovacuum's last visit (up to autovacuum_naptime).
+// pg_stat_user_tables.vacuum_count counts VACUUMs that are not
+// autovacuum's; it stays 0 with VacuumEvery negative.
+func TestRelayVacuums(t *testing.T) {
+	e := needPostgres(t)
+	ctx := context.Background()
+	vacuums := func(table string) int64 {
+		var n int64
+		err := e.db.QueryRow("SELECT COALESCE(sum(vacuum_count), 0) FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+			e.schema, table).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	run := func(t *testing.T, table string, every int) {
+		b, tr := newBus(t)
+		o, err := New(e.db, Options{Dialect: e.dialect, Bus: b, Table: e.schema + "." + table, InboxTable: e.schema + "." + table + "_inbox"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { o.Close() })
+		s := subscribe(t, b)
+		startRelay(t, o, tr, RelayOptions{VacuumEvery: every})
+		for i := range 30 {
+			err := o.Transact(ctx, func(tx *sql.Tx) error {
+				for j := range 10 {
+					if err := Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(i*10 + j)}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "300 events", 10*time.Second, func() bool { return s.distinct() == 300 })
+	}
+	t.Run("every=100", func(t *testing.T) {
+		run(t, "vacuumed", 100)
+		waitFor(t, "a VACUUM of the outbox table", 10*time.Second, func() bool { return vacuums("vacuumed") > 0 })
+	})
+	t.Run("never", func(t *testing.T) {
+		run(t, "unvacuumed", -1)
+		if n := vacuums("unvacuumed"); n != 0 {
+			t.Fatalf("vacuum_count = %d with VacuumEvery -1, want 0", n)
+		}
+	})
+}

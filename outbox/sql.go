@@ -38,6 +38,7 @@ type queries struct {
 	selectAhead         string
 	deadInsert, deadDel string
 	pruneArchive        string
+	vacuum              string // PostgreSQL: see RelayOptions.VacuumEvery
 	stats               string
 	probe               string
 	// SQLite: the relay lease (Table_lease), see Relay.lead.
@@ -109,6 +110,7 @@ func newQueries(d middleware.Dialect, table string) queries {
 	q.deadInsert = fmt.Sprintf("INSERT INTO %s (%s, failed_at, error) SELECT %s, %s, %s FROM %s WHERE id = %s", q.dead, all, all, p(1), p(2), q.table, p(3))
 	q.deadDel = fmt.Sprintf("DELETE FROM %s WHERE id = %s", q.table, p(1))
 	q.pruneArchive = fmt.Sprintf("DELETE FROM %s WHERE published_at < %s", q.published, p(1))
+	q.vacuum = "VACUUM (SKIP_LOCKED) " + q.table
 	q.stats = fmt.Sprintf("SELECT count(*), COALESCE(min(created_at), 0) FROM %s", q.table)
 	if d == middleware.SQLite {
 		q.lease = table + "_lease"
