@@ -205,27 +205,36 @@ func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
 	if sl.hdr == nil {
 		sl.hdr, sl.meta = make(map[string]string), make(map[string]string, 1)
 	}
-	clear(sl.hdr)
-	clear(sl.meta)
+	if len(sl.hdr) > 0 {
+		clear(sl.hdr)
+	}
 	m := &sl.m
 	*m = transport.Message{Topic: s.topic, Group: s.group, Body: jm.Data}
-	for k, vs := range jm.Header {
-		if len(vs) == 0 {
-			continue
+	// The ID by its key, and the other headers, if any, by iterating:
+	// most messages carry only the ID, and an iteration costs more than
+	// a look-up (its random start among them).
+	others := len(jm.Header)
+	if vs, ok := jm.Header[headerMsgID]; ok {
+		others--
+		if len(vs) > 0 {
+			m.ID = idOf(jm.Subject, vs[0])
 		}
-		v := vs[0]
-		if k == headerMsgID {
-			m.ID = idOf(jm.Subject, v)
-			continue
-		}
-		if strings.HasPrefix(k, wirePrefix) {
-			if c, ok := canonical[k]; ok {
-				k = c
-			} else {
-				k = transport.HeaderPrefix + k[len(wirePrefix):]
+	}
+	if others > 0 {
+		for k, vs := range jm.Header {
+			if len(vs) == 0 || k == headerMsgID {
+				continue
 			}
+			v := vs[0]
+			if strings.HasPrefix(k, wirePrefix) {
+				if c, ok := canonical[k]; ok {
+					k = c
+				} else {
+					k = transport.HeaderPrefix + k[len(wirePrefix):]
+				}
+			}
+			sl.hdr[k] = v
 		}
-		sl.hdr[k] = v
 	}
 	if len(sl.hdr) > 0 {
 		m.Header = sl.hdr
@@ -235,12 +244,21 @@ func (sl *slot) fill(s *subscription, jm *natsgo.Msg) *transport.Message {
 			m.ID = sl.hdr[transport.HeaderID]
 		}
 	}
-	if md, ok := ackMeta(jm.Reply); ok {
+	if md, ok := s.ackMeta(jm.Reply); ok {
 		m.Attempt = int(md.delivered)
 		m.Time = time.Unix(0, md.time)
+		// Meta holds the sequence alone, unless the last handler added to
+		// it: overwritten, it needs no clearing then.
 		sl.meta[transport.MetaSequence] = md.seq
+		if len(sl.meta) != 1 {
+			clear(sl.meta)
+			sl.meta[transport.MetaSequence] = md.seq
+		}
 		m.Meta = sl.meta
 	} else {
+		if len(sl.meta) > 0 {
+			clear(sl.meta)
+		}
 		m.Attempt = 1
 		m.Time = time.Now()
 	}
@@ -263,13 +281,12 @@ type ackMetadata struct {
 //
 // The first form has 9 tokens, the second at least 11.
 func ackMeta(reply string) (md ackMetadata, ok bool) {
-	const prefix = "$JS.ACK."
-	if !strings.HasPrefix(reply, prefix) {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	if !ok {
 		return md, false
 	}
-	n := strings.Count(reply, ".") + 1
-	var skip int // tokens after the prefix before <delivered>
-	switch {
+	var skip int // rest's tokens before <delivered>
+	switch n := strings.Count(rest, ".") + 3; {
 	case n == 9:
 		skip = 2
 	case n >= 11:
@@ -277,17 +294,42 @@ func ackMeta(reply string) (md ackMetadata, ok bool) {
 	default:
 		return md, false
 	}
-	rest := reply[len(prefix):]
 	for range skip {
-		_, rest, _ = strings.Cut(rest, ".")
+		rest = rest[strings.IndexByte(rest, '.')+1:]
 	}
-	var tok [4]string // delivered, sseq, cseq, time
-	for i := range tok {
-		tok[i], rest, _ = strings.Cut(rest, ".")
+	return ackTail(rest)
+}
+
+// ackMeta is the package's ackMeta for the subscription's messages: the
+// subjects of the first form begin with the subscription's own
+// "$JS.ACK.<stream>.<consumer>.", which it need not read, and then have
+// four dots.
+func (s *subscription) ackMeta(reply string) (ackMetadata, bool) {
+	if tail, ok := strings.CutPrefix(reply, s.ackPrefix); ok && strings.Count(tail, ".") == 4 {
+		return ackTail(tail)
 	}
-	md.delivered, md.streamSeq, md.time = parseNum(tok[0]), parseNum(tok[1]), int64(parseNum(tok[3]))
-	if md.streamSeq > 0 && tok[1][0] != '0' {
-		md.seq = tok[1] // no allocation: it shares the reply's bytes
+	return ackMeta(reply)
+}
+
+// ackTail reads "<delivered>.<sseq>.<cseq>.<time>.<pending>...", the end
+// of an ack subject with at least four dots, in one pass: a Cut per
+// token and a count of the whole subject's dots took twice as long.
+func ackTail(t string) (md ackMetadata, ok bool) {
+	var dot [4]int // where the first four dots are
+	n := 0
+	for i := 0; i < len(t) && n < len(dot); i++ {
+		if t[i] == '.' {
+			dot[n] = i
+			n++
+		}
+	}
+	if n < len(dot) {
+		return md, false
+	}
+	seq := t[dot[0]+1 : dot[1]]
+	md.delivered, md.streamSeq, md.time = parseNum(t[:dot[0]]), parseNum(seq), int64(parseNum(t[dot[2]+1:dot[3]]))
+	if md.streamSeq > 0 && seq[0] != '0' {
+		md.seq = seq // no allocation: it shares the reply's bytes
 	} else {
 		md.seq = strconv.FormatUint(md.streamSeq, 10)
 	}

@@ -200,14 +200,15 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	}
 	workers := opts.Workers()
 	sub := &subscription{
-		t:     t,
-		topic: topic,
-		opts:  opts,
-		group: opts.Group,
-		h:     h,
-		ss:    ss,
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		t:         t,
+		topic:     topic,
+		opts:      opts,
+		group:     opts.Group,
+		h:         h,
+		ss:        ss,
+		ackPrefix: "$JS.ACK." + t.s.Stream + "." + ss.durable + ".",
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	sub.pull = puller{
 		s:      sub,
@@ -264,6 +265,9 @@ type subscription struct {
 	group string
 	h     transport.Handler
 	ss    *subSettings
+	// ackPrefix is how the ack subjects of the consumer's messages begin
+	// (but for those of a JetStream domain): "$JS.ACK.<stream>.<consumer>.".
+	ackPrefix string
 
 	pull    puller
 	held    heldSet
