@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/busway/busway/transport"
 	"github.com/busway/busway/transport/internal/dispatch"
@@ -59,6 +60,20 @@ func (s *subscription) work(l *lane) {
 type delivery struct {
 	m         transport.Message
 	hdr, meta map[string]string
+	// offs holds the bytes of the offsets' strings (Meta's MetaOffset),
+	// which point into it: appended to, never rewritten (a full one is
+	// replaced), so that a message's offset costs no allocation of its own.
+	offs []byte
+}
+
+// offsetText is off in decimal.
+func (d *delivery) offsetText(off int64) string {
+	if cap(d.offs)-len(d.offs) < 20 {
+		d.offs = make([]byte, 0, 4096)
+	}
+	start := len(d.offs)
+	d.offs = strconv.AppendInt(d.offs, off, 10)
+	return unsafe.String(&d.offs[start], len(d.offs)-start)
 }
 
 // step makes one attempt at l's head, then passes l on (see advance and
@@ -112,7 +127,11 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 // next message, or drops it when the key has none. It returns l when the
 // calling worker keeps it to run that next message now.
 func (s *subscription) advance(l *lane) *lane {
-	l.Head().p.wg.Done()
+	j := l.Head()
+	if j.buf != nil {
+		j.buf.done()
+	}
+	j.p.wg.Done()
 	s.inflight.release()
 	if s.d.Done(l) {
 		return l
@@ -158,7 +177,7 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 	}
 	// The two keys are written over the last message's (a handler may
 	// have changed the map: then it is cleared first).
-	offset := strconv.FormatInt(j.off, 10)
+	offset := d.offsetText(j.off)
 	d.meta[transport.MetaPartition] = j.p.idText
 	d.meta[transport.MetaOffset] = offset
 	if len(d.meta) != 2 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"unsafe"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -202,6 +203,7 @@ type header struct{ key, value string }
 // decoder decodes the record batches of fetch responses into jobs.
 type decoder struct {
 	p    *partition // the jobs'
+	buf  *respBuf   // the response's buffer, the jobs'
 	jobs []job
 	hdrs []header
 	// strs holds the bytes of the keys and headers' strings: they point into
@@ -377,13 +379,7 @@ func (d *decoder) record(b []byte, base, last, from, baseTime int64, appendTime 
 	if !ok || nh < 0 || nh > int64(len(b)-i)/2 {
 		return malformed("%d headers", nh)
 	}
-	j := job{p: d.p, off: off, ms: baseTime, value: value}
-	if !appendTime {
-		j.ms += tsDelta
-	}
-	if len(key) > 0 {
-		j.key = d.str(key)
-	}
+	var hdrs []header
 	if nh > 0 {
 		start := len(d.hdrs)
 		for range nh {
@@ -394,9 +390,22 @@ func (d *decoder) record(b []byte, base, last, from, baseTime int64, appendTime 
 			}
 			d.hdrs = append(d.hdrs, header{key: d.str(k), value: d.str(v)})
 		}
-		j.headers = d.hdrs[start:len(d.hdrs):len(d.hdrs)]
+		hdrs = d.hdrs[start:len(d.hdrs):len(d.hdrs)]
 	}
-	d.jobs = append(d.jobs, j)
+	// The job is written in place, field by field: appending a job value
+	// copies it with a bulk write barrier while the GC marks.
+	if len(d.jobs) == cap(d.jobs) {
+		d.jobs = slices.Grow(d.jobs, 1)
+	}
+	d.jobs = d.jobs[:len(d.jobs)+1]
+	j := &d.jobs[len(d.jobs)-1]
+	j.p, j.buf, j.off, j.ms, j.value, j.headers = d.p, d.buf, off, baseTime, value, hdrs
+	if !appendTime {
+		j.ms += tsDelta
+	}
+	if len(key) > 0 {
+		j.key = d.str(key)
+	}
 	return nil
 }
 
@@ -420,6 +429,11 @@ func varint(b []byte, i *int) (int64, bool) {
 	if *i < len(b) && b[*i] < 0x80 {
 		u := uint64(b[*i])
 		*i++
+		return int64(u>>1) ^ -int64(u&1), true
+	}
+	if *i+1 < len(b) && b[*i+1] < 0x80 { // two bytes: a record's length, say
+		u := uint64(b[*i]&0x7f) | uint64(b[*i+1])<<7
+		*i += 2
 		return int64(u>>1) ^ -int64(u&1), true
 	}
 	if *i >= len(b) {

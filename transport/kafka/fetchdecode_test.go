@@ -461,3 +461,44 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// varint reads what binary.AppendVarint writes (Kafka's zig-zag varints).
+func TestVarint(t *testing.T) {
+	for _, v := range []int64{0, 1, -1, 63, -64, 64, -65, 8191, -8192, 8192, 1 << 20, -1 << 40, 1<<63 - 1, -1 << 63} {
+		b := binary.AppendVarint([]byte{9}, v)
+		i := 1
+		got, ok := varint(append(b, 0xff), &i)
+		if !ok || got != v || i != len(b) {
+			t.Errorf("varint(%d): %d, %v, read %d of %d bytes", v, got, ok, i-1, len(b)-1)
+		}
+		for n := 1; n < len(b); n++ {
+			i := 1
+			if _, ok := varint(b[:n], &i); ok && n < len(b) {
+				t.Errorf("varint(%d) cut to %d bytes read", v, n-1)
+			}
+		}
+	}
+}
+
+// BenchmarkDecode: a response's worth (1 MiB) of 256-byte records with
+// keys, uncompressed; ns/op is per record.
+func BenchmarkDecode(b *testing.B) {
+	var recs []byte
+	var n int64
+	for len(recs) < 1<<20 {
+		var rs []testRecord
+		for i := range 100 {
+			rs = append(rs, testRecord{i, []byte("key-" + strconv.Itoa(i%16)), bytes.Repeat([]byte{'v'}, 256)})
+		}
+		recs = append(recs, encodeBatch(n, 99, 0, rs...)...)
+		n += 100
+	}
+	b.SetBytes(int64(len(recs)) / n)
+	b.ResetTimer()
+	for i := 0; i < b.N; i += int(n) {
+		var d decoder
+		if _, err := d.decode(recs, 0); err != nil || len(d.jobs) != int(n) {
+			b.Fatal(err, len(d.jobs))
+		}
+	}
+}

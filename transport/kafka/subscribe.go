@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -310,6 +311,7 @@ type job struct {
 	ms      int64  // the record's timestamp, in Unix milliseconds
 	value   []byte // nil for a null value
 	headers []header
+	buf     *respBuf // the response value is in (when not compressed)
 }
 
 // Close stops fetching, lets in-flight handlers finish until ctx ends (then
@@ -456,16 +458,19 @@ func (p *partition) fullLocked(window int) bool {
 	return pending >= int64(window) || pending+p.done-p.doneCommitted >= int64(window)+p.every
 }
 
-// reserve adds off to the partition's pending offsets unless fetching
-// must pause (see fullLocked), and reports whether it did.
-func (p *partition) reserve(off int64, window int) bool {
+// reserve adds the offsets of jobs, from the first on, to the partition's
+// pending offsets until fetching must pause (see fullLocked), and returns
+// how many it added: taking the lock once for a run of them, not once per
+// message (the workers take it to finish each).
+func (p *partition) reserve(jobs []job, window int) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.fullLocked(window) {
-		return false
+	n := 0
+	for n < len(jobs) && !p.fullLocked(window) {
+		p.pending = append(p.pending, pendingOffset{off: jobs[n].off})
+		n++
 	}
-	p.pending = append(p.pending, pendingOffset{off: off})
-	return true
+	return n
 }
 
 func (p *partition) finish(off int64) {
@@ -672,19 +677,65 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 		return fetched{next: offset, err: malformed("response size %d", n)}
 	}
 	_ = nc.SetReadDeadline(time.Now().Add(fetchReadTimeout))
-	// A new buffer for every response: its records' values are sub-slices
-	// of it for as long as their messages are handled.
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(nc.r, buf); err != nil {
+	// The records' values are sub-slices of buf until their messages
+	// finished (see respBuf).
+	buf := getRespBuf(int(n))
+	if _, err := io.ReadFull(nc.r, buf.b); err != nil {
+		buf.put()
 		return fetched{next: offset, err: dontExpectEOF(err)}
 	}
-	recs, err := parseFetchResponse(buf, conn.id, s.topic, int32(p.id))
+	recs, err := parseFetchResponse(buf.b, conn.id, s.topic, int32(p.id))
 	if err != nil {
+		buf.put()
 		return fetched{next: offset, err: err}
 	}
-	d := decoder{p: p}
+	d := decoder{p: p, buf: buf}
 	next, err := d.decode(recs, offset)
+	if len(d.jobs) == 0 {
+		buf.put()
+	} else {
+		buf.refs.Store(int32(len(d.jobs)))
+	}
 	return fetched{jobs: d.jobs, next: next, err: err}
+}
+
+// respBuf is the buffer a fetch response is read into, reused (through
+// respBufs) once every message of the records sliced from it finished: a
+// new one is zeroed by the runtime, which costs about as much as reading
+// the response, and is garbage soon after. Reusing a buffer relies on
+// transport.Handler's contract (a Handler keeps no Message or Body after it
+// returned), as chanbus's pooled bodies do; keys and headers, as strings,
+// are not in it (see decoder.strs). A job that never finishes (abandoned
+// at Close) leaves its buffer to the garbage collector.
+type respBuf struct {
+	b    []byte
+	refs atomic.Int32 // the jobs not finished
+}
+
+var respBufs sync.Pool
+
+// maxPooledResp bounds the buffers kept for reuse.
+const maxPooledResp = 16 << 20
+
+func getRespBuf(n int) *respBuf {
+	if r, _ := respBufs.Get().(*respBuf); r != nil && cap(r.b) >= n {
+		r.b = r.b[:n]
+		return r
+	}
+	return &respBuf{b: make([]byte, n)}
+}
+
+func (r *respBuf) put() {
+	if cap(r.b) <= maxPooledResp {
+		respBufs.Put(r)
+	}
+}
+
+// done is called once per job of the buffer's when it finished.
+func (r *respBuf) done() {
+	if r.refs.Add(-1) == 0 {
+		r.put()
+	}
 }
 
 // fetchAhead starts the next fetch on conn in a goroutine of its own and
@@ -706,21 +757,27 @@ func (s *subscription) fetchAhead(conn *fetchConn, p *partition, offset int64) <
 // subscription has no room (MaxInFlight, CommitEvery). It fails only when
 // ctx ends.
 func (s *subscription) dispatchAll(ctx context.Context, p *partition, jobs []job) error {
-	for i := range jobs {
-		j := &jobs[i]
-		for !p.reserve(j.off, s.window) {
+	for len(jobs) > 0 {
+		// A run of at most 64: reserved and not yet dispatched, a message
+		// holds back the commit position as a dispatched one does.
+		n := p.reserve(jobs[:min(len(jobs), 64)], s.window)
+		if n == 0 {
 			select {
 			case <-p.advanced:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.dispatch(ctx, j); err != nil {
-			return err
+		for i := range jobs[:n] {
+			if err := s.dispatch(ctx, &jobs[i]); err != nil {
+				return err
+			}
 		}
+		jobs = jobs[n:]
 	}
 	return nil
 }
