@@ -477,7 +477,10 @@ func (p *partition) finish(off int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	q := p.pending[p.head:]
-	i := sort.Search(len(q), func(i int) bool { return q[i].off >= off })
+	i := 0 // most finish at the head (in order)
+	if len(q) > 0 && q[0].off != off {
+		i = sort.Search(len(q), func(i int) bool { return q[i].off >= off })
+	}
 	if i < len(q) && q[i].off == off {
 		q[i].done = true
 	}
