@@ -13,13 +13,15 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 )
 
-// fetchConns are the connections of one partition's fetch loop. A
-// kafka-go Conn cannot interrupt a fetch that the broker holds open (up to
-// Config.FetchMaxWait when the partition has no new records) on a context:
-// every Subscription.Close and every revoked partition would wait most of
-// FetchMaxWait. Once stopped, every read deadline of these connections is
-// in the past: the fetch in flight fails at once and the loop, whose
-// context is already canceled, returns.
+// fetchConns are the connections of one partition's fetch loop. A read
+// blocked on a connection does not end with a context: a fetch that the
+// broker holds open (up to Config.FetchMaxWait when the partition has no
+// new records) would make every Subscription.Close and every revoked
+// partition wait most of FetchMaxWait, and a kafka-go request (ListOffsets)
+// likewise. Once stopped, every read deadline of these connections is in
+// the past, whatever deadline the fetch loop or kafka-go sets: the read in
+// flight fails at once and the loop, whose context is already canceled,
+// returns.
 type fetchConns struct {
 	stopped atomic.Bool
 	mu      sync.Mutex
