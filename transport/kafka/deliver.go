@@ -10,16 +10,30 @@ import (
 	"github.com/busway/busway/transport/internal/dispatch"
 )
 
-// dispatch queues j behind the unfinished messages of its key, blocking
-// while MaxInFlight messages are unfinished.
-func (s *subscription) dispatch(ctx context.Context, j *job) error {
-	if err := s.inflight.acquire(ctx); err != nil {
-		return err
+// dispatch queues jobs (of partition p), each behind the unfinished
+// messages of its key, as many at a time as MaxInFlight has room for,
+// blocking while MaxInFlight messages are unfinished.
+func (s *subscription) dispatch(ctx context.Context, p *partition, jobs []job) error {
+	var items [64]*job
+	for len(jobs) > 0 {
+		n, err := s.inflight.acquireUpTo(ctx, min(len(jobs), len(items)))
+		if err != nil {
+			return err
+		}
+		for i := range jobs[:n] {
+			items[i] = &jobs[i]
+		}
+		p.wg.Add(n)
+		// One lock per stripe and one wake-up for the n, not per message:
+		// the dispatcher's Add was most of its cost (see
+		// dispatch.AddAll).
+		s.d.AddAll(items[:n], jobKey)
+		jobs = jobs[n:]
 	}
-	j.p.wg.Add(1)
-	s.d.Add(j.key, j)
 	return nil
 }
+
+func jobKey(j *job) string { return j.key }
 
 // lane is a key's unfinished messages, in offset order, as the dispatcher
 // hands them to a worker.

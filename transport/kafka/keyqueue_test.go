@@ -66,12 +66,12 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 		return nil
 	}, 1)
 	p1, p2 := newTestPartition(s, 1), newTestPartition(s, 2)
-	rec := func(p *partition, id string, off int64) *job {
-		return &job{p: p, key: "k", off: off, headers: []header{{key: idHeader, value: id}}}
+	rec := func(p *partition, id string, off int64) job {
+		return job{p: p, key: "k", off: off, headers: []header{{key: idHeader, value: id}}}
 	}
-	for _, j := range []*job{rec(p1, "p1-a", 0), rec(p2, "p2-b", 0), rec(p1, "p1-c", 1)} {
+	for _, j := range []job{rec(p1, "p1-a", 0), rec(p2, "p2-b", 0), rec(p1, "p1-c", 1)} {
 		j.p.add(j.off)
-		if err := s.dispatch(context.Background(), j); err != nil {
+		if err := s.dispatch(context.Background(), j.p, []job{j}); err != nil {
 			t.Fatal(err)
 		}
 	}

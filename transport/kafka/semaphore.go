@@ -55,6 +55,25 @@ func (s *semaphore) acquire(ctx context.Context) error {
 	}
 }
 
+// acquireUpTo takes as many free slots as there are, up to n (at least
+// 1), waiting while all are held until ctx ends, and returns how many it
+// took: a producer with n messages at once takes its slots in one step.
+func (s *semaphore) acquireUpTo(ctx context.Context, n int) (int, error) {
+	for {
+		v := s.n.Load()
+		if v >= s.max {
+			if err := s.acquire(ctx); err != nil { // waits for a slot, takes it
+				return 0, err
+			}
+			return 1, nil
+		}
+		k := min(int64(n), s.max-v)
+		if s.n.CompareAndSwap(v, v+k) {
+			return int(k), nil
+		}
+	}
+}
+
 // release gives a slot back and wakes the acquirers waiting for one (they
 // try again).
 func (s *semaphore) release() {

@@ -67,3 +67,42 @@ func TestSemaphore(t *testing.T) {
 		t.Errorf("%d slots held, want %d", n, max)
 	}
 }
+
+// acquireUpTo takes what is free, up to what is asked, never more than
+// the semaphore's slots, and waits for one slot when none is free.
+func TestSemaphoreAcquireUpTo(t *testing.T) {
+	s := newSemaphore(10)
+	ctx := context.Background()
+	for _, c := range []struct{ ask, want int }{{4, 4}, {64, 6}} {
+		if n, err := s.acquireUpTo(ctx, c.ask); n != c.want || err != nil {
+			t.Fatalf("acquireUpTo(%d) with %d held = %d, %v; want %d", c.ask, s.held(), n, err, c.want)
+		}
+	}
+	got := make(chan int)
+	go func() {
+		n, err := s.acquireUpTo(ctx, 5)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- n
+	}()
+	select {
+	case n := <-got:
+		t.Fatalf("acquireUpTo on a full semaphore took %d slots at once", n)
+	case <-time.After(20 * time.Millisecond):
+	}
+	s.release()
+	s.release()
+	if n := <-got; n != 1 {
+		t.Fatalf("acquireUpTo that waited took %d slots, want 1", n)
+	}
+	if n := s.held(); n != 9 {
+		t.Fatalf("%d held, want 9", n)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	s.acquire(ctx)
+	if n, err := s.acquireUpTo(cctx, 3); n != 0 || err != context.Canceled {
+		t.Fatalf("acquireUpTo on a full semaphore with its ctx ended = %d, %v", n, err)
+	}
+}

@@ -775,10 +775,8 @@ func (s *subscription) dispatchAll(ctx context.Context, p *partition, jobs []job
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		for i := range jobs[:n] {
-			if err := s.dispatch(ctx, &jobs[i]); err != nil {
-				return err
-			}
+		if err := s.dispatch(ctx, p, jobs[:n]); err != nil {
+			return err
 		}
 		jobs = jobs[n:]
 	}

@@ -43,9 +43,17 @@
 // keyless item's lane is never looked up by key, so it belongs to no
 // stripe: the dispatcher's lock guards it while it changes hands, and its
 // producer and holder take no other.
+//
+// AddAll, for a producer with many items at once, takes each stripe's lock
+// once for the items of its keys, marking the lanes they make ready, then
+// the dispatcher's once to put those in the ready queue and signals one
+// idle worker: a lane so marked is ready to every other caller (a producer
+// queues behind it, nobody holds it), it only waits a moment longer for a
+// worker.
 package dispatch
 
 import (
+	"math/bits"
 	"sync"
 	"sync/atomic"
 )
@@ -175,14 +183,19 @@ func New[T any](cfg Config) *Dispatcher[T] {
 	return d
 }
 
-// stripeOf returns key's stripe: FNV-1a of the key.
+// stripeOf returns key's stripe.
 func (d *Dispatcher[T]) stripeOf(key string) *stripe[T] {
+	return &d.stripes[stripeIndex(key)]
+}
+
+// stripeIndex is key's stripe's index: FNV-1a of the key.
+func stripeIndex(key string) uint32 {
 	h := uint32(2166136261)
 	for i := 0; i < len(key); i++ {
 		h ^= uint32(key[i])
 		h *= 16777619
 	}
-	return &d.stripes[h%stripes]
+	return h % stripes
 }
 
 // Add queues item behind the unfinished items of key ("" for none: it runs
@@ -205,6 +218,144 @@ func (d *Dispatcher[T]) Add(key string, item T) (queued bool) {
 	return true
 }
 
+// maxBatch is how many items AddAll queues under one taking of each lock:
+// its scratch (keys, stripes, lanes readied) lives on the stack.
+const maxBatch = 64
+
+// AddAll queues items, in order, as that many Adds would (key(item) is
+// each one's key), but takes each stripe's lock once for all the items of
+// its keys and the dispatcher's once for readying every lane that became
+// ready, in the order of the items that readied them, and signals an idle
+// worker once (the woken worker passes the wake-up on while lanes are
+// ready, see Next): a producer that has many items at once (a fetch
+// response) pays one lock per stripe and one wake-up, not one of each per
+// item. An item's lane becomes ready only once every item of the batch
+// (of at most maxBatch; longer ones are queued as several) is queued, as
+// if they had been added at once. It never blocks and ignores the limits.
+// After Drain it queues nothing and returns false; an AddAll that races
+// with Drain may return false after queueing some items, and those are
+// among the items Drain dropped.
+func (d *Dispatcher[T]) AddAll(items []T, key func(T) string) (queued bool) {
+	for len(items) > 0 {
+		n := min(len(items), maxBatch)
+		if !d.addBatch(items[:n], key) {
+			return false
+		}
+		items = items[n:]
+	}
+	return true
+}
+
+// addBatch is AddAll for at most maxBatch items.
+func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) {
+	var (
+		keys    [maxBatch]string
+		stripeI [maxBatch]uint8    // the item's stripe; stripes for a keyless item
+		readied [maxBatch]*Lane[T] // the keyed lane items[i] made ready
+		used    uint32             // the stripes of the items' keys, a bit each
+		keyless int
+	)
+	for i, it := range items {
+		k := keyOf(it)
+		keys[i] = k
+		if k == "" {
+			stripeI[i] = stripes
+			keyless++
+			continue
+		}
+		s := stripeIndex(k)
+		stripeI[i] = uint8(s)
+		used |= 1 << s
+	}
+	readiedAny := false
+	for used != 0 {
+		s := bits.TrailingZeros32(used)
+		used &= used - 1
+		st := &d.stripes[s]
+		st.mu.Lock()
+		if d.drained {
+			st.mu.Unlock()
+			return false
+		}
+		n := 0
+		for i := range items {
+			if stripeI[i] != uint8(s) {
+				continue
+			}
+			n++
+			k := keys[i]
+			l := st.keys[k]
+			switch {
+			case l == nil:
+				l = st.newLane(k)
+				st.keys[k] = l
+			case l.state == parked:
+				st.parked--
+			default:
+				l.items.push(items[i]) // its holder or the ready queue runs it in turn
+				continue
+			}
+			l.items.push(items[i])
+			// Ready, but not in the ready queue until the batch's
+			// readying below: a producer only queues behind its items, no
+			// worker holds it, and a Drain meanwhile drops it (it is in
+			// st.keys) and sets drained, which the readying checks.
+			l.state, l.owner, l.ran = ready, nil, 0
+			readied[i] = l
+			readiedAny = true
+		}
+		// Counted before a worker can take them (a holder's Done, once
+		// st.mu is released).
+		d.waiting.Add(int64(n))
+		st.mu.Unlock()
+	}
+	if !readiedAny && keyless == 0 {
+		return true
+	}
+	if testHookBatchReadying != nil {
+		testHookBatchReadying()
+	}
+	d.mu.Lock()
+	if d.drained {
+		// Drain dropped the lanes readied above with their items; the
+		// keyless items were not queued.
+		d.mu.Unlock()
+		return false
+	}
+	d.waiting.Add(int64(keyless))
+	for i := range items {
+		l := readied[i]
+		if stripeI[i] == stripes {
+			l = d.looseLane()
+			l.items.push(items[i])
+			l.state, l.owner, l.ran = ready, nil, 0
+		} else if l == nil {
+			continue
+		}
+		d.ready.push(l)
+	}
+	d.readyLen.Store(int64(d.ready.len()))
+	wake := d.idle > 0
+	d.mu.Unlock()
+	d.signal(wake)
+	return true
+}
+
+// testHookBatchReadying, set by tests, runs between addBatch's queueing
+// and its readying, where a Drain may come.
+var testHookBatchReadying func()
+
+// looseLane returns a recycled keyless lane, or a new one. d.mu is held.
+func (d *Dispatcher[T]) looseLane() *Lane[T] {
+	if n := len(d.loose); n > 0 {
+		l := d.loose[n-1]
+		d.loose[n-1] = nil
+		d.loose = d.loose[:n-1]
+		return l
+	}
+	return new(Lane[T])
+}
+
 // addKeyless queues a keyless item in a lane of its own. Such a lane is
 // never looked up (it has no key), so only the dispatcher's lock guards
 // it: its producer and its holder never take a stripe's.
@@ -215,14 +366,7 @@ func (d *Dispatcher[T]) addKeyless(item T) (queued bool) {
 		return false
 	}
 	d.waiting.Add(1)
-	var l *Lane[T]
-	if n := len(d.loose); n > 0 {
-		l = d.loose[n-1]
-		d.loose[n-1] = nil
-		d.loose = d.loose[:n-1]
-	} else {
-		l = new(Lane[T])
-	}
+	l := d.looseLane()
 	l.items.push(item)
 	wake := d.readyLocked(l)
 	d.mu.Unlock()

@@ -2,9 +2,11 @@ package dispatch
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -598,5 +600,350 @@ func TestNothingQueuedAfterDrain(t *testing.T) {
 	}
 	if all, _ := d.Waiting(""); all != 0 || d.ReadyLanes() != 0 {
 		t.Fatalf("after Drain: %d waiting, %d lanes ready", all, d.ReadyLanes())
+	}
+}
+
+// BenchmarkBatches is the pattern of Kafka's fetch loop: a producer adds
+// items in runs of 64 (a fetch response's, as MaxInFlight lets it) over
+// 1000 keys in turn, bounded by an in-flight limit of 1024, and 1 or 16
+// workers finish them; one at a time (Add) or a run at once (AddAll).
+func BenchmarkBatches(b *testing.B) {
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("key-", i)
+	}
+	for _, workers := range []int{1, 16} {
+		for _, batched := range []bool{false, true} {
+			b.Run(fmt.Sprintf("workers=%d/batched=%v", workers, batched), func(b *testing.B) {
+				type job struct{ key string }
+				jobs := make([]job, 4096)
+				for i := range jobs {
+					jobs[i].key = keys[i%len(keys)]
+				}
+				d := New[*job](Config{})
+				const limit = 1024
+				var inflight atomic.Int64
+				room := make(chan struct{}, 1)
+				wait := run(d, workers, nil, func(*job) {
+					if inflight.Add(-1) == limit/2 {
+						select {
+						case room <- struct{}{}:
+						default:
+						}
+					}
+				})
+				var items [64]*job
+				b.ResetTimer()
+				cpu := processCPU()
+				for i := 0; i < b.N; {
+					for inflight.Load() > limit-64 {
+						<-room
+					}
+					n := min(64, b.N-i)
+					for k := range n {
+						items[k] = &jobs[(i+k)%len(jobs)]
+					}
+					inflight.Add(int64(n))
+					if batched {
+						d.AddAll(items[:n], func(j *job) string { return j.key })
+					} else {
+						for _, j := range items[:n] {
+							d.Add(j.key, j)
+						}
+					}
+					i += n
+				}
+				d.Close()
+				wait()
+				b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+			})
+		}
+	}
+}
+
+// processCPU is the process's CPU time so far, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func itemKey(it item) string { return it.key }
+
+// TestAddAllOrder: producers at once, one adding its keys' items in
+// batches (with keyless items among them, and batches longer than
+// maxBatch), one alternating batches and single Adds of its keys, one
+// adding single items, and workers handing lanes back mid-batch and
+// holding heads for retries: every item runs to the end once, each key's
+// in the order it was added, and nothing is left waiting.
+func TestAddAllOrder(t *testing.T) {
+	d := New[item](Config{Turn: 8})
+	const keys, per = 12, 300 // keys k0..k11; key k belongs to producer k%3
+	var mu sync.Mutex
+	next := map[string]int{} // the key's next seq to finish
+	keylessRan := map[int]int{}
+	var finished atomic.Int32
+	var retries sync.WaitGroup
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			n := 0
+			for l := d.Next(nil, w); l != nil; {
+				n++
+				it := l.Head()
+				switch {
+				case n%7 == 0:
+					d.Release(l)
+					l = d.Next(nil, w)
+					continue
+				case n%11 == 0 && l.Attempt == 0:
+					l.Attempt++
+					d.Hold(l)
+					held := l
+					retries.Go(func() { d.Ready(held) })
+					l = d.Next(nil, w)
+					continue
+				}
+				mu.Lock()
+				if it.key == "" {
+					keylessRan[it.seq]++
+				} else {
+					if it.seq != next[it.key] {
+						t.Errorf("key %s: item %d finished, want %d", it.key, it.seq, next[it.key])
+					}
+					next[it.key] = it.seq + 1
+				}
+				mu.Unlock()
+				finished.Add(1)
+				if !d.Done(l) {
+					l = d.Next(nil, w)
+				}
+			}
+		})
+	}
+	keyless := 0
+	var pg sync.WaitGroup
+	for p := range 3 {
+		pg.Go(func() {
+			var batch []item
+			flush := func() {
+				if !d.AddAll(batch, itemKey) {
+					t.Error("AddAll refused a batch before any Drain")
+				}
+				batch = batch[:0]
+			}
+			for s := range per {
+				for k := p; k < keys; k += 3 {
+					key := fmt.Sprint("k", k)
+					it := item{key, s}
+					switch {
+					case p == 0:
+						batch = append(batch, it)
+						if s%5 == 0 && k == 0 {
+							batch = append(batch, item{"", s})
+						}
+					case p == 1 && s%3 == 0:
+						flush()
+						d.Add(key, it)
+					case p == 1:
+						batch = append(batch, it)
+					default:
+						d.Add(key, it)
+					}
+				}
+				// Batches of every length: past maxBatch, and single ones.
+				if len(batch) > 0 && (p == 1 || s%(2*maxBatch/3) == 0) {
+					flush()
+				}
+			}
+			if len(batch) > 0 {
+				flush()
+			}
+		})
+	}
+	for s := range per {
+		if s%5 == 0 {
+			keyless++
+		}
+	}
+	pg.Wait()
+	want := int32(keys*per + keyless)
+	for finished.Load() < want {
+		if t.Failed() {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	d.Close()
+	wg.Wait()
+	retries.Wait()
+	if got := finished.Load(); got != want {
+		t.Fatalf("finished %d items, want %d", got, want)
+	}
+	for k := range keys {
+		if key := fmt.Sprint("k", k); next[key] != per {
+			t.Errorf("key %s finished %d items, want %d", key, next[key], per)
+		}
+	}
+	if len(keylessRan) != keyless {
+		t.Errorf("%d keyless items ran, want %d", len(keylessRan), keyless)
+	}
+	for seq, n := range keylessRan {
+		if n != 1 {
+			t.Errorf("keyless item %d ran %d times", seq, n)
+		}
+	}
+	if all, _ := d.Waiting(""); all != 0 || d.ReadyLanes() != 0 {
+		t.Fatalf("%d items still waiting, %d lanes ready", all, d.ReadyLanes())
+	}
+}
+
+// TestAddAllAccounting: a batch counts its items as waiting (in all and of
+// their keys, so that TryAdd's KeyLimit and Limit see them), readies each
+// lane once, in the order of the items that readied it (a new key's, a
+// parked key's, a keyless item's), and queues behind a held lane without
+// readying it.
+func TestAddAllAccounting(t *testing.T) {
+	d := New[item](Config{KeyLimit: 2, Limit: 9})
+	d.Add("p", item{"p", 0})
+	l := d.Next(nil, "w")
+	if d.Done(l) {
+		t.Fatal("kept a lane with no item left")
+	}
+	// p's lane is parked now; h's is held by a worker.
+	d.Add("h", item{"h", 0})
+	lh := d.Next(nil, "w")
+	batch := []item{{"b", 0}, {"", 0}, {"a", 0}, {"h", 1}, {"a", 1}, {"p", 1}, {"b", 1}, {"a", 2}}
+	if !d.AddAll(batch, itemKey) {
+		t.Fatal("AddAll refused")
+	}
+	if n := d.ReadyLanes(); n != 4 {
+		t.Fatalf("%d lanes ready, want 4 (b, the keyless item, a, p; not h, held)", n)
+	}
+	for key, want := range map[string]int{"a": 3, "b": 2, "h": 1, "p": 1} {
+		if all, ofKey := d.Waiting(key); all != 8 || ofKey != want {
+			t.Errorf("waiting %d, of %s %d; want 8 and %d", all, key, ofKey, want)
+		}
+	}
+	if ok, _, owner := d.TryAdd("h", item{"h", 2}); !ok || owner != nil {
+		t.Errorf("TryAdd of h, with 1 waiting of KeyLimit 2: ok %v, owner %v", ok, owner)
+	}
+	if ok, room, _ := d.TryAdd("c", item{"c", 0}); ok || room == nil {
+		t.Error("TryAdd of a new key queued past Limit 9 after a batch and one TryAdd")
+	}
+	if ok, _, _ := d.TryAdd("a", item{"a", 3}); ok {
+		t.Error("TryAdd of a queued past KeyLimit 2 after a batch of 3 of a")
+	}
+	var got []string
+	for d.ReadyLanes() > 0 {
+		l := d.Next(nil, "w2")
+		for {
+			got = append(got, fmt.Sprint(l.Key(), "/", l.Head().seq))
+			if !d.Done(l) {
+				break
+			}
+		}
+	}
+	if s := fmt.Sprint(got); s != "[b/0 b/1 /0 a/0 a/1 a/2 p/1]" {
+		t.Fatalf("ran %s, want b's, the keyless item, a's, p's: lanes in the order their first items were added", s)
+	}
+	for want := 0; want <= 2; want++ {
+		if lh.Head().seq != want {
+			t.Fatalf("h's holder has %d, want %d", lh.Head().seq, want)
+		}
+		if kept := d.Done(lh); kept != (want < 2) {
+			t.Fatalf("Done on h/%d kept the lane: %v", want, kept)
+		}
+	}
+	if all, _ := d.Waiting(""); all != 0 {
+		t.Fatalf("%d waiting at the end", all)
+	}
+	if !d.AddAll(nil, itemKey) {
+		t.Fatal("an empty AddAll refused")
+	}
+}
+
+// TestAddAllRacingDrain: batches added while Drain runs either were queued
+// before it (Drain drops each item of them) or are refused, and nothing is
+// queued after it: no lane is ready and nothing waits once Drain returned,
+// whatever AddAll was doing then.
+func TestAddAllRacingDrain(t *testing.T) {
+	t.Run("between queueing and readying", func(t *testing.T) {
+		d := New[item](Config{})
+		var dropped []string
+		testHookBatchReadying = func() {
+			d.Drain(func(it item) { dropped = append(dropped, fmt.Sprint(it.key, "/", it.seq)) })
+		}
+		defer func() { testHookBatchReadying = nil }()
+		if d.AddAll([]item{{"a", 0}, {"", 0}, {"b", 0}, {"a", 1}}, itemKey) {
+			t.Error("AddAll reported its batch queued though Drain came before its lanes were ready")
+		}
+		slices.Sort(dropped)
+		if fmt.Sprint(dropped) != "[a/0 a/1 b/0]" {
+			t.Errorf("Drain dropped %v, want the keyed items queued before it", dropped)
+		}
+		if all, _ := d.Waiting(""); all != 0 || d.ReadyLanes() != 0 {
+			t.Fatalf("after Drain and AddAll: %d wait, %d lanes ready", all, d.ReadyLanes())
+		}
+		d.Close()
+		if l := d.Next(nil, nil); l != nil {
+			t.Fatalf("a worker took %q/%d after Drain", l.Key(), l.Head().seq)
+		}
+	})
+	for round := range 200 {
+		d := New[item](Config{})
+		var full, partial []item // batches AddAll reported queued; the refused one
+		start := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			<-start
+			for b := 0; ; b++ {
+				batch := make([]item, 0, 90)
+				for i := range 90 {
+					key := fmt.Sprint("k", i%13)
+					if i%9 == 0 {
+						key = ""
+					}
+					batch = append(batch, item{key, b*90 + i})
+				}
+				if !d.AddAll(batch, itemKey) {
+					partial = batch
+					return
+				}
+				full = append(full, batch...)
+			}
+		}()
+		close(start)
+		if round%2 == 1 {
+			runtime.Gosched()
+		}
+		var dropped []int
+		d.Drain(func(it item) { dropped = append(dropped, it.seq) })
+		if all, _ := d.Waiting(""); all != 0 || d.ReadyLanes() != 0 {
+			t.Fatalf("round %d: right after Drain %d wait, %d lanes ready", round, all, d.ReadyLanes())
+		}
+		<-done
+		if all, _ := d.Waiting(""); all != 0 || d.ReadyLanes() != 0 {
+			t.Fatalf("round %d: once the refused AddAll returned %d wait, %d lanes ready", round, all, d.ReadyLanes())
+		}
+		d.Close()
+		if l := d.Next(nil, nil); l != nil {
+			t.Fatalf("round %d: a worker took %q/%d after Drain", round, l.Key(), l.Head().seq)
+		}
+		slices.Sort(dropped)
+		if len(slices.Compact(slices.Clone(dropped))) != len(dropped) {
+			t.Fatalf("round %d: Drain dropped an item twice", round)
+		}
+		for _, it := range full {
+			if _, ok := slices.BinarySearch(dropped, it.seq); !ok {
+				t.Fatalf("round %d: item %d of a queued batch was neither run nor dropped", round, it.seq)
+			}
+		}
+		if max := len(full) + len(partial); len(dropped) > max {
+			t.Fatalf("round %d: Drain dropped %d items, more than the %d added", round, len(dropped), max)
+		}
 	}
 }
