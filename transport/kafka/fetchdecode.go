@@ -321,15 +321,31 @@ func (d *decoder) inflate(c compress.Compression, b []byte) ([]byte, error) {
 	d.inflated = bytes.Buffer{}
 	d.inflated.Grow(4 * len(b)) // as kafka-go: a ratio near 75%, more grows it
 	r := codec.NewReader(bytes.NewReader(b))
-	_, err := d.inflated.ReadFrom(r)
+	bound := maxInflated(len(b))
+	n, err := d.inflated.ReadFrom(io.LimitReader(r, bound+1))
 	if cerr := r.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return nil, fmt.Errorf("decompressing (%s): %w", codec.Name(), err)
 	}
+	if n > bound {
+		d.inflated = bytes.Buffer{} // not kept for the next batch
+		return nil, malformed("decompressing (%s): %d compressed bytes decompress to more than %d, the most a batch may (64 MiB, or 64 times its compressed size when that is more)",
+			codec.Name(), len(b), bound)
+	}
 	return d.inflated.Bytes(), nil
 }
+
+// maxInflated bounds what a compressed batch of n bytes may decompress to:
+// without a bound a small batch made to inflate without end (a
+// decompression bomb) would take all memory. Producers bound a batch
+// before compressing it (kgo and the Java client at 1 MiB by default,
+// brokers at message.max.bytes, 1 MiB, after), and their codecs rarely pass
+// 10:1 on records, so a batch past 64 MiB, or 64 times its compressed
+// size, is not one a producer made; its fetch fails, as a corrupt batch's
+// does, and is tried again, never skipped.
+func maxInflated(n int) int64 { return max(64<<20, 64*int64(n)) }
 
 // records decodes count records of a batch from b.
 func (d *decoder) records(b []byte, count int32, base, last, from, baseTime int64, appendTime bool) error {

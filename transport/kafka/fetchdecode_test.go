@@ -5,16 +5,19 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/compress"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -500,5 +503,61 @@ func BenchmarkDecode(b *testing.B) {
 		if _, err := d.decode(recs, 0); err != nil || len(d.jobs) != int(n) {
 			b.Fatal(err, len(d.jobs))
 		}
+	}
+}
+
+// compressBatch is batch (from encodeBatch, uncompressed) with its records
+// compressed by codec c, or replaced by body when body is not nil.
+func compressBatch(t *testing.T, batch []byte, c compress.Compression, body []byte) []byte {
+	t.Helper()
+	if body == nil {
+		body = batch[batchHeaderLen:]
+	}
+	var z bytes.Buffer
+	w := c.Codec().NewWriter(&z)
+	if _, err := w.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := append(slices.Clone(batch[:batchHeaderLen]), z.Bytes()...)
+	attrs := binary.BigEndian.Uint16(b[batchAttrsOffset:])
+	binary.BigEndian.PutUint16(b[batchAttrsOffset:], attrs|uint16(c))
+	binary.BigEndian.PutUint32(b[batchLengthOffset:], uint32(len(b)-12))
+	fixCRC(b)
+	return b
+}
+
+// A batch that decompresses past its bound (a decompression bomb: 64 MiB
+// and a byte of zeros, some kilobytes compressed) is an error naming the
+// batch's offset and the bound, with the records before it decoded and the
+// next offset at it (fetched again, never skipped); a batch as
+// compressible but under the bound (a record of 8 MiB of zeros) decodes.
+func TestDecodeBomb(t *testing.T) {
+	good := encodeBatch(0, 1, 0, testRecord{0, []byte("a"), []byte("1")}, testRecord{1, []byte("b"), []byte("2")})
+	bound := maxInflated(0)
+	big := make([]byte, 8<<20)
+	fine := compressBatch(t, encodeBatch(2, 0, 0, testRecord{0, []byte("c"), big}), compress.Zstd, nil)
+	bomb := compressBatch(t, encodeBatch(3, 0, 0, testRecord{0, []byte("d"), []byte("4")}), compress.Zstd, make([]byte, bound+1))
+	if maxInflated(len(bomb)) != bound {
+		t.Fatalf("the bomb's %d compressed bytes have a bound of their own, %d", len(bomb), maxInflated(len(bomb)))
+	}
+	var d decoder
+	next, err := d.decode(slices.Concat(good, fine, bomb), 0)
+	if !errors.Is(err, errMalformed) {
+		t.Fatalf("error %v, want errMalformed", err)
+	}
+	t.Log(err)
+	for _, want := range []string{"offset 3", fmt.Sprint(bound)} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if next != 3 || len(d.jobs) != 3 || len(d.jobs[2].value) != len(big) {
+		t.Errorf("next offset %d, %d records; want 3, 3 (the last of %d bytes)", next, len(d.jobs), len(big))
+	}
+	if c := d.inflated.Cap(); c > 1<<20 {
+		t.Errorf("the decoder keeps %d bytes of the bomb", c)
 	}
 }
