@@ -92,11 +92,15 @@ type Dispatcher[T any] struct {
 	roomWanted atomic.Bool
 	readyLen   atomic.Int64 // ready.len(), read without mu
 
-	mu     sync.Mutex
-	ready  ring[*Lane[T]]
-	loose  []*Lane[T]    // recycled keyless lanes
-	idle   int           // workers blocked in Next
-	wake   chan struct{} // one pending wake-up for an idle worker
+	mu    sync.Mutex
+	ready ring[*Lane[T]]
+	loose []*Lane[T]    // recycled keyless lanes
+	idle  int           // workers blocked in Next
+	wake  chan struct{} // one pending wake-up for an idle worker
+	// woken: a wake-up is in wake, or about to be, or a worker took it and
+	// has not yet taken mu again; no other is sent meanwhile (see
+	// wakeLocked).
+	woken  bool
 	room   chan struct{} // closed when an item is taken; nil while nobody waits for Limit
 	closed bool
 	// drained: Drain ran, and nothing is queued any more. Set holding
@@ -335,7 +339,7 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		d.ready.push(l)
 	}
 	d.readyLen.Store(int64(d.ready.len()))
-	wake := d.idle > 0
+	wake := d.wakeLocked()
 	d.mu.Unlock()
 	d.signal(wake)
 	return true
@@ -530,16 +534,31 @@ func (d *Dispatcher[T]) readyLocked(l *Lane[T]) (wake bool) {
 	l.state, l.owner, l.ran = ready, nil, 0
 	d.ready.push(l)
 	d.readyLen.Store(int64(d.ready.len()))
-	return d.idle > 0
+	return d.wakeLocked()
 }
 
-// signal wakes an idle worker when wake is true. A worker that goes idle
-// after ready1 looked finds the lane in the ready queue first.
+// wakeLocked reports whether to signal an idle worker (d.mu is held): one
+// is idle, and no wake-up is on its way. One at a time is enough, as the
+// woken worker passes it on while lanes are ready (see Next), and it
+// spares the channel operation that a wake-up already pending (most of
+// them, with a producer readying a lane per item) would cost for nothing.
+// The caller then signals.
+func (d *Dispatcher[T]) wakeLocked() bool {
+	if d.idle > 0 && !d.woken {
+		d.woken = true
+		return true
+	}
+	return false
+}
+
+// signal wakes an idle worker when wake is true (see wakeLocked). A worker
+// that goes idle after ready1 looked finds the lane in the ready queue
+// first.
 func (d *Dispatcher[T]) signal(wake bool) {
 	if wake {
 		select {
 		case d.wake <- struct{}{}:
-		default: // a wake-up is pending; the woken worker passes it on
+		default: // not while woken holds (one is pending); kept for safety
 		}
 	}
 }
@@ -558,7 +577,7 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 	for {
 		if l, ok := d.ready.pop(); ok {
 			d.readyLen.Store(int64(d.ready.len()))
-			pass := d.ready.len() > 0 && d.idle > 0 // pass the wake-up on
+			pass := d.ready.len() > 0 && d.wakeLocked() // pass the wake-up on
 			if l.key == "" {
 				d.takeKeyless(l, owner)
 				d.mu.Unlock()
@@ -588,14 +607,16 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 		d.mu.Unlock()
 		select {
 		case <-d.wake:
+			d.mu.Lock()
+			d.woken = false
 		case <-d.done:
+			d.mu.Lock()
 		case <-stop:
 			d.mu.Lock()
 			d.idle--
 			d.mu.Unlock()
 			return nil
 		}
-		d.mu.Lock()
 		d.idle--
 	}
 }
