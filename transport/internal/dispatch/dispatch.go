@@ -287,24 +287,15 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 				continue
 			}
 			n++
-			k := keys[i]
-			l := st.keys[k]
-			switch {
-			case l == nil:
-				l = st.newLane(k)
-				st.keys[k] = l
-			case l.state == parked:
-				st.parked--
-			default:
-				l.items.push(items[i]) // its holder or the ready queue runs it in turn
+			l := d.queueLocked(st, keys[i], items[i], st.keys[keys[i]])
+			if l == nil {
 				continue
 			}
-			l.items.push(items[i])
 			// Ready, but not in the ready queue until the batch's
 			// readying below: a producer only queues behind its items, no
 			// worker holds it, and a Drain meanwhile drops it (it is in
 			// st.keys) and sets drained, which the readying checks.
-			l.state, l.owner, l.ran = ready, nil, 0
+			l.markReady()
 			readied[i] = l
 			readiedAny = true
 		}
@@ -332,7 +323,7 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		if stripeI[i] == stripes {
 			l = d.looseLane()
 			l.items.push(items[i])
-			l.state, l.owner, l.ran = ready, nil, 0
+			l.markReady()
 		} else if l == nil {
 			continue
 		}
@@ -448,18 +439,29 @@ func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
 // worker (see ready1).
 func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T]) (wake bool) {
 	d.waiting.Add(1)
-	if l != nil {
-		l.items.push(item) // its holder or the ready queue runs it in turn
-		if l.state == parked {
-			st.parked--
-			return d.ready1(l)
-		}
-		return false
+	if l = d.queueLocked(st, key, item, l); l != nil {
+		return d.ready1(l)
 	}
-	l = st.newLane(key)
+	return false
+}
+
+// queueLocked queues item of key (not "") in key's lane l (nil when it has
+// none: a new one) and returns the lane when it is to be readied now (new,
+// or parked until now), nil when the item queued behind the lane's holder
+// or its place in the ready queue, which runs it in turn. st.mu is held.
+func (d *Dispatcher[T]) queueLocked(st *stripe[T], key string, item T, l *Lane[T]) *Lane[T] {
+	if l == nil {
+		l = st.newLane(key)
+		st.keys[key] = l
+		l.items.push(item)
+		return l
+	}
 	l.items.push(item)
-	st.keys[key] = l
-	return d.ready1(l)
+	if l.state != parked {
+		return nil
+	}
+	st.parked--
+	return l
 }
 
 // waitingItems counts l's items that wait for a worker: those a holder
@@ -531,11 +533,15 @@ func (d *Dispatcher[T]) ready1(l *Lane[T]) (wake bool) {
 // readyLocked is ready1 with d.mu held (and, for a keyed lane, its
 // stripe's lock).
 func (d *Dispatcher[T]) readyLocked(l *Lane[T]) (wake bool) {
-	l.state, l.owner, l.ran = ready, nil, 0
+	l.markReady()
 	d.ready.push(l)
 	d.readyLen.Store(int64(d.ready.len()))
 	return d.wakeLocked()
 }
+
+// markReady makes l ready for a worker to take, with no holder and a new
+// turn; the caller puts it in the ready queue.
+func (l *Lane[T]) markReady() { l.state, l.owner, l.ran = ready, nil, 0 }
 
 // wakeLocked reports whether to signal an idle worker (d.mu is held): one
 // is idle, and no wake-up is on its way. One at a time is enough, as the
