@@ -14,7 +14,7 @@ import (
 // messages of its key, as many at a time as MaxInFlight has room for,
 // blocking while MaxInFlight messages are unfinished.
 func (s *subscription) dispatch(ctx context.Context, p *partition, jobs []job) error {
-	var items [64]*job
+	var items [dispatchRun]*job
 	for len(jobs) > 0 {
 		n, err := s.inflight.acquireUpTo(ctx, min(len(jobs), len(items)))
 		if err != nil {

@@ -759,11 +759,16 @@ func (s *subscription) fetchAhead(conn *fetchConn, p *partition, offset int64) <
 // dispatchAll dispatches jobs, in order, pausing while the partition or the
 // subscription has no room (MaxInFlight, CommitEvery). It fails only when
 // ctx ends.
+// dispatchRun is how many of a response's messages the fetch loop
+// reserves and dispatches at a time (one partition lock and one
+// dispatcher AddAll for each run, not per message).
+const dispatchRun = 64
+
 func (s *subscription) dispatchAll(ctx context.Context, p *partition, jobs []job) error {
 	for len(jobs) > 0 {
-		// A run of at most 64: reserved and not yet dispatched, a message
-		// holds back the commit position as a dispatched one does.
-		n := p.reserve(jobs[:min(len(jobs), 64)], s.window)
+		// A run of at most dispatchRun: reserved and not yet dispatched, a
+		// message holds back the commit position as a dispatched one does.
+		n := p.reserve(jobs[:min(len(jobs), dispatchRun)], s.window)
 		if n == 0 {
 			select {
 			case <-p.advanced:
