@@ -118,7 +118,7 @@ func (a *app) connect(ctx context.Context, rawURL string) (transport.Transport, 
 		if ctx.Err() == nil && octx.Err() != nil {
 			err = fmt.Errorf("%w: no answer within --timeout %v: %w", transport.ErrUnavailable, a.timeout, err)
 		}
-		return nil, fmt.Errorf("open %s: %w", displayURL(rawURL), err)
+		return nil, fmt.Errorf("open %s: %w", transport.RedactRaw(rawURL), err)
 	}
 	if strings.HasPrefix(rawURL, "chan:") {
 		fmt.Fprintln(a.stderr, "busway: note: chan:// is an in-process transport: this command sees only its own process")
@@ -167,12 +167,12 @@ func exitCode(err error) int {
 	return exitError
 }
 
-// Options of a URL's query that hold secrets.
-var secretOptions = []string{"token", "password", "secret", "pass", "sasl_password"}
-
-// urlSecrets returns the secrets rawURL holds: its user information
-// (password, or a user name standing alone, which NATS takes as a token)
-// and the values of secretOptions.
+// urlSecrets returns the secrets rawURL holds, as they may appear in an
+// error's text: its user information (password, or a user name standing
+// alone, which NATS takes as a token) and the values of its secret query
+// options (transport.SecretOption), each also escaped. The URL itself is
+// printed through transport.RedactRaw; these scrub what a broker client
+// may quote of it.
 func urlSecrets(rawURL string) []string {
 	var s []string
 	add := func(v string) {
@@ -201,44 +201,14 @@ func urlSecrets(rawURL string) []string {
 			add(u.User.Username())
 		}
 	}
-	q := u.Query()
-	for _, name := range secretOptions {
-		for _, v := range q[name] {
-			add(v)
+	for name, vs := range u.Query() {
+		if transport.SecretOption(name) {
+			for _, v := range vs {
+				add(v)
+			}
 		}
 	}
 	return s
-}
-
-// displayURL is rawURL with its secrets replaced by "xxxxx".
-func displayURL(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		out := rawURL
-		for _, s := range urlSecrets(rawURL) {
-			out = strings.ReplaceAll(out, s, "xxxxx")
-		}
-		return out
-	}
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		} else {
-			u.User = url.User("xxxxx")
-		}
-	}
-	q := u.Query()
-	changed := false
-	for _, name := range secretOptions {
-		if _, ok := q[name]; ok {
-			q.Set(name, "xxxxx")
-			changed = true
-		}
-	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }
 
 // scrub replaces the secrets of the URLs in use in s.

@@ -113,7 +113,7 @@ func (a *app) tail(ctx context.Context, rawURL, topic, group string, start trans
 	if throwaway {
 		what = "throwaway group " + group
 	}
-	fmt.Fprintf(a.stderr, "busway: tailing %q on %s (%s, from %s); Ctrl-C to stop\n", topic, displayURL(rawURL), what, start)
+	fmt.Fprintf(a.stderr, "busway: tailing %q on %s (%s, from %s); Ctrl-C to stop\n", topic, transport.RedactRaw(rawURL), what, start)
 	<-ctx.Done()
 	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), a.timeout)
 	defer ccancel()
