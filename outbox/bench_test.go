@@ -198,13 +198,21 @@ func writersRelay(b *testing.B, txSize int) writerPhase {
 	}
 }
 
-// fillBacklog writes n events into the outbox, untimed.
+// fillBacklog writes n events into the outbox, untimed: through Publish,
+// in transactions of 1,000 events; on PostgreSQL only the first 1,000, the
+// rest copied from them by one INSERT ... SELECT (each copy with its own
+// msg_id, the keys and rows as Publish wrote them), since Publish's round
+// trip per event made a 200,000-row backlog take half a minute to write.
 func fillBacklog(b testing.TB, o *Outbox, n int) {
 	b.Helper()
 	ctx := context.Background()
-	for i := 0; i < n; i += 1000 {
+	published := n
+	if o.dialect == PostgreSQL {
+		published = min(n, 1000)
+	}
+	for i := 0; i < published; i += 1000 {
 		err := o.Transact(ctx, func(tx *sql.Tx) error {
-			for j := i; j < min(i+1000, n); j++ {
+			for j := i; j < min(i+1000, published); j++ {
 				if err := Publish(ctx, o, tx, OrderPlaced{ID: "123456", Key: "k", Seq: j}, bus.WithKey(fmt.Sprint(j%50))); err != nil {
 					return err
 				}
@@ -212,6 +220,16 @@ func fillBacklog(b testing.TB, o *Outbox, n int) {
 			return nil
 		})
 		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	if copies := n - published; copies > 0 {
+		q := fmt.Sprintf(`INSERT INTO %[1]s (topic, msg_key, msg_id, headers, body, created_at)
+			SELECT p.topic, p.msg_key, p.msg_id || '-' || g, p.headers, p.body, p.created_at
+			FROM generate_series(1, $1::int) AS g
+			JOIN (SELECT *, row_number() OVER (ORDER BY id) - 1 AS k FROM %[1]s) AS p ON p.k = g %% $2
+			ORDER BY g`, o.q.table)
+		if _, err := o.db.ExecContext(ctx, q, copies, published); err != nil {
 			b.Fatal(err)
 		}
 	}
