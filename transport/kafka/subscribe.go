@@ -756,14 +756,14 @@ func (s *subscription) fetchAhead(conn *fetchConn, p *partition, offset int64) <
 	return c
 }
 
-// dispatchAll dispatches jobs, in order, pausing while the partition or the
-// subscription has no room (MaxInFlight, CommitEvery). It fails only when
-// ctx ends.
 // dispatchRun is how many of a response's messages the fetch loop
 // reserves and dispatches at a time (one partition lock and one
 // dispatcher AddAll for each run, not per message).
 const dispatchRun = 64
 
+// dispatchAll dispatches jobs, in order, pausing while the partition or the
+// subscription has no room (MaxInFlight, CommitEvery). It fails only when
+// ctx ends.
 func (s *subscription) dispatchAll(ctx context.Context, p *partition, jobs []job) error {
 	for len(jobs) > 0 {
 		// A run of at most dispatchRun: reserved and not yet dispatched, a
