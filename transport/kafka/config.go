@@ -113,6 +113,10 @@ type Config struct {
 	// (the broker returns a record batch larger than that whole); a
 	// partition holds the response it dispatches and the next one, which it
 	// fetches while it dispatches the last. Default 2 × MaxMessageBytes.
+	// A response declaring more than FetchMaxBytes + 1 MiB, or 100 MiB when
+	// that is more, is not read (a corrupt size would allocate gigabytes):
+	// the partition logs the error and fetches again, so a topic with
+	// record batches larger than 100 MiB needs a FetchMaxBytes above them.
 	FetchMaxBytes int
 	// FetchMaxWait is how long the broker may hold a fetch open waiting for
 	// data; it also bounds how fast an idle partition reader stops. Default

@@ -1,9 +1,16 @@
 package kafka
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
+	"math"
+	"net"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,9 +23,13 @@ import (
 	"github.com/busway/busway/transport/transporttest"
 )
 
+// oversized, as a failFetches code, is a response larger than a fetch may
+// return (maxFetchResponse): a partition of that many bytes of garbage.
+const oversized = math.MinInt16
+
 // failFetches makes every other fetch of topic, up to the 2*len(fails)th,
-// fail in turn with fails[i]: a partition error code, or 0 for a
-// connection the broker closes. It returns how many it failed so far.
+// fail in turn with fails[i]: a partition error code, 0 for a connection
+// the broker closes, or oversized. It returns how many it failed so far.
 func failFetches(c *kfake.Cluster, topic string, fails []int16) func() int {
 	var mu sync.Mutex
 	seen, failed := 0, 0
@@ -46,7 +57,11 @@ func failFetches(c *kfake.Cluster, topic string, fails []int16) func() int {
 			for _, rp := range rt.Partitions {
 				sp := kmsg.NewFetchResponseTopicPartition()
 				sp.Partition = rp.Partition
-				sp.ErrorCode = code
+				if code == oversized {
+					sp.RecordBatches = make([]byte, maxFetchResponse(int(rp.PartitionMaxBytes))+1)
+				} else {
+					sp.ErrorCode = code
+				}
 				sp.HighWatermark, sp.LastStableOffset, sp.LogStartOffset = -1, -1, -1
 				st.Partitions = append(st.Partitions, sp)
 			}
@@ -63,7 +78,8 @@ func failFetches(c *kfake.Cluster, topic string, fails []int16) func() int {
 
 // A partition's fetch loop retries what a fetch fails with (the leader
 // moved, an offset the broker calls out of range although it is not,
-// another broker error, a connection the broker closes) and goes on from
+// another broker error, a connection the broker closes, a response larger
+// than a fetch may return) and goes on from
 // the offset after the last record it dispatched: every message is handled
 // once, each key's in publish order.
 func TestFetchErrorsRetried(t *testing.T) {
@@ -85,6 +101,7 @@ func TestFetchErrorsRetried(t *testing.T) {
 	fails := []int16{
 		kerr.NotLeaderForPartition.Code, kerr.OffsetOutOfRange.Code, 0, kerr.UnknownServerError.Code,
 		kerr.NotLeaderForPartition.Code, 0, kerr.OffsetOutOfRange.Code, kerr.UnknownTopicOrPartition.Code,
+		oversized,
 	}
 	failed := failFetches(c, topic, fails)
 
@@ -184,5 +201,71 @@ func TestFetchLargeBatch(t *testing.T) {
 	}
 	if len(disorder) > 0 {
 		t.Errorf("key order broken (%d): %v", len(disorder), disorder[:min(len(disorder), 10)])
+	}
+}
+
+// A response that declares a size past maxFetchResponse (here 1 GiB, from
+// a broker that sends nothing more) is an error that names the size and the
+// bound, before any buffer of that size is allocated, and the fetch asks
+// again from the same offset.
+func TestFetchResponseSizeBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer c.Close()
+		var size [4]byte
+		if _, err := io.ReadFull(c, size[:]); err != nil {
+			served <- err
+			return
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint32(size[:]))); err != nil {
+			served <- err
+			return
+		}
+		_, err = c.Write(binary.BigEndian.AppendUint32(nil, 1<<30))
+		served <- err
+		_, _ = io.Copy(io.Discard, c) // until the client closes
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := &fetchConn{nc: &stoppableConn{Conn: nc, f: &fetchConns{}, r: bufio.NewReaderSize(nc, fetchReadBuffer)}}
+	defer nc.Close()
+	s := newTestSubscription(t, nil, 0)
+	defer s.cancelRun()
+	p := newTestPartition(s, 0)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f := s.fetchOnce(conn, p, 42)
+	runtime.ReadMemStats(&after)
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(f.err, errMalformed) {
+		t.Fatalf("error %v, want errMalformed", f.err)
+	}
+	t.Log(f.err)
+	limit := maxFetchResponse(s.t.cfg.FetchMaxBytes)
+	for _, want := range []string{strconv.Itoa(1 << 30), strconv.FormatInt(limit, 10), "FetchMaxBytes"} {
+		if !strings.Contains(f.err.Error(), want) {
+			t.Errorf("error %q does not say %q", f.err, want)
+		}
+	}
+	if f.next != 42 || len(f.jobs) != 0 {
+		t.Errorf("next offset %d with %d records, want 42 with none", f.next, len(f.jobs))
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("fetchOnce allocated %d bytes for a response it did not read", grew)
 	}
 }

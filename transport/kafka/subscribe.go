@@ -679,6 +679,10 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 	if n < 4 {
 		return fetched{next: offset, err: malformed("response size %d", n)}
 	}
+	if limit := maxFetchResponse(cfg.FetchMaxBytes); int64(n) > limit {
+		// Not read: the connection is closed and the fetch sent again.
+		return fetched{next: offset, err: malformed("response of %d bytes declared, more than the %d bytes a fetch of FetchMaxBytes %d may return", n, limit, cfg.FetchMaxBytes)}
+	}
 	_ = nc.SetReadDeadline(time.Now().Add(fetchReadTimeout))
 	// The records' values are sub-slices of buf until their messages
 	// finished (see respBuf).
@@ -701,6 +705,25 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 	}
 	return fetched{jobs: d.jobs, next: next, err: err}
 }
+
+// maxFetchResponse is the largest fetch response read, whose size the
+// response declares before its buffer is allocated: without a bound, a
+// corrupt or hostile size would allocate up to 2 GiB per partition. A
+// response holds at most fetchMaxBytes of records, or one record batch
+// larger than that (which the topic's max.message.bytes bounds), and a
+// header of some bytes; the bound is at least minFetchResponseBound (as
+// franz-go's BrokerMaxReadBytes), so that a topic whose batches are larger
+// than this transport's FetchMaxBytes is read. Records larger still need a
+// larger FetchMaxBytes: a response past the bound is an error (errMalformed)
+// that names it, and the partition fetches again, skipping nothing.
+func maxFetchResponse(fetchMaxBytes int) int64 {
+	return max(minFetchResponseBound, int64(fetchMaxBytes)+fetchResponseRoom)
+}
+
+const (
+	minFetchResponseBound = 100 << 20
+	fetchResponseRoom     = 1 << 20 // the response's header and the batch header
+)
 
 // respBuf is the buffer a fetch response is read into, reused (through
 // respBufs) once every message of the records sliced from it finished: a
