@@ -53,7 +53,6 @@
 package dispatch
 
 import (
-	"math/bits"
 	"sync"
 	"sync/atomic"
 )
@@ -256,7 +255,11 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		keys    [maxBatch]string
 		stripeI [maxBatch]uint8    // the item's stripe; stripes for a keyless item
 		readied [maxBatch]*Lane[T] // the keyed lane items[i] made ready
-		used    uint32             // the stripes of the items' keys, a bit each
+		// The keyed items' indexes grouped by stripe, in order within
+		// each (one counting sort, not a scan of the batch per stripe):
+		// stripe s's are order[start[s]:start[s+1]].
+		order   [maxBatch]uint8
+		start   [stripes + 1]uint8
 		keyless int
 	)
 	for i, it := range items {
@@ -269,24 +272,31 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		}
 		s := stripeIndex(k)
 		stripeI[i] = uint8(s)
-		used |= 1 << s
+		start[s+1]++
+	}
+	for s := range stripes {
+		start[s+1] += start[s]
+	}
+	next := start
+	for i := range items {
+		if s := stripeI[i]; s != stripes {
+			order[next[s]] = uint8(i)
+			next[s]++
+		}
 	}
 	readiedAny := false
-	for used != 0 {
-		s := bits.TrailingZeros32(used)
-		used &= used - 1
+	for s := range stripes {
+		from, to := start[s], start[s+1]
+		if from == to {
+			continue
+		}
 		st := &d.stripes[s]
 		st.mu.Lock()
 		if d.drained {
 			st.mu.Unlock()
 			return false
 		}
-		n := 0
-		for i := range items {
-			if stripeI[i] != uint8(s) {
-				continue
-			}
-			n++
+		for _, i := range order[from:to] {
 			l := d.queueLocked(st, keys[i], items[i], st.keys[keys[i]])
 			if l == nil {
 				continue
@@ -301,7 +311,7 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		}
 		// Counted before a worker can take them (a holder's Done, once
 		// st.mu is released).
-		d.waiting.Add(int64(n))
+		d.waiting.Add(int64(to - from))
 		st.mu.Unlock()
 	}
 	if !readiedAny && keyless == 0 {
