@@ -505,10 +505,14 @@ func (st *stripe[T]) newLane(key string) *Lane[T] {
 // producer) then finds its lane again, without a map insert and delete per
 // item. Parked lanes stay until Drain; once a stripe has maxParked, further
 // keys' lanes are recycled when they empty, as if nothing were parked.
+// 64 a stripe is 1,024 keys a dispatcher (about 350 KB of lanes when all
+// are parked): Kafka's consume benchmark, 1,000 keys, about 62 a stripe,
+// found most of them parked instead of a map insert and delete per message
+// with 16.
 const (
 	maxFree      = 64
 	maxFreeItems = 64
-	maxParked    = 16
+	maxParked    = 64
 )
 
 // empty is done with a lane whose last item finished: it stays parked
