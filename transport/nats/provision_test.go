@@ -181,3 +181,29 @@ func TestCreateModeRefusesRetention(t *testing.T) {
 		})
 	}
 }
+
+// TestCreateOverlappingStream: a second stream name with the subject
+// prefix of an existing stream cannot be created (a subject belongs to one
+// stream): New fails with ErrInvalidOptions naming the stream that holds
+// the subjects, so that the user can name it or choose another prefix.
+func TestCreateOverlappingStream(t *testing.T) {
+	provisionServers(t, func(t *testing.T, url, stream, prefix string) {
+		open(t, busnats.Config{Servers: []string{url}, Stream: stream, SubjectPrefix: prefix, Storage: busnats.StorageMemory}).Close()
+		other := stream + "_OTHER"
+		tr, err := busnats.New(ctxT(t), busnats.Config{Servers: []string{url}, Stream: other, SubjectPrefix: prefix, Storage: busnats.StorageMemory})
+		if err == nil {
+			tr.Close()
+			deleteStream(t, url, other)
+			t.Fatalf("New with stream %q over %q's subjects succeeded, want an error", other, stream)
+		}
+		t.Log(err)
+		if !errors.Is(err, transport.ErrInvalidOptions) {
+			t.Errorf("error %v, want ErrInvalidOptions", err)
+		}
+		for _, want := range []string{other, fmt.Sprintf("stream %q holds subject %q", stream, prefix+".>")} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %q", err, want)
+			}
+		}
+	})
+}

@@ -207,7 +207,7 @@ func (t *Transport) provision(ctx context.Context) error {
 			return t.provision(ctx)
 		}
 		if err != nil {
-			return t.apiError("create stream "+s.Stream, err)
+			return t.apiError("create stream "+s.Stream, t.overlapError(ctx, subject, err))
 		}
 		return nil
 	case err != nil:
@@ -370,6 +370,27 @@ func (t *Transport) apiError(what string, err error) error {
 		return fmt.Errorf("%w: nats: %s: %v", transport.ErrInvalidOptions, what, err)
 	}
 	return fmt.Errorf("nats: %s: %w", what, err)
+}
+
+// jsErrSubjectOverlap is JetStream's error code for a stream whose subjects
+// overlap another stream's.
+const jsErrSubjectOverlap jetstream.ErrorCode = 10065
+
+// overlapError is err, from creating the stream for subject (a JetStream
+// API error, kept as it was), with the name of the stream that holds
+// subject already when that is why it failed: a
+// subject belongs to one stream, so the fix is to name that stream (bind to
+// it) or to choose another subject prefix.
+func (t *Transport) overlapError(ctx context.Context, subject string, err error) error {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jsErrSubjectOverlap {
+		return err
+	}
+	other, lerr := t.js.StreamNameBySubject(ctx, subject)
+	if lerr != nil || other == "" {
+		return fmt.Errorf("%w (Stream names an existing stream; SubjectPrefix gives this one other subjects)", err)
+	}
+	return fmt.Errorf("%w: stream %q holds subject %q already (Stream %q uses it; another SubjectPrefix gives this stream other subjects)", err, other, subject, other)
 }
 
 // withTimeout bounds ctx by PublishTimeout when it has no deadline.
