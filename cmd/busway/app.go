@@ -118,6 +118,9 @@ func (a *app) connect(ctx context.Context, rawURL string) (transport.Transport, 
 		if ctx.Err() == nil && octx.Err() != nil {
 			err = fmt.Errorf("%w: no answer within --timeout %v: %w", transport.ErrUnavailable, a.timeout, err)
 		}
+		if ue := (*transport.URLError)(nil); errors.As(err, &ue) {
+			return nil, err // it names the URL already
+		}
 		return nil, fmt.Errorf("open %s: %w", transport.RedactRaw(rawURL), err)
 	}
 	if strings.HasPrefix(rawURL, "chan:") {
