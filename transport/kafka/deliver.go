@@ -142,10 +142,11 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 // calling worker keeps it to run that next message now.
 func (s *subscription) advance(l *lane) *lane {
 	j := l.Head()
+	p := j.p
 	if j.buf != nil {
-		j.buf.done()
+		j.buf.done() // then j may be a later response's (see respBuf)
 	}
-	j.p.wg.Done()
+	p.wg.Done()
 	s.inflight.release()
 	if s.d.Done(l) {
 		return l

@@ -230,8 +230,8 @@ type decoder struct {
 // decompressed bytes; nothing writes them afterwards.
 func (d *decoder) decode(recs []byte, from int64) (int64, error) {
 	next := from
-	if d.jobs == nil {
-		d.jobs = make([]job, 0, countRecords(recs, from))
+	if n := countRecords(recs, from); cap(d.jobs)-len(d.jobs) < n {
+		d.jobs = slices.Grow(d.jobs, n)
 	}
 	for len(recs) >= batchMagicOffset+1 {
 		base := int64(binary.BigEndian.Uint64(recs))
@@ -415,13 +415,12 @@ func (d *decoder) record(b []byte, base, last, from, baseTime int64, appendTime 
 	}
 	d.jobs = d.jobs[:len(d.jobs)+1]
 	j := &d.jobs[len(d.jobs)-1]
+	// Every field: the jobs may be a reused response's (see respBuf).
 	j.p, j.buf, j.off, j.ms, j.value, j.headers = d.p, d.buf, off, baseTime, value, hdrs
 	if !appendTime {
 		j.ms += tsDelta
 	}
-	if len(key) > 0 {
-		j.key = d.str(key)
-	}
+	j.key = d.str(key)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -303,7 +304,8 @@ func (hooks) Transport() string { return Scheme }
 
 // job is a fetched record on its way through the dispatcher. Its strings
 // and value point into its fetch response (see decoder): a response's jobs
-// are allocated together, and nothing writes their bytes.
+// are one array, reused with the response's buffer once all of them
+// finished (see respBuf), and nothing writes their bytes.
 type job struct {
 	p       *partition
 	key     string // the record's key: the dispatcher's key and Message.Key
@@ -705,8 +707,9 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 		buf.put()
 		return fetched{next: offset, err: err}
 	}
-	d := decoder{p: p, buf: buf}
+	d := decoder{p: p, buf: buf, jobs: buf.jobs[:0]}
 	next, err := d.decode(recs, offset)
+	buf.jobs = d.jobs
 	if len(d.jobs) == 0 {
 		buf.put()
 	} else {
@@ -742,8 +745,14 @@ const (
 // returned), as chanbus's pooled bodies do; keys and headers, as strings,
 // are not in it (see decoder.strs). A job that never finishes (abandoned
 // at Close) leaves its buffer to the garbage collector.
+//
+// The jobs decoded from the response are reused with it: their array, of a
+// job a record, was otherwise allocated (and zeroed, and scanned by the
+// garbage collector) for every response. A worker must not touch its job
+// once it called done.
 type respBuf struct {
 	b    []byte
+	jobs []job
 	refs atomic.Int32 // the jobs not finished
 }
 
@@ -752,18 +761,31 @@ var respBufs sync.Pool
 // maxPooledResp bounds the buffers kept for reuse.
 const maxPooledResp = 16 << 20
 
+// getRespBuf returns a buffer of n bytes: respBufs' when it is large
+// enough, else a new one, which takes the pooled one's jobs array (cleared:
+// its jobs' values point into the old buffer).
 func getRespBuf(n int) *respBuf {
-	if r, _ := respBufs.Get().(*respBuf); r != nil && cap(r.b) >= n {
+	r, _ := respBufs.Get().(*respBuf)
+	if r != nil && cap(r.b) >= n {
 		r.b = r.b[:n]
 		return r
 	}
-	return &respBuf{b: make([]byte, n)}
+	nr := &respBuf{b: make([]byte, n)}
+	if r != nil {
+		clear(r.jobs[:cap(r.jobs)])
+		nr.jobs = r.jobs[:0]
+	}
+	return nr
 }
 
 func (r *respBuf) put() {
-	if cap(r.b) <= maxPooledResp {
-		respBufs.Put(r)
+	if cap(r.b) > maxPooledResp {
+		return
 	}
+	if cap(r.jobs)*int(unsafe.Sizeof(job{})) > maxPooledResp {
+		r.jobs = nil // a response of many small records
+	}
+	respBufs.Put(r)
 }
 
 // done is called once per job of the buffer's when it finished.
