@@ -191,9 +191,13 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 		clear(d.hdr)
 	}
 	// The two keys are written over the last message's (a handler may
-	// have changed the map: then it is cleared first).
+	// have changed the map: then it is cleared first). The partition's is
+	// most often the last message's already: looking it up in a map of two
+	// costs less than writing it.
 	offset := d.offsetText(j.off)
-	d.meta[transport.MetaPartition] = j.p.idText
+	if d.meta[transport.MetaPartition] != j.p.idText {
+		d.meta[transport.MetaPartition] = j.p.idText
+	}
 	d.meta[transport.MetaOffset] = offset
 	if len(d.meta) != 2 {
 		clear(d.meta)
