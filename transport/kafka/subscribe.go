@@ -461,25 +461,25 @@ func (p *partition) stopping() bool {
 	return p.ctx.Err() != nil || isClosed(p.draining)
 }
 
-// fullLocked reports whether fetching must pause: window messages are fetched
+// roomLocked is how many more messages may be fetched before fetching must
+// pause (none when it is not positive): until window messages are fetched
 // past the first unfinished one, or window+every past the committed offset
 // (the most a crash can make the group handle again).
-func (p *partition) fullLocked(window int) bool {
+func (p *partition) roomLocked(window int) int64 {
 	pending := int64(len(p.pending) - p.head)
-	return pending >= int64(window) || pending+p.done-p.doneCommitted >= int64(window)+p.every
+	return min(int64(window)-pending, int64(window)+p.every-(pending+p.done-p.doneCommitted))
 }
 
 // reserve adds the offsets of jobs, from the first on, to the partition's
-// pending offsets until fetching must pause (see fullLocked), and returns
+// pending offsets until fetching must pause (see roomLocked), and returns
 // how many it added: taking the lock once for a run of them, not once per
 // message (the workers take it to finish each).
 func (p *partition) reserve(jobs []job, window int) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
-	for n < len(jobs) && !p.fullLocked(window) {
-		p.pending = append(p.pending, pendingOffset{off: jobs[n].off})
-		n++
+	n := int(max(0, min(int64(len(jobs)), p.roomLocked(window))))
+	for i := range jobs[:n] {
+		p.pending = append(p.pending, pendingOffset{off: jobs[i].off})
 	}
 	return n
 }

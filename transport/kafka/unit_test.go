@@ -102,6 +102,42 @@ func TestPartitionCommitsOnlyContiguous(t *testing.T) {
 	}
 }
 
+// reserve takes jobs until window of them are past the first unfinished
+// message, or window+every past the committed offset, whichever comes
+// first, and none once either is reached.
+func TestPartitionReserveBounds(t *testing.T) {
+	jobs := make([]job, 64)
+	for i := range jobs {
+		jobs[i].off = int64(i)
+	}
+	for _, c := range []struct {
+		name                     string
+		pending, done, committed int // pending offsets, and done/doneCommitted counts
+		window, every            int
+		want                     int
+	}{
+		{"empty", 0, 0, 0, 256, 1000, 64},
+		{"window", 250, 0, 0, 256, 1000, 6},
+		{"window full", 256, 0, 0, 256, 1000, 0},
+		{"commit", 10, 1000, 0, 256, 1000, 64},
+		{"commit bound", 10, 1240, 0, 256, 1000, 6},
+		{"commit full", 10, 1246, 0, 256, 1000, 0},
+		{"committed", 10, 1246, 1000, 256, 1000, 64},
+		{"window of one", 0, 0, 0, 1, 0, 1},
+	} {
+		p := &partition{next: -1, committed: -1, every: int64(c.every), done: int64(c.done), doneCommitted: int64(c.committed)}
+		for i := range c.pending {
+			p.add(int64(-1 - i))
+		}
+		if n := p.reserve(jobs, c.window); n != c.want {
+			t.Errorf("%s: reserve took %d, want %d", c.name, n, c.want)
+		}
+		if n := len(p.pending) - c.pending; n != c.want {
+			t.Errorf("%s: %d offsets added, want %d", c.name, n, c.want)
+		}
+	}
+}
+
 func TestConfigValidation(t *testing.T) {
 	ok := Config{Brokers: []string{"localhost"}}
 	c, err := ok.resolve()
