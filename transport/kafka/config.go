@@ -210,6 +210,8 @@ type config struct {
 	// publishBackoff, doubling, at most publishBackoffMax,
 	// 1+PublishRetries attempts.
 	produce backoff.Policy
+	// maxResponse is the largest fetch response read (maxFetchResponse).
+	maxResponse int64
 }
 
 // The produce retry's delays. Before backoff.Policy the delay doubled
@@ -365,6 +367,7 @@ func (c Config) resolve() (*config, error) {
 	}
 	r.retry = backoff.Policy{InitialInterval: r.RetryBackoff, MaxInterval: r.RetryBackoffMax, MaxAttempts: max(r.MaxAttempts, 0)}
 	r.produce = backoff.Policy{InitialInterval: publishBackoff, MaxInterval: publishBackoffMax, MaxAttempts: 1 + r.PublishRetries}
+	r.maxResponse = maxFetchResponse(r.FetchMaxBytes)
 	r.log = c.Logger
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)

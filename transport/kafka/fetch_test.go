@@ -24,8 +24,21 @@ import (
 )
 
 // oversized, as a failFetches code, is a response larger than a fetch may
-// return (maxFetchResponse): a partition of that many bytes of garbage.
-const oversized = math.MinInt16
+// return: a partition of oversizedBytes of garbage, past the bound a test
+// sets in place of maxFetchResponse's (see withResponseBound): a 100 MiB
+// response takes kfake, which serves its requests one at a time, long
+// enough under -race to miss the group's heartbeats.
+const (
+	oversized      = math.MinInt16
+	oversizedBytes = 1 << 20
+)
+
+// withResponseBound lowers tr's fetch response bound below oversizedBytes.
+// Call it before tr's first Subscribe.
+func withResponseBound(tr *Transport) *Transport {
+	tr.cfg.maxResponse = oversizedBytes / 2
+	return tr
+}
 
 // failFetches makes every other fetch of topic, up to the 2*len(fails)th,
 // fail in turn with fails[i]: a partition error code, 0 for a connection
@@ -58,7 +71,7 @@ func failFetches(c *kfake.Cluster, topic string, fails []int16) func() int {
 				sp := kmsg.NewFetchResponseTopicPartition()
 				sp.Partition = rp.Partition
 				if code == oversized {
-					sp.RecordBatches = make([]byte, maxFetchResponse(int(rp.PartitionMaxBytes))+1)
+					sp.RecordBatches = make([]byte, oversizedBytes)
 				} else {
 					sp.ErrorCode = code
 				}
@@ -86,7 +99,7 @@ func TestFetchErrorsRetried(t *testing.T) {
 	c := newCluster(t)
 	cfg := testConfig(c.ListenAddrs())
 	cfg.FetchMaxBytes = 1024 // a few record batches a fetch: the errors come mid-stream
-	tr := open(t, cfg)
+	tr := withResponseBound(open(t, cfg))
 	topic := transporttest.UniqueTopic(t)
 	const n, keys = 600, 20
 	for i := 0; i < n; i += 10 {
@@ -257,6 +270,9 @@ func TestFetchResponseSizeBounded(t *testing.T) {
 	}
 	t.Log(f.err)
 	limit := maxFetchResponse(s.t.cfg.FetchMaxBytes)
+	if s.t.cfg.maxResponse != limit {
+		t.Fatalf("bound %d, want maxFetchResponse's %d", s.t.cfg.maxResponse, limit)
+	}
 	for _, want := range []string{strconv.Itoa(1 << 30), strconv.FormatInt(limit, 10), "FetchMaxBytes"} {
 		if !strings.Contains(f.err.Error(), want) {
 			t.Errorf("error %q does not say %q", f.err, want)

@@ -690,9 +690,9 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 	if n < 4 {
 		return fetched{next: offset, err: malformed("response size %d", n)}
 	}
-	if limit := maxFetchResponse(cfg.FetchMaxBytes); int64(n) > limit {
+	if int64(n) > cfg.maxResponse {
 		// Not read: the connection is closed and the fetch sent again.
-		return fetched{next: offset, err: malformed("response of %d bytes declared, more than the %d bytes a fetch of FetchMaxBytes %d may return", n, limit, cfg.FetchMaxBytes)}
+		return fetched{next: offset, err: malformed("response of %d bytes declared, more than the %d bytes a fetch of FetchMaxBytes %d may return", n, cfg.maxResponse, cfg.FetchMaxBytes)}
 	}
 	_ = nc.SetReadDeadline(time.Now().Add(fetchReadTimeout))
 	// The records' values are sub-slices of buf until their messages
