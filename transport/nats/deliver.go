@@ -25,9 +25,16 @@ type delivery struct {
 	// the worker keeps while it has messages and takes in batches; as
 	// keyless messages each would be a lane of its own, through the
 	// dispatcher's ready queue and a wake-up each.
-	keyed   bool
-	slots   []slot         // per worker: the Message its handler gets
-	workers sync.WaitGroup // the workers (a replacement counts as the one it replaces)
+	keyed bool
+	slots []slot // per worker: the Message its handler gets
+	// releaseBatch is how many settled messages a worker releases from the
+	// held set at once (and before it waits for more): a take of the held
+	// set's lock, shared with the inbox, and a look at the room for every
+	// few messages instead of each, while what is settled and not yet
+	// released stays a small share of MaxHeld, so pull asks for room at
+	// most that much later.
+	releaseBatch int
+	workers      sync.WaitGroup // the workers (a replacement counts as the one it replaces)
 	// hctx is the handlers' context, cancelled when Close gives up waiting.
 	hctx   context.Context
 	cancel context.CancelFunc
@@ -40,12 +47,13 @@ type lane = dispatch.Lane[*held]
 func newDelivery(s *subscription, ctx context.Context, workers int) *delivery {
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	return &delivery{
-		s:      s,
-		d:      dispatch.New[*held](dispatch.Config{}), // pull bounds what is added: MaxHeld
-		keyed:  workers > 1,
-		slots:  make([]slot, workers),
-		hctx:   hctx,
-		cancel: cancel,
+		s:            s,
+		d:            dispatch.New[*held](dispatch.Config{}), // pull bounds what is added: MaxHeld
+		keyed:        workers > 1,
+		slots:        make([]slot, workers),
+		releaseBatch: max(1, min(16, s.ss.maxHeld/16)),
+		hctx:         hctx,
+		cancel:       cancel,
 	}
 }
 
@@ -92,6 +100,9 @@ func (dl *delivery) work(i int, l *lane) {
 			// settled the message as failed (transport.CallHandler logged
 			// it); a new goroutine takes this worker's place, and its lane
 			// when the lane stays with it.
+			sl.finished = append(sl.finished, l.Head())
+			dl.s.held.release(sl.finished)
+			sl.finished = sl.finished[:0]
 			if !dl.d.Done(l) {
 				l = nil
 			}
@@ -102,23 +113,32 @@ func (dl *delivery) work(i int, l *lane) {
 	}()
 	for {
 		if l == nil {
+			// What this worker finished leaves the held set before it
+			// waits (or ends).
+			dl.s.held.release(sl.finished)
+			sl.finished = sl.finished[:0]
 			if l = dl.d.Next(nil, sl); l == nil {
 				return
 			}
 		}
 		running = true
-		dl.handle(sl, l.Head())
+		h := l.Head()
+		dl.handle(sl, h)
 		running = false
+		if sl.finished = append(sl.finished, h); len(sl.finished) >= dl.releaseBatch {
+			dl.s.held.release(sl.finished)
+			sl.finished = sl.finished[:0]
+		}
 		if !dl.d.Done(l) {
 			l = nil
 		}
 	}
 }
 
-// handle runs the handler on one message and acks, naks or terminates it.
+// handle runs the handler on one message and acks, naks or terminates
+// it; the caller releases it from the held set.
 func (dl *delivery) handle(sl *slot, h *held) {
 	s := dl.s
-	defer s.held.release(h)
 	jm := h.m
 	if s.closing.Load() && dl.hctx.Err() != nil {
 		s.nak(jm, 0)
@@ -189,6 +209,9 @@ func (s *subscription) nak(m *natsgo.Msg, d time.Duration) {
 type slot struct {
 	m         transport.Message
 	hdr, meta map[string]string
+	// finished is what the worker settled and has not yet released from
+	// the held set: it releases them together (see delivery.releaseBatch).
+	finished []*held
 }
 
 // canonical maps the NATS binding's spelling of the CloudEvents attributes

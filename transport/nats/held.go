@@ -31,8 +31,8 @@ type heldSet struct {
 // releases it last.
 type held struct {
 	m          *natsgo.Msg
-	since      time.Time // when received or last reported in progress
-	prev, next *held     // in the held set's list
+	since      time.Duration // when received or last reported in progress (see subscription.clock)
+	prev, next *held         // in the held set's list
 }
 
 // add takes m, received at now, into the set and queues it on dl, under
@@ -40,7 +40,7 @@ type held struct {
 // lock before it closes the dispatcher, so every message queued is
 // counted and run before the workers end. Once Close began, m is kept to
 // be handed back instead (see handBack).
-func (hs *heldSet) add(m *natsgo.Msg, now time.Time, dl *delivery) {
+func (hs *heldSet) add(m *natsgo.Msg, now time.Duration, dl *delivery) {
 	hs.mu.Lock()
 	if hs.s.closing.Load() {
 		// Received while Close began: Close hands it back (Nak) once the
@@ -71,20 +71,26 @@ func (hs *heldSet) add(m *natsgo.Msg, now time.Time, dl *delivery) {
 	hs.mu.Unlock()
 }
 
-// release drops a finished message from the set: there is room for
-// another.
-func (hs *heldSet) release(h *held) {
-	hs.mu.Lock()
-	h.prev.next, h.next.prev = h.next, h.prev
-	*h = held{}
-	if hs.nfree < hs.s.ss.maxHeld {
-		h.next, hs.free = hs.free, h
-		hs.nfree++
+// release drops finished messages from the set: there is room for as
+// many others.
+func (hs *heldSet) release(done []*held) {
+	if len(done) == 0 {
+		return
 	}
-	hs.n.Add(-1)
+	hs.mu.Lock()
+	for _, h := range done {
+		h.prev.next, h.next.prev = h.next, h.prev
+		*h = held{}
+		if hs.nfree < hs.s.ss.maxHeld {
+			h.next, hs.free = hs.free, h
+			hs.nfree++
+		}
+	}
+	hs.n.Add(-int32(len(done)))
 	hs.mu.Unlock()
+	clear(done)
 	hs.s.pull.kick()
-	hs.unfinished.Done()
+	hs.unfinished.Add(-len(done))
 }
 
 // len returns how many messages the set holds.
@@ -113,10 +119,10 @@ func (hs *heldSet) wait() { hs.unfinished.Wait() }
 
 // due appends to due the messages held for every since they were received
 // or last reported, and marks them reported at now.
-func (hs *heldSet) due(due []*natsgo.Msg, now time.Time, every time.Duration) []*natsgo.Msg {
+func (hs *heldSet) due(due []*natsgo.Msg, now, every time.Duration) []*natsgo.Msg {
 	hs.mu.Lock()
 	for h := hs.list.next; h != nil && h != &hs.list; h = h.next {
-		if now.Sub(h.since) >= every {
+		if now-h.since >= every {
 			h.since = now
 			due = append(due, h.m)
 		}
@@ -147,7 +153,7 @@ func (s *subscription) progress() {
 			continue
 		case <-tick.C:
 		}
-		due = s.held.due(due[:0], time.Now(), every)
+		due = s.held.due(due[:0], s.clock(), every)
 		for _, m := range due {
 			if err := m.InProgress(); err != nil && !errors.Is(err, natsgo.ErrMsgAlreadyAckd) {
 				s.t.log.Warn("nats: in-progress", "topic", s.topic, "group", s.group, "error", err)

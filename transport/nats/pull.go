@@ -73,9 +73,9 @@ type puller struct {
 
 // pullReq is a pull request the subscription awaits messages of.
 type pullReq struct {
-	id   uint64    // its reply subject is inbox.prefix + id
-	left int       // messages it may still bring (as counted: see received)
-	seen time.Time // when it went out, or last brought a heartbeat, or any request a message
+	id   uint64        // its reply subject is inbox.prefix + id
+	left int           // messages it may still bring (as counted: see received)
+	seen time.Duration // when it went out, or last brought a heartbeat, or any request a message (see subscription.clock)
 }
 
 // want returns how many messages to ask for now: the room that the held
@@ -105,7 +105,7 @@ func (p *puller) roomFor(h, a int) int {
 // reply subject and body. Called with mu; the caller sends it with send
 // once it released mu (the request is awaited from now on, so no other
 // goroutine asks meanwhile).
-func (p *puller) open(n int, now time.Time) (reply string, req []byte) {
+func (p *puller) open(n int, now time.Duration) (reply string, req []byte) {
 	p.seq++
 	p.pulls = append(p.pulls, pullReq{id: p.seq, left: n, seen: now})
 	p.asked.Add(int32(n))
@@ -158,7 +158,7 @@ func (p *puller) kick() {
 		p.signalRoom() // run waits for the reconnect
 		return
 	}
-	reply, req := p.open(n, time.Now())
+	reply, req := p.open(n, s.clock())
 	p.mu.Unlock()
 	p.send(reply, req)
 	p.signalRoom() // run watches the request (or backs off)
@@ -191,7 +191,7 @@ func (p *puller) run() {
 		}
 		failed := p.failed
 		p.ok, p.failed, p.backoff = false, false, failed
-		now := time.Now()
+		now := s.clock()
 		p.dropLost(now)
 		n := p.want()
 		if len(p.pulls) > 0 {
@@ -199,11 +199,9 @@ func (p *puller) run() {
 			// wait for them, or for an end to be overdue.
 			seen := p.pulls[0].seen
 			for _, r := range p.pulls[1:] {
-				if r.seen.Before(seen) {
-					seen = r.seen
-				}
+				seen = min(seen, r.seen)
 			}
-			tm = time.NewTimer(seen.Add(pullLost).Sub(now))
+			tm = time.NewTimer(seen + pullLost - now)
 			wait = tm.C
 		}
 		if n > 0 && !s.t.nc.IsConnected() {
@@ -348,7 +346,7 @@ func (p *puller) receive(m *natsgo.Msg) {
 // its way. Every request awaited counts as seen: the server is answering.
 //
 // Room does not grow here (held grew by what asked lost): nothing to ask.
-func (p *puller) received(now time.Time) {
+func (p *puller) received(now time.Duration) {
 	p.mu.Lock()
 	if len(p.pulls) > 0 {
 		p.setLeft(0, p.pulls[0].left-1)
@@ -367,7 +365,7 @@ func (p *puller) status(code string, m *natsgo.Msg) {
 	if code == statusHeartbeat {
 		p.mu.Lock()
 		if i := p.index(m.Subject); i >= 0 {
-			p.pulls[i].seen = time.Now()
+			p.pulls[i].seen = s.clock()
 		}
 		p.mu.Unlock()
 		return
@@ -439,10 +437,10 @@ func (p *puller) index(subj string) int {
 // dropLost forgets requests that brought neither messages nor heartbeats
 // for pullLost: the server lost them (or the last messages of one that
 // ended were lost with a connection). Called with mu.
-func (p *puller) dropLost(now time.Time) {
+func (p *puller) dropLost(now time.Duration) {
 	kept := p.pulls[:0]
 	for _, r := range p.pulls {
-		if now.Sub(r.seen) < pullLost {
+		if now-r.seen < pullLost {
 			kept = append(kept, r)
 		} else {
 			p.asked.Add(int32(-r.left))

@@ -207,6 +207,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		h:         h,
 		ss:        ss,
 		ackPrefix: "$JS.ACK." + t.s.Stream + "." + ss.durable + ".",
+		start:     time.Now(),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -274,6 +275,9 @@ type subscription struct {
 	cons    consumerWatch
 	deliver *delivery
 
+	// start is when Subscribe began: the origin of clock.
+	start time.Time
+
 	closing atomic.Bool    // Close began; stored under held's lock
 	stop    chan struct{}  // closed when pull and progress are to end
 	wg      sync.WaitGroup // pull and progress
@@ -289,10 +293,15 @@ type subscription struct {
 // sees the message held before it sees its request's count go down, so
 // it never asks for room the message takes.
 func (s *subscription) accept(m *natsgo.Msg) {
-	now := time.Now()
+	now := s.clock()
 	s.held.add(m, now, s.deliver)
 	s.pull.received(now)
 }
+
+// clock returns the monotonic time since the subscription began, the
+// time of its held messages and pull requests: one clock read, where
+// time.Now reads the wall clock too (accept takes one for every message).
+func (s *subscription) clock() time.Duration { return time.Since(s.start) }
 
 // nakDelay is the delay of the Nak after the attempt-th delivery failed:
 // NakDelays by attempt, the last one repeated.
