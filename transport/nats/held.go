@@ -16,14 +16,16 @@ import (
 type heldSet struct {
 	s *subscription
 
+	// mu guards the set, and pull's requests (it is puller.mu).
 	mu       sync.Mutex
 	list     held          // sentinel of the messages received and not finished, oldest first: at most MaxHeld
 	free     *held         // finished ones to reuse, linked by next
 	nfree    int           // the length of free, at most MaxHeld
 	handback []*natsgo.Msg // received while closing; at most one pull batch
 	n        atomic.Int32  // how many list holds, changed under mu
-
-	unfinished sync.WaitGroup // the messages of list: received and not yet acked or naked
+	// emptied, while wait waits, is closed once list is empty: every
+	// message it held was acked or naked.
+	emptied chan struct{}
 }
 
 // held is a message the subscription holds: queued or being handled. Once
@@ -36,12 +38,11 @@ type held struct {
 }
 
 // add takes m, received at now, into the set and queues it on dl, under
-// the set's lock: Close marks the subscription closing under the same
-// lock before it closes the dispatcher, so every message queued is
-// counted and run before the workers end. Once Close began, m is kept to
-// be handed back instead (see handBack).
+// the set's lock (the caller holds it): Close marks the subscription
+// closing under the same lock before it closes the dispatcher, so every
+// message queued is counted and run before the workers end. Once Close
+// began, m is kept to be handed back instead (see handBack).
 func (hs *heldSet) add(m *natsgo.Msg, now time.Duration, dl *delivery) {
-	hs.mu.Lock()
 	if hs.s.closing.Load() {
 		// Received while Close began: Close hands it back (Nak) once the
 		// inbox is drained, so that the server gives it to another member
@@ -49,7 +50,6 @@ func (hs *heldSet) add(m *natsgo.Msg, now time.Duration, dl *delivery) {
 		// redelivered to this subscription's open pull request, where it
 		// would wait for AckWait.
 		hs.handback = append(hs.handback, m)
-		hs.mu.Unlock()
 		return
 	}
 	h := hs.free
@@ -66,9 +66,7 @@ func (hs *heldSet) add(m *natsgo.Msg, now time.Duration, dl *delivery) {
 	h.prev, h.next = hs.list.prev, &hs.list
 	h.prev.next, hs.list.prev = h, h
 	hs.n.Add(1)
-	hs.unfinished.Add(1)
 	dl.queue(h)
-	hs.mu.Unlock()
 }
 
 // release drops finished messages from the set: there is room for as
@@ -86,11 +84,16 @@ func (hs *heldSet) release(done []*held) {
 			hs.nfree++
 		}
 	}
-	hs.n.Add(-int32(len(done)))
+	var emptied chan struct{}
+	if hs.n.Add(-int32(len(done))) == 0 {
+		emptied, hs.emptied = hs.emptied, nil
+	}
 	hs.mu.Unlock()
 	clear(done)
 	hs.s.pull.kick()
-	hs.unfinished.Add(-len(done))
+	if emptied != nil {
+		close(emptied)
+	}
 }
 
 // len returns how many messages the set holds.
@@ -115,7 +118,18 @@ func (hs *heldSet) handBack() {
 }
 
 // wait waits until every message the set took in is finished.
-func (hs *heldSet) wait() { hs.unfinished.Wait() }
+// Called once, after startClosing: the set takes no more in.
+func (hs *heldSet) wait() {
+	hs.mu.Lock()
+	if hs.n.Load() == 0 {
+		hs.mu.Unlock()
+		return
+	}
+	hs.emptied = make(chan struct{})
+	emptied := hs.emptied
+	hs.mu.Unlock()
+	<-emptied
+}
 
 // due appends to due the messages held for every since they were received
 // or last reported, and marks them reported at now.

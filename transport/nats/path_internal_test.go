@@ -90,7 +90,7 @@ func BenchmarkPath(b *testing.B) {
 		done:      make(chan struct{}),
 	}
 	// refill above MaxHeld: kick never asks for messages.
-	s.pull = puller{s: s, refill: maxHeld + 1, inbox: &pullInbox{prefix: "_INBOX.bench."}, room: make(chan struct{}, 1), reset: make(chan struct{}, 1)}
+	s.pull = puller{s: s, mu: &s.held.mu, refill: maxHeld + 1, inbox: &pullInbox{prefix: "_INBOX.bench."}, room: make(chan struct{}, 1), reset: make(chan struct{}, 1)}
 	s.pull.pulls = []pullReq{{id: 1, left: b.N + 1}}
 	s.pull.asked.Store(int32(b.N + 1))
 	s.held = heldSet{s: s}

@@ -58,8 +58,9 @@ type puller struct {
 	next   string     // the consumer's "next" subject, the requests' subject
 
 	// mu guards the requests awaited and how the last ones ended. It is
-	// taken before the held set's lock, never inside it.
-	mu      sync.Mutex
+	// the held set's lock (heldSet.mu): accept changes both for every
+	// message, under one lock. Nothing is called with it that takes it.
+	mu      *sync.Mutex
 	pulls   []pullReq    // pull requests awaited, oldest first: open ones, and ended ones whose last messages are on their way
 	asked   atomic.Int32 // the sum of pulls' left: messages asked for and not yet received; changed under mu
 	seq     uint64       // the last pull request's id
@@ -346,15 +347,14 @@ func (p *puller) receive(m *natsgo.Msg) {
 // its way. Every request awaited counts as seen: the server is answering.
 //
 // Room does not grow here (held grew by what asked lost): nothing to ask.
+// Called with mu.
 func (p *puller) received(now time.Duration) {
-	p.mu.Lock()
 	if len(p.pulls) > 0 {
 		p.setLeft(0, p.pulls[0].left-1)
 		for i := range p.pulls {
 			p.pulls[i].seen = now
 		}
 	}
-	p.mu.Unlock()
 }
 
 // status takes in a status message: every one but a heartbeat ends the

@@ -213,6 +213,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	}
 	sub.pull = puller{
 		s:      sub,
+		mu:     &sub.held.mu,
 		refill: max(1, ss.maxHeld/2),
 		next:   apiNext + t.s.Stream + "." + ss.durable,
 		room:   make(chan struct{}, 1), // a pending "look again"; more would say nothing new
@@ -289,13 +290,16 @@ type subscription struct {
 // accept takes a message that arrived on the inbox into the held set and
 // the dispatcher (or, while Close begins, keeps it to hand back), then
 // counts it against its pull request. It never blocks: pull asked for no
-// more than there is room for. In that order: pull, which looks at both,
-// sees the message held before it sees its request's count go down, so
-// it never asks for room the message takes.
+// more than there is room for. Both under the held set's lock, which is
+// pull's too; in that order: pull's kick, which looks at both without
+// it, sees the message held before it sees its request's count go down,
+// so it never asks for room the message takes.
 func (s *subscription) accept(m *natsgo.Msg) {
 	now := s.clock()
+	s.held.mu.Lock()
 	s.held.add(m, now, s.deliver)
 	s.pull.received(now)
+	s.held.mu.Unlock()
 }
 
 // clock returns the monotonic time since the subscription began, the
