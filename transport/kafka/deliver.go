@@ -10,27 +10,29 @@ import (
 	"github.com/busway/busway/transport/internal/dispatch"
 )
 
-// dispatch queues jobs (of partition p), each behind the unfinished
-// messages of its key, as many at a time as MaxInFlight has room for,
-// blocking while MaxInFlight messages are unfinished.
-func (s *subscription) dispatch(ctx context.Context, p *partition, jobs []job) error {
+// dispatch queues jobs (of partition p, which reserved them), each behind
+// the unfinished messages of its key, as many at a time as MaxInFlight has
+// room for, blocking while MaxInFlight messages are unfinished. It returns
+// how many it queued: all of them, unless ctx ended first.
+func (s *subscription) dispatch(ctx context.Context, p *partition, jobs []job) (int, error) {
 	var items [dispatchRun]*job
+	queued := 0
 	for len(jobs) > 0 {
 		n, err := s.inflight.acquireUpTo(ctx, min(len(jobs), len(items)))
 		if err != nil {
-			return err
+			return queued, err
 		}
 		for i := range jobs[:n] {
 			items[i] = &jobs[i]
 		}
-		p.wg.Add(n)
 		// One lock per stripe and one wake-up for the n, not per message:
 		// the dispatcher's Add was most of its cost (see
 		// dispatch.AddAll).
 		s.d.AddAll(items[:n], jobKey)
 		jobs = jobs[n:]
+		queued += n
 	}
-	return nil
+	return queued, nil
 }
 
 func jobKey(j *job) string { return j.key }
@@ -108,7 +110,7 @@ func (s *subscription) step(l *lane, d *delivery) *lane {
 		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, l.Attempt))
 		return s.settle(l, d, err)
 	}
-	return s.advance(l)
+	return s.advance(l, false)
 }
 
 // settle acts on the result err of an attempt at l's head: done, given up
@@ -119,14 +121,14 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 	p := j.p
 	switch {
 	case err == nil:
-		p.finish(j.off)
+		return s.advance(l, true)
 	case p.stopping():
 		p.abandon(l.Key())
 	case !s.t.cfg.retry.Retries(l.Attempt):
 		// Out of budget: give it up, so that its key and partition go on.
 		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
 			"offset", j.off, "id", d.m.ID, "attempts", l.Attempt, "err", err)
-		p.finish(j.off)
+		return s.advance(l, true)
 	default:
 		delay := s.t.cfg.retry.Delay(l.Attempt)
 		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.off,
@@ -134,19 +136,16 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 		s.retryLater(l, p, delay)
 		return nil
 	}
-	return s.advance(l)
+	return s.advance(l, false)
 }
 
-// advance is done with l's head: the dispatcher passes l on to its key's
-// next message, or drops it when the key has none. It returns l when the
+// advance is done with l's head, handled (its offset may be committed) or
+// not (skipped or abandoned): the dispatcher passes l on to its key's next
+// message, or drops it when the key has none. It returns l when the
 // calling worker keeps it to run that next message now.
-func (s *subscription) advance(l *lane) *lane {
+func (s *subscription) advance(l *lane, handled bool) *lane {
 	j := l.Head()
-	p := j.p
-	if j.buf != nil {
-		j.buf.done() // then j may be a later response's (see respBuf)
-	}
-	p.wg.Done()
+	j.p.end(j, handled) // then j may be a later response's (see respBuf)
 	s.inflight.release()
 	if s.d.Done(l) {
 		return l

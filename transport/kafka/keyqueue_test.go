@@ -71,7 +71,7 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 	}
 	for _, j := range []job{rec(p1, "p1-a", 0), rec(p2, "p2-b", 0), rec(p1, "p1-c", 1)} {
 		j.p.add(j.off)
-		if err := s.dispatch(context.Background(), j.p, []job{j}); err != nil {
+		if _, err := s.dispatch(context.Background(), j.p, []job{j}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -92,8 +92,8 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 	close(p2.draining) // and p2-b
 	done := make(chan struct{})
 	go func() {
-		p1.wg.Wait()
-		p2.wg.Wait()
+		<-p1.idleChan()
+		<-p2.idleChan()
 		close(done)
 	}()
 	select {

@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -386,11 +385,11 @@ func (s *subscription) start(gen *kafkago.Generation, fn func(context.Context)) 
 
 // partition is one assigned partition in one generation.
 //
-// Its fields are in three groups, each on cache lines of its own: those set
-// when it is made, which every worker reads for every message; wg, which
-// the fetch loop and the workers write for every message; and those under
-// mu. Sharing a line with wg or mu made the workers' reads of idText and
-// ctx cache misses.
+// Its fields are in two groups, each on cache lines of its own: those set
+// when it is made, which every worker reads for every message; and those
+// under mu, which the fetch loop and the workers write for every message.
+// Sharing a line with mu made the workers' reads of idText and ctx cache
+// misses.
 type partition struct {
 	id     int
 	idText string          // id in decimal, for Message.Meta
@@ -404,14 +403,17 @@ type partition struct {
 	commitNow chan<- struct{} // 1-buffered, shared by the generation's partitions
 	_         [64]byte
 
-	wg sync.WaitGroup // dispatched, unfinished messages
-	_  [64]byte
-
-	mu        sync.Mutex
-	pending   []pendingOffset // fetched and not yet contiguous-done, in offset order
-	head      int
-	next      int64 // offset to commit: everything below it is done; -1 none
-	committed int64
+	mu sync.Mutex
+	// unfinished counts the reserved messages that did not end (see end):
+	// drain waits for none; idle, when not nil, is closed when there are
+	// none. Counted here, under mu, which a worker takes for every message
+	// anyway, not in a WaitGroup of its own (an atomic more a message).
+	unfinished int
+	idle       chan struct{}
+	pending    []pendingOffset // fetched and not yet contiguous-done, in offset order
+	head       int
+	next       int64 // offset to commit: everything below it is done; -1 none
+	committed  int64
 	// done counts the messages below next (ever), doneCommitted those
 	// below committed: done-doneCommitted finished messages wait for a
 	// commit.
@@ -481,12 +483,77 @@ func (p *partition) reserve(jobs []job, window int) int {
 	for i := range jobs[:n] {
 		p.pending = append(p.pending, pendingOffset{off: jobs[i].off})
 	}
+	p.unfinished += n
 	return n
 }
 
+// unreserve ends n reserved messages that will not be dispatched (fetching
+// stopped first): their offsets stay unfinished, holding the commit
+// position back.
+func (p *partition) unreserve(n int) {
+	if n == 0 {
+		return
+	}
+	p.mu.Lock()
+	p.endLocked(n)
+	p.mu.Unlock()
+}
+
+// endLocked counts n reserved messages as ended. p.mu is held.
+func (p *partition) endLocked(n int) {
+	p.unfinished -= n
+	if p.unfinished == 0 && p.idle != nil {
+		close(p.idle)
+		p.idle = nil
+	}
+}
+
+// idleChan returns a channel closed once no reserved message is
+// unfinished.
+func (p *partition) idleChan() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.idle == nil {
+		p.idle = make(chan struct{})
+		if p.unfinished == 0 {
+			close(p.idle)
+		}
+	}
+	return p.idle
+}
+
+// end is done with j, a dispatched message of the partition: handled (or
+// given up) when handled is true, its offset counts as finished for the
+// commit position; else (skipped, abandoned) it holds the position back.
+// j must not be touched afterwards: its buffer, and the job with it, may
+// be reused (see respBuf). One taking of mu for what was a WaitGroup's
+// Done, the buffer's reference count and finish.
+func (p *partition) end(j *job, handled bool) {
+	buf := j.buf
+	p.mu.Lock()
+	if handled {
+		p.finishLocked(j.off)
+	}
+	p.endLocked(1)
+	put := false
+	if buf != nil {
+		buf.refs--
+		put = buf.refs == 0
+	}
+	p.mu.Unlock()
+	if put {
+		buf.put()
+	}
+}
+
+// finish marks off finished for the commit position.
 func (p *partition) finish(off int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.finishLocked(off)
+}
+
+func (p *partition) finishLocked(off int64) {
 	q := p.pending[p.head:]
 	i := 0 // most finish at the head (in order)
 	if len(q) > 0 && q[0].off != off {
@@ -713,7 +780,7 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 	if len(d.jobs) == 0 {
 		buf.put()
 	} else {
-		buf.refs.Store(int32(len(d.jobs)))
+		buf.refs = len(d.jobs) // from now on under p.mu (see partition.end)
 	}
 	return fetched{jobs: d.jobs, next: next, err: err}
 }
@@ -743,17 +810,20 @@ const (
 // the response, and is garbage soon after. Reusing a buffer relies on
 // transport.Handler's contract (a Handler keeps no Message or Body after it
 // returned), as chanbus's pooled bodies do; keys and headers, as strings,
-// are not in it (see decoder.strs). A job that never finishes (abandoned
-// at Close) leaves its buffer to the garbage collector.
+// are not in it (see decoder.strs). A job that never ends (not dispatched
+// when fetching stopped, or its handler never returned) leaves its buffer
+// to the garbage collector.
 //
 // The jobs decoded from the response are reused with it: their array, of a
 // job a record, was otherwise allocated (and zeroed, and scanned by the
 // garbage collector) for every response. A worker must not touch its job
-// once it called done.
+// once it ended it (partition.end).
 type respBuf struct {
 	b    []byte
 	jobs []job
-	refs atomic.Int32 // the jobs not finished
+	// refs counts the jobs not ended; all are of one partition, whose mu
+	// guards it once they are dispatched (see partition.end).
+	refs int
 }
 
 var respBufs sync.Pool
@@ -786,13 +856,6 @@ func (r *respBuf) put() {
 		r.jobs = nil // a response of many small records
 	}
 	respBufs.Put(r)
-}
-
-// done is called once per job of the buffer's when it finished.
-func (r *respBuf) done() {
-	if r.refs.Add(-1) == 0 {
-		r.put()
-	}
 }
 
 // fetchAhead starts the next fetch on conn in a goroutine of its own and
@@ -832,9 +895,11 @@ func (s *subscription) dispatchAll(ctx context.Context, p *partition, jobs []job
 			continue
 		}
 		if err := ctx.Err(); err != nil {
+			p.unreserve(n)
 			return err
 		}
-		if err := s.dispatch(ctx, p, jobs[:n]); err != nil {
+		if k, err := s.dispatch(ctx, p, jobs[:n]); err != nil {
+			p.unreserve(n - k)
 			return err
 		}
 		jobs = jobs[n:]
@@ -909,11 +974,7 @@ func checkFetchVersion(kc *kafkago.Conn) error {
 // return.
 func (s *subscription) drain(p *partition) {
 	close(p.draining)
-	done := make(chan struct{})
-	go func() {
-		p.wg.Wait()
-		close(done)
-	}()
+	done := p.idleChan()
 	timer := time.NewTimer(s.t.cfg.DrainTimeout)
 	defer timer.Stop()
 	select {

@@ -51,6 +51,7 @@ func TestMurmur2MatchesJava(t *testing.T) {
 func (p *partition) add(off int64) {
 	p.mu.Lock()
 	p.pending = append(p.pending, pendingOffset{off: off})
+	p.unfinished++
 	p.mu.Unlock()
 }
 
