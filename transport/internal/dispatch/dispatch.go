@@ -53,6 +53,7 @@
 package dispatch
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -462,7 +463,7 @@ func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T])
 func (d *Dispatcher[T]) queueLocked(st *stripe[T], key string, item T, l *Lane[T]) *Lane[T] {
 	if l == nil {
 		l = st.newLane(key)
-		st.keys[key] = l
+		st.keys[l.key] = l
 		l.items.push(item)
 		return l
 	}
@@ -495,7 +496,10 @@ func (st *stripe[T]) newLane(key string) *Lane[T] {
 	} else {
 		l = &Lane[T]{st: st}
 	}
-	l.key = key
+	// A copy: the lane may stay parked under its key long after its items
+	// (whose keys may point into larger buffers, as Kafka's decoded keys
+	// do) are gone.
+	l.key = strings.Clone(key)
 	return l
 }
 
