@@ -45,7 +45,7 @@ type lane = dispatch.Lane[*job]
 // beginning with l when it is not nil (a lane a replacement worker takes
 // over).
 func (s *subscription) work(l *lane) {
-	var d delivery
+	d := delivery{rel: s.inflight.releaser(int(s.workerN.Add(1)))}
 	var running *lane // whose handler runs on this goroutine
 	defer func() {
 		if running == nil {
@@ -74,6 +74,7 @@ func (s *subscription) work(l *lane) {
 // message to the next with its maps (a Handler must not keep a Message),
 // which spares allocations per message.
 type delivery struct {
+	rel       *releaser // the worker's, of s.inflight
 	m         transport.Message
 	hdr, meta map[string]string
 	// offs holds the bytes of the offsets' strings (Meta's MetaOffset),
@@ -110,7 +111,7 @@ func (s *subscription) step(l *lane, d *delivery) *lane {
 		err := transport.CallHandler(p.ctx, s.log, s.h, d.fill(s, j, l.Attempt))
 		return s.settle(l, d, err)
 	}
-	return s.advance(l, false)
+	return s.advance(l, d, false)
 }
 
 // settle acts on the result err of an attempt at l's head: done, given up
@@ -121,14 +122,14 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 	p := j.p
 	switch {
 	case err == nil:
-		return s.advance(l, true)
+		return s.advance(l, d, true)
 	case p.stopping():
 		p.abandon(l.Key())
 	case !s.t.cfg.retry.Retries(l.Attempt):
 		// Out of budget: give it up, so that its key and partition go on.
 		s.log.Error("kafka: handler failed MaxAttempts times; giving the message up and committing past it", "partition", p.id,
 			"offset", j.off, "id", d.m.ID, "attempts", l.Attempt, "err", err)
-		return s.advance(l, true)
+		return s.advance(l, d, true)
 	default:
 		delay := s.t.cfg.retry.Delay(l.Attempt)
 		s.log.Info("kafka: handler failed; retrying in place", "partition", p.id, "offset", j.off,
@@ -136,17 +137,17 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 		s.retryLater(l, p, delay)
 		return nil
 	}
-	return s.advance(l, false)
+	return s.advance(l, d, false)
 }
 
 // advance is done with l's head, handled (its offset may be committed) or
 // not (skipped or abandoned): the dispatcher passes l on to its key's next
 // message, or drops it when the key has none. It returns l when the
 // calling worker keeps it to run that next message now.
-func (s *subscription) advance(l *lane, handled bool) *lane {
+func (s *subscription) advance(l *lane, d *delivery, handled bool) *lane {
 	j := l.Head()
 	j.p.end(j, handled) // then j may be a later response's (see respBuf)
-	s.inflight.release()
+	s.inflight.releaseBy(d.rel)
 	if s.d.Done(l) {
 		return l
 	}

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -126,7 +127,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		cg:       cg,
 		log:      log,
 		d:        dispatch.New[*job](dispatch.Config{}),
-		inflight: newSemaphore(maxInFlight),
+		inflight: newSemaphoreN(maxInFlight, workers),
 		window:   maxInFlight,
 		every:    t.cfg.CommitEvery,
 		loopDone: make(chan struct{}),
@@ -267,9 +268,10 @@ type subscription struct {
 	cg    *kafkago.ConsumerGroup
 	log   *slog.Logger
 
-	inflight *semaphore // dispatched, unfinished messages (MaxInFlight)
-	window   int        // per partition, fetched messages past the commit position (MaxInFlight)
-	every    int        // per partition, finished messages past the committed offset that ask for a commit (CommitEvery)
+	inflight *semaphore   // dispatched, unfinished messages (MaxInFlight)
+	workerN  atomic.Int64 // workers started: a worker's releaser of inflight
+	window   int          // per partition, fetched messages past the commit position (MaxInFlight)
+	every    int          // per partition, finished messages past the committed offset that ask for a commit (CommitEvery)
 	// d orders the fetched messages by key for the Concurrency workers;
 	// inflight bounds what it holds.
 	d       *dispatch.Dispatcher[*job]
