@@ -84,6 +84,9 @@ const stripes = 16
 // Dispatcher orders items of type T by key. Safe for concurrent use.
 type Dispatcher[T any] struct {
 	keyLimit, limit, turn int
+	// handOver: with no limits, AddAll takes a lane's batch for the worker
+	// that will take the lane (see handOver).
+	handOver bool
 
 	stripes [stripes]stripe[T]
 	waiting atomic.Int64 // items not held by a worker or a holder
@@ -155,6 +158,11 @@ type Lane[T any] struct {
 	bi    int
 	head  T   // batch[bi]
 	ran   int // items run in this worker's turn
+	// handed: AddAll took the batch for the worker that takes the lane
+	// (see handOverLocked), and none did yet. Set under st.mu before the
+	// lane is in the ready queue, cleared under d.mu when it leaves it (or
+	// by Drain, which holds both).
+	handed bool
 
 	// Attempt is the holder's count of attempts at Head, for transports
 	// that retry in place; it is 0 when a new item becomes the head.
@@ -178,6 +186,7 @@ func New[T any](cfg Config) *Dispatcher[T] {
 		keyLimit: max(cfg.KeyLimit, 0),
 		limit:    max(cfg.Limit, 0),
 		turn:     turn,
+		handOver: cfg.KeyLimit <= 0 && cfg.Limit <= 0,
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
@@ -310,6 +319,13 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 			readied[i] = l
 			readiedAny = true
 		}
+		if d.handOver {
+			for _, i := range order[from:to] {
+				if l := readied[i]; l != nil {
+					d.handOverLocked(l)
+				}
+			}
+		}
 		// Counted before a worker can take them (a holder's Done, once
 		// st.mu is released).
 		d.waiting.Add(int64(to - from))
@@ -345,6 +361,25 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 	d.mu.Unlock()
 	d.signal(wake)
 	return true
+}
+
+// handOverLocked takes the batch of l, which addBatch just readied, for
+// the worker that will take l from the ready queue: that worker's Next
+// then takes no stripe lock for it (the batch is what take would have
+// taken, as l's turn is new). Only without limits, which a take would
+// count (TryAdd's KeyLimit counts the items not in a batch, and a take
+// wakes those it refused). l is held by nobody meanwhile, as a ready lane
+// is: a producer queues behind its batch, and Drain drops it, as it drops
+// a ready lane's items. l's stripe lock is held; l.handed is true until a
+// worker takes l (or Drain drops it).
+func (d *Dispatcher[T]) handOverLocked(l *Lane[T]) {
+	n := min(l.items.len(), d.turn)
+	var zero T
+	for range n {
+		l.batch = append(l.batch, l.items.popFront(zero))
+	}
+	l.bi, l.head = 0, l.batch[0]
+	l.handed = true
 }
 
 // testHookBatchReadying, set by tests, runs between addBatch's queueing
@@ -608,11 +643,28 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 				d.signal(pass)
 				return l
 			}
+			if l.handed && owner == nil {
+				// Its producer took its batch (see handOverLocked): only the
+				// items' count is left to take (an owner would be written
+				// under the stripe lock).
+				l.handed = false
+				d.waiting.Add(int64(-len(l.batch)))
+				d.mu.Unlock()
+				d.signal(pass)
+				return l
+			}
+			handed := l.handed
+			l.handed = false
 			d.mu.Unlock()
 			// Off the queue and not yet held, l is still "ready": a
 			// producer only queues behind its items.
 			l.st.mu.Lock()
-			d.take(l, owner)
+			if handed {
+				l.state, l.owner = held, owner
+				d.waiting.Add(int64(-len(l.batch)))
+			} else {
+				d.take(l, owner)
+			}
 			l.st.mu.Unlock()
 			d.signal(pass)
 			return l
@@ -861,13 +913,19 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			drop(l.items.popBack(zero))
 			n++
 		}
-		if len(l.batch) > l.bi+1 { // a holder's items behind its head
-			for _, item := range l.batch[l.bi+1:] {
+		// A holder's items behind its head; all of a batch handed over
+		// (see handOverLocked) that no worker took.
+		keep := l.bi + 1
+		if l.handed {
+			keep, l.handed = 0, false
+		}
+		if len(l.batch) > keep {
+			for _, item := range l.batch[keep:] {
 				drop(item)
 				n++
 			}
-			clear(l.batch[l.bi+1:])
-			l.batch = l.batch[:l.bi+1]
+			clear(l.batch[keep:])
+			l.batch = l.batch[:keep]
 		}
 		l.wakeRoom()
 		l.removed = true

@@ -679,7 +679,14 @@ func itemKey(it item) string { return it.key }
 // holding heads for retries: every item runs to the end once, each key's
 // in the order it was added, and nothing is left waiting.
 func TestAddAllOrder(t *testing.T) {
-	d := New[item](Config{Turn: 8})
+	t.Run("owners", func(t *testing.T) { testAddAllOrder(t, Config{Turn: 8}, 4, true) })
+	// Workers that pass no owner take the batches handed over by AddAll
+	// without the stripe's lock.
+	t.Run("no owners", func(t *testing.T) { testAddAllOrder(t, Config{Turn: 8}, 4, false) })
+}
+
+func testAddAllOrder(t *testing.T, cfg Config, workers int, owners bool) {
+	d := New[item](cfg)
 	const keys, per = 12, 300 // keys k0..k11; key k belongs to producer k%3
 	var mu sync.Mutex
 	next := map[string]int{} // the key's next seq to finish
@@ -687,7 +694,11 @@ func TestAddAllOrder(t *testing.T) {
 	var finished atomic.Int32
 	var retries sync.WaitGroup
 	var wg sync.WaitGroup
-	for w := range 4 {
+	for i := range workers {
+		var w any
+		if owners {
+			w = i
+		}
 		wg.Go(func() {
 			n := 0
 			for l := d.Next(nil, w); l != nil; {
