@@ -126,7 +126,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 		h:        h,
 		cg:       cg,
 		log:      log,
-		d:        dispatch.New[*job](dispatch.Config{}),
+		d:        dispatch.New[*job](dispatch.Config{Workers: workers}),
 		inflight: newSemaphoreN(maxInFlight, workers),
 		window:   maxInFlight,
 		every:    t.cfg.CommitEvery,

@@ -68,6 +68,12 @@ type Config struct {
 	// means no limit. Producers that add at the same moment may pass it by
 	// one item each.
 	Limit int
+	// Workers is the number of workers that call Next, when the caller
+	// knows it: with one, Next takes several ready lanes whose batches
+	// their producers took (see AddAll) under one taking of the
+	// dispatcher's lock, and hands them out in turn without it, as no
+	// other worker could run them meanwhile. 0 means unknown.
+	Workers int
 	// Turn is how many items of one lane a worker runs in a row while
 	// other lanes are ready before it lets them go first: a worker that
 	// keeps its lane saves a trip through the ready queue. Values below 1
@@ -87,6 +93,11 @@ type Dispatcher[T any] struct {
 	// handOver: with no limits, AddAll takes a lane's batch for the worker
 	// that will take the lane (see handOver).
 	handOver bool
+	// solo: one worker (Config.Workers). mine is then the lanes it took
+	// from the ready queue ahead, in order, handed over (see Next); only
+	// the worker touches it (and Drain, once no worker runs).
+	solo bool
+	mine ring[*Lane[T]]
 
 	stripes [stripes]stripe[T]
 	waiting atomic.Int64 // items not held by a worker or a holder
@@ -187,6 +198,7 @@ func New[T any](cfg Config) *Dispatcher[T] {
 		limit:    max(cfg.Limit, 0),
 		turn:     turn,
 		handOver: cfg.KeyLimit <= 0 && cfg.Limit <= 0,
+		solo:     cfg.Workers == 1,
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
@@ -632,9 +644,19 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 		return nil
 	default:
 	}
+	if d.solo && d.mine.len() > 0 && owner == nil {
+		// Taken ahead from the ready queue, its batch handed over.
+		var zero *Lane[T]
+		l := d.mine.popFront(zero)
+		l.handed = false
+		return l
+	}
 	d.mu.Lock()
 	for {
 		if l, ok := d.ready.pop(); ok {
+			if d.solo && owner == nil && l.handed {
+				d.takeAheadLocked()
+			}
 			d.readyLen.Store(int64(d.ready.len()))
 			pass := d.ready.len() > 0 && d.wakeLocked() // pass the wake-up on
 			if l.key == "" {
@@ -694,6 +716,29 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 			return nil
 		}
 		d.idle--
+	}
+}
+
+// soloAhead is how many lanes a solo worker's Next takes ahead at most.
+const soloAhead = 64
+
+// takeAheadLocked moves the handed-over lanes at the front of the ready
+// queue (up to soloAhead) to d.mine, for the solo worker: their items stop
+// waiting now, and they stay handed until the worker takes each, so that
+// Drain drops them whole. d.mu is held.
+func (d *Dispatcher[T]) takeAheadLocked() {
+	n := 0
+	for d.mine.len() < soloAhead {
+		l, ok := d.ready.peek()
+		if !ok || !l.handed {
+			break
+		}
+		d.ready.pop()
+		d.mine.push(l)
+		n += len(l.batch)
+	}
+	if n > 0 {
+		d.waiting.Add(int64(-n))
 	}
 }
 
@@ -793,7 +838,7 @@ func (d *Dispatcher[T]) Done(l *Lane[T]) bool {
 		st.mu.Unlock()
 		return false
 	}
-	if l.ran < d.turn || d.readyLen.Load() == 0 {
+	if l.ran < d.turn || d.readyLen.Load() == 0 && d.mine.len() == 0 {
 		if l.ran >= d.turn {
 			l.ran = 0 // nobody else is waiting: a new turn
 		}
@@ -931,9 +976,11 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 		l.removed = true
 	}
 	for {
-		l, ok := d.ready.pop()
+		l, ok := d.mine.pop() // the solo worker's taken ahead, then the queue
 		if !ok {
-			break
+			if l, ok = d.ready.pop(); !ok {
+				break
+			}
 		}
 		take(l)
 		if l.key != "" {
@@ -987,6 +1034,15 @@ func (r *ring[T]) grow() {
 		buf[i] = r.buf[(r.head+i)%len(r.buf)]
 	}
 	r.buf, r.head = buf, 0
+}
+
+// peek returns the first element, if any, leaving it.
+func (r *ring[T]) peek() (T, bool) {
+	if r.n == 0 {
+		var zero T
+		return zero, false
+	}
+	return r.buf[r.head], true
 }
 
 func (r *ring[T]) pop() (T, bool) {

@@ -681,8 +681,9 @@ func itemKey(it item) string { return it.key }
 func TestAddAllOrder(t *testing.T) {
 	t.Run("owners", func(t *testing.T) { testAddAllOrder(t, Config{Turn: 8}, 4, true) })
 	// Workers that pass no owner take the batches handed over by AddAll
-	// without the stripe's lock.
+	// without the stripe's lock; a solo worker takes several ahead.
 	t.Run("no owners", func(t *testing.T) { testAddAllOrder(t, Config{Turn: 8}, 4, false) })
+	t.Run("solo", func(t *testing.T) { testAddAllOrder(t, Config{Turn: 8, Workers: 1}, 1, false) })
 }
 
 func testAddAllOrder(t *testing.T, cfg Config, workers int, owners bool) {
