@@ -17,10 +17,12 @@ import (
 // message, then do not write one line in turn; an acquirer, which takes
 // slots a run of messages at a time, sums them.
 type semaphore struct {
-	taken   atomic.Int64 // slots ever taken
-	max     int64
-	waiters atomic.Int32 // acquirers waiting (or about to) for a release
-	_       [64]byte
+	taken atomic.Int64 // slots ever taken
+	max   int64
+	// wanted: acquirers wait (or are about to) for a release, which then
+	// closes room. Set and cleared under mu.
+	wanted atomic.Bool
+	_      [64]byte
 
 	given []releaser
 
@@ -67,11 +69,10 @@ func (s *semaphore) acquire(ctx context.Context) error {
 			continue
 		}
 		s.mu.Lock()
-		// Registered before the check: a release after the check sees the
-		// waiter, and closes room (it takes mu, so after room is set).
-		s.waiters.Add(1)
+		// Said before the check: a release after the check sees it, and
+		// closes room (it takes mu, so after room is set).
+		s.wanted.Store(true)
 		if s.heldBelow(s.taken.Load()) < s.max {
-			s.waiters.Add(-1)
 			s.mu.Unlock()
 			continue // a slot was released meanwhile
 		}
@@ -82,9 +83,7 @@ func (s *semaphore) acquire(ctx context.Context) error {
 		s.mu.Unlock()
 		select {
 		case <-room:
-			s.waiters.Add(-1)
 		case <-ctx.Done():
-			s.waiters.Add(-1)
 			return ctx.Err()
 		}
 	}
@@ -114,15 +113,18 @@ func (s *semaphore) acquireUpTo(ctx context.Context, n int) (int, error) {
 func (s *semaphore) release() { s.releaseBy(&s.given[0]) }
 
 // releaseBy gives a slot back through r and wakes the acquirers waiting
-// for one (they try again).
+// for one (they try again). Only the first release after an acquirer
+// began to wait takes the mutex: it clears wanted, which a woken acquirer
+// that still finds no slot sets again.
 func (s *semaphore) releaseBy(r *releaser) {
 	r.n.Add(1)
-	if s.waiters.Load() > 0 {
+	if s.wanted.Load() {
 		s.mu.Lock()
 		if s.room != nil {
 			close(s.room)
 			s.room = nil
 		}
+		s.wanted.Store(false)
 		s.mu.Unlock()
 	}
 }

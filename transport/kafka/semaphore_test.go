@@ -42,7 +42,7 @@ func TestSemaphore(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
-		t.Fatalf("stuck: %d slots held, %d waiters", s.held(), s.waiters.Load())
+		t.Fatalf("stuck: %d slots held, room wanted: %v", s.held(), s.wanted.Load())
 	}
 	wg.Wait()
 	if n := over.Load(); n > 0 {
