@@ -49,7 +49,11 @@
 // the dispatcher's once to put those in the ready queue and signals one
 // idle worker: a lane so marked is ready to every other caller (a producer
 // queues behind it, nobody holds it), it only waits a moment longer for a
-// worker.
+// worker. Without limits, AddAll also takes the batch of each lane it
+// readies, as the worker's take would, under the stripe's lock it holds
+// anyway: a worker that passes no owner then takes such a lane with the
+// dispatcher's lock alone, and a solo worker (Config.Workers 1) takes
+// several at once.
 package dispatch
 
 import (
