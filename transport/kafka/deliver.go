@@ -98,7 +98,7 @@ func (d *delivery) offsetText(off int64) string {
 // next message. d is the calling worker's.
 func (s *subscription) step(l *lane, d *delivery) *lane {
 	j := l.Head()
-	p := j.p
+	p := j.part()
 	switch {
 	case p.ctx.Err() != nil || p.abandoned(l.Key()):
 		// Skipped: redelivered after the abandoned message of its key.
@@ -119,7 +119,7 @@ func (s *subscription) step(l *lane, d *delivery) *lane {
 // returns l when the calling worker keeps it (see advance).
 func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 	j := l.Head()
-	p := j.p
+	p := j.part()
 	switch {
 	case err == nil:
 		return s.advance(l, d, true)
@@ -146,7 +146,7 @@ func (s *subscription) settle(l *lane, d *delivery, err error) *lane {
 // calling worker keeps it to run that next message now.
 func (s *subscription) advance(l *lane, d *delivery, handled bool) *lane {
 	j := l.Head()
-	j.p.end(j, handled) // then j may be a later response's (see respBuf)
+	j.part().end(j, handled) // then j may be a later response's (see respBuf)
 	s.inflight.releaseBy(d.rel)
 	if s.d.Done(l) {
 		return l
@@ -194,19 +194,19 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 	// have changed the map: then it is cleared first). The partition's is
 	// most often the last message's already: looking it up in a map of two
 	// costs less than writing it.
-	offset := d.offsetText(j.off)
-	if d.meta[transport.MetaPartition] != j.p.idText {
-		d.meta[transport.MetaPartition] = j.p.idText
+	offset, part := d.offsetText(j.off), j.part().idText
+	if d.meta[transport.MetaPartition] != part {
+		d.meta[transport.MetaPartition] = part
 	}
 	d.meta[transport.MetaOffset] = offset
 	if len(d.meta) != 2 {
 		clear(d.meta)
-		d.meta[transport.MetaPartition] = j.p.idText
+		d.meta[transport.MetaPartition] = part
 		d.meta[transport.MetaOffset] = offset
 	}
 	msg := &d.m
 	*msg = transport.Message{
-		Body:    j.value,
+		Body:    j.value(),
 		Topic:   s.topic,
 		Group:   s.group,
 		Time:    recordTime(j.ms),
@@ -214,9 +214,9 @@ func (d *delivery) fill(s *subscription, j *job, attempt int) *transport.Message
 		Meta:    d.meta,
 	}
 	msg.Key = j.key
-	if len(j.headers) > 0 {
+	if j.nh > 0 {
 		msg.Header = d.hdr
-		for _, h := range j.headers {
+		for _, h := range j.headers() {
 			msg.Header[h.key] = h.value
 		}
 		if id, ok := msg.Header[idHeader]; ok {

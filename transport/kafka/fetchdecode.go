@@ -202,8 +202,7 @@ type header struct{ key, value string }
 
 // decoder decodes the record batches of fetch responses into jobs.
 type decoder struct {
-	p    *partition // the jobs'
-	buf  *respBuf   // the response's buffer, the jobs'
+	buf  *respBuf // the response's buffer, the jobs'
 	jobs []job
 	hdrs []header
 	// strs holds the bytes of the keys and headers' strings: they point into
@@ -416,7 +415,8 @@ func (d *decoder) record(b []byte, base, last, from, baseTime int64, appendTime 
 	d.jobs = d.jobs[:len(d.jobs)+1]
 	j := &d.jobs[len(d.jobs)-1]
 	// Every field: the jobs may be a reused response's (see respBuf).
-	j.p, j.buf, j.off, j.ms, j.value, j.headers = d.p, d.buf, off, baseTime, value, hdrs
+	j.buf, j.off, j.ms = d.buf, off, baseTime
+	j.setRecord(value, hdrs)
 	if !appendTime {
 		j.ms += tsDelta
 	}

@@ -117,15 +117,15 @@ func checkJobs(t *testing.T, jobs []job, want []produced, from int64) {
 		if j.key != string(w.key) {
 			t.Errorf("offset %d: key %q, want %q", off, j.key, w.key)
 		}
-		if !bytes.Equal(j.value, w.value) || (j.value == nil) != (w.value == nil) {
-			t.Errorf("offset %d: value %q (nil %v), want %q (nil %v)", off, j.value, j.value == nil, w.value, w.value == nil)
+		if !bytes.Equal(j.value(), w.value) || (j.value() == nil) != (w.value == nil) {
+			t.Errorf("offset %d: value %q (nil %v), want %q (nil %v)", off, j.value(), j.value() == nil, w.value, w.value == nil)
 		}
 		var hs []header
 		for _, h := range w.headers {
 			hs = append(hs, header{key: h.Key, value: string(h.Value)})
 		}
-		if !slices.Equal(j.headers, hs) {
-			t.Errorf("offset %d: headers %v, want %v", off, j.headers, hs)
+		if !slices.Equal(j.headers(), hs) {
+			t.Errorf("offset %d: headers %v, want %v", off, j.headers(), hs)
 		}
 		if d := time.Since(recordTime(j.ms)); d < 0 || d > time.Minute {
 			t.Errorf("offset %d: timestamp %v, not just now", off, recordTime(j.ms))
@@ -256,8 +256,8 @@ func TestDecodeTransactions(t *testing.T) {
 		if wantOff := int64(i + i/5); j.off != wantOff {
 			t.Errorf("record %d at offset %d, want %d", i, j.off, wantOff)
 		}
-		if j.key != string(want[i].key) || !bytes.Equal(j.value, want[i].value) {
-			t.Errorf("record %d: %q=%q, want %q=%q", i, j.key, j.value, want[i].key, want[i].value)
+		if j.key != string(want[i].key) || !bytes.Equal(j.value(), want[i].value) {
+			t.Errorf("record %d: %q=%q, want %q=%q", i, j.key, j.value(), want[i].key, want[i].value)
 		}
 	}
 }
@@ -458,7 +458,7 @@ func FuzzDecode(f *testing.F) {
 			if j.off < from || j.off >= next {
 				t.Errorf("record at offset %d outside [%d, %d)", j.off, from, next)
 			}
-			if !compressed && !within(j.value, recs) {
+			if !compressed && !within(j.value(), recs) {
 				t.Errorf("value of offset %d outside the records", j.off)
 			}
 		}
@@ -554,7 +554,7 @@ func TestDecodeBomb(t *testing.T) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
-	if next != 3 || len(d.jobs) != 3 || len(d.jobs[2].value) != len(big) {
+	if next != 3 || len(d.jobs) != 3 || len(d.jobs[2].value()) != len(big) {
 		t.Errorf("next offset %d, %d records; want 3, 3 (the last of %d bytes)", next, len(d.jobs), len(big))
 	}
 	if c := d.inflated.Cap(); c > 1<<20 {

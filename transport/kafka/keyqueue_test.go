@@ -67,11 +67,13 @@ func TestKeyQueueAbandonsEveryPartition(t *testing.T) {
 	}, 1)
 	p1, p2 := newTestPartition(s, 1), newTestPartition(s, 2)
 	rec := func(p *partition, id string, off int64) job {
-		return job{p: p, key: "k", off: off, headers: []header{{key: idHeader, value: id}}}
+		j := job{buf: &respBuf{p: p, refs: 1}, key: "k", off: off}
+		j.setRecord(nil, []header{{key: idHeader, value: id}})
+		return j
 	}
 	for _, j := range []job{rec(p1, "p1-a", 0), rec(p2, "p2-b", 0), rec(p1, "p1-c", 1)} {
-		j.p.add(j.off)
-		if _, err := s.dispatch(context.Background(), j.p, []job{j}); err != nil {
+		j.part().add(j.off)
+		if _, err := s.dispatch(context.Background(), j.part(), []job{j}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -307,14 +307,39 @@ func (hooks) Transport() string { return Scheme }
 // and value point into its fetch response (see decoder): a response's jobs
 // are one array, reused with the response's buffer once all of them
 // finished (see respBuf), and nothing writes their bytes.
+//
+// A job is 64 bytes, a cache line: the fetch loop writes one a record and
+// a worker reads it. Its partition is its buffer's, and its value and
+// headers are a pointer and a length each (see value and headers).
 type job struct {
-	p       *partition
-	key     string // the record's key: the dispatcher's key and Message.Key
-	off     int64
-	ms      int64  // the record's timestamp, in Unix milliseconds
-	value   []byte // nil for a null value
-	headers []header
-	buf     *respBuf // the response value is in (when not compressed)
+	key string // the record's key: the dispatcher's key and Message.Key
+	off int64
+	ms  int64    // the record's timestamp, in Unix milliseconds
+	buf *respBuf // the response the job is of (its value is in it when not compressed)
+	val *byte    // the value's first byte; nil for a null value
+	hdr *header  // the first of nh headers
+	n   uint32   // the value's length
+	nh  uint32
+}
+
+// part is the partition j is of.
+func (j *job) part() *partition { return j.buf.p }
+
+// value is j's record's value, nil for a null value.
+func (j *job) value() []byte {
+	if j.val == nil {
+		return nil
+	}
+	return unsafe.Slice(j.val, j.n)
+}
+
+// headers is j's record's headers.
+func (j *job) headers() []header { return unsafe.Slice(j.hdr, j.nh) }
+
+// setRecord sets j's value and headers.
+func (j *job) setRecord(value []byte, headers []header) {
+	j.val, j.n = unsafe.SliceData(value), uint32(len(value))
+	j.hdr, j.nh = unsafe.SliceData(headers), uint32(len(headers))
 }
 
 // Close stops fetching, lets in-flight handlers finish until ctx ends (then
@@ -776,7 +801,8 @@ func (s *subscription) fetchOnce(conn *fetchConn, p *partition, offset int64) fe
 		buf.put()
 		return fetched{next: offset, err: err}
 	}
-	d := decoder{p: p, buf: buf, jobs: buf.jobs[:0]}
+	buf.p = p
+	d := decoder{buf: buf, jobs: buf.jobs[:0]}
 	next, err := d.decode(recs, offset)
 	buf.jobs = d.jobs
 	if len(d.jobs) == 0 {
@@ -822,6 +848,7 @@ const (
 // once it ended it (partition.end).
 type respBuf struct {
 	b    []byte
+	p    *partition // the jobs'
 	jobs []job
 	// refs counts the jobs not ended; all are of one partition, whose mu
 	// guards it once they are dispatched (see partition.end).
@@ -851,6 +878,7 @@ func getRespBuf(n int) *respBuf {
 }
 
 func (r *respBuf) put() {
+	r.p = nil
 	if cap(r.b) > maxPooledResp {
 		return
 	}
