@@ -573,13 +573,7 @@ func (p *partition) end(j *job, handled bool) {
 	}
 }
 
-// finish marks off finished for the commit position.
-func (p *partition) finish(off int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.finishLocked(off)
-}
-
+// finishLocked marks off finished for the commit position. p.mu is held.
 func (p *partition) finishLocked(off int64) {
 	q := p.pending[p.head:]
 	i := 0 // most finish at the head (in order)

@@ -299,3 +299,11 @@ func TestOpenerNilOnError(t *testing.T) {
 		t.Fatalf("OpenTransport to a closed port: %#v, %v; want a nil Transport and an error", tr, err)
 	}
 }
+
+// finish marks off finished for the commit position, as end does for a
+// handled message.
+func (p *partition) finish(off int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.finishLocked(off)
+}
