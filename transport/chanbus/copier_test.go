@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -84,5 +85,74 @@ func TestPublishNilToSubscribedTopic(t *testing.T) {
 	}
 	if n := got.Load(); n != 0 {
 		t.Fatalf("%d messages of the refused batch delivered", n)
+	}
+}
+
+// A recycled delivery's Header holds exactly the published message's
+// entries, whatever the messages before it held and whatever their
+// handlers did to their Header (added, deleted, replaced, set to nil).
+func TestRecycledHeaderIsExact(t *testing.T) {
+	ctx := t.Context()
+	tr := New()
+	defer tr.Close()
+	headers := []map[string]string{
+		{"a": "1"},
+		{"a": "2"},
+		{"a": "2", "b": "x"},
+		{"b": "x"},
+		{"c": "y"},
+		{},
+		nil,
+		{"a": "3", "b": "z"},
+		{"b": "z", "a": "3"},
+		{"a": "", "b": ""},
+	}
+	type seen struct {
+		i int
+		h map[string]string
+	}
+	got := make(chan seen, 1)
+	sub, err := tr.Subscribe(ctx, "t", func(_ context.Context, m *transport.Message) error {
+		var i int
+		fmt.Sscan(m.ID, &i)
+		var h map[string]string
+		if m.Header != nil {
+			h = maps.Clone(m.Header)
+		}
+		got <- seen{i, h}
+		// Whatever a handler does to the Header, the next copy is exact.
+		switch i % 4 {
+		case 0:
+			if m.Header != nil {
+				m.Header["added"] = "by handler"
+			}
+		case 1:
+			for k := range m.Header {
+				delete(m.Header, k)
+				break
+			}
+		case 2:
+			m.Header = map[string]string{"replaced": "1"}
+		case 3:
+			m.Header = nil
+		}
+		return nil
+	}, transport.SubscribeOptions{Group: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close(ctx)
+	for i := range 200 {
+		m := &transport.Message{ID: fmt.Sprint(i), Key: "k", Header: maps.Clone(headers[(i*7+i/len(headers))%len(headers)])}
+		if err := tr.Publish(ctx, "t", m); err != nil {
+			t.Fatal(err)
+		}
+		s := <-got
+		if s.i != i {
+			t.Fatalf("message %d delivered as %d", i, s.i)
+		}
+		if (s.h == nil) != (m.Header == nil) || !maps.Equal(s.h, m.Header) {
+			t.Fatalf("message %d: handler saw Header %v, published %v", i, s.h, m.Header)
+		}
 	}
 }

@@ -89,6 +89,10 @@ type delivery struct {
 	msg     transport.Message
 	attempt int
 	gate    <-chan struct{} // nil, or closed once the message is queued for every group
+	// hkeys are the names msg.Header was last filled with (see
+	// copyHeader), so that the next copy looks them up in the new
+	// message's Header instead of ranging over it.
+	hkeys []string
 }
 
 // Deliveries are recycled with their Header maps and Body buffers: the
@@ -143,23 +147,7 @@ func newDelivery(m *transport.Message, topic, group string, now time.Time) *deli
 	d.msg = transport.Message{ID: m.ID, Key: m.Key, Topic: topic, Group: group, Time: now}
 	d.attempt, d.gate = 0, nil
 	if m.Header != nil {
-		if header == nil {
-			header = make(map[string]string, len(m.Header))
-		}
-		// Most publishers send the same header names every time: overwrite
-		// the recycled map's entries, and clear it (then fill it again) only
-		// when it holds names that m's Header lacks. The map then holds
-		// m.Header's entries exactly, as it holds all of them and no more.
-		for k, v := range m.Header {
-			header[k] = v
-		}
-		if len(header) != len(m.Header) {
-			clear(header)
-			for k, v := range m.Header {
-				header[k] = v
-			}
-		}
-		d.msg.Header = header
+		d.msg.Header = d.copyHeader(header, m.Header)
 	}
 	if m.Body != nil {
 		if body == nil {
@@ -170,14 +158,55 @@ func newDelivery(m *transport.Message, topic, group string, now time.Time) *deli
 	return d
 }
 
+// copyHeader returns header (d's recycled map, or nil) holding src's
+// entries exactly, and keeps their names in d.hkeys.
+//
+// Most publishers send the same header names every time: when src has as
+// many names as the last copy and each of them, only their values are
+// looked at (and written where they differ), without ranging over src (a
+// map iteration's start, its random offset included, and a hashed write
+// per entry were a quarter of a Publish with one header). header then
+// holds every name of hkeys; with as many entries as hkeys it holds no
+// other (a handler may have added some), and src's names are hkeys too.
+// Otherwise header is cleared and filled from src.
+func (d *delivery) copyHeader(header, src map[string]string) map[string]string {
+	if header != nil && len(src) == len(d.hkeys) {
+		same := true
+		for _, k := range d.hkeys {
+			v, ok := src[k]
+			if !ok {
+				same = false
+				break
+			}
+			if old, ok := header[k]; !ok || old != v {
+				header[k] = v
+			}
+		}
+		if same && len(header) == len(d.hkeys) {
+			return header
+		}
+	}
+	if header == nil {
+		header = make(map[string]string, len(src))
+	} else {
+		clear(header)
+	}
+	d.hkeys = d.hkeys[:0]
+	for k, v := range src {
+		header[k] = v
+		d.hkeys = append(d.hkeys, k)
+	}
+	return header
+}
+
 // recycle keeps d, whose handler returned nil, in w's batch of recycled
 // deliveries, which goes to the pool once full.
 func (w *worker) recycle(d *delivery) {
 	if cap(d.msg.Body) > maxPooledBody {
 		d.msg.Body = nil
 	}
-	if len(d.msg.Header) > maxPooledHeader {
-		d.msg.Header = nil
+	if len(d.msg.Header) > maxPooledHeader || cap(d.hkeys) > maxPooledHeader {
+		d.msg.Header, d.hkeys = nil, nil
 	}
 	if w.free == nil {
 		if v := empty.Get(); v != nil {
