@@ -159,8 +159,11 @@ type Lane[T any] struct {
 	st      *stripe[T]
 	items   ring[T] // the items not in batch
 	state   laneState
-	owner   any  // the worker holding it, as passed to Next
 	removed bool // Drain dropped it
+	// filling: addBatch readied l in the batch it queues, and puts the
+	// batch's items of l's key in l.batch directly (see addBatch).
+	filling bool
+	owner   any // the worker holding it, as passed to Next
 	// room is closed when an item of the lane is taken; nil while no
 	// TryAdd refused for the lane's KeyLimit waits for it.
 	room chan struct{}
@@ -174,7 +177,7 @@ type Lane[T any] struct {
 	head  T   // batch[bi]
 	ran   int // items run in this worker's turn
 	// handed: AddAll took the batch for the worker that takes the lane
-	// (see handOverLocked), and none did yet. Set under st.mu before the
+	// (see handLocked), and none did yet. Set under st.mu before the
 	// lane is in the ready queue, cleared under d.mu when it leaves it (or
 	// by Drain, which holds both).
 	handed bool
@@ -323,8 +326,12 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 			return false
 		}
 		for _, i := range order[from:to] {
-			l := d.queueLocked(st, keys[i], items[i], st.keys[keys[i]])
-			if l == nil {
+			var l *Lane[T]
+			if d.handOver {
+				if l = d.handLocked(st, keys[i], items[i]); l == nil {
+					continue
+				}
+			} else if l = d.queueLocked(st, keys[i], items[i], st.keys[keys[i]]); l == nil {
 				continue
 			}
 			// Ready, but not in the ready queue until the batch's
@@ -338,7 +345,8 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		if d.handOver {
 			for _, i := range order[from:to] {
 				if l := readied[i]; l != nil {
-					d.handOverLocked(l)
+					l.bi, l.head = 0, l.batch[0]
+					l.handed, l.filling = true, false
 				}
 			}
 		}
@@ -379,23 +387,40 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 	return true
 }
 
-// handOverLocked takes the batch of l, which addBatch just readied, for
-// the worker that will take l from the ready queue: that worker's Next
-// then takes no stripe lock for it (the batch is what take would have
-// taken, as l's turn is new). Only without limits, which a take would
-// count (TryAdd's KeyLimit counts the items not in a batch, and a take
-// wakes those it refused). l is held by nobody meanwhile, as a ready lane
-// is: a producer queues behind its batch, and Drain drops it, as it drops
-// a ready lane's items. l's stripe lock is held; l.handed is true until a
-// worker takes l (or Drain drops it).
-func (d *Dispatcher[T]) handOverLocked(l *Lane[T]) {
-	n := min(l.items.len(), d.turn)
-	var zero T
-	for range n {
-		l.batch = append(l.batch, l.items.popFront(zero))
+// handLocked is queueLocked for addBatch without limits, which hands the
+// batch of each lane it readies to the worker that will take the lane
+// from the ready queue: that worker's Next then takes no stripe lock for
+// it. The batch is what take would have taken, as the lane's turn is new:
+// the item that readies the lane and the batch's later items of its key,
+// up to the turn, go to l.batch directly (l.filling until addBatch is done
+// with the stripe), the rest to its items. Only without limits, which a
+// take would count (TryAdd's KeyLimit counts the items not in a batch, and
+// a take wakes those it refused). Such a lane is held by nobody
+// meanwhile, as a ready lane is: a producer queues behind its batch, and
+// Drain drops it, as it drops a ready lane's items; l.handed is true from
+// the end of the stripe's queueing until a worker takes l (or Drain drops
+// it). It returns the lane item readied, or nil. st.mu is held.
+func (d *Dispatcher[T]) handLocked(st *stripe[T], key string, item T) *Lane[T] {
+	l := st.keys[key]
+	switch {
+	case l == nil:
+		l = st.newLane(key)
+	case l.filling:
+		if len(l.batch) < d.turn {
+			l.batch = append(l.batch, item)
+		} else {
+			l.items.push(item)
+		}
+		return nil
+	case l.state == parked: // its items and batch are empty
+		st.parked--
+	default:
+		l.items.push(item)
+		return nil
 	}
-	l.bi, l.head = 0, l.batch[0]
-	l.handed = true
+	l.batch = append(l.batch, item)
+	l.filling = true
+	return l
 }
 
 // testHookBatchReadying, set by tests, runs between addBatch's queueing
@@ -514,7 +539,6 @@ func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T])
 func (d *Dispatcher[T]) queueLocked(st *stripe[T], key string, item T, l *Lane[T]) *Lane[T] {
 	if l == nil {
 		l = st.newLane(key)
-		st.keys[l.key] = l
 		l.items.push(item)
 		return l
 	}
@@ -551,6 +575,7 @@ func (st *stripe[T]) newLane(key string) *Lane[T] {
 	// (whose keys may point into larger buffers, as Kafka's decoded keys
 	// do) are gone.
 	l.key = strings.Clone(key)
+	st.keys[l.key] = l
 	return l
 }
 
@@ -670,7 +695,7 @@ func (d *Dispatcher[T]) Next(stop <-chan struct{}, owner any) *Lane[T] {
 				return l
 			}
 			if l.handed && owner == nil {
-				// Its producer took its batch (see handOverLocked): only the
+				// Its producer took its batch (see handLocked): only the
 				// items' count is left to take (an owner would be written
 				// under the stripe lock).
 				l.handed = false
@@ -963,7 +988,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			n++
 		}
 		// A holder's items behind its head; all of a batch handed over
-		// (see handOverLocked) that no worker took.
+		// (see handLocked) that no worker took.
 		keep := l.bi + 1
 		if l.handed {
 			keep, l.handed = 0, false
