@@ -57,6 +57,7 @@
 package dispatch
 
 import (
+	"math/bits"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,10 +131,10 @@ type Dispatcher[T any] struct {
 // stripe is the lanes of the keys that hash to it, under one lock.
 type stripe[T any] struct {
 	mu     sync.Mutex
-	keys   map[string]*Lane[T] // keyed lanes with unfinished items, or parked
-	free   []*Lane[T]          // recycled lanes
-	parked int                 // empty lanes kept in keys
-	_      [64]byte            // keeps neighbouring stripes' locks off one cache line
+	keys   laneTable[T] // keyed lanes with unfinished items, or parked
+	free   []*Lane[T]   // recycled lanes
+	parked int          // empty lanes kept in keys
+	_      [64]byte     // keeps neighbouring stripes' locks off one cache line
 }
 
 type laneState uint8
@@ -157,6 +158,7 @@ type Lane[T any] struct {
 	// Guarded by st.mu; written by producers.
 	key     string
 	st      *stripe[T]
+	h       uint32  // keyHash(key)
 	items   ring[T] // the items not in batch
 	state   laneState
 	removed bool // Drain dropped it
@@ -209,25 +211,24 @@ func New[T any](cfg Config) *Dispatcher[T] {
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
-	for i := range d.stripes {
-		d.stripes[i].keys = make(map[string]*Lane[T])
-	}
 	return d
 }
 
-// stripeOf returns key's stripe.
-func (d *Dispatcher[T]) stripeOf(key string) *stripe[T] {
-	return &d.stripes[stripeIndex(key)]
+// stripeOf returns key's stripe and keyHash(key).
+func (d *Dispatcher[T]) stripeOf(key string) (*stripe[T], uint32) {
+	h := keyHash(key)
+	return &d.stripes[h%stripes], h
 }
 
-// stripeIndex is key's stripe's index: FNV-1a of the key.
-func stripeIndex(key string) uint32 {
+// keyHash is FNV-1a of key: its stripe's index (modulo stripes) and its
+// hash in the stripe's laneTable.
+func keyHash(key string) uint32 {
 	h := uint32(2166136261)
 	for i := 0; i < len(key); i++ {
 		h ^= uint32(key[i])
 		h *= 16777619
 	}
-	return h % stripes
+	return h
 }
 
 // Add queues item behind the unfinished items of key ("" for none: it runs
@@ -238,13 +239,13 @@ func (d *Dispatcher[T]) Add(key string, item T) (queued bool) {
 	if key == "" {
 		return d.addKeyless(item)
 	}
-	st := d.stripeOf(key)
+	st, h := d.stripeOf(key)
 	st.mu.Lock()
 	if d.drained {
 		st.mu.Unlock()
 		return false
 	}
-	wake := d.addLocked(st, key, item, st.keys[key])
+	wake := d.addLocked(st, key, item, st.keys.get(h, key))
 	st.mu.Unlock()
 	d.signal(wake)
 	return true
@@ -282,6 +283,7 @@ func (d *Dispatcher[T]) AddAll(items []T, key func(T) string) (queued bool) {
 func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) {
 	var (
 		keys    [maxBatch]string
+		hashes  [maxBatch]uint32   // keyHash of keys[i]
 		stripeI [maxBatch]uint8    // the item's stripe; stripes for a keyless item
 		readied [maxBatch]*Lane[T] // the keyed lane items[i] made ready
 		// The keyed items' indexes grouped by stripe, in order within
@@ -299,7 +301,9 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 			keyless++
 			continue
 		}
-		s := stripeIndex(k)
+		h := keyHash(k)
+		hashes[i] = h
+		s := h % stripes
 		stripeI[i] = uint8(s)
 		start[s+1]++
 	}
@@ -328,10 +332,10 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 		for _, i := range order[from:to] {
 			var l *Lane[T]
 			if d.handOver {
-				if l = d.handLocked(st, keys[i], items[i]); l == nil {
+				if l = d.handLocked(st, hashes[i], keys[i], items[i]); l == nil {
 					continue
 				}
-			} else if l = d.queueLocked(st, keys[i], items[i], st.keys[keys[i]]); l == nil {
+			} else if l = d.queueLocked(st, keys[i], items[i], st.keys.get(hashes[i], keys[i])); l == nil {
 				continue
 			}
 			// Ready, but not in the ready queue until the batch's
@@ -399,9 +403,10 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 // meanwhile, as a ready lane is: a producer queues behind its batch, and
 // Drain drops it, as it drops a ready lane's items; l.handed is true from
 // the end of the stripe's queueing until a worker takes l (or Drain drops
-// it). It returns the lane item readied, or nil. st.mu is held.
-func (d *Dispatcher[T]) handLocked(st *stripe[T], key string, item T) *Lane[T] {
-	l := st.keys[key]
+// it). It returns the lane item readied, or nil. h is keyHash(key); st.mu
+// is held.
+func (d *Dispatcher[T]) handLocked(st *stripe[T], h uint32, key string, item T) *Lane[T] {
+	l := st.keys.get(h, key)
 	switch {
 	case l == nil:
 		l = st.newLane(key)
@@ -473,14 +478,14 @@ func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{
 		}
 		return true, nil, nil
 	}
-	st := d.stripeOf(key)
+	st, h := d.stripeOf(key)
 	st.mu.Lock()
 	if d.drained {
 		st.mu.Unlock()
 		return false, nil, nil
 	}
 	full := d.limit > 0 && d.waiting.Load() >= int64(d.limit)
-	l := st.keys[key]
+	l := st.keys.get(h, key)
 	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
 	if !full && !keyFull {
 		wake := d.addLocked(st, key, item, l)
@@ -574,8 +579,8 @@ func (st *stripe[T]) newLane(key string) *Lane[T] {
 	// A copy: the lane may stay parked under its key long after its items
 	// (whose keys may point into larger buffers, as Kafka's decoded keys
 	// do) are gone.
-	l.key = strings.Clone(key)
-	st.keys[l.key] = l
+	l.key, l.h = strings.Clone(key), keyHash(key)
+	st.keys.put(l)
 	return l
 }
 
@@ -605,7 +610,7 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 		st.parked++
 		return
 	}
-	delete(st.keys, l.key)
+	st.keys.del(l)
 	if len(st.free) >= maxFree || l.items.cap() > maxFreeItems {
 		return
 	}
@@ -926,9 +931,9 @@ func (d *Dispatcher[T]) Ready(l *Lane[T]) {
 // Waiting returns how many items wait for a worker, in all and of key.
 func (d *Dispatcher[T]) Waiting(key string) (all, ofKey int) {
 	if key != "" {
-		st := d.stripeOf(key)
+		st, h := d.stripeOf(key)
 		st.mu.Lock()
-		if l := st.keys[key]; l != nil {
+		if l := st.keys.get(h, key); l != nil {
 			ofKey = l.waitingItems()
 		}
 		st.mu.Unlock()
@@ -951,8 +956,10 @@ func (d *Dispatcher[T]) Close() {
 	for i := range d.stripes {
 		st := &d.stripes[i]
 		st.mu.Lock()
-		for _, l := range st.keys {
-			l.wakeRoom()
+		for _, sl := range st.keys.slots {
+			if sl.l != nil {
+				sl.l.wakeRoom()
+			}
 		}
 		st.mu.Unlock()
 	}
@@ -1013,21 +1020,119 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 		}
 		take(l)
 		if l.key != "" {
-			delete(l.st.keys, l.key)
+			l.st.keys.del(l)
 		}
 	}
 	d.readyLen.Store(0)
 	for i := range d.stripes {
 		st := &d.stripes[i]
-		for key, l := range st.keys { // held and parked lanes
-			take(l)
-			delete(st.keys, key)
+		for _, sl := range st.keys.slots { // held and parked lanes
+			if sl.l != nil {
+				take(sl.l)
+			}
 		}
+		st.keys = laneTable[T]{}
 		st.parked = 0
 	}
 	d.waiting.Store(0)
 	d.wakeRoomLocked()
 	return n
+}
+
+// laneTable is a stripe's keyed lanes by key: open addressing with linear
+// probing on the keys' hashes (keyHash, which addBatch computes once an
+// item for its stripe too), each slot a lane and its hash. It costs less a
+// look-up than a map[string]*Lane, which hashes the key again and probes
+// groups of slots. At most half the slots are used.
+type laneTable[T any] struct {
+	slots []laneSlot[T] // a power of two of them, or none
+	shift uint8         // 32 - log2(len(slots))
+	n     int
+}
+
+type laneSlot[T any] struct {
+	h uint32
+	l *Lane[T]
+}
+
+// home is the slot where a hash h's probe begins (Fibonacci hashing: the
+// high bits of h times 2^32/phi, as FNV's low bits pick the stripe).
+func (t *laneTable[T]) home(h uint32) uint32 { return (h * 2654435769) >> t.shift }
+
+// get returns the lane of key, whose hash is h, or nil.
+func (t *laneTable[T]) get(h uint32, key string) *Lane[T] {
+	if t.n == 0 {
+		return nil
+	}
+	mask := uint32(len(t.slots) - 1)
+	for i := t.home(h); ; i = (i + 1) & mask {
+		sl := &t.slots[i]
+		if sl.l == nil {
+			return nil
+		}
+		if sl.h == h && sl.l.key == key {
+			return sl.l
+		}
+	}
+}
+
+// put adds l, whose key is not in t, under l.h.
+func (t *laneTable[T]) put(l *Lane[T]) {
+	if 2*(t.n+1) > len(t.slots) {
+		t.grow()
+	}
+	t.insert(l)
+	t.n++
+}
+
+func (t *laneTable[T]) insert(l *Lane[T]) {
+	mask := uint32(len(t.slots) - 1)
+	i := t.home(l.h)
+	for t.slots[i].l != nil {
+		i = (i + 1) & mask
+	}
+	t.slots[i] = laneSlot[T]{h: l.h, l: l}
+}
+
+func (t *laneTable[T]) grow() {
+	old := t.slots
+	size := max(16, 2*len(old))
+	t.slots = make([]laneSlot[T], size)
+	t.shift = uint8(32 - bits.TrailingZeros(uint(size)))
+	for _, sl := range old {
+		if sl.l != nil {
+			t.insert(sl.l)
+		}
+	}
+}
+
+// del removes l, which t holds, moving the slots after it in its probe
+// run back where their probes would find them (no tombstones).
+func (t *laneTable[T]) del(l *Lane[T]) {
+	mask := uint32(len(t.slots) - 1)
+	i := t.home(l.h)
+	for t.slots[i].l != l {
+		i = (i + 1) & mask
+	}
+	for j := i; ; {
+		t.slots[i] = laneSlot[T]{}
+		for {
+			j = (j + 1) & mask
+			sl := t.slots[j]
+			if sl.l == nil {
+				t.n--
+				return
+			}
+			// sl stays unless its home is cyclically outside (i, j].
+			k := t.home(sl.h)
+			if i <= j && (i < k && k <= j) || i > j && (i < k || k <= j) {
+				continue
+			}
+			t.slots[i] = sl
+			i = j
+			break
+		}
+	}
 }
 
 // ring is a FIFO queue on a growing circular buffer.

@@ -429,7 +429,7 @@ func parkedAndKeys[T any](d *Dispatcher[T]) (parked, keys int) {
 		st := &d.stripes[i]
 		st.mu.Lock()
 		parked += st.parked
-		keys += len(st.keys)
+		keys += st.keys.n
 		st.mu.Unlock()
 	}
 	return parked, keys
@@ -457,7 +457,8 @@ func TestParkedLanes(t *testing.T) {
 	perStripe := map[*stripe[int]]int{}
 	for k := range n {
 		key := fmt.Sprint("k", k)
-		perStripe[d.stripeOf(key)]++
+		st, _ := d.stripeOf(key)
+		perStripe[st]++
 		d.Add(key, 0)
 	}
 	runAll()
@@ -957,5 +958,62 @@ func TestAddAllRacingDrain(t *testing.T) {
 		if max := len(full) + len(partial); len(dropped) > max {
 			t.Fatalf("round %d: Drain dropped %d items, more than the %d added", round, len(dropped), max)
 		}
+	}
+}
+
+// TestLaneTable: a stripe's table of lanes finds every lane put and not
+// deleted, and no other, through random puts and deletes, with hashes
+// that collide often (a few distinct values) and with keyHash's.
+func TestLaneTable(t *testing.T) {
+	for _, hashes := range []uint32{3, 64, 0} { // 0: keyHash
+		t.Run(fmt.Sprint("hashes=", hashes), func(t *testing.T) {
+			var tab laneTable[int]
+			want := map[string]*Lane[int]{}
+			seed := uint32(1)
+			rnd := func(n int) int { // xorshift: the test is the same every run
+				seed ^= seed << 13
+				seed ^= seed >> 17
+				seed ^= seed << 5
+				return int(seed % uint32(n))
+			}
+			hashOf := func(key string) uint32 {
+				if hashes == 0 {
+					return keyHash(key)
+				}
+				return keyHash(key) % hashes
+			}
+			for op := range 20000 {
+				key := fmt.Sprint("k", rnd(300))
+				if l := want[key]; l != nil && rnd(2) == 0 {
+					tab.del(l)
+					delete(want, key)
+				} else if l == nil {
+					l = &Lane[int]{key: key, h: hashOf(key)}
+					tab.put(l)
+					want[key] = l
+				}
+				if op%97 != 0 {
+					continue
+				}
+				if tab.n != len(want) {
+					t.Fatalf("op %d: %d lanes in the table, want %d", op, tab.n, len(want))
+				}
+				for k := range 300 {
+					key := fmt.Sprint("k", k)
+					if got := tab.get(hashOf(key), key); got != want[key] {
+						t.Fatalf("op %d: get(%q) = %p, want %p", op, key, got, want[key])
+					}
+				}
+			}
+			seen := 0
+			for _, sl := range tab.slots {
+				if sl.l != nil {
+					seen++
+				}
+			}
+			if seen != len(want) || 2*seen > len(tab.slots) {
+				t.Fatalf("%d slots used of %d, want %d at most half", seen, len(tab.slots), len(want))
+			}
+		})
 	}
 }
