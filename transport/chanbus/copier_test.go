@@ -156,3 +156,22 @@ func TestRecycledHeaderIsExact(t *testing.T) {
 		}
 	}
 }
+
+// The freshest batches of recycled deliveries are reused first, and the
+// stack keeps no more than freshMax of them.
+func TestFreshStackKeepsTheNewest(t *testing.T) {
+	var s freshStack
+	lists := make([]*freeList, freshMax+1)
+	for i := range lists {
+		lists[i] = &freeList{}
+		s.push(lists[i])
+	}
+	for i := len(lists) - 1; i >= 1; i-- {
+		if got := s.pop(); got != lists[i] {
+			t.Fatalf("pop %d: got another batch than the one pushed %d from the end", len(lists)-1-i, len(lists)-1-i)
+		}
+	}
+	if got := s.pop(); got != nil {
+		t.Fatalf("the stack kept more than freshMax (%d) batches", freshMax)
+	}
+}

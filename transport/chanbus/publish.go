@@ -99,13 +99,67 @@ type delivery struct {
 // transport contract lets a transport reuse a Message once its handler
 // returned, and the copy per group is most of Publish's cost. A worker
 // collects the deliveries it is done with in a batch of its own and passes
-// them on a full batch at a time (full); Publish takes one from a full
-// batch, which it puts back while it has more (on its P's private slot of
-// the pool, so the next Publish there finds it at once). The deliveries
+// them on a full batch at a time; Publish takes one from a full batch,
+// which it puts back while it has more (in partial, on its P's private
+// slot, so the next Publish there finds it at once). The deliveries
 // then change cores a batch at a time: with one pool of deliveries, every
 // Publish stole the one its worker had just put on the other core's share
 // of the pool, and both wrote that share's word on every message.
-var full, empty sync.Pool // of *freeList: with deliveries, emptied
+//
+// The batches a worker passes on go first to a short stack (fresh), and the
+// next Publish that needs a batch takes the one passed on last: the
+// deliveries reused are the ones used last, whose buffers are still in
+// the caches. Through the pool alone (a Publish takes another core's
+// batches from the far end of its share, the oldest) every delivery ever
+// made took its turn: after a burst of Publishes before the worker ran
+// (512 at the default limits, 2 MB at 4 KiB a body) each copy wrote a
+// Body buffer that had left the core's caches. The stack keeps freshMax
+// batches; a batch passed on while it is full pushes its oldest to the
+// pool, where the GC may drop it.
+var (
+	partial, full, empty sync.Pool // of *freeList: a Publish's batch in use, with deliveries, emptied
+	fresh                freshStack
+)
+
+// freshStack is the last batches passed on, the newest on top.
+type freshStack struct {
+	mu sync.Mutex
+	n  int
+	fl [freshMax]*freeList
+}
+
+// freshMax is how many batches fresh keeps (64 deliveries).
+const freshMax = 2
+
+// push puts f on top, and the oldest batch in the pool when full.
+func (s *freshStack) push(f *freeList) {
+	s.mu.Lock()
+	var old *freeList
+	if s.n == freshMax {
+		old = s.fl[0]
+		copy(s.fl[:], s.fl[1:])
+		s.n--
+	}
+	s.fl[s.n] = f
+	s.n++
+	s.mu.Unlock()
+	if old != nil {
+		full.Put(old)
+	}
+}
+
+// pop takes the batch on top, or nil.
+func (s *freshStack) pop() *freeList {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == 0 {
+		return nil
+	}
+	s.n--
+	f := s.fl[s.n]
+	s.fl[s.n] = nil
+	return f
+}
 
 // freeList is a batch of recycled deliveries.
 type freeList struct{ ds []*delivery }
@@ -114,19 +168,26 @@ type freeList struct{ ds []*delivery }
 // on.
 const freeBatch = 32
 
-// getDelivery returns a recycled delivery, or a new one.
+// getDelivery returns a recycled delivery, or a new one: from the batch
+// this P's Publishes use, else the freshest batch passed on, else one
+// from the pool.
 func getDelivery() *delivery {
-	v := full.Get()
-	if v == nil {
-		return new(delivery)
+	var f *freeList
+	if v := partial.Get(); v != nil {
+		f = v.(*freeList)
+	} else if f = fresh.pop(); f == nil {
+		v := full.Get()
+		if v == nil {
+			return new(delivery)
+		}
+		f = v.(*freeList)
 	}
-	f := v.(*freeList)
 	n := len(f.ds) - 1
 	d := f.ds[n]
 	f.ds[n] = nil
 	f.ds = f.ds[:n]
 	if n > 0 {
-		full.Put(f)
+		partial.Put(f)
 	} else {
 		empty.Put(f)
 	}
@@ -222,8 +283,8 @@ func (w *worker) recycle(d *delivery) {
 }
 
 // passFree passes w's batch of recycled deliveries, which must have one,
-// to the pool.
+// on to Publish (fresh).
 func (w *worker) passFree() {
-	full.Put(w.free)
+	fresh.push(w.free)
 	w.free = nil
 }
