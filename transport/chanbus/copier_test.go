@@ -163,7 +163,9 @@ func TestFreshStackKeepsTheNewest(t *testing.T) {
 	var s freshStack
 	lists := make([]*freeList, freshMax+1)
 	for i := range lists {
-		lists[i] = &freeList{}
+		// Each with a delivery: the one pushed out goes to the package's
+		// pool, where a Publish may take it (an empty one made it panic).
+		lists[i] = &freeList{ds: []*delivery{new(delivery)}}
 		s.push(lists[i])
 	}
 	for i := len(lists) - 1; i >= 1; i-- {
