@@ -57,6 +57,7 @@
 package dispatch
 
 import (
+	"hash/maphash"
 	"math/bits"
 	"strings"
 	"sync"
@@ -126,6 +127,11 @@ type Dispatcher[T any] struct {
 	// every stripe's lock and mu, so either lock suffices to read it.
 	drained bool
 	done    chan struct{} // closed by Close
+	// seed is keyHash's, new for each Dispatcher: keys come from outside
+	// (a broker's producers), and a hash they cannot predict keeps them
+	// from crowding one stripe, or one probe run of a laneTable (FNV-1a,
+	// unseeded, let anyone craft keys of one hash).
+	seed maphash.Seed
 }
 
 // stripe is the lanes of the keys that hash to it, under one lock.
@@ -210,25 +216,21 @@ func New[T any](cfg Config) *Dispatcher[T] {
 		solo:     cfg.Workers == 1,
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
+		seed:     maphash.MakeSeed(),
 	}
 	return d
 }
 
 // stripeOf returns key's stripe and keyHash(key).
 func (d *Dispatcher[T]) stripeOf(key string) (*stripe[T], uint32) {
-	h := keyHash(key)
+	h := d.keyHash(key)
 	return &d.stripes[h%stripes], h
 }
 
-// keyHash is FNV-1a of key: its stripe's index (modulo stripes) and its
-// hash in the stripe's laneTable.
-func keyHash(key string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
-	}
-	return h
+// keyHash is key's hash under d's seed: its stripe's index (modulo
+// stripes) and its hash in the stripe's laneTable.
+func (d *Dispatcher[T]) keyHash(key string) uint32 {
+	return uint32(maphash.String(d.seed, key))
 }
 
 // Add queues item behind the unfinished items of key ("" for none: it runs
@@ -245,7 +247,7 @@ func (d *Dispatcher[T]) Add(key string, item T) (queued bool) {
 		st.mu.Unlock()
 		return false
 	}
-	wake := d.addLocked(st, key, item, st.keys.get(h, key))
+	wake := d.addLocked(st, h, key, item, st.keys.get(h, key))
 	st.mu.Unlock()
 	d.signal(wake)
 	return true
@@ -301,7 +303,7 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 			keyless++
 			continue
 		}
-		h := keyHash(k)
+		h := d.keyHash(k)
 		hashes[i] = h
 		s := h % stripes
 		stripeI[i] = uint8(s)
@@ -335,7 +337,7 @@ func (d *Dispatcher[T]) addBatch(items []T, keyOf func(T) string) (queued bool) 
 				if l = d.handLocked(st, hashes[i], keys[i], items[i]); l == nil {
 					continue
 				}
-			} else if l = d.queueLocked(st, keys[i], items[i], st.keys.get(hashes[i], keys[i])); l == nil {
+			} else if l = d.queueLocked(st, hashes[i], keys[i], items[i], st.keys.get(hashes[i], keys[i])); l == nil {
 				continue
 			}
 			// Ready, but not in the ready queue until the batch's
@@ -409,7 +411,7 @@ func (d *Dispatcher[T]) handLocked(st *stripe[T], h uint32, key string, item T) 
 	l := st.keys.get(h, key)
 	switch {
 	case l == nil:
-		l = st.newLane(key)
+		l = st.newLane(h, key)
 	case l.filling:
 		if len(l.batch) < d.turn {
 			l.batch = append(l.batch, item)
@@ -488,7 +490,7 @@ func (d *Dispatcher[T]) TryAdd(key string, item T) (ok bool, room <-chan struct{
 	l := st.keys.get(h, key)
 	keyFull := l != nil && d.keyLimit > 0 && l.waitingItems() >= d.keyLimit
 	if !full && !keyFull {
-		wake := d.addLocked(st, key, item, l)
+		wake := d.addLocked(st, h, key, item, l)
 		st.mu.Unlock()
 		d.signal(wake)
 		return true, nil, nil
@@ -526,24 +528,24 @@ func (d *Dispatcher[T]) totalRoom() <-chan struct{} {
 	return ch
 }
 
-// addLocked queues item of key (not ""); l is key's lane, nil when it has
-// none. st.mu is held. It reports whether to signal an idle
+// addLocked queues item of key (not "", its keyHash h); l is key's lane,
+// nil when it has none. st.mu is held. It reports whether to signal an idle
 // worker (see ready1).
-func (d *Dispatcher[T]) addLocked(st *stripe[T], key string, item T, l *Lane[T]) (wake bool) {
+func (d *Dispatcher[T]) addLocked(st *stripe[T], h uint32, key string, item T, l *Lane[T]) (wake bool) {
 	d.waiting.Add(1)
-	if l = d.queueLocked(st, key, item, l); l != nil {
+	if l = d.queueLocked(st, h, key, item, l); l != nil {
 		return d.ready1(l)
 	}
 	return false
 }
 
-// queueLocked queues item of key (not "") in key's lane l (nil when it has
+// queueLocked queues item of key (not "", its keyHash h) in key's lane l (nil when it has
 // none: a new one) and returns the lane when it is to be readied now (new,
 // or parked until now), nil when the item queued behind the lane's holder
 // or its place in the ready queue, which runs it in turn. st.mu is held.
-func (d *Dispatcher[T]) queueLocked(st *stripe[T], key string, item T, l *Lane[T]) *Lane[T] {
+func (d *Dispatcher[T]) queueLocked(st *stripe[T], h uint32, key string, item T, l *Lane[T]) *Lane[T] {
 	if l == nil {
-		l = st.newLane(key)
+		l = st.newLane(h, key)
 		l.items.push(item)
 		return l
 	}
@@ -567,7 +569,8 @@ func (l *Lane[T]) wakeRoom() {
 	}
 }
 
-func (st *stripe[T]) newLane(key string) *Lane[T] {
+// newLane returns a lane for key, whose keyHash is h, in st's table.
+func (st *stripe[T]) newLane(h uint32, key string) *Lane[T] {
 	var l *Lane[T]
 	if n := len(st.free); n > 0 {
 		l = st.free[n-1]
@@ -579,7 +582,7 @@ func (st *stripe[T]) newLane(key string) *Lane[T] {
 	// A copy: the lane may stay parked under its key long after its items
 	// (whose keys may point into larger buffers, as Kafka's decoded keys
 	// do) are gone.
-	l.key, l.h = strings.Clone(key), keyHash(key)
+	l.key, l.h = strings.Clone(key), h
 	st.keys.put(l)
 	return l
 }

@@ -965,8 +965,10 @@ func TestAddAllRacingDrain(t *testing.T) {
 // deleted, and no other, through random puts and deletes, with hashes
 // that collide often (a few distinct values) and with keyHash's.
 func TestLaneTable(t *testing.T) {
-	for _, hashes := range []uint32{3, 64, 0} { // 0: keyHash
+	for _, hashes := range []uint32{3, 64, 0} { // 0: d.keyHash
 		t.Run(fmt.Sprint("hashes=", hashes), func(t *testing.T) {
+			d := New[int](Config{})
+			defer d.Close()
 			var tab laneTable[int]
 			want := map[string]*Lane[int]{}
 			seed := uint32(1)
@@ -978,9 +980,9 @@ func TestLaneTable(t *testing.T) {
 			}
 			hashOf := func(key string) uint32 {
 				if hashes == 0 {
-					return keyHash(key)
+					return d.keyHash(key)
 				}
-				return keyHash(key) % hashes
+				return d.keyHash(key) % hashes
 			}
 			for op := range 20000 {
 				key := fmt.Sprint("k", rnd(300))
@@ -1015,5 +1017,25 @@ func TestLaneTable(t *testing.T) {
 				t.Fatalf("%d slots used of %d, want %d at most half", seen, len(tab.slots), len(want))
 			}
 		})
+	}
+}
+
+// TestKeyHashSeeded: each Dispatcher hashes keys under a seed of its own,
+// so keys crafted to share one hash (as anyone can for FNV-1a) do not
+// share it in a running dispatcher: two dispatchers disagree on the hashes
+// of a few keys.
+func TestKeyHashSeeded(t *testing.T) {
+	a, b := New[int](Config{}), New[int](Config{})
+	defer a.Close()
+	defer b.Close()
+	same := 0
+	for k := range 8 {
+		key := fmt.Sprint("k", k)
+		if a.keyHash(key) == b.keyHash(key) {
+			same++
+		}
+	}
+	if same == 8 {
+		t.Fatal("two dispatchers hash 8 keys alike: keyHash is not seeded")
 	}
 }
