@@ -45,7 +45,7 @@
 // are handled again. A partition pauses fetching while MaxInFlight +
 // CommitEvery of its messages are past its committed offset, so a crash
 // makes the group handle again at most that many messages per partition
-// (by default 256 + 1000), however fast the handlers run. Fetching also
+// (by default 256 + 5000), however fast the handlers run. Fetching also
 // pauses while MaxInFlight messages are unfinished, or fetched past a
 // partition's first unfinished one, so memory is bounded. When a partition is revoked it stops
 // fetching and drains for at most Config.DrainTimeout; what did not finish
