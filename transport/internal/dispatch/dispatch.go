@@ -1059,7 +1059,8 @@ type laneSlot[T any] struct {
 }
 
 // home is the slot where a hash h's probe begins (Fibonacci hashing: the
-// high bits of h times 2^32/phi, as FNV's low bits pick the stripe).
+// high bits of h times 2^32/phi, as h's low bits pick the stripe and are
+// alike within it).
 func (t *laneTable[T]) home(h uint32) uint32 { return (h * 2654435769) >> t.shift }
 
 // get returns the lane of key, whose hash is h, or nil.
