@@ -5,7 +5,9 @@ import (
 	"maps"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/google/uuid"
 
@@ -71,34 +73,52 @@ func DecodeEnvelope(m *transport.Message) (Envelope, error) {
 		return Envelope{}, fmt.Errorf("%w: nil message", transport.ErrInvalidMessage)
 	}
 	h := m.Header
-	e := Envelope{
-		ID:          h[transport.HeaderID],
-		Type:        h[transport.HeaderType],
-		Source:      h[transport.HeaderSource],
-		Subject:     h[transport.HeaderSubject],
-		Key:         m.Key,
-		ContentType: h[transport.HeaderContentType],
-		DataSchema:  h[transport.HeaderDataSchema],
-		SpecVersion: h[transport.HeaderSpecVersion],
-		Time:        m.Time,
-		Header:      h,
+	e := Envelope{Key: m.Key, Time: m.Time, Header: h}
+	// The attributes every message of busway's has first, counting those
+	// present: when they are all of h, the others are absent, and not
+	// looked up (each look-up hashes its name).
+	var tm string
+	var ok bool
+	n := 0
+	if e.ID, ok = h[transport.HeaderID]; ok {
+		n++
+	}
+	if e.Type, ok = h[transport.HeaderType]; ok {
+		n++
+	}
+	if e.Source, ok = h[transport.HeaderSource]; ok {
+		n++
+	}
+	if e.SpecVersion, ok = h[transport.HeaderSpecVersion]; ok {
+		n++
+	}
+	if tm, ok = h[transport.HeaderTime]; ok {
+		n++
+	}
+	if e.ContentType, ok = h[transport.HeaderContentType]; ok {
+		n++
+	}
+	rest := n < len(h) // h has other headers: the optional attributes may be among them
+	if rest {
+		e.Subject = h[transport.HeaderSubject]
+		e.DataSchema = h[transport.HeaderDataSchema]
 	}
 	if e.ID == "" {
 		e.ID = m.ID
 	}
-	if e.ContentType == "" {
+	if e.ContentType == "" && rest {
 		// CloudEvents sdk-go's NATS binding writes ce-datacontenttype, not
 		// content-type.
 		e.ContentType = h[transport.HeaderDataContentType]
 	}
-	if e.Key == "" {
+	if e.Key == "" && rest {
 		e.Key = h[transport.HeaderPartitionKey]
 	}
 	if v := e.SpecVersion; v != "" && v != SpecVersion && !strings.HasPrefix(v, "1.") {
 		return e, &EnvelopeError{Topic: m.Topic, ID: e.ID, Attribute: transport.HeaderSpecVersion, Value: shorten(v),
 			Reason: "unsupported CloudEvents version (want 1.0)"}
 	}
-	if v := h[transport.HeaderTime]; v != "" {
+	if v := tm; v != "" {
 		t, err := parseTime(v)
 		if err != nil {
 			return e, &EnvelopeError{Topic: m.Topic, ID: e.ID, Attribute: transport.HeaderTime, Value: shorten(v),
@@ -121,12 +141,12 @@ func Decode[T any](c Codec, m *transport.Message) (Event[T], error) {
 	return decode[T](c, m, nil, nil)
 }
 
-// decode is Decode, decoding the body into *target when target is not nil
-// (it is zeroed before and after: nothing of one message stays in it), so
-// that a handler's decodes need not allocate a T each. With flat (the JSON
-// codec's, for T), target not nil, it tries flat first, and c only when
-// flat gives up.
-func decode[T any](c Codec, m *transport.Message, target *T, flat *flatJSON) (Event[T], error) {
+// decode is Decode, decoding the body into a *T of targets when targets
+// is not nil (it is zeroed before and after: nothing of one message stays
+// in it), so that a handler's decodes need not allocate a T each. With
+// flat (the JSON codec's, for T), it tries flat first, straight into the
+// Event's Data, and c only when flat gives up.
+func decode[T any](c Codec, m *transport.Message, targets *sync.Pool, flat *flatJSON) (Event[T], error) {
 	env, err := DecodeEnvelope(m)
 	if err != nil {
 		return Event[T]{}, transport.Permanent(err)
@@ -155,20 +175,26 @@ func decode[T any](c Codec, m *transport.Message, target *T, flat *flatJSON) (Ev
 			Err: fmt.Errorf("content-type %q is not the codec's %q", shorten(env.ContentType), c.ContentType())})
 	}
 	if len(m.Body) > 0 {
-		if target == nil {
-			target = new(T)
+		if flat != nil && flat.decode(m.Body, unsafe.Pointer(&ev.Data)) {
+			return ev, nil
 		}
 		var zero T
-		*target = zero
-		var err error
-		if flat == nil || !flat.decode(m.Body, reflect.ValueOf(target).Elem()) {
-			*target = zero // what flat wrote before it gave up
-			err = c.Unmarshal(m.Body, target)
+		ev.Data = zero // what flat wrote before it gave up
+		var target *T
+		if targets != nil {
+			target = targets.Get().(*T)
+			*target = zero
+		} else {
+			target = new(T)
 		}
+		err := c.Unmarshal(m.Body, target)
 		if err == nil {
 			ev.Data = *target
 		}
-		*target = zero
+		if targets != nil {
+			*target = zero
+			targets.Put(target)
+		}
 		if err != nil {
 			return ev, transport.Permanent(&DecodeError{Topic: m.Topic, ID: env.ID, Type: env.Type, GoType: reflect.TypeFor[T]().String(), Err: err})
 		}
@@ -294,7 +320,7 @@ func newIDAndTime(now, t time.Time) (id, ts string) {
 	u := newV7(now)
 	var buf [36 + len(time.RFC3339Nano) + 8]byte
 	b := appendUUID(buf[:0], u)
-	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = appendTime(b, t)
 	s := string(b)
 	return s[:36], s[36:]
 }

@@ -5,6 +5,7 @@ import (
 	"encoding"
 	"encoding/binary"
 	"encoding/json"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -38,8 +39,9 @@ type flatJSON struct {
 }
 
 type flatField struct {
-	name      string // the JSON name: exact match only
-	index     int    // in the struct
+	name      string  // the JSON name: exact match only
+	offset    uintptr // in the struct
+	size      uintptr // of the field's type
 	kind      reflect.Kind
 	omitEmpty bool
 }
@@ -119,7 +121,7 @@ func planFlatJSON(rt reflect.Type) *flatJSON {
 					return nil // encoding/json's rules for clashing names
 				}
 			}
-			p.fields = append(p.fields, flatField{name: name, index: i, kind: k, omitEmpty: omitEmpty})
+			p.fields = append(p.fields, flatField{name: name, offset: sf.Offset, size: sf.Type.Size(), kind: k, omitEmpty: omitEmpty})
 		default:
 			return nil
 		}
@@ -143,9 +145,11 @@ func plainName(s string) bool {
 	return true
 }
 
-// decode decodes data into v, an addressable struct of p's type, and
-// reports whether it did. When it did not, v may be partly written.
-func (p *flatJSON) decode(data []byte, v reflect.Value) bool {
+// decode decodes data into the struct of p's type at v, and reports
+// whether it did. When it did not, the struct may be partly written.
+// The fields are written through their offsets (planFlatJSON took them
+// from the type): no reflect.Value per field.
+func (p *flatJSON) decode(data []byte, v unsafe.Pointer) bool {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return false
@@ -171,7 +175,7 @@ func (p *flatJSON) decode(data []byte, v reflect.Value) bool {
 			return false
 		}
 		i = skipSpace(data, i+1)
-		if i, ok = f.value(data, i, v.Field(f.index)); !ok {
+		if i, ok = f.value(data, i, unsafe.Add(v, f.offset)); !ok {
 			return false
 		}
 		i = skipSpace(data, i)
@@ -198,9 +202,9 @@ func (p *flatJSON) field(key []byte) *flatField {
 	return nil
 }
 
-// value decodes the value at data[i:] into fv, returning the index after
-// it. The caller checks what follows it.
-func (f *flatField) value(data []byte, i int, fv reflect.Value) (int, bool) {
+// value decodes the value at data[i:] into the field at fp, returning the
+// index after it. The caller checks what follows it.
+func (f *flatField) value(data []byte, i int, fp unsafe.Pointer) (int, bool) {
 	if i >= len(data) {
 		return i, false
 	}
@@ -218,45 +222,95 @@ func (f *flatField) value(data []byte, i int, fv reflect.Value) (int, bool) {
 		if !ok {
 			return i, false
 		}
-		fv.SetString(string(data[i+1 : end]))
+		*(*string)(fp) = string(data[i+1 : end])
 		return end + 1, true
 	case reflect.Bool:
 		switch {
 		case bytes.HasPrefix(data[i:], []byte("true")):
-			fv.SetBool(true)
+			*(*bool)(fp) = true
 			return i + 4, true
 		case bytes.HasPrefix(data[i:], []byte("false")):
-			fv.SetBool(false)
+			*(*bool)(fp) = false
 			return i + 5, true
 		}
 		return i, false
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		n, end, ok := plainInt(data, i)
-		if !ok || fv.OverflowInt(n) {
+		if bits := f.size * 8; !ok || bits < 64 && (n < -1<<(bits-1) || n > 1<<(bits-1)-1) {
 			return i, false
 		}
-		fv.SetInt(n)
+		switch f.size {
+		case 1:
+			*(*int8)(fp) = int8(n)
+		case 2:
+			*(*int16)(fp) = int16(n)
+		case 4:
+			*(*int32)(fp) = int32(n)
+		default:
+			*(*int64)(fp) = n
+		}
 		return end, true
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		n, end, ok := plainInt(data, i)
-		if !ok || n < 0 || (n == 0 && data[i] == '-') || fv.OverflowUint(uint64(n)) {
+		if bits := f.size * 8; !ok || n < 0 || (n == 0 && data[i] == '-') || bits < 64 && uint64(n) > 1<<bits-1 {
 			return i, false
 		}
-		fv.SetUint(uint64(n))
+		switch f.size {
+		case 1:
+			*(*uint8)(fp) = uint8(n)
+		case 2:
+			*(*uint16)(fp) = uint16(n)
+		case 4:
+			*(*uint32)(fp) = uint32(n)
+		default:
+			*(*uint64)(fp) = uint64(n)
+		}
 		return end, true
 	case reflect.Float32, reflect.Float64:
 		end, ok := jsonNumber(data, i)
 		if !ok {
 			return i, false
 		}
-		x, err := strconv.ParseFloat(string(data[i:end]), fv.Type().Bits())
-		if err != nil || fv.OverflowFloat(x) {
+		x, err := strconv.ParseFloat(string(data[i:end]), int(f.size*8))
+		if err != nil {
 			return i, false
 		}
-		fv.SetFloat(x)
+		if f.size == 4 {
+			if math.Abs(x) > math.MaxFloat32 { // reflect.Value.OverflowFloat's test
+				return i, false
+			}
+			*(*float32)(fp) = float32(x)
+		} else {
+			*(*float64)(fp) = x
+		}
 		return end, true
 	}
 	return i, false
+}
+
+// intAt and uintAt read the integer field of the given size at fp.
+func intAt(fp unsafe.Pointer, size uintptr) int64 {
+	switch size {
+	case 1:
+		return int64(*(*int8)(fp))
+	case 2:
+		return int64(*(*int16)(fp))
+	case 4:
+		return int64(*(*int32)(fp))
+	}
+	return *(*int64)(fp)
+}
+
+func uintAt(fp unsafe.Pointer, size uintptr) uint64 {
+	switch size {
+	case 1:
+		return uint64(*(*uint8)(fp))
+	case 2:
+		return uint64(*(*uint16)(fp))
+	case 4:
+		return uint64(*(*uint32)(fp))
+	}
+	return *(*uint64)(fp)
 }
 
 // plainInt parses the integer at data[i:], -?(0|[1-9][0-9]*) of at most
@@ -406,16 +460,16 @@ func skipSpace(data []byte, i int) int {
 	return i
 }
 
-// encode appends the JSON encoding of v, a struct of p's type, to b, as
-// json.Marshal writes it, and reports whether it did (p.encodes must be
-// set).
-func (p *flatJSON) encode(b []byte, v reflect.Value) ([]byte, bool) {
+// encode appends the JSON encoding of the struct of p's type at v to b,
+// as json.Marshal writes it, and reports whether it did (p.encodes must
+// be set). The fields are read through their offsets.
+func (p *flatJSON) encode(b []byte, v unsafe.Pointer) ([]byte, bool) {
 	b = append(b, '{')
 	first := true
 	for i := range p.fields {
 		f := &p.fields[i]
-		fv := v.Field(f.index)
-		if f.omitEmpty && fv.IsZero() {
+		fp := unsafe.Add(v, f.offset)
+		if f.omitEmpty && f.isZero(fp) {
 			continue
 		}
 		if !first {
@@ -427,7 +481,7 @@ func (p *flatJSON) encode(b []byte, v reflect.Value) ([]byte, bool) {
 		b = append(b, '"', ':')
 		switch f.kind {
 		case reflect.String:
-			s := fv.String()
+			s := *(*string)(fp)
 			if !plainOut(s) {
 				return b, false
 			}
@@ -435,16 +489,32 @@ func (p *flatJSON) encode(b []byte, v reflect.Value) ([]byte, bool) {
 			b = append(b, s...)
 			b = append(b, '"')
 		case reflect.Bool:
-			b = strconv.AppendBool(b, fv.Bool())
+			b = strconv.AppendBool(b, *(*bool)(fp))
 		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-			b = strconv.AppendInt(b, fv.Int(), 10)
+			b = strconv.AppendInt(b, intAt(fp, f.size), 10)
 		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-			b = strconv.AppendUint(b, fv.Uint(), 10)
+			b = strconv.AppendUint(b, uintAt(fp, f.size), 10)
 		default:
 			return b, false
 		}
 	}
 	return append(b, '}'), true
+}
+
+// isZero reports whether the field at fp, of a kind encode writes, is its
+// kind's zero (omitempty's test for them).
+func (f *flatField) isZero(fp unsafe.Pointer) bool {
+	switch f.kind {
+	case reflect.String:
+		return *(*string)(fp) == ""
+	case reflect.Bool:
+		return !*(*bool)(fp)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return intAt(fp, f.size) == 0
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return uintAt(fp, f.size) == 0
+	}
+	return false
 }
 
 // plainOut reports whether encoding/json writes s as it is between quotes

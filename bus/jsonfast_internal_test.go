@@ -2,12 +2,15 @@ package bus
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/busway/busway/transport"
 )
@@ -49,7 +52,7 @@ func decodeBoth[T any](t *testing.T, data []byte) (flatOK bool) {
 	var want T
 	wantErr := json.Unmarshal(data, &want)
 	var got T
-	flatOK = p.decode(data, reflect.ValueOf(&got).Elem())
+	flatOK = p.decode(data, unsafe.Pointer(&got))
 	if flatOK {
 		if wantErr != nil {
 			t.Fatalf("flat decoded %q, which json.Unmarshal rejects: %v", data, wantErr)
@@ -65,7 +68,8 @@ func decodeBoth[T any](t *testing.T, data []byte) (flatOK bool) {
 	}
 	m := newTestMessage(body)
 	target := new(T)
-	ev, err := decode(JSON, m, target, p)
+	targets := &sync.Pool{New: func() any { return target }} // every T it gives is target
+	ev, err := decode[T](JSON, m, targets, p)
 	wantErr = JSON.Unmarshal(body, new(T)) // the codec's (pooled) error for the same body
 	if (err != nil) != (wantErr != nil) {
 		t.Fatalf("decode %q: error %v, json.Unmarshal's %v", data, err, wantErr)
@@ -191,13 +195,12 @@ func encodeBoth[T any](t *testing.T, v T) (flatOK bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, ok := p.encode([]byte("junk"), reflect.ValueOf(v))
+	got, ok := p.encode([]byte("junk"), unsafe.Pointer(&v))
 	if ok && string(got) != "junk"+string(want) {
 		t.Fatalf("flat encoded %+v as %s, json.Marshal as %s", v, got[4:], want)
 	}
 	box := pubBoxes.Get().(*pubBox)
-	box.flat = p
-	body, err := box.Marshal(v)
+	body, err := box.Marshal(v) // encoding/json's path, when the flat encoder gives up
 	if err != nil || string(body) != string(want) {
 		t.Fatalf("pubBox.Marshal(%+v) = %s, %v; json.Marshal gives %s", v, body, err, want)
 	}
@@ -346,5 +349,42 @@ func BenchmarkPlainString(b *testing.B) {
 		if _, ok := plainString(data, 1); !ok {
 			b.Fatal("not plain")
 		}
+	}
+}
+
+// flatInts has an integer field of every size, signed and unsigned: the
+// flat decoder and encoder read and write them through their offsets, by
+// size.
+type flatInts struct {
+	I8  int8   `json:"i8"`
+	I16 int16  `json:"i16,omitempty"`
+	I32 int32  `json:"i32"`
+	I64 int64  `json:"i64,omitempty"`
+	I   int    `json:"i"`
+	U8  uint8  `json:"u8,omitempty"`
+	U16 uint16 `json:"u16"`
+	U32 uint32 `json:"u32,omitempty"`
+	U64 uint64 `json:"u64"`
+	U   uint   `json:"u,omitempty"`
+	B   bool   `json:"b,omitempty"`
+	Z   bool   `json:"z"`
+}
+
+func TestFlatJSONIntegerSizes(t *testing.T) {
+	bounds := []int64{0, 1, -1, 127, 128, -128, -129, 255, 256, 32767, 32768, -32768, -32769, 65535, 65536,
+		1<<31 - 1, 1 << 31, -1 << 31, -1<<31 - 1, 1<<32 - 1, 1 << 32, 123456789012345678, -123456789012345678}
+	names := []string{"i8", "i16", "i32", "i64", "i", "u8", "u16", "u32", "u64", "u"}
+	flat := 0
+	for _, n := range bounds {
+		for _, name := range names {
+			if decodeBoth[flatInts](t, []byte(fmt.Sprintf(`{%q:%d,"b":true,"z":false}`, name, n))) {
+				flat++
+			}
+		}
+		encodeBoth(t, flatInts{I8: int8(n), I16: int16(n), I32: int32(n), I64: n, I: int(n),
+			U8: uint8(n), U16: uint16(n), U32: uint32(n), U64: uint64(n), U: uint(n), B: n%2 == 0})
+	}
+	if flat < len(bounds)*len(names)/2 {
+		t.Fatalf("the flat decoder decoded %d of %d bodies: it is not used", flat, len(bounds)*len(names))
 	}
 }

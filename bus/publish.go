@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/busway/busway/transport"
 )
@@ -150,24 +151,33 @@ func publishRecycled[T any](ctx context.Context, b *Bus, v T, opts []PublishOpti
 	}
 	box := pubBoxes.Get().(*pubBox)
 	defer box.recycle()
+	var body []byte
 	if ti.flat != nil && ti.flat.encodes && reflect.TypeFor[T]() == ti.rt {
-		box.flat = ti.flat
+		// The flat encoder reads v where it is (no copy of it in an
+		// interface, which cost an allocation).
+		if out, ok := ti.flat.encode(box.flatBuf[:0], unsafe.Pointer(&v)); ok {
+			box.flatBuf, body = out, out
+		}
 	}
-	if err := encodeInto(b, ti, &c, v, &box.msgBox, box, &box.shape); err != nil {
+	if body == nil {
+		if body, err = marshal(box, v); err != nil {
+			return fmt.Errorf("busway: publish %s: %w", ti.name, err)
+		}
+	}
+	if err := fillEvent(b, ti, &c, v, body, &box.msgBox, &box.shape); err != nil {
 		return fmt.Errorf("busway: publish %s: %w", ti.name, err)
 	}
 	return b.publishBox(ctx, ti, &box.msgBox)
 }
 
 // pubBox is a message Publish recycles (see publishRecycled), with the
-// buffer and JSON encoder of its body, and the flat encoder of the event's
-// type when it has one (see flatJSON).
+// buffer and JSON encoder of its body, and the buffer of the flat
+// encoder's output (see flatJSON).
 type pubBox struct {
 	msgBox
 	buf     bytes.Buffer
 	enc     *json.Encoder
-	flat    *flatJSON
-	flatBuf []byte   // flat's output
+	flatBuf []byte   // the flat encoder's output
 	shape   envShape // what msg.Header holds
 }
 
@@ -188,12 +198,6 @@ const (
 // box's buffer: Encoder.Encode writes the same bytes, HTML escaping
 // included, and a newline, which is cut.
 func (box *pubBox) Marshal(v any) ([]byte, error) {
-	if box.flat != nil {
-		if b, ok := box.flat.encode(box.flatBuf[:0], reflect.ValueOf(v)); ok {
-			box.flatBuf = b
-			return b, nil
-		}
-	}
 	box.buf.Reset()
 	if err := box.enc.Encode(v); err != nil {
 		return nil, err
@@ -210,7 +214,6 @@ func (box *pubBox) recycle() {
 	}
 	box.msg = transport.Message{Header: h} // not cleared: box.shape says what it holds
 	box.arr[0] = nil
-	box.flat = nil
 	if h == nil {
 		box.shape = envShape{}
 	}
@@ -315,8 +318,12 @@ func prepare[T any](b *Bus, opts []PublishOption) (*typeInfo, pubConfig, error) 
 
 // encode builds the message of one event.
 func encode[T any](b *Bus, ti *typeInfo, c *pubConfig, v T) (*msgBox, error) {
+	body, err := marshal(b.codec, v)
+	if err != nil {
+		return nil, err
+	}
 	box := new(msgBox)
-	if err := encodeInto(b, ti, c, v, box, b.codec, nil); err != nil {
+	if err := fillEvent(b, ti, c, v, body, box, nil); err != nil {
 		return nil, err
 	}
 	return box, nil
@@ -327,17 +334,22 @@ type marshaler interface {
 	Marshal(v any) ([]byte, error)
 }
 
-// encodeInto builds the message of one event in box, its body encoded by
-// m. shape, when not nil, describes box's recycled Header map (see
-// envShape), and is updated.
-func encodeInto[T any](b *Bus, ti *typeInfo, c *pubConfig, v T, box *msgBox, m marshaler, shape *envShape) error {
+// marshal encodes v with m; a nil pointer is an error.
+func marshal[T any](m marshaler, v T) ([]byte, error) {
 	if rt := reflect.TypeFor[T](); rt.Kind() == reflect.Pointer && reflect.ValueOf(any(v)).IsNil() {
-		return fmt.Errorf("%w: nil %v", transport.ErrInvalidMessage, rt)
+		return nil, fmt.Errorf("%w: nil %v", transport.ErrInvalidMessage, rt)
 	}
 	body, err := m.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("encode: %w", err)
+		return nil, fmt.Errorf("encode: %w", err)
 	}
+	return body, nil
+}
+
+// fillEvent builds the message of one event in box, with body, the
+// encoded v. shape, when not nil, describes box's recycled Header map
+// (see envShape), and is updated.
+func fillEvent[T any](b *Bus, ti *typeInfo, c *pubConfig, v T, body []byte, box *msgBox, shape *envShape) error {
 	key := c.key
 	if c.keyFn != nil {
 		key = c.keyFn.(func(T) string)(v)

@@ -178,9 +178,7 @@ func Subscribe[T any](b *Bus, group string, fn func(ctx context.Context, e Event
 		targets := sync.Pool{New: func() any { return new(T) }}
 		flat := planFlatJSON(rt)
 		h = func(ctx context.Context, m *transport.Message) error {
-			p := targets.Get().(*T)
-			ev, err := decode(codec, m, p, flat)
-			targets.Put(p)
+			ev, err := decode[T](codec, m, &targets, flat)
 			if err != nil {
 				return err
 			}
@@ -377,7 +375,10 @@ func (r *route) dispatch(ctx context.Context, m *transport.Message) error {
 	b := r.b
 	hs := r.handlers.Load()
 	typ := m.Header[transport.HeaderType]
-	e := hs.byType[typ]
+	e := hs.only
+	if e == nil || e.typ != typ {
+		e = hs.byType[typ] // (with one handler: a look-up only for another type)
+	}
 	if e == nil && typ == "" {
 		e = hs.only // a message without type on a topic of one type: decode what is there
 	}

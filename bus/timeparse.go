@@ -1,6 +1,9 @@
 package bus
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // parseTime parses s as time.Parse(time.RFC3339Nano, s) does. It reads
 // what Publish writes (UTC, "Z", up to nine fraction digits) itself, about
@@ -67,3 +70,49 @@ func daysIn(month, year int) int {
 	}
 	return 31
 }
+
+// appendTime appends t in RFC 3339 with nanoseconds, UTC, as
+// t.UTC().AppendFormat(b, time.RFC3339Nano) does, for a t whose UTC year
+// is 0 to 9999 (the callers check it). The date and time of day of the
+// last second it wrote are kept (lastSecond), so that the events of one
+// second, the common case, format only their fraction of a second.
+func appendTime(b []byte, t time.Time) []byte {
+	sec := t.Unix()
+	p := lastSecond.Load()
+	if p == nil || p.sec != sec {
+		start := len(b)
+		b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+		if out := b[start:]; len(out) > len(secondText{}.text) && (out[19] == '.' || out[19] == 'Z') {
+			// The date and time of day are the first 19 bytes: then
+			// the text of any time in this second is them, its fraction
+			// and "Z".
+			np := &secondText{sec: sec}
+			copy(np.text[:], b[start:])
+			lastSecond.Store(np)
+		}
+		return b
+	}
+	b = append(b, p.text[:]...)
+	if ns := t.Nanosecond(); ns != 0 {
+		var frac [10]byte
+		frac[0] = '.'
+		for i := 9; i > 0; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for frac[n-1] == '0' {
+			n--
+		}
+		b = append(b, frac[:n]...)
+	}
+	return append(b, 'Z')
+}
+
+// secondText is the text of one second, "2006-01-02T15:04:05" in UTC.
+type secondText struct {
+	sec  int64 // Unix time
+	text [19]byte
+}
+
+var lastSecond atomic.Pointer[secondText]

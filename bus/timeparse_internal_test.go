@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -45,4 +46,33 @@ func FuzzTime(f *testing.F) {
 		checkParseTime(t, s)
 		checkParseTime(t, time.Unix(0, ns).UTC().Format(time.RFC3339Nano))
 	})
+}
+
+// appendTime writes what AppendFormat(time.RFC3339Nano) writes, for
+// times within one second (the remembered second's text), across seconds,
+// and in other locations.
+func TestAppendTimeMatchesAppendFormat(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	base := time.Date(2026, 12, 2, 6, 7, 1, 0, time.UTC)
+	east := time.FixedZone("east", 5*3600+1800)
+	times := []time.Time{base, base.Add(time.Nanosecond), base.Add(999999999), base.Add(time.Second),
+		time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(1969, 12, 31, 23, 59, 59, 500000000, time.UTC), base.In(east).Add(123456000)}
+	for range 2000 {
+		switch rng.IntN(3) {
+		case 0: // the same second as the last one
+			last := times[len(times)-1]
+			times = append(times, last.Truncate(time.Second).Add(time.Duration(rng.IntN(1e9))))
+		case 1: // microseconds, as clock.Now gives
+			times = append(times, base.Add(time.Duration(rng.Int64N(1e12))).Truncate(time.Microsecond))
+		default:
+			times = append(times, time.Unix(rng.Int64N(253402300799), rng.Int64N(1e9)).In(east))
+		}
+	}
+	for _, tm := range times {
+		want := tm.UTC().Format(time.RFC3339Nano)
+		if got := string(appendTime([]byte("x"), tm)); got != "x"+want {
+			t.Fatalf("appendTime(%v) = %q, want %q", tm, got[1:], want)
+		}
+	}
 }
