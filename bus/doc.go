@@ -112,9 +112,10 @@
 // (transport.PublishCopier: chanbus) and without publish middleware,
 // Publish with the JSON codec recycles the message it builds (its Header
 // map and body buffer) once the transport returned; a JSON handler decodes
-// into recycled values of its event type. The typed path on chanbus then
-// costs four allocations per event besides what the decoded data itself
-// needs (its strings, say): the ID and time string and the boxing of the
-// event for the encoder when publishing, the Event's Header copy (two)
-// when handling.
+// a flat struct (see JSON) straight into the Event, any other type into
+// recycled values of it. The typed path of a flat struct on chanbus then
+// costs three allocations per event besides what the decoded data itself
+// needs (its strings, say): the ID and time string when publishing, the
+// Event's Header copy (two) when handling. An event type the flat encoder
+// does not take is copied into an interface for encoding/json, one more.
 package bus
