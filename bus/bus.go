@@ -41,6 +41,10 @@ type Bus struct {
 
 	tmu   sync.RWMutex
 	types map[reflect.Type]*typeInfo
+	// lastType is the typeInfo typeOf returned last (typeInfos do not
+	// change once made): a Publish of the type published before finds it
+	// without the read lock and the map look-up.
+	lastType atomic.Pointer[typeInfo]
 
 	mu       sync.Mutex // routes, state changes, Start, Shutdown
 	routes   map[routeKey]*route
@@ -324,10 +328,14 @@ func Register[T any](b *Bus, topic string) error {
 func (b *Bus) typeOf(rt reflect.Type, topic string) (*typeInfo, error) {
 	rt = baseType(rt) // *T publishes and subscribes as T
 	if topic == "" {
+		if ti := b.lastType.Load(); ti != nil && ti.rt == rt {
+			return ti, nil
+		}
 		b.tmu.RLock()
 		ti := b.types[rt]
 		b.tmu.RUnlock()
 		if ti != nil {
+			b.lastType.Store(ti)
 			return ti, nil
 		}
 	}

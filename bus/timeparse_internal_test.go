@@ -76,3 +76,18 @@ func TestAppendTimeMatchesAppendFormat(t *testing.T) {
 		}
 	}
 }
+
+// parseUTC reads a time of the second it read last from the remembered
+// second and the new fraction: every fraction, valid or not, after a valid
+// time of that second, gives what time.Parse gives.
+func TestParseTimeOfTheLastSecond(t *testing.T) {
+	fracs := []string{"", ".", ".0", ".5", ".123456789", ".1234567890", ".12345678x", "x", ".-1", "..1", ".000000000",
+		".999999999", " ", ".1 "}
+	for _, sec := range []string{"2026-01-01T00:00:00", "2026-12-02T06:07:01", "0000-01-01T00:00:00", "9999-12-31T23:59:59"} {
+		for _, f := range fracs {
+			checkParseTime(t, sec+".25Z") // remembered
+			checkParseTime(t, sec+f+"Z")
+			checkParseTime(t, sec+f)
+		}
+	}
+}
