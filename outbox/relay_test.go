@@ -981,3 +981,61 @@ func TestRelayVacuums(t *testing.T) {
 		}
 	})
 }
+
+// TestLeaderPlansOnce (PostgreSQL): the leader's session runs the round
+// statement (delete the rows published, read the next batch) with a
+// generic plan, made once, instead of planning it for every round
+// (PostgreSQL's custom plans, which it kept for that statement).
+func TestLeaderPlansOnce(t *testing.T) {
+	e := needPostgres(t)
+	ctx := context.Background()
+	b, _ := newBus(t)
+	o := e.newOutbox(t, e.db, b)
+	r, err := NewRelay(o, discardPublisher{}, RelayOptions{BatchSize: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.stopping = make(chan struct{})
+	r.stopCtx = ctx
+	ex, release, _, err := r.lead()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	var prev []int64
+	for i := range 8 {
+		if err := o.Transact(ctx, func(tx *sql.Tx) error {
+			for j := range 3 {
+				if err := Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(i, "-", j)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := r.read(ctx, ex, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != 3 {
+			t.Fatalf("round %d read %d rows, want 3", i, len(rows))
+		}
+		prev = prev[:0]
+		for _, x := range rows {
+			prev = append(prev, x.id)
+		}
+	}
+	var generic, custom int
+	if err := ex.(*sql.Conn).QueryRowContext(ctx, "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+		o.q.finishSelect).Scan(&generic, &custom); err != nil {
+		t.Fatal(err)
+	}
+	if custom != 0 || generic != 7 {
+		t.Fatalf("the round statement ran with %d generic and %d custom plans, want 7 and 0", generic, custom)
+	}
+}
+
+type discardPublisher struct{}
+
+func (discardPublisher) Publish(context.Context, string, ...*transport.Message) error { return nil }
