@@ -501,19 +501,6 @@ func (r *Relay) lead() (execer, func(), func(context.Context) error, error) {
 		discard()
 		return nil, nil, nil, fmt.Errorf("SET synchronous_commit: %w", err)
 	}
-	// The rounds' statements are prepared once per session (the driver's
-	// statement cache), but PostgreSQL plans a prepared statement anew for
-	// each execution (a custom plan) unless a generic one costs no more:
-	// for the statement that deletes the rows of a round and reads the next
-	// batch (its ranges are unnest of text parameters) it never chose the
-	// generic plan, and planning it was a quarter of the round's CPU in
-	// its backend. The generic plans are the ones wanted whatever the
-	// table holds (index range scans for the ranges, an index scan in id
-	// order under the LIMIT; checked on an empty table and on 200,000
-	// rows), and are made again when the table's statistics change.
-	// (PostgreSQL 11 and older have no plan_cache_mode and fail the SET;
-	// they keep the custom plans.)
-	_, _ = conn.ExecContext(r.stopCtx, "SET plan_cache_mode = force_generic_plan")
 	return conn, discard, nil, nil
 }
 
