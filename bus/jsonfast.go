@@ -383,6 +383,9 @@ func jsonNumber(data []byte, i int) (int, bool) {
 // characters, of valid UTF-8 (encoding/json would replace invalid bytes),
 // whose bytes encoding/json takes as they are.
 func plainString(data []byte, start int) (int, bool) {
+	// A prefix of plain ASCII bytes without a quote changes neither the
+	// end nor the verdict: the scans below start after it.
+	start += plainInPrefix(data[start:])
 	q := bytes.IndexByte(data[start:], '"')
 	if q < 0 {
 		return 0, false
@@ -521,6 +524,9 @@ func (f *flatField) isZero(fp unsafe.Pointer) bool {
 // (with its HTML escaping, as json.Marshal does): no control character, no
 // '"', '\\', '<', '>' or '&', valid UTF-8 without U+2028 and U+2029.
 func plainOut(s string) bool {
+	// A prefix of ASCII bytes written as they are changes nothing: neither
+	// the bytes to escape nor UTF-8 validity (no character spans its end).
+	s = s[plainOutPrefix(s):]
 	if len(s) >= longPlain {
 		return plainOutLong(s)
 	}
@@ -557,6 +563,9 @@ func plainOut(s string) bool {
 // the bytes to escape one at a time with strings.IndexByte (vector code),
 // each a pass over the string, and for control characters in a separate
 // scan of the words; below it, one scan of the words tests everything.
+// (With AVX2, plainOutPrefix and plainInPrefix first skip the plain ASCII
+// bytes in one vector pass: these scans then see only the tail or what
+// follows the first byte that needs a look.)
 const longPlain = 128
 
 // plainOutLong is plainOut for a long string: five IndexByte passes, and
