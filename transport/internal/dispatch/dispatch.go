@@ -140,7 +140,10 @@ type stripe[T any] struct {
 	keys   laneTable[T] // keyed lanes with unfinished items, or parked
 	free   []*Lane[T]   // recycled lanes
 	parked int          // empty lanes kept in keys
-	_      [64]byte     // keeps neighbouring stripes' locks off one cache line
+	// bigParked: one of the parked lanes is big (its ring's capacity
+	// above maxFreeItems, see empty).
+	bigParked bool
+	_         [64]byte // keeps neighbouring stripes' locks off one cache line
 }
 
 type laneState uint8
@@ -168,6 +171,7 @@ type Lane[T any] struct {
 	items   ring[T] // the items not in batch
 	state   laneState
 	removed bool // Drain dropped it
+	big     bool // parked with a ring above maxFreeItems (st.bigParked)
 	// filling: addBatch readied l in the batch it queues, and puts the
 	// batch's items of l's key in l.batch directly (see addBatch).
 	filling bool
@@ -420,7 +424,7 @@ func (d *Dispatcher[T]) handLocked(st *stripe[T], h uint32, key string, item T) 
 		}
 		return nil
 	case l.state == parked: // its items and batch are empty
-		st.parked--
+		st.unpark(l)
 	default:
 		l.items.push(item)
 		return nil
@@ -553,7 +557,7 @@ func (d *Dispatcher[T]) queueLocked(st *stripe[T], h uint32, key string, item T,
 	if l.state != parked {
 		return nil
 	}
-	st.parked--
+	st.unpark(l)
 	return l
 }
 
@@ -601,6 +605,9 @@ const (
 	maxFree      = 64
 	maxFreeItems = 64
 	maxParked    = 64
+	// maxBigItems bounds the ring of the one big lane a stripe may keep
+	// parked besides (see empty).
+	maxBigItems = 4096
 )
 
 // empty is done with a lane whose last item finished: it stays parked
@@ -608,10 +615,23 @@ const (
 func (st *stripe[T]) empty(l *Lane[T]) {
 	l.wakeRoom()
 	l.owner, l.ran = nil, 0
-	if st.parked < maxParked && l.items.cap() <= maxFreeItems {
-		l.state = parked
-		st.parked++
-		return
+	if st.parked < maxParked {
+		// A lane whose items piled up beyond maxFreeItems stays parked
+		// too, one a stripe: a key whose worker catches up with its
+		// producer again and again (a transport's one lane at Concurrency
+		// 1, whose producer adds items one at a time) would otherwise get
+		// a new lane and regrow its ring (1, 2, 4 ... items) each time.
+		switch c := l.items.cap(); {
+		case c <= maxFreeItems:
+			l.state = parked
+			st.parked++
+			return
+		case c <= maxBigItems && !st.bigParked:
+			l.state, l.big = parked, true
+			st.parked++
+			st.bigParked = true
+			return
+		}
 	}
 	st.keys.del(l)
 	if len(st.free) >= maxFree || l.items.cap() > maxFreeItems {
@@ -620,6 +640,15 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 	l.items.reset()
 	*l = Lane[T]{st: st, items: l.items, batch: l.batch[:0]}
 	st.free = append(st.free, l)
+}
+
+// unpark takes l, parked, out of its stripe's parked lanes: an item came
+// for it. st.mu is held.
+func (st *stripe[T]) unpark(l *Lane[T]) {
+	st.parked--
+	if l.big {
+		l.big, st.bigParked = false, false
+	}
 }
 
 // ready1 puts l at the end of the ready queue; l's stripe lock is held. It
@@ -1035,7 +1064,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			}
 		}
 		st.keys = laneTable[T]{}
-		st.parked = 0
+		st.parked, st.bigParked = 0, false
 	}
 	d.waiting.Store(0)
 	d.wakeRoomLocked()

@@ -1039,3 +1039,48 @@ func TestKeyHashSeeded(t *testing.T) {
 		t.Fatal("two dispatchers hash 8 keys alike: keyHash is not seeded")
 	}
 }
+
+// TestBigLaneStaysParked: a key whose items piled up beyond maxFreeItems
+// before its worker caught up keeps its lane (and the lane's ring) when it
+// empties, so that the next pile costs no allocation; a second such key
+// in the stripe does not (one big lane a stripe).
+func TestBigLaneStaysParked(t *testing.T) {
+	d := New[int](Config{})
+	pile := func(key string) {
+		for i := range 3 * maxFreeItems {
+			d.Add(key, i)
+		}
+		l := d.Next(nil, nil)
+		n := 1
+		for d.Done(l) {
+			n++
+		}
+		if n != 3*maxFreeItems {
+			t.Fatalf("ran %d items, want %d", n, 3*maxFreeItems)
+		}
+	}
+	pile("k")
+	if allocs := testing.AllocsPerRun(20, func() { pile("k") }); allocs != 0 {
+		t.Errorf("a big lane's pile: %v allocations, want 0", allocs)
+	}
+	st, h := d.stripeOf("k")
+	if l := st.keys.get(h, "k"); l == nil || l.state != parked || !l.big || !st.bigParked {
+		t.Fatalf("the big lane is not parked: %+v", l)
+	}
+	// Another key of the same stripe: its big lane is not kept.
+	other := ""
+	for i := 0; other == ""; i++ {
+		if s, _ := d.stripeOf(fmt.Sprint(i)); s == st {
+			other = fmt.Sprint(i)
+		}
+	}
+	pile(other)
+	if l := st.keys.get(d.keyHash(other), other); l != nil {
+		t.Errorf("a second big lane stayed parked in the stripe")
+	}
+	// Once the big lane runs again, the stripe may park a big lane anew.
+	pile("k")
+	if l := st.keys.get(h, "k"); l == nil || !l.big {
+		t.Errorf("the big lane was not parked again")
+	}
+}
