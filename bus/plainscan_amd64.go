@@ -37,5 +37,3 @@ func plainInPrefix(b []byte) int {
 	}
 	return plainInPrefixAVX2(unsafe.SliceData(b), len(b))
 }
-
-func haveVectorScan() bool { return haveAVX2 }

@@ -92,7 +92,7 @@ func checkPrefix(t *testing.T, name string, b []byte, k int, look func(byte) boo
 			t.Fatalf("%s(%q) = %d, past byte %d (%#x)", name, b, k, j, b[j])
 		}
 	}
-	if k < len(b)&^31 && !look(b[k]) && haveVectorScan() {
+	if k < len(b)&^31 && !look(b[k]) && haveAVX2 {
 		t.Fatalf("%s(%q) = %d, stops at a plain byte %#x", name, b, k, b[k])
 	}
 }
