@@ -132,7 +132,8 @@ func writers(b *testing.B, db *sql.DB, from, to, txSize int, write func(tx *sql.
 func BenchmarkPGWriters(b *testing.B) {
 	for _, txSize := range []int{1, 10} {
 		b.Run(fmt.Sprintf("tx=%d", txSize), func(b *testing.B) {
-			phases := []writerPhase{writersRaw(b, txSize), writersPublishOnly(b, txSize), writersRelay(b, txSize)}
+			relayPhase, r := writersRelay(b, txSize)
+			phases := []writerPhase{writersRaw(b, txSize), writersPublishOnly(b, txSize), relayPhase}
 			elapsed := make([]time.Duration, len(phases))
 			const turns = 4
 			for t := range turns {
@@ -150,6 +151,9 @@ func BenchmarkPGWriters(b *testing.B) {
 			b.ReportMetric(only, "publish-only-events/s")
 			b.ReportMetric(relay, "events/s")
 			b.ReportMetric(relay/raw, "relay/raw")
+			if st := r.Stats(); st.Rounds > 0 {
+				b.ReportMetric(float64(st.Published)/float64(st.Rounds), "rows/round")
+			}
 		})
 	}
 }
@@ -184,18 +188,19 @@ func writersPublishOnly(b *testing.B, txSize int) writerPhase {
 	}
 }
 
-func writersRelay(b *testing.B, txSize int) writerPhase {
+// writersRelay also returns the relay (its Stats: rows per round).
+func writersRelay(b *testing.B, txSize int) (writerPhase, *Relay) {
 	e := benchPG(b)
 	bb, tr, c := benchBus(b)
 	o := e.newOutbox(b, e.db, bb)
-	startRelay(b, o, tr, RelayOptions{})
+	r := startRelay(b, o, tr, RelayOptions{})
 	ctx := context.Background()
 	return func(from, to int) {
 		writers(b, e.db, from, to, txSize, func(tx *sql.Tx, i int) error {
 			return Publish(ctx, o, tx, OrderPlaced{ID: "123456", Key: "k", Seq: i}, bus.WithKey(fmt.Sprint(i%50)))
 		}, o.Commit)
 		waitCount(b, c, int64(to))
-	}
+	}, r
 }
 
 // fillBacklog writes n events into the outbox, untimed: through Publish,
