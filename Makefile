@@ -27,7 +27,7 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 # The benchmark suite (benchmarks/, its own module): every case against the raw clients and
-# peers, each several times, in one run of 9-10 minutes; prints the comparison table and
+# peers, each several times, in one run of 6-10 minutes (host speed); prints the comparison table and
 # writes benchmarks/RESULTS.md, results.svg (the chart the README shows) and results.txt.
 bench:
 	cd benchmarks && $(GO) run ./cmd/benchrun

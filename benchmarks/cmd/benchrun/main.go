@@ -7,7 +7,7 @@
 // benchstat) into -out, and the comparisons into the README between its
 // bench markers.
 //
-//	go run ./cmd/benchrun            # make bench: the full suite, 9-10 minutes
+//	go run ./cmd/benchrun            # make bench: the full suite, 6-10 minutes (host speed)
 //	go run ./cmd/benchrun -short     # make bench-short: a smoke run of every case
 package main
 
@@ -38,7 +38,7 @@ type step struct {
 // plan: counts chosen so that each of busway's cases runs for half a second
 // to a second here (the slow references get fewer messages than busway's
 // cases beside them; the raw channel, at 40 ns a message, a tenth of a
-// second), and the whole suite in 9-10 minutes on 2 cores (outbox included). Counts that
+// second), and the whole suite in 6-10 minutes (host speed) on 2 cores (outbox included). Counts that
 // made a case a few tens of milliseconds measured its start more than its
 // pace: the typed path's five runs spread over 2x at 20,000 messages.
 var plan = []step{
