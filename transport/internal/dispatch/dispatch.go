@@ -140,10 +140,10 @@ type stripe[T any] struct {
 	keys   laneTable[T] // keyed lanes with unfinished items, or parked
 	free   []*Lane[T]   // recycled lanes
 	parked int          // empty lanes kept in keys
-	// bigParked: one of the parked lanes is big (its ring's capacity
-	// above maxFreeItems, see empty).
-	bigParked bool
-	_         [64]byte // keeps neighbouring stripes' locks off one cache line
+	// bigLane is the one parked lane whose ring's capacity is above
+	// maxFreeItems (see empty), or nil.
+	bigLane *Lane[T]
+	_       [64]byte // keeps neighbouring stripes' locks off one cache line
 }
 
 type laneState uint8
@@ -171,7 +171,6 @@ type Lane[T any] struct {
 	items   ring[T] // the items not in batch
 	state   laneState
 	removed bool // Drain dropped it
-	big     bool // parked with a ring above maxFreeItems (st.bigParked)
 	// filling: addBatch readied l in the batch it queues, and puts the
 	// batch's items of l's key in l.batch directly (see addBatch).
 	filling bool
@@ -626,10 +625,10 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 			l.state = parked
 			st.parked++
 			return
-		case c <= maxBigItems && !st.bigParked:
-			l.state, l.big = parked, true
+		case c <= maxBigItems && st.bigLane == nil:
+			l.state = parked
 			st.parked++
-			st.bigParked = true
+			st.bigLane = l
 			return
 		}
 	}
@@ -646,8 +645,8 @@ func (st *stripe[T]) empty(l *Lane[T]) {
 // for it. st.mu is held.
 func (st *stripe[T]) unpark(l *Lane[T]) {
 	st.parked--
-	if l.big {
-		l.big, st.bigParked = false, false
+	if st.bigLane == l {
+		st.bigLane = nil
 	}
 }
 
@@ -1064,7 +1063,7 @@ func (d *Dispatcher[T]) Drain(drop func(T)) int {
 			}
 		}
 		st.keys = laneTable[T]{}
-		st.parked, st.bigParked = 0, false
+		st.parked, st.bigLane = 0, nil
 	}
 	d.waiting.Store(0)
 	d.wakeRoomLocked()

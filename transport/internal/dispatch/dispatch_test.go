@@ -1064,7 +1064,7 @@ func TestBigLaneStaysParked(t *testing.T) {
 		t.Errorf("a big lane's pile: %v allocations, want 0", allocs)
 	}
 	st, h := d.stripeOf("k")
-	if l := st.keys.get(h, "k"); l == nil || l.state != parked || !l.big || !st.bigParked {
+	if l := st.keys.get(h, "k"); l == nil || l.state != parked || st.bigLane != l {
 		t.Fatalf("the big lane is not parked: %+v", l)
 	}
 	// Another key of the same stripe: its big lane is not kept.
@@ -1080,7 +1080,7 @@ func TestBigLaneStaysParked(t *testing.T) {
 	}
 	// Once the big lane runs again, the stripe may park a big lane anew.
 	pile("k")
-	if l := st.keys.get(h, "k"); l == nil || !l.big {
+	if l := st.keys.get(h, "k"); l == nil || st.bigLane != l {
 		t.Errorf("the big lane was not parked again")
 	}
 }
