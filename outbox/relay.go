@@ -553,7 +553,7 @@ func (r *Relay) lead1(ex execer, renew func(context.Context) error) error {
 	// the next round deletes them in the statement that reads its batch.
 	var sent []int64
 	// ahead is the next batch, read while the last one was published (a
-	// backlog on PostgreSQL); sent is empty then.
+	// backlog); sent is empty then.
 	var ahead []row
 	defer func() {
 		// On Stop (or a lost lead) the round's rows are deleted now; if
@@ -761,12 +761,16 @@ func (r *Relay) aheadRows() int {
 // readAhead reads the batches after the rows of cur, which are being
 // published and are not deleted yet.
 func (r *Relay) readAhead(ctx context.Context, ex execer, cur []row) ([]row, error) {
-	ids := make([]int64, len(cur))
-	for i := range cur {
-		ids[i] = cur[i].id
+	var after any = cur[len(cur)-1].id // SQLite: the highest id (rows are in id order)
+	if r.o.dialect == PostgreSQL {
+		ids := make([]int64, len(cur))
+		for i := range cur {
+			ids[i] = cur[i].id
+		}
+		after = pgArray(ids)
 	}
 	n := r.aheadRows()
-	rs, err := ex.QueryContext(ctx, r.o.q.selectAhead, pgArray(ids), n)
+	rs, err := ex.QueryContext(ctx, r.o.q.selectAhead, after, n)
 	if err != nil {
 		return nil, err
 	}
@@ -808,9 +812,9 @@ func scanRows(rs *sql.Rows, size int) ([]row, error) {
 // after its first failed row are kept, not deleted: the next round
 // publishes the failed row and them again, in id order.
 //
-// Read-ahead (PostgreSQL, a full batch): while the batch is published, the
-// next batches (aheadRows) are read on the same connection, leaving out
-// the batch's rows. If the batch went out cleanly, the round deletes it
+// Read-ahead (a full batch): while the batch is published, the next
+// batches (aheadRows) are read (on PostgreSQL on the same connection),
+// leaving out the batch's rows (see queries.selectAhead). If the batch went out cleanly, the round deletes it
 // itself, so that no more than one batch is ever published and not deleted
 // (what a crash re-sends), and returns the rows read ahead as ahead: the
 // next rounds publish them, one batch each, without reading, and the last
@@ -829,7 +833,7 @@ func (r *Relay) round(ctx context.Context, ex execer, prev []int64, ahead []row)
 		}
 	}
 	var next chan []row // the batches after, read meanwhile
-	if r.o.dialect == PostgreSQL && len(rows) >= r.opts.BatchSize && len(later) == 0 {
+	if len(rows) >= r.opts.BatchSize && len(later) == 0 {
 		next = make(chan []row, 1)
 		go func() {
 			// An error here is found again by the next round's read.

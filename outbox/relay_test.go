@@ -796,8 +796,8 @@ func (p *recorder) Publish(ctx context.Context, topic string, msgs ...*transport
 }
 
 // TestBacklogReadAhead: a backlog of 120 rows (3 keys, one row a
-// transaction) relayed with BatchSize 10, so that on PostgreSQL the relay
-// reads the rest of the backlog ahead in one statement and publishes it
+// transaction) relayed with BatchSize 10, so that the relay reads the
+// rest of the backlog ahead in one statement and publishes it
 // one batch a round; one message of key b in a batch read ahead fails
 // once. Every row is delivered, each key in order (key b's rows from the
 // failed one on again, in order, after it), and after each publish no
@@ -896,6 +896,75 @@ func TestBacklogReadAhead(t *testing.T) {
 			}
 			if len(seen) != perKey {
 				t.Errorf("key %s: %d of %d rows delivered", key, len(seen), perKey)
+			}
+		}
+	})
+}
+
+// gate holds the first Publish until open is closed, and reports on
+// held that it is holding it.
+type gate struct {
+	next       transport.Publisher
+	held, open chan struct{}
+	once       sync.Once
+}
+
+func (g *gate) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
+	g.once.Do(func() {
+		close(g.held)
+		<-g.open
+	})
+	return g.next.Publish(ctx, topic, msgs...)
+}
+
+// TestCommitsDuringReadAhead: rows committed while the relay publishes a
+// full batch, and reads the next ones ahead meanwhile, are delivered too,
+// each key in order, each row once: the read-ahead reads what committed
+// before it (on SQLite, the rows above the batch's highest id), and the
+// round after the rows read ahead reads the rest from the oldest.
+func TestCommitsDuringReadAhead(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		b, tr := newBus(t)
+		o := e.newOutbox(t, e.db, b)
+		const batch, before, during = 10, 25, 40
+		keys := []string{"a", "b", "c"}
+		seq := map[string]int{}
+		commit := func(n int) {
+			for i := range n {
+				key := keys[i%len(keys)]
+				if err := o.Transact(ctx, func(tx *sql.Tx) error {
+					return Publish(ctx, o, tx, OrderPlaced{ID: fmt.Sprint(key, seq[key]), Key: key, Seq: seq[key]}, bus.WithKey(key))
+				}); err != nil {
+					t.Fatal(err)
+				}
+				seq[key]++
+			}
+		}
+		commit(before)
+		rec := &recorder{next: tr, seqs: map[string][]int{}, ids: map[string]bool{}}
+		g := &gate{next: rec, held: make(chan struct{}), open: make(chan struct{})}
+		r, err := NewRelay(o, g, RelayOptions{BatchSize: batch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer r.Stop(ctx)
+		<-g.held // the first batch is being published
+		commit(during)
+		close(g.open)
+		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		for _, key := range keys {
+			var want []int
+			for s := range seq[key] {
+				want = append(want, s)
+			}
+			if got := rec.seqs[key]; fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("key %s delivered %v, want %v", key, got, want)
 			}
 		}
 	})

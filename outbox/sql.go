@@ -32,9 +32,11 @@ type queries struct {
 	// backlog.
 	deleteAny, archiveAny             string // $1, $2 ranges; archiveAny: $3 published_at
 	finishSelect, finishArchiveSelect string // $1, $2 ranges, $3 limit; archive: $4 published_at
-	// selectAhead (PostgreSQL) reads the batch after the rows of $1 (an
-	// id list, '{1,2,3}'), which are being published: the rows not in it,
-	// in id order, LIMIT $2.
+	// selectAhead reads the batches after the rows being published, in id
+	// order, LIMIT $2. PostgreSQL: the rows not in $1 (their id list,
+	// '{1,2,3}'), since a row of a lower id may commit later. SQLite: the
+	// rows of ids above ? (their highest): its writers commit one at a
+	// time, so ids commit in order, and AUTOINCREMENT never reuses one.
 	selectAhead         string
 	deadInsert, deadDel string
 	pruneArchive        string
@@ -91,6 +93,7 @@ func newQueries(d middleware.Dialect, table string) queries {
 	// The id lists are integers the relay read; formatting them into the
 	// statement avoids both a parameter limit (SQLite) and array types.
 	q.deleteIn = "DELETE FROM " + q.table + " WHERE id IN (%s)"
+	q.selectAhead = fmt.Sprintf("SELECT %s FROM %s WHERE id > ? ORDER BY id LIMIT ?", read, q.table)
 	q.archiveIn = fmt.Sprintf("INSERT INTO %s (%s, published_at) SELECT %s, %s FROM %s WHERE id IN (%%s)", q.published, all, all, p(1), q.table)
 	if d == middleware.PostgreSQL {
 		del := fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text::bigint[], $2::text::bigint[]) AS r(lo, hi) WHERE t.id BETWEEN r.lo AND r.hi", q.table)
