@@ -814,8 +814,9 @@ func scanRows(rs *sql.Rows, size int) ([]row, error) {
 //
 // Read-ahead (a full batch): while the batch is published, the next
 // batches (aheadRows) are read (on PostgreSQL on the same connection),
-// leaving out the batch's rows (see queries.selectAhead). If the batch went out cleanly, the round deletes it
-// itself, so that no more than one batch is ever published and not deleted
+// leaving out the batch's rows (see queries.selectAhead). If the batch
+// went out cleanly, the round deletes it itself, so that no more than one
+// batch is ever published and not deleted
 // (what a crash re-sends), and returns the rows read ahead as ahead: the
 // next rounds publish them, one batch each, without reading, and the last
 // of them reads ahead again. Otherwise the rows read ahead are dropped.
