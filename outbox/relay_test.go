@@ -901,13 +901,16 @@ func TestBacklogReadAhead(t *testing.T) {
 	})
 }
 
-// gate holds the first Publish until open is closed, and reports on
-// held that it is holding it.
+// gate holds the first Publish until Open, and reports on held that it is
+// holding it.
 type gate struct {
-	next       transport.Publisher
-	held, open chan struct{}
-	once       sync.Once
+	next           transport.Publisher
+	held, open     chan struct{}
+	once, openOnce sync.Once
 }
+
+// Open lets the held Publish (and every later one) through.
+func (g *gate) Open() { g.openOnce.Do(func() { close(g.open) }) }
 
 func (g *gate) Publish(ctx context.Context, topic string, msgs ...*transport.Message) error {
 	g.once.Do(func() {
@@ -952,9 +955,10 @@ func TestCommitsDuringReadAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer r.Stop(ctx)
-		<-g.held // the first batch is being published
+		defer g.Open() // before Stop, which waits for the round in flight
+		<-g.held       // the first batch is being published
 		commit(during)
-		close(g.open)
+		g.Open()
 		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
 		rec.mu.Lock()
 		defer rec.mu.Unlock()

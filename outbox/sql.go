@@ -93,7 +93,6 @@ func newQueries(d middleware.Dialect, table string) queries {
 	// The id lists are integers the relay read; formatting them into the
 	// statement avoids both a parameter limit (SQLite) and array types.
 	q.deleteIn = "DELETE FROM " + q.table + " WHERE id IN (%s)"
-	q.selectAhead = fmt.Sprintf("SELECT %s FROM %s WHERE id > ? ORDER BY id LIMIT ?", read, q.table)
 	q.archiveIn = fmt.Sprintf("INSERT INTO %s (%s, published_at) SELECT %s, %s FROM %s WHERE id IN (%%s)", q.published, all, all, p(1), q.table)
 	if d == middleware.PostgreSQL {
 		del := fmt.Sprintf("DELETE FROM %s AS t USING unnest($1::text::bigint[], $2::text::bigint[]) AS r(lo, hi) WHERE t.id BETWEEN r.lo AND r.hi", q.table)
@@ -109,6 +108,8 @@ func newQueries(d middleware.Dialect, table string) queries {
 		q.finishSelect = fmt.Sprintf("WITH d AS (%s RETURNING t.id) %s", del, next)
 		q.finishArchiveSelect = fmt.Sprintf("WITH d AS (%s RETURNING %s), a AS (INSERT INTO %s (%s, published_at) SELECT %s, $4 FROM d) %s",
 			del, tall, q.published, all, all, next)
+	} else {
+		q.selectAhead = fmt.Sprintf("SELECT %s FROM %s WHERE id > ? ORDER BY id LIMIT ?", read, q.table)
 	}
 	q.deadInsert = fmt.Sprintf("INSERT INTO %s (%s, failed_at, error) SELECT %s, %s, %s FROM %s WHERE id = %s", q.dead, all, all, p(1), p(2), q.table, p(3))
 	q.deadDel = fmt.Sprintf("DELETE FROM %s WHERE id = %s", q.table, p(1))
