@@ -42,6 +42,11 @@ func TestOpenBadURLs(t *testing.T) {
 		{"chan://?bogus=1", transport.ErrInvalidURL, `"bogus"`},
 		{"nats://127.0.0.1:4222?strem=X", transport.ErrInvalidURL, `"strem"`},
 		{"kafka://localhost:9092?acks=some", transport.ErrInvalidURL, `"acks"`},
+		// Pairs that url.URL.Query would drop without a word, leaving the
+		// option at its default.
+		{"nats://127.0.0.1:4222?stream=ORDERS%ZZ", transport.ErrInvalidURL, `"stream"`},
+		{"kafka://localhost:9092?acks=1;partitions=6", transport.ErrInvalidURL, `'&'`},
+		{"chan://?buffer%G=64", transport.ErrInvalidURL, `"buffer%G"`},
 		{"kafka://:user@:pw", transport.ErrInvalidURL, ""},
 	} {
 		tr, err := busway.Open(ctx, tc.raw)

@@ -248,9 +248,42 @@ type Query struct {
 	err  error
 }
 
-// NewQuery starts reading u's query options.
+// NewQuery starts reading u's query options. A pair that does not decode
+// (a bad %-escape, or ';' where '&' separates options) is Err's error:
+// url.URL.Query drops such a pair without a word, which would leave an
+// option the user set at its default.
 func NewQuery(u *url.URL) *Query {
-	return &Query{u: u, vals: u.Query(), seen: make(map[string]bool)}
+	q := &Query{u: u, vals: url.Values{}, seen: make(map[string]bool)}
+	for pair := range strings.SplitSeq(u.RawQuery, "&") {
+		if pair == "" {
+			continue
+		}
+		rawName, rawValue, _ := strings.Cut(pair, "=")
+		name, errName := url.QueryUnescape(rawName)
+		value, errValue := url.QueryUnescape(rawValue)
+		switch {
+		case errName != nil:
+			q.Fail(rawName, fmt.Errorf("%w: its name does not decode: %v (write a literal %% as %%25)", ErrInvalidURL, errName))
+		case strings.Contains(pair, ";"):
+			q.Fail(name, fmt.Errorf("%w: ';' in %q: options are separated by '&' (write a literal ; as %%3B)", ErrInvalidURL, redactPair(name, pair)))
+		case errValue != nil && SecretOption(name):
+			q.Fail(name, fmt.Errorf("%w: its value does not decode (a bad %%-escape; write a literal %% as %%25)", ErrInvalidURL))
+		case errValue != nil:
+			q.Fail(name, fmt.Errorf("%w: its value does not decode: %v (write a literal %% as %%25)", ErrInvalidURL, errValue))
+		default:
+			q.vals[name] = append(q.vals[name], value)
+		}
+	}
+	return q
+}
+
+// redactPair is a raw name=value query pair, its value hidden when the
+// option is secret.
+func redactPair(name, pair string) string {
+	if SecretOption(name) {
+		return redactQuery(pair)
+	}
+	return pair
 }
 
 func (q *Query) get(name string) (string, bool) {

@@ -208,6 +208,12 @@ func TestQuery(t *testing.T) {
 		"x://h?n=1&n=2":    `query option "n"`,
 		"x://h?n=1&typo=1": `query option "typo"`,
 		"x://u:pw@h?zzz=1": `query option "zzz"`,
+		// Pairs that do not decode (url.URL.Query drops them silently).
+		"x://h?s=A%ZZ":          `query option "s"`,
+		"x://h?n=1;d=2s":        `query option "n"`,
+		"x://h?%ZZ=1":           `query option "%ZZ"`,
+		"x://h?token=pw%ZZpw":   `query option "token"`,
+		"x://h?n=1&token=pw;pw": `query option "token"`,
 	} {
 		u, _ := url.Parse(raw)
 		q := transport.NewQuery(u)
