@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -283,11 +284,13 @@ func (c Config) resolve() (*config, error) {
 	if r.mechanism != nil && c.SASL.Username == "" {
 		return nil, invalid("SASL.Username is required with SASL.Mechanism %s", c.SASL.Mechanism)
 	}
-	if c.Topics.Partitions < 0 {
-		return nil, invalid("Topics.Partitions %d is negative (0 means the broker's default)", c.Topics.Partitions)
+	// Kafka's protocol carries these as int32 (partitions, byte sizes) and
+	// int16 (the replication factor): a larger value would wrap on the wire.
+	if c.Topics.Partitions < 0 || c.Topics.Partitions > math.MaxInt32 {
+		return nil, invalid("Topics.Partitions %d is not between 0 (the broker's default) and %d", c.Topics.Partitions, math.MaxInt32)
 	}
-	if c.Topics.ReplicationFactor < 0 {
-		return nil, invalid("Topics.ReplicationFactor %d is negative (0 means the broker's default)", c.Topics.ReplicationFactor)
+	if c.Topics.ReplicationFactor < 0 || c.Topics.ReplicationFactor > math.MaxInt16 {
+		return nil, invalid("Topics.ReplicationFactor %d is not between 0 (the broker's default) and %d", c.Topics.ReplicationFactor, math.MaxInt16)
 	}
 	if c.Acks < AcksAll || c.Acks > AcksNone {
 		return nil, invalid("Acks %d is not AcksAll, AcksLeader or AcksNone", int(c.Acks))
@@ -317,6 +320,9 @@ func (c Config) resolve() (*config, error) {
 	for _, f := range ints {
 		if *f.v < 0 {
 			return nil, invalid("%s %d is negative (0 means the default)", f.name, *f.v)
+		}
+		if *f.v > math.MaxInt32 {
+			return nil, invalid("%s %d is above %d, the most Kafka's protocol carries", f.name, *f.v, math.MaxInt32)
 		}
 		if *f.v == 0 {
 			*f.v = f.def

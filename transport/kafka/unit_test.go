@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/url"
 	"strings"
@@ -158,6 +159,9 @@ func TestConfigValidation(t *testing.T) {
 		"bad compression":   {Brokers: []string{"h"}, Compression: "brotli"},
 		"bad acks":          {Brokers: []string{"h"}, Acks: 7},
 		"negative parts":    {Brokers: []string{"h"}, Topics: Provisioning{Partitions: -1}},
+		"parts > int32":     {Brokers: []string{"h"}, Topics: Provisioning{Partitions: math.MaxInt32 + 1}},
+		"replicas > int16":  {Brokers: []string{"h"}, Topics: Provisioning{ReplicationFactor: math.MaxInt16 + 1}},
+		"fetch > int32":     {Brokers: []string{"h"}, FetchMaxBytes: math.MaxInt32 + 1},
 		"negative interval": {Brokers: []string{"h"}, CommitInterval: -time.Second},
 		"backoff order":     {Brokers: []string{"h"}, RetryBackoff: time.Minute, RetryBackoffMax: time.Second},
 		"heartbeat>session": {Brokers: []string{"h"}, HeartbeatInterval: time.Minute},
@@ -206,6 +210,7 @@ func TestConfigFromURL(t *testing.T) {
 		{"kafka://", "host"},
 		{"kafka://h:9092/path", "path"},
 		{"kafka://h:9092?partitions=-2", "Partitions"},
+		{"kafka://h:9092?partitions=99999999999", "Partitions"},
 	} {
 		_, err := mux.Open(context.Background(), tc.url)
 		if !errors.Is(err, transport.ErrInvalidURL) && !errors.Is(err, transport.ErrInvalidOptions) {
