@@ -47,6 +47,8 @@ func TestOpenBadURLs(t *testing.T) {
 		{"nats://127.0.0.1:4222?stream=ORDERS%ZZ", transport.ErrInvalidURL, `"stream"`},
 		{"kafka://localhost:9092?acks=1;partitions=6", transport.ErrInvalidURL, `'&'`},
 		{"chan://?buffer%G=64", transport.ErrInvalidURL, `"buffer%G"`},
+		{" nats://127.0.0.1:4222", transport.ErrInvalidURL, "white space"},
+		{"nats://127.0.0.1:4222\n", transport.ErrInvalidURL, "white space"},
 		{"kafka://:user@:pw", transport.ErrInvalidURL, ""},
 	} {
 		tr, err := busway.Open(ctx, tc.raw)

@@ -77,6 +77,11 @@ func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
 	if strings.TrimSpace(rawURL) == "" {
 		return nil, &URLError{URL: rawURL, Part: "url", Err: fmt.Errorf("%w: empty (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
 	}
+	if trimmed := strings.TrimSpace(rawURL); trimmed != rawURL {
+		// net/url's own errors for these ("first path segment in URL
+		// cannot contain colon", "invalid port") do not say what is wrong.
+		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: white space before or after it (a value read from a file with its newline?)", ErrInvalidURL)}
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLErr(err))}
