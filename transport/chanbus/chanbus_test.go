@@ -431,6 +431,8 @@ func TestURL(t *testing.T) {
 		{"chan://?buffer=1000000000", `query option "buffer"`},           // a group would allocate 16 x 1e9 slots
 		{"chan://?buffer=100000&shards=100000", `query option "buffer"`}, // 1e10
 		{"chan://?buffer=9223372036854775807&shards=2", `query option "buffer"`},
+		{"chan://?shards=99999999", `query option "shards"`}, // the default buffer x this
+		{"chan://?buffer=99999999", `query option "buffer"`},
 		{"chan://somehost", "host"},
 		{"chan://user:secret@", "userinfo"},
 		{"chan:///some/path", "path"},

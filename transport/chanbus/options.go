@@ -193,7 +193,11 @@ func openWith(u *url.URL, defaults []Option, extra ...Option) (transport.Transpo
 	if buffer >= 1 && shards >= 1 && (buffer > MaxURLQueue || shards > MaxURLQueue || buffer*shards > MaxURLQueue) {
 		// A group may queue shards x buffer messages: a typo in a URL must
 		// not become a bound that lets memory grow until the process dies.
-		q.Fail("buffer", fmt.Errorf("%w: buffer %d x shards %d is more than %d queued messages per group", transport.ErrInvalidURL, buffer, shards, MaxURLQueue))
+		name := "buffer" // the option the URL gave (buffer when both or neither)
+		if !q.Has("buffer") && q.Has("shards") {
+			name = "shards"
+		}
+		q.Fail(name, fmt.Errorf("%w: buffer %d x shards %d is more than %d queued messages per group", transport.ErrInvalidURL, buffer, shards, MaxURLQueue))
 	}
 	drain := q.Duration("drain_timeout", def.drain)
 	if drain < 0 {
