@@ -319,8 +319,10 @@ func Register[T any](b *Bus, topic string) error {
 	if err := transport.ValidateTopic(topic); err != nil {
 		return fmt.Errorf("busway: Register %v: %w", reflect.TypeFor[T](), err)
 	}
-	_, err := b.typeOf(reflect.TypeFor[T](), topic)
-	return err
+	if _, err := b.typeOf(reflect.TypeFor[T](), topic); err != nil {
+		return fmt.Errorf("busway: Register %v: %w", reflect.TypeFor[T](), err)
+	}
+	return nil
 }
 
 // typeOf returns the typeInfo of rt, fixing its topic: to topic if given

@@ -451,8 +451,9 @@ func TestRegister(t *testing.T) {
 	if err := bus.Register[OrderCreated](b, "orders"); err != nil {
 		t.Errorf("same topic again: %v", err)
 	}
-	if err := bus.Register[OrderCreated](b, "other"); !errors.Is(err, bus.ErrAlreadyRegistered) {
-		t.Errorf("another topic: %v", err)
+	if err := bus.Register[OrderCreated](b, "other"); !errors.Is(err, bus.ErrAlreadyRegistered) ||
+		!strings.HasPrefix(err.Error(), "busway: Register bus_test.OrderCreated: ") {
+		t.Errorf("another topic: %v, want ErrAlreadyRegistered, prefixed busway: Register and the type", err)
 	}
 	if err := bus.Register[*OrderCreated](b, "orders"); err != nil {
 		t.Errorf("T and *T share a name: %v", err)
