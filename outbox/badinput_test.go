@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,17 +90,32 @@ func TestBadInput(t *testing.T) {
 		if !errors.Is(err, transport.ErrInvalidTopic) {
 			t.Fatalf("bad topic: %v", err)
 		}
-		for _, bad := range []Options{{}, {Dialect: e.dialect, Table: "x; DROP TABLE y"}, {Dialect: e.dialect, InboxTable: "1x"}} {
-			if _, err := New(e.db, bad); !errors.Is(err, ErrInvalidOptions) {
-				t.Fatalf("New(%+v): %v, want ErrInvalidOptions", bad, err)
+		for _, tc := range []struct {
+			opts Options
+			name string // what the error must name
+		}{
+			{Options{}, "Options.Dialect"},
+			{Options{Dialect: e.dialect, Table: "x; DROP TABLE y"}, "x; DROP TABLE y"},
+			{Options{Dialect: e.dialect, InboxTable: "1x"}, "1x"},
+		} {
+			if _, err := New(e.db, tc.opts); !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tc.name) {
+				t.Fatalf("New(%+v): %v, want ErrInvalidOptions naming %s", tc.opts, err, tc.name)
 			}
 		}
 		if _, err := New(nil, Options{Dialect: e.dialect}); !errors.Is(err, ErrInvalidOptions) {
 			t.Fatalf("New(nil db): %v", err)
 		}
-		for _, bad := range []RelayOptions{{BatchSize: -1}, {PollInterval: -time.Second}, {MinBackoff: time.Second, MaxBackoff: time.Millisecond}} {
-			if _, err := NewRelay(o, tr, bad); !errors.Is(err, ErrInvalidOptions) {
-				t.Fatalf("NewRelay(%+v): %v", bad, err)
+		for _, tc := range []struct {
+			opts RelayOptions
+			name string
+		}{
+			{RelayOptions{BatchSize: -1}, "BatchSize -1"},
+			{RelayOptions{PollInterval: -time.Second}, "PollInterval -1s"},
+			{RelayOptions{LeaseTTL: -time.Second, Retention: -time.Hour}, "Retention -1h0m0s, LeaseTTL -1s"},
+			{RelayOptions{MinBackoff: time.Second, MaxBackoff: time.Millisecond}, "MaxBackoff 1ms is below MinBackoff 1s"},
+		} {
+			if _, err := NewRelay(o, tr, tc.opts); !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tc.name) {
+				t.Fatalf("NewRelay(%+v): %v, want ErrInvalidOptions naming %s", tc.opts, err, tc.name)
 			}
 		}
 		if _, err := NewRelay(o, nil, RelayOptions{}); !errors.Is(err, ErrInvalidOptions) {

@@ -107,6 +107,9 @@ func New(db *sql.DB, opts Options) (*Outbox, error) {
 	if db == nil {
 		return nil, fmt.Errorf("%w: outbox.New needs a *sql.DB", ErrInvalidOptions)
 	}
+	if opts.Dialect != PostgreSQL && opts.Dialect != SQLite {
+		return nil, fmt.Errorf("%w: outbox.New: Options.Dialect %v is neither outbox.PostgreSQL nor outbox.SQLite", ErrInvalidOptions, opts.Dialect)
+	}
 	if opts.Table == "" {
 		opts.Table = "busway_outbox"
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -193,8 +194,21 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 		return nil, fmt.Errorf("%w: NewRelay: nil *Outbox", ErrInvalidOptions)
 	case pub == nil:
 		return nil, fmt.Errorf("%w: NewRelay: nil Publisher", ErrInvalidOptions)
-	case opts.BatchSize < 0, opts.PollInterval < 0, opts.MinBackoff < 0, opts.MaxBackoff < 0, opts.Retention < 0, opts.LeaseTTL < 0:
-		return nil, fmt.Errorf("%w: NewRelay: negative BatchSize, PollInterval, MinBackoff, MaxBackoff, Retention or LeaseTTL", ErrInvalidOptions)
+	}
+	var negative []string
+	if opts.BatchSize < 0 {
+		negative = append(negative, fmt.Sprintf("BatchSize %d", opts.BatchSize))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"PollInterval", opts.PollInterval}, {"MinBackoff", opts.MinBackoff}, {"MaxBackoff", opts.MaxBackoff}, {"Retention", opts.Retention}, {"LeaseTTL", opts.LeaseTTL}} {
+		if d.v < 0 {
+			negative = append(negative, fmt.Sprintf("%s %v", d.name, d.v))
+		}
+	}
+	if len(negative) > 0 {
+		return nil, fmt.Errorf("%w: NewRelay: negative %s (0 means the default)", ErrInvalidOptions, strings.Join(negative, ", "))
 	}
 	if opts.BatchSize == 0 {
 		opts.BatchSize = 500
