@@ -203,7 +203,7 @@ func ackError(data []byte) error {
 		return jetstream.ErrInvalidJSAck
 	}
 	if ack.Error != nil {
-		return fmt.Errorf("nats: %w", ack.Error)
+		return ack.Error // its text starts "nats: API error"
 	}
 	if ack.Stream == "" {
 		return jetstream.ErrInvalidJSAck

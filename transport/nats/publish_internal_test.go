@@ -2,6 +2,7 @@ package nats
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -40,6 +41,9 @@ func TestAckError(t *testing.T) {
 			var ae *jetstream.APIError
 			if !errors.As(err, &ae) || ae.ErrorCode != tc.code {
 				t.Errorf("%s: %v, want API error %d", tc.reply, err, tc.code)
+			}
+			if n := strings.Count(err.Error(), "nats: "); n != 1 {
+				t.Errorf("%s: %q says \"nats: \" %d times", tc.reply, err, n)
 			}
 		case !errors.Is(err, tc.want):
 			t.Errorf("%s: %v, want %v", tc.reply, err, tc.want)
