@@ -31,3 +31,34 @@ func TestRecorder(t *testing.T) {
 		t.Fatalf("report %+v", rep)
 	}
 }
+
+// TestDuplicatesOwedToTheirKill: a message the first member handled and
+// did not get acked comes back after AckWait, which may be after a second
+// kill: the duplicate counts against the first kill, whose member held
+// it, not the second. One handled again by a member that also died counts
+// against each member's kill.
+func TestDuplicatesOwedToTheirKill(t *testing.T) {
+	run := Run{N: 3, Keys: 3}
+	r := run.Start()
+	kill := func() {
+		r.mu.Lock()
+		r.rep.KilledAt, r.rep.Dups = append(r.rep.KilledAt, r.rep.Distinct), append(r.rep.Dups, 0)
+		r.rep.Resume, r.rep.Progress = append(r.rep.Resume, 0), append(r.rep.Progress, 0)
+		r.epoch++
+		clear(r.lastSeq)
+		r.mu.Unlock()
+	}
+	r.Handled("a", "ka", 0) // member 0
+	r.Handled("b", "kb", 0)
+	kill()
+	r.Handled("c", "kc", 0) // member 1
+	kill()
+	r.Handled("a", "ka", 0) // member 2, after AckWait: member 0's
+	r.Handled("c", "kc", 0) // member 1's
+	r.Handled("c", "kc", 0) // member 2 again, no kill between: not counted
+	kill()
+	r.Handled("a", "ka", 0) // member 3: member 2 handled it again and died too
+	if got := r.rep.Dups; len(got) != 3 || got[0] != 1 || got[1] != 1 || got[2] != 1 {
+		t.Fatalf("Dups = %v, want [1 1 1] (a to kill 1, c to kill 2, a again to kill 3)", got)
+	}
+}
