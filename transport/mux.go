@@ -77,7 +77,7 @@ func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
 	if strings.TrimSpace(rawURL) == "" {
 		return nil, &URLError{URL: rawURL, Part: "url", Err: fmt.Errorf("%w: empty (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
 	}
-	if trimmed := strings.TrimSpace(rawURL); trimmed != rawURL {
+	if strings.TrimSpace(rawURL) != rawURL {
 		// net/url's own errors for these ("first path segment in URL
 		// cannot contain colon", "invalid port") do not say what is wrong.
 		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: white space before or after it (a value read from a file with its newline?)", ErrInvalidURL)}
@@ -170,20 +170,34 @@ func SecretOption(name string) bool {
 }
 
 // redactQuery hides the values of secret options in a raw query, keeping
-// the rest (and its order) as written.
+// the rest (and its order) as written. A ';' is read both ways: busway
+// rejects it as a separator, but the error echoes the query, so a secret
+// after one is hidden ("n=1;token=..."), and so is what follows one in a
+// secret's value ("token=ab;cd": a part without '=' continues the value).
 func redactQuery(raw string) string {
-	parts := strings.Split(raw, "&")
-	for i, p := range parts {
-		k, _, hasValue := strings.Cut(p, "=")
-		name, err := url.QueryUnescape(k)
-		if err != nil {
-			name = k
+	pairs := strings.Split(raw, "&")
+	for i, pair := range pairs {
+		parts := strings.Split(pair, ";")
+		secret := false
+		for j, p := range parts {
+			k, _, hasValue := strings.Cut(p, "=")
+			if !hasValue {
+				if secret && p != "" {
+					parts[j] = "xxxxx"
+				}
+				continue
+			}
+			name, err := url.QueryUnescape(k)
+			if err != nil {
+				name = k
+			}
+			if secret = SecretOption(name); secret {
+				parts[j] = k + "=xxxxx"
+			}
 		}
-		if hasValue && SecretOption(name) {
-			parts[i] = k + "=xxxxx"
-		}
+		pairs[i] = strings.Join(parts, ";")
 	}
-	return strings.Join(parts, "&")
+	return strings.Join(pairs, "&")
 }
 
 // RedactRaw is Redact for a URL string that may not parse.
@@ -270,7 +284,7 @@ func NewQuery(u *url.URL) *Query {
 		case errName != nil:
 			q.Fail(rawName, fmt.Errorf("%w: its name does not decode: %v (write a literal %% as %%25)", ErrInvalidURL, errName))
 		case strings.Contains(pair, ";"):
-			q.Fail(name, fmt.Errorf("%w: ';' in %q: options are separated by '&' (write a literal ; as %%3B)", ErrInvalidURL, redactPair(name, pair)))
+			q.Fail(name, fmt.Errorf("%w: ';' in %q: options are separated by '&' (write a literal ; as %%3B)", ErrInvalidURL, redactQuery(pair)))
 		case errValue != nil && SecretOption(name):
 			q.Fail(name, fmt.Errorf("%w: its value does not decode (a bad %%-escape; write a literal %% as %%25)", ErrInvalidURL))
 		case errValue != nil:
@@ -280,15 +294,6 @@ func NewQuery(u *url.URL) *Query {
 		}
 	}
 	return q
-}
-
-// redactPair is a raw name=value query pair, its value hidden when the
-// option is secret.
-func redactPair(name, pair string) string {
-	if SecretOption(name) {
-		return redactQuery(pair)
-	}
-	return pair
 }
 
 func (q *Query) get(name string) (string, bool) {

@@ -21,6 +21,10 @@ func TestRedact(t *testing.T) {
 		{"nats://h#t0kenvalue", "nats://h"},
 		{"chan://?buffer=8", "chan://?buffer=8"},
 		{"nats:t0kenvalue@h", "nats:xxxxx@h"},
+		// ';' is not a separator for busway (an error), but the error
+		// echoes the URL: a secret after one is hidden too.
+		{"nats://h:4222?stream=S;token=t0kenvalue&name=x", "nats://h:4222?stream=S;token=xxxxx&name=x"},
+		{"nats://h:4222?&&token=t0kenvalue;;", "nats://h:4222?&&token=xxxxx;;"},
 	} {
 		u, err := url.Parse(c.raw)
 		if err != nil {
@@ -31,7 +35,8 @@ func TestRedact(t *testing.T) {
 		}
 	}
 	// A URL that does not parse.
-	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port?x=1", "nats://h:port?token=t0kenvalue", "nats:t0kenvalue@h:port"} {
+	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port?x=1", "nats://h:port?token=t0kenvalue", "nats:t0kenvalue@h:port",
+		"nats://h:4222?stream=S;token=t0kenvalue", "nats://h:4222?stream=S%ZZ&token=t0kenvalue"} {
 		var m transport.Mux
 		_, err := m.Open(context.Background(), raw)
 		if err == nil {
