@@ -207,3 +207,32 @@ func TestErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestTailShowsNoControlCharacters: an event's attributes and data come
+// from whoever published it; tail's text lines show a control character
+// (an ANSI escape, a tab, a bidirectional override) as its escape, never
+// as itself.
+func TestTailShowsNoControlCharacters(t *testing.T) {
+	cb := chanbus.New()
+	t.Cleanup(func() { _ = cb.Close() })
+	open := shared(cb)
+	tail := start(t, open, "tail", "chan://", "orders", "--count", "1")
+	waitFor(t, 10*time.Second, "tail to subscribe", func() bool { return strings.Contains(tail.err.String(), "tailing") })
+	m := &transport.Message{ID: "m1", Key: "a\tb", Body: []byte("{\"n\":\"\x1b[31mred\u202e\"}"),
+		Header: map[string]string{transport.HeaderType: "x\x1b[2J", transport.HeaderID: "id\x07"}}
+	if err := cb.Publish(t.Context(), "orders", m); err != nil {
+		t.Fatal(err)
+	}
+	if code := tail.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("tail exited %d\n%s", code, tail.err)
+	}
+	out := tail.out.String()
+	if strings.ContainsAny(out, "\x1b\x07\t\u202e") {
+		t.Fatalf("tail printed a control character: %q", out)
+	}
+	for _, want := range []string{`x\x1b[2J`, `key=a\tb`, `id=id\a`, `\x1b[31mred\u202e`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("tail line %q lacks %s", out, want)
+		}
+	}
+}

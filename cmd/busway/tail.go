@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -135,12 +137,37 @@ func eventLine(m *transport.Message, env bus.Envelope) string {
 	return fmt.Sprintf("%s  %-20s  key=%-12s  id=%s  %s", ts, orDash(env.Type), orDash(env.Key), orDash(env.ID), shortData(m.Body, 80))
 }
 
+// orDash is s for a text line or table cell ("-" when empty), shown
+// with printable (shown) characters only: an event's attributes come from
+// whoever published it, and a control character (an ANSI escape, a tab
+// that shifts a table's columns) must not reach the terminal as one.
 func orDash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return shown(s)
 }
+
+// shown is s with each character that is not graphic (a control
+// character, a newline, a zero-width or bidirectional format character)
+// written as its Go escape: "x\x1b[2J".
+func shown(s string) string {
+	if !strings.ContainsFunc(s, notShown) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if !notShown(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRuneToGraphic(r) // '\x1b'
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
+}
+
+func notShown(r rune) bool { return r != ' ' && !unicode.IsGraphic(r) }
 
 // shortData is body on one line, cut to max runes; a body that is not
 // text is shown by its size.
@@ -151,7 +178,7 @@ func shortData(body []byte, max int) string {
 	if !utf8.Valid(body) {
 		return fmt.Sprintf("(%d bytes of binary data)", len(body))
 	}
-	s := strings.Join(strings.Fields(string(body)), " ")
+	s := shown(strings.Join(strings.Fields(string(body)), " "))
 	if utf8.RuneCountInString(s) > max {
 		r := []rune(s)
 		s = string(r[:max-1]) + "…"
