@@ -9,7 +9,7 @@
 //	busway dlq list URL TOPIC [--json] [--group G] [--wait D]
 //	busway dlq replay URL TOPIC (--id ID ... | --all) [--dry-run] [--group G] [--wait D]
 //
-// An event's attributes and data are whoever published it's: in the text
+// An event's attributes and data are set by whoever published it: in the text
 // lines of tail and the table of dlq list, a character that is not
 // printable (an ANSI escape sequence, a tab, a newline, a bidirectional
 // override) is shown as its Go escape ("\x1b[2J"), never sent to the
