@@ -212,22 +212,14 @@ func (o DeadLetterOptions) unpublishable(ctx context.Context, m *transport.Messa
 
 // deadLetter builds the dead letter of m, which failed with err at t.
 func deadLetter(m *transport.Message, err error, t time.Time) *transport.Message {
-	d := &transport.Message{ID: DeadLetterID(m.ID, m.Topic, m.Group), Key: m.Key, Body: bytes.Clone(m.Body), Header: make(map[string]string, len(m.Header)+9)}
+	d := &transport.Message{ID: DeadLetterID(m.ID, m.Topic, m.Group), Key: headerValue(m.Key), Body: bytes.Clone(m.Body), Header: make(map[string]string, len(m.Header)+9)}
 	for k, v := range m.Header {
 		if strings.HasPrefix(k, dlqPrefix) {
 			continue // of an earlier dead-lettering: this one's replace them
 		}
-		if strings.ContainsAny(v, "\r\n") {
-			v = strings.Map(func(r rune) rune { // as nats.go does: same length
-				if r == '\r' || r == '\n' {
-					return ' '
-				}
-				return r
-			}, v)
-		}
-		d.Header[headerName(k)] = v
+		d.Header[headerName(k)] = headerValue(v)
 	}
-	if len(m.ID) <= MaxDLQIDLen && !strings.ContainsAny(m.ID, "\r\n") { // a header value must be one line
+	if len(m.ID) <= MaxDLQIDLen && transport.HeaderValueError(m.ID) == nil { // a header value every transport carries
 		if m.ID != "" {
 			d.Header[HeaderDLQID] = m.ID
 		}
@@ -255,7 +247,7 @@ func deadLetter(m *transport.Message, err error, t time.Time) *transport.Message
 		used += len(transport.HeaderID) + len(d.Header[transport.HeaderID])
 	}
 	if room := min(MaxDLQErrorLen, DLQHeaderBudget-used); room > 0 {
-		d.Header[HeaderDLQError] = oneLine(err.Error(), room)
+		d.Header[HeaderDLQError] = headerValue(oneLine(err.Error(), room))
 	}
 	return d
 }
@@ -269,6 +261,24 @@ func strip(d *transport.Message) {
 	delete(d.Header, HeaderDLQError)
 	delete(d.Header, HeaderDLQTime)
 	delete(d.Header, HeaderDLQDelivery)
+}
+
+// headerValue is v as a header value every transport delivers as it is
+// (transport.HeaderValueError), changed as nats.go would change it: line
+// breaks as spaces, no white space at the ends. A value that came from
+// another transport (Kafka carries any) would otherwise make the dead
+// letter unpublishable on NATS. It is never longer than v.
+func headerValue(v string) string {
+	if transport.HeaderValueError(v) == nil {
+		return v
+	}
+	v = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, v)
+	return strings.Trim(v, " \t")
 }
 
 // headerName returns name, or, when some transport would refuse it, name

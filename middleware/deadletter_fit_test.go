@@ -42,6 +42,9 @@ func (p *sizedPub) Publish(_ context.Context, topic string, msgs ...*transport.M
 				return err
 			}
 		}
+		if err := transport.HeaderValueError(m.Key); err != nil { // NATS carries it as a header
+			return fmt.Errorf("%w: Key: %v", transport.ErrInvalidMessage, err)
+		}
 		if n := size(m); n > p.limit {
 			return fmt.Errorf("%w: %d bytes, limit %d", transport.ErrMessageTooLarge, n, p.limit)
 		}
@@ -98,11 +101,20 @@ func TestDeadLetterFits(t *testing.T) {
 	t.Run("header names a transport refuses, values with line breaks", func(t *testing.T) {
 		pub := &sizedPub{limit: 1 << 20}
 		m := msg("m1")
-		m.Header = map[string]string{"x(y)": "1", "with space": "2", "50%": "3", "ok": "line1\nline2"}
-		if err := middleware.DeadLetter(pub, middleware.DeadLetterOptions{})(failing(errBoom))(context.Background(), m); err != nil {
+		// Values and a key from a transport that carries any (Kafka), dead-
+		// lettered where NATS's rules hold.
+		m.Header = map[string]string{"x(y)": "1", "with space": "2", "50%": "3", "ok": "line1\nline2", "pad": " v\t"}
+		m.Key = " key\n"
+		if err := middleware.DeadLetter(pub, middleware.DeadLetterOptions{})(failing(errors.New("boom\n")))(context.Background(), m); err != nil {
 			t.Fatal(err)
 		}
+		if len(pub.got) != 1 || pub.tries != 1 {
+			t.Fatalf("%d publish tries, %d accepted; want the dead letter accepted at once", pub.tries, len(pub.got))
+		}
 		h := pub.got[0].Header
+		if h["pad"] != "v" || pub.got[0].Key != "key" || h[middleware.HeaderDLQError] == "" {
+			t.Errorf("pad %q, key %q, error %q: want the values as NATS delivers them (trimmed, one line)", h["pad"], pub.got[0].Key, h[middleware.HeaderDLQError])
+		}
 		for k, v := range map[string]string{"x%28y%29": "1", "with%20space": "2", "50%25": "3"} {
 			if h[k] != v {
 				t.Errorf("header %q = %q, want %q (renamed, percent-encoded): %v", k, h[k], v, h)

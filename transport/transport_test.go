@@ -289,4 +289,14 @@ func TestValidateHeader(t *testing.T) {
 			t.Errorf("value %q: %v", v, err)
 		}
 	}
+	for _, v := range []string{" v", "v ", "\tv", "v\t", " "} {
+		if err := transport.ValidateHeader("ok", v); !errors.Is(err, transport.ErrInvalidMessage) || !strings.Contains(err.Error(), "white space") {
+			t.Errorf("value %q: %v", v, err)
+		}
+	}
+	for _, v := range []string{"", "a b", "a\tb", "x"} {
+		if err := transport.ValidateHeader("ok", v); err != nil {
+			t.Errorf("value %q: %v", v, err)
+		}
+	}
 }

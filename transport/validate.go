@@ -122,14 +122,31 @@ func badHeaderNameByte(name string) int {
 }
 
 // ValidateHeader checks a header by the strictest transport's rule: a name
-// ValidHeaderName accepts and a value without CR or LF (NATS headers are
-// lines). It wraps ErrInvalidMessage and names what was wrong.
+// ValidHeaderName accepts and a value HeaderValueError accepts. It wraps
+// ErrInvalidMessage and names what was wrong.
 func ValidateHeader(name, value string) error {
 	if err := HeaderNameError(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
 	}
-	if i := strings.IndexAny(value, "\r\n"); i >= 0 {
-		return fmt.Errorf("%w: header %q: the value has a line break at %d", ErrInvalidMessage, name, i)
+	if err := HeaderValueError(value); err != nil {
+		return fmt.Errorf("%w: header %q: %v", ErrInvalidMessage, name, err)
 	}
 	return nil
 }
+
+// HeaderValueError says why value is not a header value every busway
+// transport delivers as it was sent, or is nil: NATS headers are lines,
+// and nats.go trims a value, so a value must have no CR or LF and no space
+// or tab at its start or end (NATS would deliver "a  b" for "a\r\nb" and
+// "v" for " v "). It is a description, not wrapped in ErrInvalidMessage.
+func HeaderValueError(value string) error {
+	if i := strings.IndexAny(value, "\r\n"); i >= 0 {
+		return fmt.Errorf("the value has a line break at %d", i)
+	}
+	if value != "" && (isBlank(value[0]) || isBlank(value[len(value)-1])) {
+		return fmt.Errorf("the value %q starts or ends with white space", value)
+	}
+	return nil
+}
+
+func isBlank(c byte) bool { return c == ' ' || c == '\t' }

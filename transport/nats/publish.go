@@ -537,7 +537,10 @@ func (t *Transport) wrapPubErr(topic string, err error) error {
 // binding's "ce-" prefix, Key as ce-partitionkey, and ID scoped to the
 // subject as Nats-Msg-Id ("<subject>/<ID>", see wireBuf.msgID). The header's
 // values are carved from wb; a header nm already has (a pooled one) is
-// cleared and reused.
+// cleared and reused. A header name, a header value, the ID or the Key that
+// a NATS header cannot carry unchanged is an error naming it
+// (transport.HeaderNameError, transport.HeaderValueError): nats.go would
+// send the value changed, and the message would arrive altered.
 func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) error {
 	nm.Subject = subject
 	nm.Data = m.Body
@@ -552,6 +555,14 @@ func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) e
 		nm.Header = nil
 		return nil
 	}
+	// ID and Key travel as header values: nats.go would change them as it
+	// changes any value (line breaks, white space at the ends).
+	if err := transport.HeaderValueError(m.ID); err != nil {
+		return fmt.Errorf("ID: %v", err)
+	}
+	if err := transport.HeaderValueError(m.Key); err != nil {
+		return fmt.Errorf("Key: %v", err)
+	}
 	h := nm.Header
 	if h == nil {
 		h = make(natsgo.Header, n)
@@ -561,6 +572,9 @@ func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) e
 	for k, v := range m.Header {
 		if err := transport.HeaderNameError(k); err != nil {
 			return err
+		}
+		if err := transport.HeaderValueError(v); err != nil {
+			return fmt.Errorf("header %q: %v", k, err)
 		}
 		if strings.HasPrefix(k, transport.HeaderPrefix) {
 			k = wireName(k)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,6 +93,65 @@ func (s *suite) testRoundTrip(t *testing.T) {
 		}
 		if !maps.Equal(hdr, w.Header) {
 			t.Errorf("%s: headers\n got  %q\n want %q", w.ID, got.Header, w.Header)
+		}
+	}
+}
+
+// testValuesExactOrRefused: a header value, ID or Key that some broker
+// cannot carry as it is (a line break, white space at an end: NATS headers
+// are lines and nats.go trims them) is delivered exactly as sent or refused
+// by Publish with ErrInvalidMessage, never delivered changed.
+func (s *suite) testValuesExactOrRefused(t *testing.T) {
+	tr := s.open(t)
+	topic := UniqueTopic(t)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
+	p := topic
+	msgs := []*transport.Message{
+		{ID: p + "-crlf", Header: map[string]string{"x-v": "a\r\nInjected: yes"}},
+		{ID: p + "-lf", Header: map[string]string{"x-v": "a\nb"}},
+		{ID: p + "-padded", Header: map[string]string{"x-v": "  padded\t "}},
+		{ID: p + "-key", Key: " key "},
+		{ID: p + "-key-lf", Key: "k\nk"},
+		{ID: p + "-id-padded "},
+		{ID: p + "-id\r\nInjected: id"},
+	}
+	var delivered []*transport.Message
+	for _, m := range msgs {
+		m.Body = []byte(m.ID)
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		err := tr.Publish(ctx, topic, m)
+		cancel()
+		switch {
+		case err == nil:
+			delivered = append(delivered, m)
+		case !errors.Is(err, transport.ErrInvalidMessage):
+			t.Errorf("Publish(%q): %v, want nil (delivered exactly) or ErrInvalidMessage", m.ID, err)
+		default:
+			t.Logf("refused %q: %v", m.ID, err)
+		}
+	}
+	// A last message that every transport takes: once it is here, so are
+	// all the messages accepted before it.
+	last := &transport.Message{ID: p + "-last", Key: "k", Body: []byte("last")}
+	s.publish(t, tr, topic, []*transport.Message{last}, 1)
+	s.waitFor(t, "the accepted messages", rec.hasAll(ids(append(delivered, last))))
+	for _, w := range delivered {
+		got, _ := rec.get(w.ID)
+		if got == nil {
+			continue
+		}
+		hdr := maps.Clone(got.Header)
+		if w.Key != "" && hdr[transport.HeaderPartitionKey] == w.Key {
+			delete(hdr, transport.HeaderPartitionKey) // a transport may carry Key in this header
+		}
+		if got.ID != w.ID || got.Key != w.Key || !bytes.Equal(got.Body, w.Body) || !maps.Equal(hdr, w.Header) {
+			t.Errorf("sent ID %q, Key %q, headers %q; delivered ID %q, Key %q, headers %q", w.ID, w.Key, w.Header, got.ID, got.Key, got.Header)
+		}
+	}
+	for _, m := range msgs {
+		if got, _ := rec.get(m.ID); got != nil && !slices.Contains(delivered, m) {
+			t.Errorf("%q was refused by Publish, and delivered", m.ID)
 		}
 	}
 }

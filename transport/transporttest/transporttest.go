@@ -156,6 +156,7 @@ func (s *suite) runAll(t *testing.T) {
 		fn   func(*testing.T)
 	}{
 		{"RoundTrip", s.testRoundTrip},
+		{"ValuesExactOrRefused", s.testValuesExactOrRefused},
 		{"System", s.testSystem},
 		{"DeliveryFields", s.testDeliveryFields},
 		{"TopicsIsolated", s.testTopicsIsolated},
