@@ -559,11 +559,32 @@ func TestBadInput(t *testing.T) {
 		}, bus.ErrAlreadyStarted, "already consuming"},
 		{"reserved header", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("ce_id", "x")) }, bus.ErrInvalidOptions, "ce_id"},
 		{"empty header name", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("", "x")) }, bus.ErrInvalidOptions, "empty header name"},
+		// What some transport (NATS) would refuse or change: refused on
+		// every transport, so that a test on chanbus finds it.
+		{"header name with a space", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("x tenant", "a")) }, bus.ErrInvalidOptions, `"x tenant"`},
+		{"header value with a line break", func() error {
+			return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("x-tenant", "a\r\nInjected: 1"))
+		}, bus.ErrInvalidOptions, "line break"},
+		{"key with white space at its end", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithKey("42 ")) }, bus.ErrInvalidOptions, "WithKey"},
+		{"subject with a line break", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithSubject("a\nb")) }, bus.ErrInvalidOptions, "WithSubject"},
+		{"ID with white space at its start", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithID(" id")) }, bus.ErrInvalidOptions, "WithID"},
 		{"unencodable value", func() error { return bus.Publish(ctx, newBus(), badData{}, bus.WithKey("k")) }, nil, "encode"},
 		{"cancelled context", func() error { return bus.Publish(cctx, newBus(), OrderCreated{}) }, context.Canceled, "context canceled"},
 		{"publish after Shutdown", func() error { return bus.Publish(ctx, shut(), OrderCreated{}) }, transport.ErrClosed, "shut down"},
 		{"subscribe after Shutdown", func() error { _, err := bus.Subscribe(shut(), "g", noop); return err }, transport.ErrClosed, "shut down"},
 		{"start after Shutdown", func() error { return shut().Start(ctx) }, transport.ErrClosed, "after Shutdown"},
+		{"encode envelope, key with a line break", func() error {
+			_, err := bus.EncodeEnvelope(bus.Envelope{Type: "t", Source: "s", Key: "k\n"}, nil)
+			return err
+		}, bus.ErrInvalidEnvelope, "Key"},
+		{"encode envelope, header name with a space", func() error {
+			_, err := bus.EncodeEnvelope(bus.Envelope{Type: "t", Source: "s", Header: map[string]string{"x a": "v"}}, nil)
+			return err
+		}, bus.ErrInvalidEnvelope, `"x a"`},
+		{"encode envelope, padded header value", func() error {
+			_, err := bus.EncodeEnvelope(bus.Envelope{Type: "t", Source: "s", Header: map[string]string{"x-a": " v"}}, nil)
+			return err
+		}, bus.ErrInvalidEnvelope, `"x-a"`},
 		{"encode envelope without type", func() error { _, err := bus.EncodeEnvelope(bus.Envelope{Source: "s"}, nil); return err }, bus.ErrInvalidEnvelope, "Type"},
 		{"decode nil message", func() error { _, err := bus.DecodeEnvelope(nil); return err }, transport.ErrInvalidMessage, "nil message"},
 	}

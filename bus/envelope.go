@@ -42,15 +42,33 @@ type Envelope struct {
 
 // EncodeEnvelope returns a message with e's attributes as headers and body
 // as its body. An empty ID becomes a new UUIDv7 and a zero Time the
-// current time. Type and Source are required; their absence, or a Time
-// whose UTC year RFC 3339 cannot write, gives an error wrapping
-// ErrInvalidEnvelope.
+// current time. Type and Source are required; their absence, a Time
+// whose UTC year RFC 3339 cannot write, an attribute or header value that
+// some transport would change, or a header name it refuses (see WithKey,
+// WithHeader) gives an error wrapping ErrInvalidEnvelope.
 func EncodeEnvelope(e Envelope, body []byte) (*transport.Message, error) {
 	if e.Type == "" {
 		return nil, fmt.Errorf("%w: Type is required", ErrInvalidEnvelope)
 	}
 	if e.Source == "" {
 		return nil, fmt.Errorf("%w: Source is required", ErrInvalidEnvelope)
+	}
+	for _, f := range [...]struct{ name, v string }{{"ID", e.ID}, {"Type", e.Type}, {"Source", e.Source},
+		{"Subject", e.Subject}, {"Key", e.Key}, {"ContentType", e.ContentType}, {"DataSchema", e.DataSchema}} {
+		if err := transport.HeaderValueError(f.v); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidEnvelope, f.name, err)
+		}
+	}
+	for k, v := range e.Header {
+		if reservedHeader(k) {
+			continue // the fields win
+		}
+		if err := transport.HeaderNameError(k); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidEnvelope, err)
+		}
+		if err := transport.HeaderValueError(v); err != nil {
+			return nil, fmt.Errorf("%w: header %q: %v", ErrInvalidEnvelope, k, err)
+		}
 	}
 	box, err := buildMessage(&e, e.Header, nil, body)
 	if err != nil {

@@ -69,20 +69,46 @@ func (o PublishOption) apply(c *pubConfig) {
 // WithKey sets the event's key (the CloudEvents partitionkey, the Kafka
 // record key): events with the same key are handled one at a time, in
 // publish order, by each group. Default: no key, no order.
-func WithKey(key string) PublishOption { return PublishOption{kind: pubOptKey, a: key} }
+//
+// A key, subject, ID or header value travels as a header on some broker
+// (NATS), so each must be one that every transport delivers as it is
+// (transport.HeaderValueError: no line break, no white space at its
+// ends); another is an error wrapping ErrInvalidOptions, on every
+// transport, chanbus included, so that a unit test finds it.
+func WithKey(key string) PublishOption {
+	if err := attrValue("WithKey", key); err != nil {
+		return PublishOption{err: err}
+	}
+	return PublishOption{kind: pubOptKey, a: key}
+}
 
 // WithSubject sets the CloudEvents subject: what, within the source, the
-// event is about (an order ID, a file name). Default: none.
+// event is about (an order ID, a file name). Default: none. See WithKey
+// for the values it takes.
 func WithSubject(subject string) PublishOption {
+	if err := attrValue("WithSubject", subject); err != nil {
+		return PublishOption{err: err}
+	}
 	return PublishOption{kind: pubOptSubject, a: subject}
+}
+
+// attrValue is the error of option opt given a value some transport would
+// change (see WithKey), or nil.
+func attrValue(opt, v string) error {
+	if err := transport.HeaderValueError(v); err != nil {
+		return fmt.Errorf("%w: %s(%q): %v", ErrInvalidOptions, opt, v, err)
+	}
+	return nil
 }
 
 // WithHeader adds a message header, such as a CloudEvents extension
 // ("ce_tenant") or an application header. The envelope's own attributes
 // (ce_id, ce_type, ce_source, ce_specversion, ce_time, ce_subject,
 // ce_dataschema, ce_partitionkey, content-type) cannot be set this way:
-// that and an empty name are errors wrapping ErrInvalidOptions. Default:
-// no extra headers.
+// that and an empty name are errors wrapping ErrInvalidOptions, as are a
+// name that some transport refuses (transport.ValidHeaderName: printable
+// ASCII without spaces or separators) and a value it would change (see
+// WithKey). Default: no extra headers.
 func WithHeader(name, value string) PublishOption {
 	switch {
 	case name == "":
@@ -90,13 +116,24 @@ func WithHeader(name, value string) PublishOption {
 	case reservedHeader(name):
 		return PublishOption{err: fmt.Errorf("%w: WithHeader(%q): an envelope attribute, set by the bus (use WithKey, WithSubject, WithID, WithTime)", ErrInvalidOptions, name)}
 	}
+	if err := transport.HeaderNameError(name); err != nil {
+		return PublishOption{err: fmt.Errorf("%w: WithHeader: %v", ErrInvalidOptions, err)}
+	}
+	if err := transport.HeaderValueError(value); err != nil {
+		return PublishOption{err: fmt.Errorf("%w: WithHeader(%q): %v", ErrInvalidOptions, name, err)}
+	}
 	return PublishOption{kind: pubOptHeader, a: name, b: value}
 }
 
 // WithID sets the event ID, for example to publish an event again under
 // the ID it had (brokers and the Idempotent middleware drop duplicates by
-// ID). Default: a new UUIDv7.
-func WithID(id string) PublishOption { return PublishOption{kind: pubOptID, a: id} }
+// ID). Default: a new UUIDv7. See WithKey for the values it takes.
+func WithID(id string) PublishOption {
+	if err := attrValue("WithID", id); err != nil {
+		return PublishOption{err: err}
+	}
+	return PublishOption{kind: pubOptID, a: id}
+}
 
 // WithTime sets the event time. Default: the time of the Publish call.
 func WithTime(t time.Time) PublishOption { return PublishOption{kind: pubOptTime, time: t} }
