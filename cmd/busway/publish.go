@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -104,6 +105,9 @@ func (a *app) publish(ctx context.Context, rawURL, topic string, env bus.Envelop
 	pctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	if err := t.Publish(pctx, topic, m); err != nil {
+		if _, named := errors.AsType[*transport.PublishError](err); named {
+			return err // it says "publish to <topic>: ..."
+		}
 		return fmt.Errorf("publish to %q: %w", topic, err)
 	}
 	fmt.Fprintln(a.stdout, m.Header[transport.HeaderID])
