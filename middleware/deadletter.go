@@ -115,8 +115,10 @@ func DeadLetterID(id, topic, group string) string {
 // It is built to be publishable wherever the original was: the headers it
 // adds take at most DLQHeaderBudget bytes; a copied header whose name a
 // transport would refuse (transport.ValidHeaderName) is renamed with its
-// refused bytes percent-encoded, and line breaks in copied values become
-// spaces. If the broker still refuses it for good (transport.
+// refused bytes percent-encoded, and a copied value or Key that a
+// transport would change (transport.HeaderValueError) is changed as NATS
+// changes it: line breaks become spaces, white space at its ends goes. If
+// the broker still refuses it for good (transport.
 // ErrMessageTooLarge, ErrInvalidMessage or a permanent error: the original
 // was near the size limit), DeadLetter publishes it once more stripped to
 // the short headers (group, topic, attempts, original ID). If that fails
