@@ -124,9 +124,12 @@
 // set it (Nats-Msg-Id without its "<subject>/" scope; a foreign producer's
 // Nats-Msg-Id as it is, or ce-id when it set none). Other headers travel
 // unchanged (case kept). Header names are checked as nats.go checks them
-// (printable ASCII without space or "()/,:;<=>?@[\]{}); values are
-// sent as nats.go sends them, with surrounding whitespace trimmed and each
-// CR or LF as a space.
+// (printable ASCII without space or "()/,:;<=>?@[\]{}). A NATS header is a
+// line that nats.go trims, so a header value, ID or Key with a CR or LF,
+// or with a space or tab at its start or end (transport.HeaderValueError),
+// is refused, not sent changed: nats.go would deliver "a  b" for "a\r\nb"
+// and "k" for " k ", and an ID changed so is another message to the
+// duplicate window and the inbox.
 //
 // # Reconnects
 //
@@ -158,7 +161,8 @@
 // others of the call are published: transport.ErrMessageTooLarge when it
 // is larger than Transport.MaxMessageBytes with its headers (the error
 // states both sizes, so a caller can shrink it and try again), and
-// transport.ErrInvalidMessage for a header name nats.go refuses.
+// transport.ErrInvalidMessage for a header name nats.go refuses or a value
+// it would change.
 // Context errors are returned as they are.
 //
 // # Observability
