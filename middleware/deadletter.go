@@ -233,8 +233,8 @@ func deadLetter(m *transport.Message, err error, t time.Time) *transport.Message
 	if m.Attempt > 0 {
 		d.Header[HeaderDLQDelivery] = strconv.Itoa(m.Attempt)
 	}
-	d.Header[HeaderDLQGroup] = oneLine(m.Group, transport.MaxNameLength)
-	d.Header[HeaderDLQTopic] = oneLine(m.Topic, transport.MaxNameLength)
+	d.Header[HeaderDLQGroup] = headerValue(oneLine(m.Group, transport.MaxNameLength))
+	d.Header[HeaderDLQTopic] = headerValue(oneLine(m.Topic, transport.MaxNameLength))
 	d.Header[HeaderDLQTime] = t.UTC().Format(time.RFC3339Nano)
 	if transport.IsPermanent(err) {
 		d.Header[HeaderDLQPermanent] = "true"
@@ -274,13 +274,13 @@ func headerValue(v string) string {
 	if transport.HeaderValueError(v) == nil {
 		return v
 	}
-	v = strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' {
-			return ' '
+	b := []byte(v) // bytes, not runes: invalid UTF-8 stays as it was
+	for i, c := range b {
+		if c == '\r' || c == '\n' {
+			b[i] = ' '
 		}
-		return r
-	}, v)
-	return strings.Trim(v, " \t")
+	}
+	return strings.Trim(string(b), " \t")
 }
 
 // headerName returns name, or, when some transport would refuse it, name
