@@ -558,10 +558,10 @@ func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) e
 	// ID and Key travel as header values: nats.go would change them as it
 	// changes any value (line breaks, white space at the ends).
 	if err := transport.HeaderValueError(m.ID); err != nil {
-		return fmt.Errorf("ID: %v", err)
+		return fmt.Errorf("the ID: %v", err)
 	}
 	if err := transport.HeaderValueError(m.Key); err != nil {
-		return fmt.Errorf("Key: %v", err)
+		return fmt.Errorf("the key: %v", err)
 	}
 	h := nm.Header
 	if h == nil {
