@@ -140,7 +140,14 @@ func ValidateHeader(name, value string) error {
 // or tab at its start or end (NATS would deliver "a  b" for "a\r\nb" and
 // "v" for " v "). It is a description, not wrapped in ErrInvalidMessage.
 func HeaderValueError(value string) error {
-	if i := strings.IndexAny(value, "\r\n"); i >= 0 {
+	// Two IndexByte calls (vectorized) rather than IndexAny (a byte loop
+	// for a set): NATS's Publish checks every value of every message.
+	lf, cr := strings.IndexByte(value, '\n'), strings.IndexByte(value, '\r')
+	if lf >= 0 || cr >= 0 {
+		i := lf
+		if i < 0 || (cr >= 0 && cr < i) {
+			i = cr
+		}
 		return fmt.Errorf("the value has a line break at %d", i)
 	}
 	if value != "" && (isBlank(value[0]) || isBlank(value[len(value)-1])) {
