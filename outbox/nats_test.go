@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -232,4 +233,64 @@ func BenchmarkNATSDrain(b *testing.B) {
 			b.ReportMetric(relay/rawRate, "relay/raw")
 		})
 	}
+}
+
+// TestNATSRefusedValueMovedAside: a row whose message NATS cannot carry
+// unchanged (a key with white space at its end, written by PublishMessage
+// for a message built elsewhere) is refused by the transport, moved to
+// Table_dead with the reason and reported; the rows around it are
+// delivered, in order, and none is lost.
+func TestNATSRefusedValueMovedAside(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		n := newNATS(t)
+		o := e.newOutbox(t, e.db, n.b)
+		var mu sync.Mutex
+		var got []string
+		if _, err := bus.Subscribe(n.b, "billing", func(_ context.Context, ev bus.Event[OrderPlaced]) error {
+			mu.Lock()
+			got = append(got, ev.Data.ID)
+			mu.Unlock()
+			return nil
+		}, bus.WithStartFrom(transport.StartEarliest)); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Transact(ctx, func(tx *sql.Tx) error {
+			if err := Publish(ctx, o, tx, OrderPlaced{ID: "a"}, bus.WithKey("k")); err != nil {
+				return err
+			}
+			if err := o.PublishMessage(ctx, tx, "orders", &transport.Message{ID: "padded", Key: "k ", Body: []byte(`{}`)}); err != nil {
+				return err
+			}
+			return Publish(ctx, o, tx, OrderPlaced{ID: "b"}, bus.WithKey("k"))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var reported []Poison
+		startRelay(t, o, n.tr, RelayOptions{OnPoison: func(_ context.Context, p Poison) {
+			mu.Lock()
+			reported = append(reported, p)
+			mu.Unlock()
+		}})
+		waitFor(t, "a and b", 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
+		if c := e.count(t, e.table+"_dead"); c != 1 {
+			t.Fatalf("%d rows in the dead table, want 1", c)
+		}
+		var errText string
+		if err := e.db.QueryRow("SELECT error FROM " + e.table + "_dead").Scan(&errText); err != nil || !strings.Contains(errText, "key") || !strings.Contains(errText, "white space") {
+			t.Fatalf("dead row error %q (%v), want the transport's reason (the key's white space)", errText, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(reported) != 1 || reported[0].ID != "padded" || !errors.Is(reported[0].Err, transport.ErrInvalidMessage) {
+			t.Fatalf("reported %+v, want the padded row with ErrInvalidMessage", reported)
+		}
+		if got[0] != "a" || got[1] != "b" {
+			t.Fatalf("delivered %v, want [a b]", got)
+		}
+	})
 }
