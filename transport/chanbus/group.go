@@ -112,6 +112,12 @@ func (g *group) waitRoom(ctx context.Context, d *delivery, w *worker, room <-cha
 		case <-g.gone:
 			return g.dropped()
 		}
+		if g.t.closer.Closed() {
+			// The transport is closing: the group drops what it holds
+			// (teardown), so a publisher that waited for room gets
+			// ErrClosed, not a nil for a message about to be dropped.
+			return g.dropped()
+		}
 		var ok bool
 		if ok, room, owner = g.d.TryAdd(key, d); ok {
 			return nil
