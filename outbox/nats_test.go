@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,37 @@ func newNATS(t testing.TB) *natsEnv {
 	return &natsEnv{tr: tr, b: b, nc: nc, js: js}
 }
 
+// handledIDs are the IDs of the events a consume handler got, in order.
+type handledIDs struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (h *handledIDs) ids() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.list)
+}
+
+// consume subscribes group billing to OrderPlaced from the earliest
+// message, starts the bus, and records each event's ID as it is handled.
+func (n *natsEnv) consume(t testing.TB) *handledIDs {
+	t.Helper()
+	h := &handledIDs{}
+	if _, err := bus.Subscribe(n.b, "billing", func(_ context.Context, ev bus.Event[OrderPlaced]) error {
+		h.mu.Lock()
+		h.list = append(h.list, ev.Data.ID)
+		h.mu.Unlock()
+		return nil
+	}, bus.WithStartFrom(transport.StartEarliest)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 // stored is the number of messages the stream holds on topic's subject.
 func (n *natsEnv) stored(t testing.TB, topic string) uint64 {
 	t.Helper()
@@ -89,19 +121,7 @@ func TestNATSDropsReSendAfterCrash(t *testing.T) {
 		ctx := context.Background()
 		n := newNATS(t)
 		o := e.newOutbox(t, e.db, n.b)
-		var mu sync.Mutex
-		got := map[string]int{}
-		if _, err := bus.Subscribe(n.b, "billing", func(_ context.Context, ev bus.Event[OrderPlaced]) error {
-			mu.Lock()
-			got[ev.Data.ID]++
-			mu.Unlock()
-			return nil
-		}, bus.WithStartFrom(transport.StartEarliest)); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.b.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		h := n.consume(t)
 		const events = 20
 		if err := o.Transact(ctx, func(tx *sql.Tx) error {
 			for i := range events {
@@ -145,9 +165,14 @@ func TestNATSDropsReSendAfterCrash(t *testing.T) {
 		if s := n.stored(t, "orders"); s != events {
 			t.Fatalf("after the re-send the stream holds %d messages, want %d: JetStream did not drop the re-send", s, events)
 		}
-		waitFor(t, "every event", 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == events })
-		mu.Lock()
-		defer mu.Unlock()
+		waitFor(t, "every event", 20*time.Second, func() bool { return len(h.ids()) >= events })
+		got := map[string]int{}
+		for _, id := range h.ids() {
+			got[id]++
+		}
+		if len(got) != events {
+			t.Fatalf("%d distinct events delivered, want %d", len(got), events)
+		}
 		for id, c := range got {
 			if c != 1 {
 				t.Fatalf("event %s delivered %d times", id, c)
@@ -245,19 +270,7 @@ func TestNATSRefusedValueMovedAside(t *testing.T) {
 		ctx := context.Background()
 		n := newNATS(t)
 		o := e.newOutbox(t, e.db, n.b)
-		var mu sync.Mutex
-		var got []string
-		if _, err := bus.Subscribe(n.b, "billing", func(_ context.Context, ev bus.Event[OrderPlaced]) error {
-			mu.Lock()
-			got = append(got, ev.Data.ID)
-			mu.Unlock()
-			return nil
-		}, bus.WithStartFrom(transport.StartEarliest)); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.b.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		h := n.consume(t)
 		if err := o.Transact(ctx, func(tx *sql.Tx) error {
 			if err := Publish(ctx, o, tx, OrderPlaced{ID: "a"}, bus.WithKey("k")); err != nil {
 				return err
@@ -269,13 +282,14 @@ func TestNATSRefusedValueMovedAside(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		var mu sync.Mutex
 		var reported []Poison
 		startRelay(t, o, n.tr, RelayOptions{OnPoison: func(_ context.Context, p Poison) {
 			mu.Lock()
 			reported = append(reported, p)
 			mu.Unlock()
 		}})
-		waitFor(t, "a and b", 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+		waitFor(t, "a and b", 20*time.Second, func() bool { return len(h.ids()) >= 2 })
 		waitFor(t, "the outbox to empty", 20*time.Second, func() bool { return e.count(t, e.table) == 0 })
 		if c := e.count(t, e.table+"_dead"); c != 1 {
 			t.Fatalf("%d rows in the dead table, want 1", c)
@@ -289,7 +303,7 @@ func TestNATSRefusedValueMovedAside(t *testing.T) {
 		if len(reported) != 1 || reported[0].ID != "padded" || !errors.Is(reported[0].Err, transport.ErrInvalidMessage) {
 			t.Fatalf("reported %+v, want the padded row with ErrInvalidMessage", reported)
 		}
-		if got[0] != "a" || got[1] != "b" {
+		if got := h.ids(); len(got) != 2 || got[0] != "a" || got[1] != "b" {
 			t.Fatalf("delivered %v, want [a b]", got)
 		}
 	})
