@@ -63,11 +63,8 @@ func EncodeEnvelope(e Envelope, body []byte) (*transport.Message, error) {
 		if reservedHeader(k) {
 			continue // the fields win
 		}
-		if err := transport.HeaderNameError(k); err != nil {
+		if err := transport.HeaderError(k, v); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidEnvelope, err)
-		}
-		if err := transport.HeaderValueError(v); err != nil {
-			return nil, fmt.Errorf("%w: header %q: %v", ErrInvalidEnvelope, k, err)
 		}
 	}
 	box, err := buildMessage(&e, e.Header, nil, body)

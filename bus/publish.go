@@ -116,11 +116,8 @@ func WithHeader(name, value string) PublishOption {
 	case reservedHeader(name):
 		return PublishOption{err: fmt.Errorf("%w: WithHeader(%q): an envelope attribute, set by the bus (use WithKey, WithSubject, WithID, WithTime)", ErrInvalidOptions, name)}
 	}
-	if err := transport.HeaderNameError(name); err != nil {
+	if err := transport.HeaderError(name, value); err != nil {
 		return PublishOption{err: fmt.Errorf("%w: WithHeader: %v", ErrInvalidOptions, err)}
-	}
-	if err := transport.HeaderValueError(value); err != nil {
-		return PublishOption{err: fmt.Errorf("%w: WithHeader(%q): %v", ErrInvalidOptions, name, err)}
 	}
 	return PublishOption{kind: pubOptHeader, a: name, b: value}
 }

@@ -74,10 +74,11 @@ func (m *Mux) Schemes() []string {
 // URL gives a *URLError wrapping ErrInvalidURL, an unregistered scheme one
 // wrapping ErrUnknownScheme; the opener's own errors name the offending part.
 func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
-	if strings.TrimSpace(rawURL) == "" {
+	trimmed := strings.TrimSpace(rawURL)
+	if trimmed == "" {
 		return nil, &URLError{URL: rawURL, Part: "url", Err: fmt.Errorf("%w: empty (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
 	}
-	if strings.TrimSpace(rawURL) != rawURL {
+	if trimmed != rawURL {
 		// net/url's own errors for these ("first path segment in URL
 		// cannot contain colon", "invalid port") do not say what is wrong.
 		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: white space before or after it (a value read from a file with its newline?)", ErrInvalidURL)}

@@ -121,15 +121,25 @@ func badHeaderNameByte(name string) int {
 	return -1
 }
 
-// ValidateHeader checks a header by the strictest transport's rule: a name
-// ValidHeaderName accepts and a value HeaderValueError accepts. It wraps
-// ErrInvalidMessage and names what was wrong.
+// ValidateHeader checks a header by the strictest transport's rule
+// (HeaderError). It wraps ErrInvalidMessage and names what was wrong.
 func ValidateHeader(name, value string) error {
-	if err := HeaderNameError(name); err != nil {
+	if err := HeaderError(name, value); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
 	}
+	return nil
+}
+
+// HeaderError says why a header is not one every busway transport carries
+// unchanged (a name ValidHeaderName refuses, a value HeaderValueError
+// refuses), or is nil. It is a description, not wrapped in a sentinel, for
+// callers that wrap their own (ErrInvalidMessage, bus's ErrInvalidOptions).
+func HeaderError(name, value string) error {
+	if err := HeaderNameError(name); err != nil {
+		return err
+	}
 	if err := HeaderValueError(value); err != nil {
-		return fmt.Errorf("%w: header %q: %v", ErrInvalidMessage, name, err)
+		return fmt.Errorf("header %q: %v", name, err)
 	}
 	return nil
 }

@@ -138,8 +138,7 @@ type Report struct {
 type Recorder struct {
 	mu       sync.Mutex
 	epoch    int
-	first    map[string]int // ID -> epoch of its first handling
-	last     map[string]int // ID -> epoch of its latest handling
+	last     map[string]int // ID -> epoch of its latest handling (present: handled before)
 	lastSeq  map[string]int // key -> highest sequence handled in the current epoch
 	firstSeq map[string]int // key -> number of its first messages handled in order so far (0..)
 	seen     map[string]map[int]bool
@@ -167,19 +166,19 @@ func (r *Recorder) Handled(id, key string, seq int) {
 	if last, ok := r.lastSeq[key]; !ok || seq > last {
 		r.lastSeq[key] = seq
 	}
-	if _, ok := r.first[id]; ok {
+	if e, ok := r.last[id]; ok {
 		// A handling again in a later epoch is owed to the kill that ended
 		// the epoch of its latest handling: that member handled it and died
 		// before its ack counted. Not to the latest kill: the message comes
 		// back after AckWait (or a session timeout), which may be after
 		// further kills.
-		if e := r.last[id]; e < r.epoch && e < len(rep.Dups) {
+		if e < r.epoch && e < len(rep.Dups) {
 			rep.Dups[e]++
 		}
 		r.last[id] = r.epoch
 		return
 	}
-	r.first[id], r.last[id] = r.epoch, r.epoch
+	r.last[id] = r.epoch
 	rep.Distinct++
 	if k >= 0 && !r.progress {
 		r.progress = true
@@ -218,7 +217,7 @@ func (run *Run) Recorder() *Recorder { return run.rec }
 func (run *Run) Start() *Recorder {
 	if run.rec == nil {
 		rep := &Report{N: run.N, Keys: run.Keys, Kills: run.Kills, Seed: run.Seed}
-		run.rec = &Recorder{first: make(map[string]int), last: make(map[string]int), lastSeq: make(map[string]int), firstSeq: make(map[string]int),
+		run.rec = &Recorder{last: make(map[string]int), lastSeq: make(map[string]int), firstSeq: make(map[string]int),
 			seen: make(map[string]map[int]bool), maxSeq: make(map[string]int), rep: rep}
 	}
 	return run.rec

@@ -539,7 +539,7 @@ func (t *Transport) wrapPubErr(topic string, err error) error {
 // values are carved from wb; a header nm already has (a pooled one) is
 // cleared and reused. A header name, a header value, the ID or the Key that
 // a NATS header cannot carry unchanged is an error naming it
-// (transport.HeaderNameError, transport.HeaderValueError): nats.go would
+// (transport.HeaderError, transport.HeaderValueError): nats.go would
 // send the value changed, and the message would arrive altered.
 func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) error {
 	nm.Subject = subject
@@ -570,11 +570,8 @@ func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) e
 		clear(h)
 	}
 	for k, v := range m.Header {
-		if err := transport.HeaderNameError(k); err != nil {
+		if err := transport.HeaderError(k, v); err != nil {
 			return err
-		}
-		if err := transport.HeaderValueError(v); err != nil {
-			return fmt.Errorf("header %q: %v", k, err)
 		}
 		if strings.HasPrefix(k, transport.HeaderPrefix) {
 			k = wireName(k)
