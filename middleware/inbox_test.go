@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport"
@@ -113,6 +114,30 @@ func TestTransactionalInbox(t *testing.T) {
 			}
 			if n, c := count(), calls.Load(); n != 1 || c != 2 {
 				t.Fatalf("after 1 failure and 3 deliveries: %d effects, %d calls; want 1 and 2", n, c)
+			}
+			// A panic after the write rolls back as an error does, and
+			// leaves no transaction holding a lock or the marker's row:
+			// the redelivery commits.
+			panicky := middleware.Recover()(s.Transactional()(func(ctx context.Context, m *transport.Message) error {
+				if _, err := middleware.TxFromContext(ctx).ExecContext(ctx, "INSERT INTO "+effects+" (id) VALUES ("+ph+")", m.ID); err != nil {
+					return err
+				}
+				panic("after the write")
+			}))
+			var pe *middleware.PanicError
+			if err := panicky(ctx, msg("m2")); !errors.As(err, &pe) {
+				t.Fatalf("panicking handler: %v, want a PanicError", err)
+			}
+			if n := count(); n != 1 {
+				t.Fatalf("a panicking handler left %d effects, want the 1 from before", n)
+			}
+			redelivery, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := h(redelivery, msg("m2")); err != nil {
+				t.Fatalf("the redelivery after a panic: %v", err)
+			}
+			if n := count(); n != 2 {
+				t.Fatalf("after the redelivery %d effects, want 2", n)
 			}
 			// No ID at all: an error, not a silent double effect.
 			if err := h(ctx, &transport.Message{Group: "g"}); !errors.Is(err, transport.ErrInvalidMessage) {

@@ -229,7 +229,9 @@ func (s *SQLStore) MarkTx(ctx context.Context, tx *sql.Tx, group, id string) (fi
 // ID was recorded already it calls nothing and returns duplicate true and a
 // nil error. An error of fn, of the marker or of the commit rolls back and
 // is returned: nothing of fn's writes and no marker remain, so a
-// redelivery runs fn again. An empty id is an error wrapping
+// redelivery runs fn again. So does a panic of fn, which HandleTx rolls
+// back and lets through (to Recover, or the transport's own recovery).
+// An empty id is an error wrapping
 // transport.ErrInvalidMessage: without an ID nothing can be deduplicated.
 func (s *SQLStore) HandleTx(ctx context.Context, group, id string, fn func(tx *sql.Tx) error) (duplicate bool, err error) {
 	if id == "" {
@@ -239,11 +241,20 @@ func (s *SQLStore) HandleTx(ctx context.Context, group, id string, fn func(tx *s
 	if err != nil {
 		return false, fmt.Errorf("busway: inbox %s: begin: %w", s.table, err)
 	}
+	returned := false
+	defer func() {
+		if !returned { // fn panicked or called runtime.Goexit: leave no transaction (and no lock) behind
+			tx.Rollback()
+		}
+	}()
 	first, err := s.MarkTx(ctx, tx, group, id)
 	if err != nil || !first {
+		returned = true
 		return err == nil, errors.Join(err, rollback(tx))
 	}
-	if err := fn(tx); err != nil {
+	err = fn(tx)
+	returned = true
+	if err != nil {
 		if rbErr := rollback(tx); rbErr != nil {
 			return false, errors.Join(err, rbErr)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -90,6 +91,11 @@ type Outbox struct {
 	now     func() time.Time
 	inbox   *middleware.SQLStore
 	sqlite  chan struct{} // 1: held by the leading relay (SQLite)
+
+	// handling holds the transactions of running Handlers, each with
+	// whether it was published into: the Handler wakes the relays after it
+	// committed one that was.
+	handling sync.Map // *sql.Tx -> *atomic.Bool
 
 	mu        sync.Mutex
 	relays    map[*Relay]struct{}
@@ -194,7 +200,8 @@ func (o *Outbox) Migrate(ctx context.Context) error {
 // context of ctx. Nothing is sent now. When tx commits, a Relay delivers it
 // to T's topic; when tx rolls back, there is no event. Commit with
 // Transact or Commit (or call Wake after tx.Commit) so that relays start at
-// once instead of at their next poll.
+// once instead of at their next poll; a Handler's transaction needs
+// neither, it wakes them when it commits.
 //
 // Errors: a nil Outbox, tx or Options.Bus, or a bad option, wrap
 // ErrInvalidOptions; a finished tx wraps ErrTxDone; a missing table wraps
@@ -252,33 +259,38 @@ func (o *Outbox) insert(ctx context.Context, tx *sql.Tx, topic string, m *transp
 		body = []byte{} // NOT NULL
 	}
 	_, err := tx.ExecContext(ctx, o.q.insert, topic, m.Key, m.ID, encodeHeaders(m.Header), body, o.now().UnixMicro())
-	if err != nil {
-		switch {
-		case errors.Is(err, sql.ErrTxDone):
-			return fmt.Errorf("outbox: publish to %q: the transaction is already committed or rolled back: %w", topic, err)
-		case middleware.MissingTable(err):
-			return fmt.Errorf("outbox: publish to %q: %w: %s: %w", topic, ErrNotMigrated, o.q.table, err)
+	if err == nil {
+		if published, ok := o.handling.Load(tx); ok {
+			published.(*atomic.Bool).Store(true)
 		}
-		return fmt.Errorf("outbox: publish to %q: %w", topic, err)
+		return nil
 	}
-	return nil
+	switch {
+	case errors.Is(err, sql.ErrTxDone):
+		return fmt.Errorf("outbox: publish to %q: the transaction is already committed or rolled back: %w", topic, err)
+	case middleware.MissingTable(err):
+		return fmt.Errorf("outbox: publish to %q: %w: %s: %w", topic, ErrNotMigrated, o.q.table, err)
+	}
+	return fmt.Errorf("outbox: publish to %q: %w", topic, err)
 }
 
 // Transact runs fn in a transaction of the outbox's database and commits
 // it when fn returns nil (rolling back otherwise, and on a panic, which it
-// re-panics), then wakes the relays. fn's error is returned as it is.
+// lets through), then wakes the relays. fn's error is returned as it is.
 func (o *Outbox) Transact(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
 	tx, err := o.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("outbox: begin: %w", err)
 	}
+	returned := false
 	defer func() {
-		if p := recover(); p != nil {
+		if !returned { // fn panicked or called runtime.Goexit
 			tx.Rollback()
-			panic(p)
 		}
 	}()
-	if err := fn(tx); err != nil {
+	err = fn(tx)
+	returned = true
+	if err != nil {
 		if rbErr := tx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
 			return errors.Join(err, fmt.Errorf("outbox: rollback: %w", rbErr))
 		}

@@ -65,7 +65,7 @@ func New(st *platform.Store, pp *Provider, tel platform.Telemetry) *Service {
 }
 
 func (s *Service) onOrderPlaced(ctx context.Context, e bus.Event[events.OrderPlaced]) error {
-	err := outbox.Handler(s.st.Outbox, func(ctx context.Context, tx *sql.Tx, e bus.Event[events.OrderPlaced]) error {
+	return outbox.Handler(s.st.Outbox, func(ctx context.Context, tx *sql.Tx, e bus.Event[events.OrderPlaced]) error {
 		o := e.Data
 		chargeID, attempts, err := s.pp.Charge(ctx, o.OrderID, o.Card, o.Cents)
 		if err != nil {
@@ -80,10 +80,6 @@ func (s *Service) onOrderPlaced(ctx context.Context, e bus.Event[events.OrderPla
 			OrderID: o.OrderID, ChargeID: chargeID, Cents: o.Cents, Attempts: attempts,
 		}, bus.WithKey(o.OrderID), bus.WithSubject("orders/"+o.OrderID))
 	})(ctx, e)
-	if err == nil {
-		s.st.Outbox.Wake() // the relay publishes the follow-up now, not at its next poll
-	}
-	return err
 }
 
 // ErrDeclined is the provider's answer for a card it will never charge.

@@ -48,7 +48,7 @@ func New(st *platform.Store, tel platform.Telemetry) *Service {
 }
 
 func (s *Service) onPaymentCaptured(ctx context.Context, e bus.Event[events.PaymentCaptured]) error {
-	err := outbox.Handler(s.st.Outbox, func(ctx context.Context, tx *sql.Tx, e bus.Event[events.PaymentCaptured]) error {
+	return outbox.Handler(s.st.Outbox, func(ctx context.Context, tx *sql.Tx, e bus.Event[events.PaymentCaptured]) error {
 		parcel := "PCL-" + e.Data.OrderID
 		if _, err := tx.ExecContext(ctx, `INSERT INTO shipments (parcel, order_id, shipped_at) VALUES (?, ?, ?)`,
 			parcel+"-"+e.ID, e.Data.OrderID, time.Now().UnixMicro()); err != nil {
@@ -57,8 +57,4 @@ func (s *Service) onPaymentCaptured(ctx context.Context, e bus.Event[events.Paym
 		return outbox.Publish(ctx, s.st.Outbox, tx, events.OrderShipped{OrderID: e.Data.OrderID, Parcel: parcel},
 			bus.WithKey(e.Data.OrderID), bus.WithSubject("orders/"+e.Data.OrderID))
 	})(ctx, e)
-	if err == nil {
-		s.st.Outbox.Wake() // the relay publishes the follow-up now, not at its next poll
-	}
-	return err
 }
