@@ -562,6 +562,10 @@ func TestBadInput(t *testing.T) {
 		// What some transport (NATS) would refuse or change: refused on
 		// every transport, so that a test on chanbus finds it.
 		{"header name with a space", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("x tenant", "a")) }, bus.ErrInvalidOptions, `"x tenant"`},
+		{"header name NATS's server obeys", func() error {
+			return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("Nats-Expected-Stream", "a"))
+		}, bus.ErrInvalidOptions, "reserved by NATS"},
+		{"header name in NATS's ce- spelling", func() error { return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("ce-tenant", "a")) }, bus.ErrInvalidOptions, "ce_tenant"},
 		{"header value with a line break", func() error {
 			return bus.Publish(ctx, newBus(), OrderCreated{}, bus.WithHeader("x-tenant", "a\r\nInjected: 1"))
 		}, bus.ErrInvalidOptions, "line break"},

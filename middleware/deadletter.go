@@ -115,7 +115,9 @@ func DeadLetterID(id, topic, group string) string {
 // It is built to be publishable wherever the original was: the headers it
 // adds take at most DLQHeaderBudget bytes; a copied header whose name a
 // transport would refuse (transport.ValidHeaderName) is renamed with its
-// refused bytes percent-encoded, and a copied value or Key that a
+// refused bytes percent-encoded (a name a transport reserves, such as
+// "Nats-Msg-Id", with its first byte: "%4Eats-Msg-Id";
+// OriginalHeaderName reverses it), and a copied value or Key that a
 // transport would change (transport.HeaderValueError) is changed as NATS
 // changes it: line breaks become spaces, white space at its ends goes. If
 // the broker still refuses it for good (transport.
@@ -285,7 +287,8 @@ func headerValue(v string) string {
 
 // headerName returns name, or, when some transport would refuse it, name
 // with each refused byte percent-encoded ("%" itself too, so it stays
-// reversible).
+// reversible), and the first byte too when the name is one a transport
+// reserves ("Nats-…", "ce-…").
 func headerName(name string) string {
 	if transport.ValidHeaderName(name) && !strings.Contains(name, "%") {
 		return name
@@ -293,19 +296,28 @@ func headerName(name string) string {
 	if name == "" {
 		return "%"
 	}
-	const hexdigits = "0123456789ABCDEF"
 	var b strings.Builder
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c == '%' || !transport.ValidHeaderName(name[i:i+1]) {
-			b.WriteByte('%')
-			b.WriteByte(hexdigits[c>>4])
-			b.WriteByte(hexdigits[c&0xf])
+		if c := name[i]; c == '%' || !transport.ValidHeaderName(name[i:i+1]) {
+			writeEscaped(&b, c)
 			continue
 		}
-		b.WriteByte(c)
+		b.WriteByte(name[i])
 	}
-	return b.String()
+	if enc := b.String(); transport.ValidHeaderName(enc) {
+		return enc
+	}
+	var r strings.Builder
+	writeEscaped(&r, name[0]) // a reserved name: escaping its first byte frees it
+	r.WriteString(b.String()[1:])
+	return r.String()
+}
+
+func writeEscaped(b *strings.Builder, c byte) {
+	const hexdigits = "0123456789ABCDEF"
+	b.WriteByte('%')
+	b.WriteByte(hexdigits[c>>4])
+	b.WriteByte(hexdigits[c&0xf])
 }
 
 // DeadLetterError is a failed publish to the dead-letter topic. DeadLetter

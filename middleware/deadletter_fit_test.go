@@ -103,7 +103,8 @@ func TestDeadLetterFits(t *testing.T) {
 		m := msg("m1")
 		// Values and a key from a transport that carries any (Kafka), dead-
 		// lettered where NATS's rules hold.
-		m.Header = map[string]string{"x(y)": "1", "with space": "2", "50%": "3", "ok": "line1\nline2", "pad": " v\t"}
+		m.Header = map[string]string{"x(y)": "1", "with space": "2", "50%": "3", "ok": "line1\nline2", "pad": " v\t",
+			"Nats-Msg-Id": "4", "ce-x": "5", "busway-id": "6", "nats-rollup": "7"}
 		m.Key = " key\n"
 		if err := middleware.DeadLetter(pub, middleware.DeadLetterOptions{})(failing(errors.New("boom\n")))(context.Background(), m); err != nil {
 			t.Fatal(err)
@@ -115,9 +116,18 @@ func TestDeadLetterFits(t *testing.T) {
 		if h["pad"] != "v" || pub.got[0].Key != "key" || h[middleware.HeaderDLQError] == "" {
 			t.Errorf("pad %q, key %q, error %q: want the values as NATS delivers them (trimmed, one line)", h["pad"], pub.got[0].Key, h[middleware.HeaderDLQError])
 		}
-		for k, v := range map[string]string{"x%28y%29": "1", "with%20space": "2", "50%25": "3"} {
+		for k, v := range map[string]string{"x%28y%29": "1", "with%20space": "2", "50%25": "3",
+			"%4Eats-Msg-Id": "4", "%63e-x": "5", "%62usway-id": "6", "%6Eats-rollup": "7"} {
 			if h[k] != v {
 				t.Errorf("header %q = %q, want %q (renamed, percent-encoded): %v", k, h[k], v, h)
+			}
+			if orig := middleware.OriginalHeaderName(k); m.Header[orig] != v {
+				t.Errorf("OriginalHeaderName(%q) = %q, not the original's name", k, orig)
+			}
+		}
+		for k, v := range h {
+			if err := transport.ValidateHeader(k, v); err != nil {
+				t.Errorf("the dead letter has a header no transport may take: %v", err)
 			}
 		}
 		if strings.ContainsAny(h["ok"], "\r\n") || !strings.Contains(h["ok"], "line2") {

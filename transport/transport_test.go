@@ -273,12 +273,14 @@ func TestCallHandlerRecoversPanics(t *testing.T) {
 }
 
 func TestValidateHeader(t *testing.T) {
-	for _, name := range []string{"x-plain", "X-Mixed-Case", "ce_id", "busway-dlq-error", "a.b_c~!#$%&'*+^`|"} {
+	for _, name := range []string{"x-plain", "X-Mixed-Case", "ce_id", "busway-dlq-error", "a.b_c~!#$%&'*+^`|",
+		"Ce-Type", "CE-TYPE", "nats_x", "natsy", "Nats", "busway-ids", "x-busway-id"} {
 		if !transport.ValidHeaderName(name) || transport.ValidateHeader(name, "value with spaces, ünïcode") != nil {
 			t.Errorf("%q refused", name)
 		}
 	}
-	for _, name := range []string{"", "with space", "x(y)", "a:b", "a/b", "q\"", "tab\t", "ü", "del\x7f", "{}", "a@b", "a=b"} {
+	for _, name := range []string{"", "with space", "x(y)", "a:b", "a/b", "q\"", "tab\t", "ü", "del\x7f", "{}", "a@b", "a=b",
+		"Nats-Msg-Id", "nats-expected-stream", "NATS-TTL", "Nats-", "ce-id", "ce-", "busway-id"} {
 		err := transport.ValidateHeader(name, "v")
 		if transport.ValidHeaderName(name) || !errors.Is(err, transport.ErrInvalidMessage) {
 			t.Errorf("%q accepted (%v)", name, err)

@@ -91,14 +91,23 @@ func ValidateSubscribe(topic string, h Handler, opts SubscribeOptions) error {
 const headerNameForbidden = "\"()/,:;<=>?@[\\]{}"
 
 // ValidHeaderName reports whether name is a header name every busway
-// transport carries: one or more printable ASCII characters (33 to 126)
-// other than "()/,:;<=>?@[\]{} and the double quote. That is nats.go's rule,
-// the strictest of the brokers' clients (Kafka takes any string).
-func ValidHeaderName(name string) bool { return name != "" && badHeaderNameByte(name) < 0 }
+// transport carries as it is: one or more printable ASCII characters (33
+// to 126) other than "()/,:;<=>?@[\]{} and the double quote, which is
+// nats.go's rule, the strictest of the brokers' clients (Kafka takes any
+// string), and none of the names a transport or broker uses itself:
+// "Nats-…" in any case, "ce-…" and "busway-id" (see HeaderNameError).
+func ValidHeaderName(name string) bool { return HeaderNameError(name) == nil }
 
 // HeaderNameError says why ValidHeaderName refuses name, or is nil. It is a
 // description, not wrapped in ErrInvalidMessage, for a transport that puts
-// it in its own error (nats refuses exactly these names, as nats.go does).
+// it in its own error. A name a transport or broker uses itself would be
+// lost, renamed or obeyed rather than delivered:
+//   - "Nats-…", in any case: the JetStream server reads these headers
+//     (Nats-Msg-Id deduplicates; Nats-Expected-Stream, Nats-Rollup and
+//     Nats-TTL direct the store).
+//   - "ce-…": the NATS spelling of the CloudEvents attributes; NATS
+//     delivers it as "ce_…", as a CloudEvents producer on NATS means it.
+//   - "busway-id": the header in which Kafka carries Message.ID.
 func HeaderNameError(name string) error {
 	if name == "" {
 		return errors.New("empty header name")
@@ -107,7 +116,24 @@ func HeaderNameError(name string) error {
 		return fmt.Errorf("header name %q: character %q at %d is not allowed (printable ASCII other than space and %s)",
 			name, rune(name[i]), i, headerNameForbidden)
 	}
+	if why := reservedHeaderName(name); why != "" {
+		return fmt.Errorf("header name %q: %s", name, why)
+	}
 	return nil
+}
+
+// reservedHeaderName says why a transport or broker claims name for
+// itself (see HeaderNameError), or is "".
+func reservedHeaderName(name string) string {
+	switch {
+	case len(name) >= 5 && strings.EqualFold(name[:5], "nats-"):
+		return "reserved by NATS JetStream, whose server reads Nats-* headers"
+	case strings.HasPrefix(name, "ce-"):
+		return "the NATS spelling of " + HeaderPrefix + name[3:] + ", which NATS delivers under that name; use it"
+	case name == "busway-id":
+		return "reserved: busway's Kafka transport carries Message.ID in it"
+	}
+	return ""
 }
 
 // badHeaderNameByte is the index of name's first byte no transport carries
@@ -131,7 +157,7 @@ func ValidateHeader(name, value string) error {
 }
 
 // HeaderError says why a header is not one every busway transport carries
-// unchanged (a name ValidHeaderName refuses, a value HeaderValueError
+// unchanged (a name HeaderNameError refuses, a value HeaderValueError
 // refuses), or is nil. It is a description, not wrapped in a sentinel, for
 // callers that wrap their own (ErrInvalidMessage, bus's ErrInvalidOptions).
 func HeaderError(name, value string) error {

@@ -25,7 +25,9 @@ import (
 // the next. Message.Header travels as record headers unchanged (the
 // canonical CloudEvents names are the Kafka binding's, "ce_id", ...). The
 // ID travels as Header["ce_id"] when that holds it, else in a header
-// "busway-id" that is removed again on delivery.
+// "busway-id" that is removed again on delivery; a message whose own
+// headers hold that name fails with transport.ErrInvalidMessage (it would
+// be lost, or taken for the ID).
 //
 // All messages for partitions led by one broker go in one produce request
 // (a partition's split only at Config.MaxMessageBytes), and the brokers'
@@ -62,6 +64,11 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	now := time.Now()
 	var failures []transport.MessageError
 	for i, m := range msgs {
+		if v, ok := m.Header[idHeader]; ok {
+			failures = append(failures, transport.MessageError{Index: i, ID: m.ID, Err: fmt.Errorf(
+				"%w: header %s=%q: the name is reserved, Kafka carries Message.ID in it", transport.ErrInvalidMessage, idHeader, v)})
+			continue
+		}
 		if batchHeader+recordBound(m) <= t.cfg.MaxMessageBytes {
 			continue
 		}
@@ -74,14 +81,14 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	}
 	// The others are sent: a *PublishError says that what it does not list
 	// was accepted.
-	var tooLarge []bool
+	var refused []bool
 	if len(failures) > 0 {
 		if len(failures) == len(msgs) {
 			return &transport.PublishError{Topic: topic, Total: len(msgs), Failures: failures}
 		}
-		tooLarge = make([]bool, len(msgs))
+		refused = make([]bool, len(msgs))
 		for _, f := range failures {
-			tooLarge[f.Index] = true
+			refused[f.Index] = true
 		}
 	}
 	ti, err := t.topic(ctx, topic)
@@ -97,7 +104,7 @@ func (t *Transport) Publish(ctx context.Context, topic string, msgs ...*transpor
 	byPart := make(map[int][]int, min(np, len(msgs)))
 	var order []int
 	for i, m := range msgs {
-		if tooLarge != nil && tooLarge[i] {
+		if refused != nil && refused[i] {
 			continue
 		}
 		var p int

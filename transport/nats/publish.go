@@ -32,7 +32,11 @@ import (
 // A message that can never be stored is rejected before anything is sent
 // and only it fails (the others of the call are published): one larger
 // than MaxMessageBytes with its headers (transport.ErrMessageTooLarge), or
-// one with a header name nats.go refuses (transport.ErrInvalidMessage).
+// one NATS would not deliver as it was sent (transport.ErrInvalidMessage):
+// a header transport.HeaderError refuses (a name nats.go refuses, a Nats-*
+// name the server would obey, a ce-* name it would deliver as ce_*, a
+// value nats.go would trim), an ID or Key HeaderValueError refuses, or a
+// ce_partitionkey header other than the Key, which NATS carries in it.
 // Both are marked transport.Permanent in the PublishError, so a caller
 // (the Retry and DeadLetter middleware, an outbox relay) does not retry
 // them.
@@ -573,6 +577,9 @@ func toWire(nm *natsgo.Msg, subject string, m *transport.Message, wb *wireBuf) e
 		if err := transport.HeaderError(k, v); err != nil {
 			return err
 		}
+		if k == transport.HeaderPartitionKey && v != m.Key {
+			return fmt.Errorf("header %s %q is not the Key %q: NATS carries the Key in that header", k, v, m.Key)
+		}
 		if strings.HasPrefix(k, transport.HeaderPrefix) {
 			k = wireName(k)
 		}
@@ -687,12 +694,6 @@ func (w *wireMsg) release() {
 	w.buf.ids = w.buf.ids[:0]
 	wirePool.Put(w)
 }
-
-// Header names: nats.go refuses to encode (ErrBadHeaderMsg) exactly the
-// names transport.ValidHeaderName refuses, so Publish refuses them up front
-// with transport.HeaderNameError. Every value is accepted, as nats.go
-// accepts it: it sends the value with surrounding whitespace trimmed and
-// each CR or LF as a space.
 
 // maxHeaderBytes is the largest header block JetStream stores (the server
 // refuses more than 64 KiB - 1 of headers).

@@ -102,12 +102,8 @@ func (s *suite) testRoundTrip(t *testing.T) {
 // are lines and nats.go trims them) is delivered exactly as sent or refused
 // by Publish with ErrInvalidMessage, never delivered changed.
 func (s *suite) testValuesExactOrRefused(t *testing.T) {
-	tr := s.open(t)
-	topic := UniqueTopic(t)
-	rec := newRecorder()
-	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
-	p := topic
-	msgs := []*transport.Message{
+	p := UniqueTopic(t)
+	s.exactOrRefused(t, p, []*transport.Message{
 		{ID: p + "-crlf", Header: map[string]string{"x-v": "a\r\nInjected: yes"}},
 		{ID: p + "-lf", Header: map[string]string{"x-v": "a\nb"}},
 		{ID: p + "-padded", Header: map[string]string{"x-v": "  padded\t "}},
@@ -115,7 +111,38 @@ func (s *suite) testValuesExactOrRefused(t *testing.T) {
 		{ID: p + "-key-lf", Key: "k\nk"},
 		{ID: p + "-id-padded "},
 		{ID: p + "-id\r\nInjected: id"},
-	}
+	})
+}
+
+// testHeaderNamesExactOrRefused: a header whose name a transport or
+// broker uses itself (NATS's Nats-Msg-Id and the Nats-* headers its server
+// obeys, its "ce-" spelling of the CloudEvents attributes, the header in
+// which a transport carries the ID or the Key) is delivered exactly as
+// sent or refused by Publish with ErrInvalidMessage: never lost, renamed,
+// obeyed, or taken for the message's ID or Key.
+func (s *suite) testHeaderNamesExactOrRefused(t *testing.T) {
+	p := UniqueTopic(t)
+	s.exactOrRefused(t, p, []*transport.Message{
+		{ID: p + "-ce-dash", Header: map[string]string{"ce-x": "1"}},
+		{ID: p + "-ce-both", Header: map[string]string{"ce-id": "2", "ce_id": "1"}},
+		{ID: p + "-ce-id", Header: map[string]string{"ce_id": "another"}},
+		{ID: p + "-nats-msg-id", Header: map[string]string{"Nats-Msg-Id": "another"}},
+		{ID: p + "-nats-expected", Header: map[string]string{"Nats-Expected-Stream": "another"}},
+		{ID: p + "-nats-rollup", Header: map[string]string{"Nats-Rollup": "sub"}},
+		{ID: p + "-busway-id", Header: map[string]string{"busway-id": "another"}},
+		{ID: p + "-pk-other", Key: "k1", Header: map[string]string{transport.HeaderPartitionKey: "k2"}},
+		{ID: p + "-pk-no-key", Header: map[string]string{transport.HeaderPartitionKey: "k2"}},
+	})
+}
+
+// exactOrRefused publishes each of msgs (with its ID as its body) to topic
+// alone and checks that Publish either refused it with ErrInvalidMessage,
+// and it was not delivered, or accepted it, and it was delivered with the
+// ID, Key, headers and body it was sent with.
+func (s *suite) exactOrRefused(t *testing.T, topic string, msgs []*transport.Message) {
+	tr := s.open(t)
+	rec := newRecorder()
+	s.subscribe(t, tr, topic, rec.handle, transport.SubscribeOptions{Group: UniqueGroup(t)})
 	var delivered []*transport.Message
 	for _, m := range msgs {
 		m.Body = []byte(m.ID)
@@ -133,7 +160,7 @@ func (s *suite) testValuesExactOrRefused(t *testing.T) {
 	}
 	// A last message that every transport takes: once it is here, so are
 	// all the messages accepted before it.
-	last := &transport.Message{ID: p + "-last", Key: "k", Body: []byte("last")}
+	last := &transport.Message{ID: topic + "-last", Key: "k", Body: []byte("last")}
 	s.publish(t, tr, topic, []*transport.Message{last}, 1)
 	s.waitFor(t, "the accepted messages", rec.hasAll(ids(append(delivered, last))))
 	for _, w := range delivered {
@@ -142,7 +169,7 @@ func (s *suite) testValuesExactOrRefused(t *testing.T) {
 			continue
 		}
 		hdr := maps.Clone(got.Header)
-		if w.Key != "" && hdr[transport.HeaderPartitionKey] == w.Key {
+		if _, sentPK := w.Header[transport.HeaderPartitionKey]; !sentPK && w.Key != "" && hdr[transport.HeaderPartitionKey] == w.Key {
 			delete(hdr, transport.HeaderPartitionKey) // a transport may carry Key in this header
 		}
 		if got.ID != w.ID || got.Key != w.Key || !bytes.Equal(got.Body, w.Body) || !maps.Equal(hdr, w.Header) {

@@ -157,6 +157,7 @@ func (s *suite) runAll(t *testing.T) {
 	}{
 		{"RoundTrip", s.testRoundTrip},
 		{"ValuesExactOrRefused", s.testValuesExactOrRefused},
+		{"HeaderNamesExactOrRefused", s.testHeaderNamesExactOrRefused},
 		{"System", s.testSystem},
 		{"DeliveryFields", s.testDeliveryFields},
 		{"TopicsIsolated", s.testTopicsIsolated},
