@@ -100,7 +100,8 @@ func TestPublishEnvelope(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Close(context.Background()) })
-	r := cli(t, shared(cb), "publish", "chan://", "orders", "--type", "order.created", "--key", "42", "--data", `{"id":"42"}`)
+	r := cli(t, shared(cb), "publish", "chan://", "orders", "--type", "order.created", "--key", "42", "--data", `{"id":"42"}`,
+		"--dataschema", "https://example.com/order.json")
 	if r.code != 0 {
 		t.Fatalf("publish: %v", r)
 	}
@@ -109,7 +110,8 @@ func TestPublishEnvelope(t *testing.T) {
 	id := strings.TrimSpace(r.stdout)
 	if h[transport.HeaderID] != id || m.ID != id || h[transport.HeaderType] != "order.created" || h[transport.HeaderSource] != "busway-cli" ||
 		h[transport.HeaderSpecVersion] != "1.0" || h[transport.HeaderTime] == "" || m.Key != "42" ||
-		h[transport.HeaderContentType] != "application/json" || string(m.Body) != `{"id":"42"}` {
+		h[transport.HeaderContentType] != "application/json" || string(m.Body) != `{"id":"42"}` ||
+		h[transport.HeaderDataSchema] != "https://example.com/order.json" {
 		t.Errorf("published %+v", m)
 	}
 	if u, err := uuid.Parse(id); err != nil || u.Version() != 7 {
@@ -147,6 +149,20 @@ func TestPublishDataFile(t *testing.T) {
 		r := cli(t, shared(cb), "publish", "chan://", "orders", "--type", "x", "--data", data)
 		if r.code != exitUsage || !strings.Contains(r.stderr, "--data") {
 			t.Errorf("publish --data %s: want exit 2 naming --data, got %v", data, r)
+		}
+	}
+	// A --header that publish would ignore (an envelope attribute) or that a
+	// transport would refuse is a usage error that names it.
+	for header, want := range map[string]string{
+		"ce_id=x":               "publish sets a new one",
+		"ce_partitionkey=k":     "use --key",
+		"content-type=text/csv": "sent as application/json",
+		"Nats-Msg-Id=x":         "reserved by NATS",
+		"ce-tenant=acme":        "ce_tenant",
+	} {
+		r := cli(t, shared(cb), "publish", "chan://", "orders", "--type", "x", "--data", "@"+file, "--header", header)
+		if r.code != exitUsage || !strings.Contains(r.stderr, want) {
+			t.Errorf("publish --header %s: want exit 2 saying %q, got %v", header, want, r)
 		}
 	}
 	if r := cli(t, shared(cb), "publish", "chan://", "orders"); r.code != exitUsage || !strings.Contains(r.stderr, "--type is required") {

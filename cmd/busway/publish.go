@@ -17,8 +17,8 @@ import (
 
 func (a *app) publishCmd() *cobra.Command {
 	var (
-		typ, key, data, source, subject string
-		headers                         []string
+		typ, key, data, source, subject, schema string
+		headers                                 []string
 	)
 	cmd := &cobra.Command{
 		Use:   "publish URL TOPIC --type T",
@@ -45,10 +45,13 @@ It prints the event's ID.`,
 				if !ok || k == "" {
 					return usageError{fmt.Errorf("--header %q: want name=value", h)}
 				}
+				if how, envelope := envelopeHeaders[k]; envelope {
+					return usageError{fmt.Errorf("--header %q: %s is an envelope attribute: %s", h, k, how)}
+				}
 				extra[k] = v
 			}
 			return a.publish(cmd.Context(), argv[0], argv[1], bus.Envelope{
-				Type: typ, Source: source, Subject: subject, Key: key, Header: extra,
+				Type: typ, Source: source, Subject: subject, Key: key, DataSchema: schema, Header: extra,
 				ContentType: "application/json",
 			}, body)
 		},
@@ -59,8 +62,25 @@ It prints the event's ID.`,
 	f.StringVar(&data, "data", "", "the event data: JSON, @file or - (stdin); none: an event without data")
 	f.StringVar(&source, "source", "busway-cli", "the event source (ce_source)")
 	f.StringVar(&subject, "subject", "", "the event subject (ce_subject)")
+	f.StringVar(&schema, "dataschema", "", "the URI of the data's schema (ce_dataschema)")
 	f.StringArrayVar(&headers, "header", nil, "an extra header name=value (repeatable)")
 	return cmd
+}
+
+// envelopeHeaders are the headers that publish writes itself, each with
+// the way to set it: a --header would be ignored (bus.EncodeEnvelope's
+// fields win).
+var envelopeHeaders = map[string]string{
+	transport.HeaderID:              "publish sets a new one",
+	transport.HeaderTime:            "publish sets the current time",
+	transport.HeaderSpecVersion:     "publish writes 1.0",
+	transport.HeaderType:            "use --type",
+	transport.HeaderSource:          "use --source",
+	transport.HeaderSubject:         "use --subject",
+	transport.HeaderPartitionKey:    "use --key",
+	transport.HeaderDataSchema:      "use --dataschema",
+	transport.HeaderContentType:     "--data is JSON, sent as application/json",
+	transport.HeaderDataContentType: "--data is JSON, sent as application/json",
 }
 
 // readData returns the JSON of --data, checked.
