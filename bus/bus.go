@@ -91,12 +91,18 @@ func init() {
 }
 
 // WithSource sets the CloudEvents source of published events, a URI
-// reference such as "orders-svc" or "/services/orders". Default: the base
-// name of the program (os.Args[0]).
+// reference such as "orders-svc" or "/services/orders"; an empty source, or
+// one a transport would change (a line break, white space at an end; see
+// WithKey), is an invalid option. Default: the base name of the program
+// (os.Args[0]).
 func WithSource(source string) Option {
 	return func(c *config) {
 		if source == "" {
 			c.errs = append(c.errs, fmt.Errorf("%w: WithSource: empty source", ErrInvalidOptions))
+			return
+		}
+		if err := transport.HeaderValueError(source); err != nil {
+			c.errs = append(c.errs, fmt.Errorf("%w: WithSource %q: %v", ErrInvalidOptions, source, err))
 			return
 		}
 		c.source = source
@@ -249,7 +255,7 @@ func newErr(errs []error) error {
 
 func defaultSource() string {
 	if len(os.Args) > 0 && os.Args[0] != "" {
-		if s := filepath.Base(os.Args[0]); s != "." && s != string(filepath.Separator) {
+		if s := filepath.Base(os.Args[0]); s != "." && s != string(filepath.Separator) && transport.HeaderValueError(s) == nil {
 			return s
 		}
 	}

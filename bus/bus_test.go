@@ -512,6 +512,8 @@ func TestBadInput(t *testing.T) {
 		{"nil bus", func() error { return bus.Publish(ctx, nil, OrderCreated{}) }, bus.ErrInvalidOptions, "nil *Bus"},
 		{"nil bus Subscribe", func() error { _, err := bus.Subscribe(nil, "g", noop); return err }, bus.ErrInvalidOptions, "nil *Bus"},
 		{"empty source", func() error { return newBus(bus.WithSource("")).Err() }, bus.ErrInvalidOptions, "empty source"},
+		{"source with a line break", func() error { return newBus(bus.WithSource("orders-svc\n")).Err() }, bus.ErrInvalidOptions, "line break"},
+		{"source with a line break, at Publish", func() error { return bus.Publish(ctx, newBus(bus.WithSource("orders-svc\n")), OrderCreated{}) }, bus.ErrInvalidOptions, "WithSource"},
 		{"nil codec", func() error { return newBus(bus.WithCodec(nil)).Err() }, bus.ErrInvalidOptions, "nil codec"},
 		{"nil middleware", func() error { return newBus(bus.WithMiddleware[func(transport.Handler) transport.Handler](nil)).Err() }, bus.ErrInvalidOptions, "middleware #0 is nil"},
 		{"nil option", func() error { return newBus(nil).Err() }, bus.ErrInvalidOptions, "nil Option"},
