@@ -105,21 +105,42 @@ func TestBadInput(t *testing.T) {
 		if _, err := New(nil, Options{Dialect: e.dialect}); !errors.Is(err, ErrInvalidOptions) {
 			t.Fatalf("New(nil db): %v", err)
 		}
-		for _, tc := range []struct {
+		type badRelay struct {
 			opts RelayOptions
 			name string
-		}{
+		}
+		bad := []badRelay{
 			{RelayOptions{BatchSize: -1}, "BatchSize -1"},
 			{RelayOptions{PollInterval: -time.Second}, "PollInterval -1s"},
 			{RelayOptions{LeaseTTL: -time.Second, Retention: -time.Hour}, "Retention -1h0m0s, LeaseTTL -1s"},
 			{RelayOptions{MinBackoff: time.Second, MaxBackoff: time.Millisecond}, "MaxBackoff 1ms is below MinBackoff 1s"},
-		} {
+		}
+		if e.dialect == SQLite { // the lease is SQLite's
+			bad = append(bad, badRelay{RelayOptions{PollInterval: time.Minute}, "PollInterval 1m0s is not below LeaseTTL 10s"})
+		}
+		for _, tc := range bad {
 			if _, err := NewRelay(o, tr, tc.opts); !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tc.name) {
 				t.Fatalf("NewRelay(%+v): %v, want ErrInvalidOptions naming %s", tc.opts, err, tc.name)
 			}
 		}
 		if _, err := NewRelay(o, nil, RelayOptions{}); !errors.Is(err, ErrInvalidOptions) {
 			t.Fatalf("NewRelay(nil publisher): %v", err)
+		}
+		once, err := NewRelay(o, tr, RelayOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := once.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := once.Start(ctx); err == nil || !strings.Contains(err.Error(), "Start called twice") {
+			t.Fatalf("second Start: %v", err)
+		}
+		if err := once.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := once.Start(ctx); err == nil || !strings.Contains(err.Error(), "Start after Stop") {
+			t.Fatalf("Start after Stop: %v, want an error saying so", err)
 		}
 		if n := e.count(t, e.table); n != 0 {
 			t.Fatalf("%d rows written by failed calls", n)

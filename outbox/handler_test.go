@@ -84,7 +84,7 @@ func TestHandlerPublishWakesRelay(t *testing.T) {
 		if err := b.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		startRelay(t, o, tr, RelayOptions{PollInterval: time.Hour})
+		startRelay(t, o, tr, RelayOptions{PollInterval: noPoll, LeaseTTL: 2 * noPoll})
 		if err := o.Transact(ctx, func(tx *sql.Tx) error {
 			return Publish(ctx, o, tx, OrderPlaced{ID: "42"})
 		}); err != nil {

@@ -44,7 +44,8 @@ type RelayOptions struct {
 	// PollInterval is how long the relay waits for a wake-up before it
 	// looks for rows anyway (rows committed without Transact, Commit or
 	// Wake, and other processes' rows when there is no Listener). Default
-	// 100ms.
+	// 100ms; on SQLite at most LeaseTTL/3, and one of LeaseTTL or more is
+	// an error (the idle leader's lease would lapse).
 	PollInterval time.Duration
 	// Listener wakes the relay on other processes' commits (PostgreSQL:
 	// pgnotify.New(db)). Default none: local wake-ups and polling.
@@ -213,14 +214,17 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 	if opts.BatchSize == 0 {
 		opts.BatchSize = 500
 	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = 10 * time.Second
+	}
 	if opts.PollInterval == 0 {
 		opts.PollInterval = 100 * time.Millisecond
+		if o.dialect == SQLite {
+			opts.PollInterval = min(opts.PollInterval, opts.LeaseTTL/3)
+		}
 	}
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = 100 * time.Millisecond
-	}
-	if opts.LeaseTTL == 0 {
-		opts.LeaseTTL = 10 * time.Second
 	}
 	switch {
 	case opts.Coalesce == 0:
@@ -236,6 +240,10 @@ func NewRelay(o *Outbox, pub transport.Publisher, opts RelayOptions) (*Relay, er
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
 		return nil, fmt.Errorf("%w: NewRelay: MaxBackoff %v is below MinBackoff %v", ErrInvalidOptions, opts.MaxBackoff, opts.MinBackoff)
+	}
+	if o.dialect == SQLite && opts.PollInterval >= opts.LeaseTTL {
+		return nil, fmt.Errorf("%w: NewRelay: PollInterval %v is not below LeaseTTL %v: an idle leader renews its lease every PollInterval, and it would lapse between renewals",
+			ErrInvalidOptions, opts.PollInterval, opts.LeaseTTL)
 	}
 	mp := opts.MeterProvider
 	if mp == nil {
@@ -315,6 +323,9 @@ func (r *Relay) Start(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.started {
+		if r.stopped() {
+			return fmt.Errorf("outbox: relay of %s: Start after Stop (a stopped relay does not restart; make a new one with NewRelay)", r.o.q.table)
+		}
 		return fmt.Errorf("outbox: relay of %s: Start called twice", r.o.q.table)
 	}
 	var n int64

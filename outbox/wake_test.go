@@ -21,7 +21,7 @@ func TestWakeLocal(t *testing.T) {
 		b, tr := newBus(t)
 		o := e.newOutbox(t, e.db, b)
 		s := subscribe(t, b)
-		r := startRelay(t, o, tr, RelayOptions{PollInterval: noPoll})
+		r := startRelay(t, o, tr, RelayOptions{PollInterval: noPoll, LeaseTTL: 2 * noPoll})
 		waitFor(t, "the relay to lead", 10*time.Second, func() bool { return r.Stats().Leader })
 		for i := range 3 {
 			if err := o.Transact(ctx, func(tx *sql.Tx) error { return Publish(ctx, o, tx, OrderPlaced{ID: string(rune('a' + i))}) }); err != nil {
