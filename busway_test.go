@@ -3,6 +3,7 @@ package busway_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -50,6 +51,12 @@ func TestOpenBadURLs(t *testing.T) {
 		{" nats://127.0.0.1:4222", transport.ErrInvalidURL, "white space"},
 		{"nats://127.0.0.1:4222\n", transport.ErrInvalidURL, "white space"},
 		{"kafka://:user@:pw", transport.ErrInvalidURL, ""},
+		// An unescaped '#' in a token or password: net/url would take what
+		// precedes it for the host (and dial it), and the error would
+		// show it.
+		{"nats://s3cr#et@127.0.0.1:4222", transport.ErrInvalidURL, "%23"},
+		{"kafka://u:pa#ss@127.0.0.1:9092?sasl=plain", transport.ErrInvalidURL, "%23"},
+		{"chan://#fragment", transport.ErrInvalidURL, "fragment"},
 	} {
 		tr, err := busway.Open(ctx, tc.raw)
 		if err == nil {
@@ -60,5 +67,18 @@ func TestOpenBadURLs(t *testing.T) {
 		if !errors.Is(err, tc.sentinel) || !strings.Contains(err.Error(), tc.mention) {
 			t.Errorf("Open(%q) = %v, want %v mentioning %s", tc.raw, err, tc.sentinel, tc.mention)
 		}
+		for _, secret := range []string{"s3cr", "pa#", "pa%23", ":pa"} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("Open(%q) = %v: shows a piece of the secret", tc.raw, err)
+			}
+		}
+	}
+	// OpenURL, given a parsed URL, checks the same.
+	u := &url.URL{Scheme: "chan", Host: "", RawQuery: "buffer=8", Fragment: "x"}
+	if tr, err := busway.NewMux().OpenURL(ctx, u); err == nil || !errors.Is(err, transport.ErrInvalidURL) || !strings.Contains(err.Error(), "fragment") {
+		if tr != nil {
+			tr.Close()
+		}
+		t.Errorf("OpenURL with a fragment: %v, want ErrInvalidURL naming the fragment", err)
 	}
 }

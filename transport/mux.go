@@ -83,6 +83,14 @@ func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
 		// cannot contain colon", "invalid port") do not say what is wrong.
 		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: white space before or after it (a value read from a file with its newline?)", ErrInvalidURL)}
 	}
+	if i := strings.IndexByte(rawURL, '#'); i >= 0 {
+		// No transport URL has a fragment: this '#' is most likely one of
+		// a password or token, unescaped, which net/url would take for
+		// the fragment's start, and what comes before it for the host.
+		// The URL is shown redacted as if it were escaped.
+		return nil, &URLError{URL: redactRaw(strings.ReplaceAll(rawURL, "#", "%23")), Part: "url", Err: fmt.Errorf(
+			"%w: '#' at %d would start a fragment, which a transport URL has not (a '#' in a user name, password or token is written %%23)", ErrInvalidURL, i)}
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLErr(err))}

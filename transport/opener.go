@@ -34,7 +34,8 @@ type URLShape struct {
 // CheckURL returns a *URLError wrapping ErrInvalidURL when u does not have
 // the shape s: another scheme ("scheme"), an opaque URL ("url", or "host"
 // when s.Hosts), a missing or unexpected host ("host"), user information
-// where s.NoUser ("userinfo"), or a path other than "/" ("path").
+// where s.NoUser ("userinfo"), a fragment ("fragment"), or a path other
+// than "/" ("path").
 func CheckURL(u *url.URL, s URLShape) error {
 	switch {
 	case u.Scheme != s.Scheme:
@@ -47,6 +48,8 @@ func CheckURL(u *url.URL, s URLShape) error {
 		return InvalidURL(u, "host", "%q: %s", u.Host, s.HostHint)
 	case s.NoUser && u.User != nil:
 		return InvalidURL(u, "userinfo", "%s:// takes no user or password", s.Scheme)
+	case u.Fragment != "" || u.RawFragment != "":
+		return InvalidURL(u, "fragment", "a %s URL has no fragment (a '#' in a user name, password or token is written %%23)", s.Scheme)
 	case u.Path != "" && u.Path != "/":
 		hint := s.PathHint
 		if hint == "" {
