@@ -352,7 +352,8 @@ func TestParseEnvDefaults(t *testing.T) {
 // TestValidateHidesCredentials: a BUS_URL that does not parse is reported
 // without its password or token (url.Parse's own error quotes it whole).
 func TestValidateHidesCredentials(t *testing.T) {
-	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port", "nats://h:port?token=t0kenvalue"} {
+	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port", "nats://h:port?token=t0kenvalue",
+		"nats://user:hunter2pw/x@h:4222", "nats://t0kenvalue?x@h:4222", "nats://user:x#hunter2pw@h:4222"} {
 		err := Config{URL: raw}.Validate()
 		if err == nil {
 			t.Fatalf("Validate(%q) = nil", raw)

@@ -3,7 +3,6 @@ package busfx
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -79,15 +78,12 @@ func ParseEnv(lookup func(string) (string, bool)) (Config, error) {
 // transport opens.
 func (c Config) Validate() error {
 	if c.URL != "" {
-		u, err := url.Parse(c.URL)
-		if err != nil {
-			if ue, ok := err.(*url.Error); ok {
-				err = ue.Err // its text has the whole URL, credentials included
+		if _, err := transport.ParseURL(c.URL); err != nil {
+			var ue *transport.URLError
+			if errors.As(err, &ue) {
+				err = ue.Err // without "transport URL": the variable names it
 			}
 			return fmt.Errorf("busway: %w: %s=%q: %v", ErrInvalidConfig, EnvURL, transport.RedactRaw(c.URL), err)
-		}
-		if u.Scheme == "" {
-			return fmt.Errorf("busway: %w: %s=%q: no scheme (want chan://, nats://... or kafka://...)", ErrInvalidConfig, EnvURL, transport.Redact(u))
 		}
 	}
 	if strings.ContainsFunc(c.Source, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {

@@ -74,29 +74,9 @@ func (m *Mux) Schemes() []string {
 // URL gives a *URLError wrapping ErrInvalidURL, an unregistered scheme one
 // wrapping ErrUnknownScheme; the opener's own errors name the offending part.
 func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
-	trimmed := strings.TrimSpace(rawURL)
-	if trimmed == "" {
-		return nil, &URLError{URL: rawURL, Part: "url", Err: fmt.Errorf("%w: empty (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
-	}
-	if trimmed != rawURL {
-		// net/url's own errors for these ("first path segment in URL
-		// cannot contain colon", "invalid port") do not say what is wrong.
-		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: white space before or after it (a value read from a file with its newline?)", ErrInvalidURL)}
-	}
-	if i := strings.IndexByte(rawURL, '#'); i >= 0 {
-		// No transport URL has a fragment: this '#' is most likely one of
-		// a password or token, unescaped, which net/url would take for
-		// the fragment's start, and what comes before it for the host.
-		// The URL is shown redacted as if it were escaped.
-		return nil, &URLError{URL: redactRaw(strings.ReplaceAll(rawURL, "#", "%23")), Part: "url", Err: fmt.Errorf(
-			"%w: '#' at %d would start a fragment, which a transport URL has not (a '#' in a user name, password or token is written %%23)", ErrInvalidURL, i)}
-	}
-	u, err := url.Parse(rawURL)
+	u, err := ParseURL(rawURL)
 	if err != nil {
-		return nil, &URLError{URL: redactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLErr(err))}
-	}
-	if u.Scheme == "" {
-		return nil, &URLError{URL: redactRaw(rawURL), Part: "scheme", Err: fmt.Errorf("%w: no scheme (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
+		return nil, err
 	}
 	t, err := m.OpenURL(ctx, u)
 	var ue *URLError
@@ -104,6 +84,72 @@ func (m *Mux) Open(ctx context.Context, rawURL string) (Transport, error) {
 		ue.URL = redactRaw(rawURL) // as the caller wrote it, not as net/url re-renders it
 	}
 	return t, err
+}
+
+// ParseURL parses a transport URL as Open does, with errors that say what
+// is wrong and never show its credentials: a *URLError wrapping
+// ErrInvalidURL for an empty URL, white space around it, a fragment, a
+// URL net/url cannot parse, no scheme, or credentials with an unescaped
+// '/', '?' or '#' (which net/url would split into a host, a path or a
+// query, showing pieces of the secret in its errors and sending them to a
+// DNS lookup).
+func ParseURL(rawURL string) (*url.URL, error) {
+	trimmed := strings.TrimSpace(rawURL)
+	if trimmed == "" {
+		return nil, &URLError{URL: rawURL, Part: "url", Err: fmt.Errorf("%w: empty (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
+	}
+	if trimmed != rawURL {
+		// net/url's own errors for these ("first path segment in URL
+		// cannot contain colon", "invalid port") do not say what is wrong.
+		return nil, &URLError{URL: RedactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: white space before or after it (a value read from a file with its newline?)", ErrInvalidURL)}
+	}
+	if i := strings.IndexByte(rawURL, '#'); i >= 0 {
+		// No transport URL has a fragment: this '#' is most likely one of
+		// a password or token, unescaped, which net/url would take for
+		// the fragment's start, and what comes before it for the host.
+		return nil, &URLError{URL: RedactRaw(rawURL), Part: "url", Err: fmt.Errorf(
+			"%w: '#' at %d would start a fragment, which a transport URL has not (a '#' in a user name, password or token is written %%23)", ErrInvalidURL, i)}
+	}
+	u, err := url.Parse(rawURL)
+	switch {
+	case err != nil && looseCredentials(rawURL):
+		// net/url's error would quote a piece of the credentials.
+		return nil, &URLError{URL: RedactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %s", ErrInvalidURL, credentialsHint)}
+	case err != nil:
+		return nil, &URLError{URL: RedactRaw(rawURL), Part: "url", Err: fmt.Errorf("%w: %v", ErrInvalidURL, unwrapURLErr(err))}
+	case misplacedAt(u):
+		return nil, &URLError{URL: RedactRaw(rawURL), Part: "userinfo", Err: fmt.Errorf("%w: %s", ErrInvalidURL, credentialsHint)}
+	case u.Scheme == "":
+		return nil, &URLError{URL: RedactRaw(rawURL), Part: "scheme", Err: fmt.Errorf("%w: no scheme (want e.g. chan://, nats://host:4222, kafka://host:9092)", ErrInvalidURL)}
+	}
+	return u, nil
+}
+
+const credentialsHint = "the user name, password or token before its '@' has a character to percent-encode: write '/' as %2F, '?' as %3F, '#' as %23, '%' as %25"
+
+// looseCredentials reports whether raw has an '@' after its "//": user
+// information, maybe with characters that end it early for net/url.
+func looseCredentials(raw string) bool {
+	i := strings.Index(raw, "//")
+	return i >= 0 && strings.IndexByte(raw[i:], '@') >= 0
+}
+
+// misplacedAt reports whether net/url found no user information in u but
+// an '@' in its host, path or a query option's name: credentials whose
+// unescaped '/' or '?' ended the authority before their '@'.
+func misplacedAt(u *url.URL) bool {
+	if u.User != nil || u.Opaque != "" {
+		return false
+	}
+	if strings.Contains(u.Host, "@") || strings.Contains(u.Path, "@") {
+		return true
+	}
+	for pair := range strings.SplitSeq(u.RawQuery, "&") {
+		if name, _, _ := strings.Cut(pair, "="); strings.Contains(name, "@") {
+			return true
+		}
+	}
+	return false
 }
 
 // OpenURL opens the transport u's scheme names.
@@ -211,8 +257,15 @@ func redactQuery(raw string) string {
 
 // RedactRaw is Redact for a URL string that may not parse.
 func RedactRaw(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
+	u, err := url.Parse(raw)
+	switch {
+	case err == nil && !misplacedAt(u) && strings.IndexByte(raw, '#') < 0:
 		return Redact(u)
+	case looseCredentials(raw):
+		// Where net/url cannot tell (it split the credentials at a '/',
+		// '?' or '#'), everything up to the last '@' may be secret.
+		i := strings.Index(raw, "//")
+		return raw[:i+2] + "xxxxx" + raw[i+strings.LastIndexByte(raw[i:], '@'):]
 	}
 	return redactRaw(raw)
 }

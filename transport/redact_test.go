@@ -36,7 +36,11 @@ func TestRedact(t *testing.T) {
 	}
 	// A URL that does not parse.
 	for _, raw := range []string{"nats://user:hunter2pw@h:port", "nats://t0kenvalue@h:port?x=1", "nats://h:port?token=t0kenvalue", "nats:t0kenvalue@h:port",
-		"nats://h:4222?stream=S;token=t0kenvalue", "nats://h:4222?stream=S%ZZ&token=t0kenvalue"} {
+		"nats://h:4222?stream=S;token=t0kenvalue", "nats://h:4222?stream=S%ZZ&token=t0kenvalue",
+		// Credentials with a character net/url splits them at: it would
+		// take a piece for the host, the port, a path or a query option.
+		"nats://user:hunter2pw/x@h:4222", "nats://user:hunter2pw?x@h:4222", "nats://user:hunter2pw#x@h:4222", "nats://user:hunter2pw%zz@h:4222",
+		"nats://t0kenvalue/x@h:4222", "nats://t0kenvalue?x@h:4222", "nats://t0kenvalue#x@h:4222", "kafka://u:x/hunter2pw@h:9092?sasl=plain"} {
 		var m transport.Mux
 		_, err := m.Open(context.Background(), raw)
 		if err == nil {
