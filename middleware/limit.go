@@ -26,13 +26,18 @@ func NewSemaphore(n int) *Semaphore {
 }
 
 // Acquire takes a slot, waiting until one is free or ctx ends (then it
-// returns ctx.Err() and holds nothing).
+// returns ctx.Err() and holds nothing). A handler that waits tells its
+// transport so (transport.Block): on chanbus, a handler that holds a slot
+// and publishes more than a queue holds then does not wait for a handler
+// that waits for its slot.
 func (s *Semaphore) Acquire(ctx context.Context) error {
 	select {
 	case s.slots <- struct{}{}:
 		return nil
 	default:
 	}
+	unblock := transport.Block(ctx)
+	defer unblock()
 	select {
 	case s.slots <- struct{}{}:
 		return nil

@@ -39,6 +39,34 @@ func SystemFromContext(ctx context.Context) string {
 	return s
 }
 
+// Blocker is implemented by the handlers' context of a transport whose
+// Publish, called from a handler, may wait for that transport's own
+// workers to make room (chanbus's backpressure). Block tells it that the
+// handler is about to wait for something other than the transport, such
+// as a semaphore that other handlers hold (middleware.Limit), and returns
+// the func to call when that wait is over. Meanwhile a handler's Publish
+// does not count on this worker to make room: a handler that holds the
+// semaphore and publishes cannot wait for one that waits for it.
+type Blocker interface {
+	Block() (unblock func())
+}
+
+// BlockerKey is the context key under which a handler's context carries
+// its transport's Blocker.
+type BlockerKey struct{}
+
+// Block tells the transport that delivered the message of ctx, a handler's
+// context, that the handler is about to wait for something other than the
+// transport (see Blocker), and returns the func to call when the wait is
+// over. Outside a handler, or on a transport without backpressure between
+// handlers, it does nothing.
+func Block(ctx context.Context) (unblock func()) {
+	if b, ok := ctx.Value(BlockerKey{}).(Blocker); ok {
+		return b.Block()
+	}
+	return func() {}
+}
+
 // Outcomes a handler reports with ReportOutcome for a message it
 // acknowledged (returned nil for) without handling it.
 const (

@@ -53,7 +53,10 @@
 //     beyond the bound instead. So handlers may publish to their own topic,
 //     and groups to each other's, under any load; what such publishes add
 //     beyond the bound is what those handlers publish while every way out
-//     is blocked.
+//     is blocked. A handler that waits for something other than chanbus
+//     and says so (transport.Block; middleware.Limit's Semaphore does)
+//     counts as waiting too: a handler holding a shared semaphore may
+//     publish to groups whose handlers wait for it.
 //
 // # Shutdown
 //

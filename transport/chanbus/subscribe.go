@@ -51,7 +51,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	t.waits.started(g, workers)
 	for range workers {
 		w := &worker{s: s}
-		w.ctx = context.WithValue(hctx, workerKey{}, w)
+		w.ctx = context.WithValue(context.WithValue(hctx, workerKey{}, w), transport.BlockerKey{}, w)
 		go s.work(w)
 	}
 	return s, nil
@@ -99,6 +99,16 @@ type worker struct {
 	// guarded by t.waits.mu.
 	waiting int
 	free    *freeList // deliveries done with, for Publish to reuse (see recycle)
+}
+
+// Block counts w as waiting, as a publish waiting for room counts, until
+// the returned func is called (transport.Blocker): its handler waits for
+// something other than chanbus (a semaphore), so no publisher may count on
+// it to make room.
+func (w *worker) Block() (unblock func()) {
+	ws := &w.s.t.waits
+	ws.hold(w)
+	return func() { ws.resume(w) }
 }
 
 // publisher returns the worker whose handler called Publish with ctx, or

@@ -484,3 +484,32 @@ func (s *suite) testDeadLetterNearLimit(t *testing.T) {
 	}
 	t.Logf("size limit %d, largest body %d; message at the limit: dead-lettered %v", mb.MaxMessageBytes(), max, gotFull)
 }
+
+// testLimitSharedByPublishingHandlers: one Semaphore (middleware.Limit)
+// caps the handlers of two groups, and the one that holds the slot
+// publishes, with one key, more follow-ups to the other's topic than any
+// buffer holds: nothing deadlocks (on chanbus its Publish must not wait for
+// room that only the other handler, which waits for the slot, can make),
+// and every follow-up is handled.
+func (s *suite) testLimitSharedByPublishingHandlers(t *testing.T) {
+	const followUps = 300 // more than chanbus's default key buffer (64)
+	tr := s.open(t)
+	causes, effects := UniqueTopic(t), UniqueTopic(t)
+	sem := middleware.NewSemaphore(1)
+	rec := newRecorder()
+	s.subscribe(t, tr, effects, middleware.Limit(sem)(func(_ context.Context, m *transport.Message) error {
+		rec.add(m)
+		return nil
+	}), transport.SubscribeOptions{Group: UniqueGroup(t)})
+	msgs := makeMsgs(effects, followUps, func(int) string { return "k" })
+	s.subscribe(t, tr, causes, middleware.Limit(sem)(func(ctx context.Context, _ *transport.Message) error {
+		for _, m := range msgs {
+			if err := tr.Publish(ctx, effects, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}), transport.SubscribeOptions{Group: UniqueGroup(t)})
+	s.publish(t, tr, causes, []*transport.Message{{ID: causes + "-cause", Body: []byte("cause")}}, 1)
+	s.waitFor(t, "every follow-up, handled under the shared semaphore", rec.hasAll(ids(msgs)))
+}

@@ -187,6 +187,7 @@ func (s *suite) runAll(t *testing.T) {
 		{"MiddlewareDeadLetterNearLimit", s.testDeadLetterNearLimit},
 		{"MiddlewareIdempotent", s.testIdempotent},
 		{"MiddlewareRetryInPlace", s.testRetryInPlace},
+		{"MiddlewareLimitSharedByPublishingHandlers", s.testLimitSharedByPublishingHandlers},
 	} {
 		t.Run(c.name, c.fn)
 	}
