@@ -527,6 +527,10 @@ func TestBadInput(t *testing.T) {
 			_, err := bus.Subscribe(newBus(), "g", noop, bus.WithConcurrency(-1))
 			return err
 		}, bus.ErrInvalidOptions, "WithConcurrency(-1)"},
+		{"a million handlers", func() error {
+			_, err := bus.Subscribe(newBus(), "g", noop, bus.WithConcurrency(1_000_000))
+			return err
+		}, bus.ErrInvalidOptions, "WithConcurrency(1000000)"},
 		{"bad start position", func() error {
 			_, err := bus.Subscribe(newBus(), "g", noop, bus.WithStartFrom(7))
 			return err

@@ -42,6 +42,10 @@ func WithConcurrency(n int) SubscribeOption {
 			c.errs = append(c.errs, fmt.Errorf("%w: WithConcurrency(%d): negative (0 means the default, 1)", ErrInvalidOptions, n))
 			return
 		}
+		if n > transport.MaxConcurrency {
+			c.errs = append(c.errs, fmt.Errorf("%w: WithConcurrency(%d): more than transport.MaxConcurrency (%d)", ErrInvalidOptions, n, transport.MaxConcurrency))
+			return
+		}
 		if n > 0 {
 			c.conc, c.concSet = n, true
 		}

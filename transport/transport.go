@@ -198,7 +198,8 @@ type SubscribeOptions struct {
 	// one member. Required.
 	Group string
 	// Concurrency is the number of handlers that may run at once for this
-	// subscription. Default 1; negative is an error.
+	// subscription, each on a goroutine of its own. Default 1; negative, or
+	// more than MaxConcurrency, is an error.
 	Concurrency int
 	// StartFrom applies when the group has no committed position yet.
 	// Default StartLatest.
@@ -223,6 +224,9 @@ func (o SubscribeOptions) Validate() error {
 		return fmt.Errorf("%w: Group is required (the consumer group or durable name)", ErrInvalidOptions)
 	case o.Concurrency < 0:
 		return fmt.Errorf("%w: Concurrency %d is negative (0 means the default, 1)", ErrInvalidOptions, o.Concurrency)
+	case o.Concurrency > MaxConcurrency:
+		return fmt.Errorf("%w: Concurrency %d is more than %d (each handler slot is a goroutine; to cap work shared by many subscriptions use a middleware.Semaphore)",
+			ErrInvalidOptions, o.Concurrency, MaxConcurrency)
 	case o.StartFrom != StartLatest && o.StartFrom != StartEarliest:
 		return fmt.Errorf("%w: StartFrom %v is neither StartLatest nor StartEarliest", ErrInvalidOptions, o.StartFrom)
 	}
@@ -231,6 +235,12 @@ func (o SubscribeOptions) Validate() error {
 	}
 	return nil
 }
+
+// MaxConcurrency is the most SubscribeOptions.Concurrency a transport
+// takes: a subscription starts that many goroutines (and NATS sizes the
+// consumer's MaxAckPending by it), so a mistyped million would take
+// gigabytes before the first message.
+const MaxConcurrency = 1 << 16
 
 // Workers returns Concurrency with the default applied.
 func (o SubscribeOptions) Workers() int {

@@ -826,6 +826,7 @@ func (s *suite) testInvalidInput(t *testing.T) {
 		{name: "subscribe missing group", topic: topic, h: ok, opts: transport.SubscribeOptions{}, want: transport.ErrInvalidOptions},
 		{name: "subscribe bad group", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: "a group"}, want: transport.ErrInvalidOptions},
 		{name: "subscribe negative concurrency", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: group, Concurrency: -1}, want: transport.ErrInvalidOptions},
+		{name: "subscribe a million handlers", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: group, Concurrency: 1 << 20}, want: transport.ErrInvalidOptions},
 		{name: "subscribe bad start position", topic: topic, h: ok, opts: transport.SubscribeOptions{Group: group, StartFrom: 7}, want: transport.ErrInvalidOptions},
 		{name: "subscribe nil handler", topic: topic, h: nil, opts: transport.SubscribeOptions{Group: group}, want: nil},
 	}
