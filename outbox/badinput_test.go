@@ -97,6 +97,8 @@ func TestBadInput(t *testing.T) {
 			{Options{}, "Options.Dialect"},
 			{Options{Dialect: e.dialect, Table: "x; DROP TABLE y"}, "x; DROP TABLE y"},
 			{Options{Dialect: e.dialect, InboxTable: "1x"}, "1x"},
+			{Options{Dialect: e.dialect, Table: "events", InboxTable: "events"}, `InboxTable "events"`},
+			{Options{Dialect: e.dialect, Table: "events", InboxTable: "Events_Dead"}, `InboxTable "Events_Dead"`},
 		} {
 			if _, err := New(e.db, tc.opts); !errors.Is(err, ErrInvalidOptions) || !strings.Contains(err.Error(), tc.name) {
 				t.Fatalf("New(%+v): %v, want ErrInvalidOptions naming %s", tc.opts, err, tc.name)

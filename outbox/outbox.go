@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,6 +130,12 @@ func New(db *sql.DB, opts Options) (*Outbox, error) {
 	}
 	if len(indexBase(opts.Table)) > 50 {
 		return nil, fmt.Errorf("%w: outbox Table %q: longer than 50 characters (it gets suffixes)", ErrInvalidOptions, opts.Table)
+	}
+	for _, own := range []string{opts.Table, opts.Table + "_dead", opts.Table + "_published", opts.Table + "_lease"} {
+		// Both databases fold unquoted names: "Outbox" is outbox.
+		if strings.EqualFold(inbox.Table(), own) {
+			return nil, fmt.Errorf("%w: outbox InboxTable %q is a table of the outbox Table %q: give the inbox a name of its own", ErrInvalidOptions, inbox.Table(), opts.Table)
+		}
 	}
 	if opts.Propagator == nil {
 		opts.Propagator = otel.GetTextMapPropagator()
