@@ -57,6 +57,21 @@ func TestTailNATS(t *testing.T) {
 	if len(names) != 0 {
 		t.Errorf("consumers left on the stream after tail: %v", names)
 	}
+	// Should tail be killed before it deletes it, the server deletes the
+	// throwaway consumer once nothing pulls from it.
+	tail := start(t, nil, "tail", u, "orders")
+	waitFor(t, 10*time.Second, "tail to subscribe", func() bool { return strings.Contains(tail.err.String(), "tailing") })
+	names = consumers(t, srv)
+	if len(names) != 1 {
+		t.Fatalf("consumers while tail runs: %v, want its throwaway one", names)
+	}
+	c, err := srv.JetStream().Consumer(t.Context(), srv.Stream(), names[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it := c.CachedInfo().Config.InactiveThreshold; it != throwawayInactive {
+		t.Errorf("throwaway consumer's InactiveThreshold %v, want %v", it, throwawayInactive)
+	}
 }
 
 func TestTailKafka(t *testing.T) { testTail(t, kafkaURL(t)) }

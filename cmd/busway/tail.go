@@ -17,6 +17,7 @@ import (
 
 	"github.com/busway/busway/bus"
 	"github.com/busway/busway/transport"
+	busnats "github.com/busway/busway/transport/nats"
 )
 
 func (a *app) tailCmd() *cobra.Command {
@@ -106,7 +107,14 @@ func (a *app) tail(ctx context.Context, rawURL, topic, group string, start trans
 		return nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, a.timeout)
-	sub, err := t.Subscribe(sctx, topic, h, transport.SubscribeOptions{Group: group, StartFrom: start})
+	opts := transport.SubscribeOptions{Group: group, StartFrom: start}
+	if throwaway {
+		// Deleted at the end; if tail is killed first, NATS deletes the
+		// consumer itself once nothing pulls from it (Kafka expires the
+		// group's offsets by itself).
+		opts.Specific = []transport.SpecificOption{busnats.InactiveThreshold(throwawayInactive)}
+	}
+	sub, err := t.Subscribe(sctx, topic, h, opts)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("subscribe to %q: %w", topic, err)
@@ -127,6 +135,11 @@ func (a *app) tail(ctx context.Context, rawURL, topic, group string, start trans
 	}
 	return nil
 }
+
+// throwawayInactive is how long NATS keeps a throwaway group's consumer
+// that nothing pulls from: a tail killed before it deleted its group (or
+// stopped, Ctrl-Z, for longer: it then reads on from where it was).
+const throwawayInactive = 15 * time.Minute
 
 // eventLine is an event in one line: time, type, key, id, short data.
 func eventLine(m *transport.Message, env bus.Envelope) string {

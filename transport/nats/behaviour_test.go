@@ -245,6 +245,7 @@ func TestSpecificOptions(t *testing.T) {
 		{"empty NakDelays", busnats.NakDelays()},
 		{"MaxAckPending 0", busnats.MaxAckPending(0)},
 		{"Durable with dot", busnats.Durable("a.b")},
+		{"zero InactiveThreshold", busnats.InactiveThreshold(0)},
 		{"zero value option", busnats.SubscribeOption{}},
 	} {
 		_, err := tr.Subscribe(ctx, "t", h, transport.SubscribeOptions{Group: "g", Specific: []transport.SpecificOption{c.opt}})

@@ -95,16 +95,17 @@ func (t *Transport) ensureConsumer(ctx context.Context, topic string, opts trans
 	ctx, cancel := t.withTimeout(ctx)
 	defer cancel()
 	cfg := jetstream.ConsumerConfig{
-		Durable:       ss.durable,
-		Description:   fmt.Sprintf("busway group %q on topic %q", opts.Group, topic),
-		FilterSubject: t.s.subjectBase + topic,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       ss.ackWait,
-		MaxDeliver:    ss.maxDeliver,
-		BackOff:       t.s.BackOff,
-		MaxAckPending: ss.maxAckPending,
-		DeliverPolicy: jetstream.DeliverNewPolicy,
-		ReplayPolicy:  jetstream.ReplayInstantPolicy,
+		Durable:           ss.durable,
+		Description:       fmt.Sprintf("busway group %q on topic %q", opts.Group, topic),
+		FilterSubject:     t.s.subjectBase + topic,
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           ss.ackWait,
+		MaxDeliver:        ss.maxDeliver,
+		BackOff:           t.s.BackOff,
+		MaxAckPending:     ss.maxAckPending,
+		InactiveThreshold: ss.inactive,
+		DeliverPolicy:     jetstream.DeliverNewPolicy,
+		ReplayPolicy:      jetstream.ReplayInstantPolicy,
 	}
 	if opts.StartFrom == transport.StartEarliest {
 		cfg.DeliverPolicy = jetstream.DeliverAllPolicy

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -243,5 +244,52 @@ func TestMaxDeliverTerminates(t *testing.T) {
 		if fmt.Sprint(calls) != "[poison#1 poison#2 next#1]" {
 			t.Fatalf("calls %v, want [poison#1 poison#2 next#1]", calls)
 		}
+	})
+}
+
+// TestInactiveThreshold: a group subscribed with InactiveThreshold keeps
+// its consumer while a member pulls, for longer than the threshold, and
+// the server deletes it once no member is left (a process killed before
+// its DeleteGroup: here the subscription closed without one), on the
+// embedded server and on the machine's.
+func TestInactiveThreshold(t *testing.T) {
+	onEachServer(t, func(t *testing.T, cfg busnats.Config) {
+		tr := open(t, cfg)
+		defer tr.Close()
+		topic := transporttest.UniqueTopic(t)
+		const threshold = time.Second
+		durable := "inactive-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		got := make(chan struct{}, 16)
+		sub, err := tr.Subscribe(ctxT(t), topic, func(context.Context, *transport.Message) error {
+			got <- struct{}{}
+			return nil
+		}, transport.SubscribeOptions{Group: "g", Specific: []transport.SpecificOption{busnats.Durable(durable), busnats.InactiveThreshold(threshold)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cons, err := tr.JetStream().Consumer(ctxT(t), tr.Stream(), durable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if it := cons.CachedInfo().Config.InactiveThreshold; it != threshold {
+			t.Fatalf("consumer InactiveThreshold %v, want %v", it, threshold)
+		}
+		// An idle member still pulls: the consumer outlives the threshold.
+		time.Sleep(3 * threshold)
+		if err := tr.Publish(ctxT(t), topic, &transport.Message{ID: "after-idle", Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a member idle for 3 x InactiveThreshold lost its consumer")
+		}
+		if err := sub.Close(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 30*time.Second, "the server to delete the inactive consumer", func() bool {
+			_, err := tr.JetStream().Consumer(ctxT(t), tr.Stream(), durable)
+			return errors.Is(err, jetstream.ErrConsumerNotFound)
+		})
 	})
 }

@@ -115,6 +115,24 @@ func MaxHeld(n int) SubscribeOption {
 	}}
 }
 
+// InactiveThreshold has the server delete the group's durable consumer
+// once no member has pulled from it for d: for a group made for a while
+// only (a tool's throwaway reader, such as busway tail's), which a process
+// killed before its DeleteGroup would otherwise leave on the stream for
+// good. A running member pulls all the time; keep d well above the
+// longest a member may be away (a restart, a network cut): a deleted
+// consumer is recreated by the next Subscribe at the stream's end
+// (StartFrom), its position lost. Default 0: never.
+func InactiveThreshold(d time.Duration) SubscribeOption {
+	return SubscribeOption{"InactiveThreshold", func(s *subSettings) error {
+		if d <= 0 {
+			return fmt.Errorf("InactiveThreshold %v is not positive", d)
+		}
+		s.inactive = d
+		return nil
+	}}
+}
+
 type subSettings struct {
 	ackWait       time.Duration
 	maxDeliver    int
@@ -122,6 +140,7 @@ type subSettings struct {
 	maxAckPending int
 	maxHeld       int
 	durable       string
+	inactive      time.Duration
 }
 
 func (t *Transport) subSettings(topic string, opts transport.SubscribeOptions) (*subSettings, error) {
