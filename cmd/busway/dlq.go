@@ -256,7 +256,7 @@ func (a *app) readDLQWith(ctx context.Context, t transport.Transport, topic stri
 	}
 	group := "busway-dlq-" + randomSuffix()
 	sctx, cancel := context.WithTimeout(ctx, a.timeout)
-	sub, err := t.Subscribe(sctx, f.dlqTopic, h, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest})
+	sub, err := t.Subscribe(sctx, f.dlqTopic, h, transport.SubscribeOptions{Group: group, StartFrom: transport.StartEarliest, Specific: throwawayOptions()})
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("read dead-letter topic %q: %w", f.dlqTopic, err)

@@ -109,10 +109,7 @@ func (a *app) tail(ctx context.Context, rawURL, topic, group string, start trans
 	sctx, cancel := context.WithTimeout(ctx, a.timeout)
 	opts := transport.SubscribeOptions{Group: group, StartFrom: start}
 	if throwaway {
-		// Deleted at the end; if tail is killed first, NATS deletes the
-		// consumer itself once nothing pulls from it (Kafka expires the
-		// group's offsets by itself).
-		opts.Specific = []transport.SpecificOption{busnats.InactiveThreshold(throwawayInactive)}
+		opts.Specific = throwawayOptions()
 	}
 	sub, err := t.Subscribe(sctx, topic, h, opts)
 	cancel()
@@ -140,6 +137,14 @@ func (a *app) tail(ctx context.Context, rawURL, topic, group string, start trans
 // that nothing pulls from: a tail killed before it deleted its group (or
 // stopped, Ctrl-Z, for longer: it then reads on from where it was).
 const throwawayInactive = 15 * time.Minute
+
+// throwawayOptions are the subscribe options of a group the command makes
+// for itself and deletes at the end (tail's, dlq's reader): should the
+// command be killed first, NATS deletes the consumer once nothing pulls
+// from it (Kafka expires an empty group's offsets by itself).
+func throwawayOptions() []transport.SpecificOption {
+	return []transport.SpecificOption{busnats.InactiveThreshold(throwawayInactive)}
+}
 
 // eventLine is an event in one line: time, type, key, id, short data.
 func eventLine(m *transport.Message, env bus.Envelope) string {
