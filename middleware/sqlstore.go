@@ -237,7 +237,13 @@ func (s *SQLStore) HandleTx(ctx context.Context, group, id string, fn func(tx *s
 	if id == "" {
 		return false, fmt.Errorf("%w: the message has no ID (neither ce_id nor Message.ID) to record in the inbox", transport.ErrInvalidMessage)
 	}
+	// Beginning may wait for a connection of the pool or for SQLite's
+	// write lock, which a handler that publishes may hold: tell the
+	// transport (chanbus), so that such a publisher does not wait for
+	// this handler in turn.
+	unblock := transport.Block(ctx)
 	tx, err := s.db.BeginTx(ctx, nil)
+	unblock()
 	if err != nil {
 		return false, fmt.Errorf("busway: inbox %s: begin: %w", s.table, err)
 	}

@@ -3,11 +3,13 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/busway/busway/bus"
+	"github.com/busway/busway/transport/chanbus"
 )
 
 // Invoiced is the follow-up event a handler publishes into its inbox
@@ -91,5 +93,58 @@ func TestHandlerPublishWakesRelay(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "the handler's Invoiced", 10*time.Second, func() bool { return got.Load() == "42" })
+	})
+}
+
+// TestHandlerPublishesHoldingTheOnlyConnection: a Handler that publishes
+// to chanbus, with one key, more follow-ups than a queue holds while its
+// transaction holds the pool's only connection (db.SetMaxOpenConns(1), as
+// SQLite is often run), to a group whose own Handler waits for that
+// connection: nothing deadlocks, every follow-up is handled.
+func TestHandlerPublishesHoldingTheOnlyConnection(t *testing.T) {
+	forEach(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		tr := chanbus.New(chanbus.WithBuffer(4))
+		b := bus.New(tr)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			b.Shutdown(ctx)
+		})
+		for _, err := range []error{bus.Register[OrderPlaced](b, "orders"), bus.Register[Invoiced](b, "invoices")} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		db := e.openDB(t)
+		db.SetMaxOpenConns(1)
+		o := e.newOutbox(t, db, b)
+		const followUps = 50
+		_, err := bus.Subscribe(b, "billing", Handler(o, func(ctx context.Context, _ *sql.Tx, ev bus.Event[OrderPlaced]) error {
+			for i := range followUps {
+				if err := bus.Publish(ctx, b, Invoiced{OrderID: fmt.Sprint(i)}, bus.WithKey("k")); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var handled atomic.Int32
+		_, err = bus.Subscribe(b, "audit", Handler(o, func(context.Context, *sql.Tx, bus.Event[Invoiced]) error {
+			handled.Add(1)
+			return nil
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := bus.Publish(ctx, b, OrderPlaced{ID: "42"}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "every follow-up", 20*time.Second, func() bool { return handled.Load() == followUps })
 	})
 }

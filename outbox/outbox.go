@@ -285,7 +285,9 @@ func (o *Outbox) insert(ctx context.Context, tx *sql.Tx, topic string, m *transp
 // it when fn returns nil (rolling back otherwise, and on a panic, which it
 // lets through), then wakes the relays. fn's error is returned as it is.
 func (o *Outbox) Transact(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	unblock := transport.Block(ctx) // as in SQLStore.HandleTx, for a Transact inside a handler
 	tx, err := o.db.BeginTx(ctx, nil)
+	unblock()
 	if err != nil {
 		return fmt.Errorf("outbox: begin: %w", err)
 	}
