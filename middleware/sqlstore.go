@@ -162,7 +162,9 @@ func indexBase(t string) string {
 // Seen reports whether group marked id.
 func (s *SQLStore) Seen(ctx context.Context, group, id string) (bool, error) {
 	var one int
+	unblock := transport.Block(ctx) // see HandleTx
 	err := s.db.QueryRowContext(ctx, s.seenQ, group, id).Scan(&one)
+	unblock()
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil
@@ -174,7 +176,10 @@ func (s *SQLStore) Seen(ctx context.Context, group, id string) (bool, error) {
 
 // Mark records that group handled id; marking twice is not an error.
 func (s *SQLStore) Mark(ctx context.Context, group, id string) error {
-	if _, err := s.db.ExecContext(ctx, s.markQ, group, id, s.now().UnixMicro()); err != nil {
+	unblock := transport.Block(ctx) // see HandleTx
+	_, err := s.db.ExecContext(ctx, s.markQ, group, id, s.now().UnixMicro())
+	unblock()
+	if err != nil {
 		return fmt.Errorf("busway: idempotency mark in %s: %w", s.table, s.tableErr(err))
 	}
 	return nil

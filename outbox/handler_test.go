@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/busway/busway/bus"
+	"github.com/busway/busway/middleware"
 	"github.com/busway/busway/transport/chanbus"
 )
 
@@ -100,7 +101,8 @@ func TestHandlerPublishWakesRelay(t *testing.T) {
 // to chanbus, with one key, more follow-ups than a queue holds while its
 // transaction holds the pool's only connection (db.SetMaxOpenConns(1), as
 // SQLite is often run), to a group whose own Handler waits for that
-// connection: nothing deadlocks, every follow-up is handled.
+// connection (and to one whose Idempotent middleware does): nothing
+// deadlocks, every follow-up is handled.
 func TestHandlerPublishesHoldingTheOnlyConnection(t *testing.T) {
 	forEach(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
@@ -131,11 +133,20 @@ func TestHandlerPublishesHoldingTheOnlyConnection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var handled atomic.Int32
+		var handled, marked atomic.Int32
 		_, err = bus.Subscribe(b, "audit", Handler(o, func(context.Context, *sql.Tx, bus.Event[Invoiced]) error {
 			handled.Add(1)
 			return nil
 		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A group whose Idempotent middleware looks up and marks each
+		// event in the same database waits for the connection too.
+		_, err = bus.Subscribe(b, "ledger", func(context.Context, bus.Event[Invoiced]) error {
+			marked.Add(1)
+			return nil
+		}, bus.WithGroupMiddleware(middleware.Idempotent(o.Inbox(), middleware.IdempotentOptions{})))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,6 +156,6 @@ func TestHandlerPublishesHoldingTheOnlyConnection(t *testing.T) {
 		if err := bus.Publish(ctx, b, OrderPlaced{ID: "42"}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "every follow-up", 20*time.Second, func() bool { return handled.Load() == followUps })
+		waitFor(t, "every follow-up, in both groups", 20*time.Second, func() bool { return handled.Load() == followUps && marked.Load() == followUps })
 	})
 }
