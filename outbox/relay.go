@@ -491,15 +491,16 @@ func (r *Relay) lead() (execer, func(), func(context.Context) error, error) {
 		}
 		renew, err := r.takeLease()
 		if err != nil {
+			if r.stopped() {
+				// Stop cancelled the take, which may have taken the lease
+				// all the same: free it, or the next relay waits LeaseTTL.
+				r.freeLease()
+			}
 			<-r.o.sqliteLead()
 			return nil, nil, nil, err
 		}
 		release := func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if _, err := r.o.db.ExecContext(ctx, r.o.q.leaseFree, r.owner); err != nil {
-				r.o.log.Warn("outbox: freeing the relay lease failed; another relay takes over when it expires", "table", r.o.q.lease, "err", err)
-			}
+			r.freeLease()
 			<-r.o.sqliteLead()
 		}
 		return r.o.db, release, renew, nil
@@ -527,6 +528,15 @@ func (r *Relay) lead() (execer, func(), func(context.Context) error, error) {
 		return nil, nil, nil, fmt.Errorf("SET synchronous_commit: %w", err)
 	}
 	return conn, discard, nil, nil
+}
+
+// freeLease deletes the SQLite lease row if this relay owns it.
+func (r *Relay) freeLease() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.o.db.ExecContext(ctx, r.o.q.leaseFree, r.owner); err != nil {
+		r.o.log.Warn("outbox: freeing the relay lease failed; another relay takes over when it expires", "table", r.o.q.lease, "err", err)
+	}
 }
 
 // takeLease blocks until this relay holds the SQLite lease (or Stop), and
