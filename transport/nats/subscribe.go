@@ -30,11 +30,16 @@ func (o SubscribeOption) String() string { return "nats." + o.name }
 
 // AckWait overrides Config.AckWait for one subscription's consumer.
 func AckWait(d time.Duration) SubscribeOption {
-	return SubscribeOption{"AckWait", func(s *subSettings) error {
+	return positive("AckWait", d, func(s *subSettings) { s.ackWait = d })
+}
+
+// positive is an option that set applies when d is positive.
+func positive(name string, d time.Duration, set func(*subSettings)) SubscribeOption {
+	return SubscribeOption{name, func(s *subSettings) error {
 		if d <= 0 {
-			return fmt.Errorf("AckWait %v is not positive", d)
+			return fmt.Errorf("%s %v is not positive", name, d)
 		}
-		s.ackWait = d
+		set(s)
 		return nil
 	}}
 }
@@ -124,13 +129,7 @@ func MaxHeld(n int) SubscribeOption {
 // consumer is recreated by the next Subscribe at the stream's end
 // (StartFrom), its position lost. Default 0: never.
 func InactiveThreshold(d time.Duration) SubscribeOption {
-	return SubscribeOption{"InactiveThreshold", func(s *subSettings) error {
-		if d <= 0 {
-			return fmt.Errorf("InactiveThreshold %v is not positive", d)
-		}
-		s.inactive = d
-		return nil
-	}}
+	return positive("InactiveThreshold", d, func(s *subSettings) { s.inactive = d })
 }
 
 type subSettings struct {
