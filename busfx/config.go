@@ -79,11 +79,11 @@ func ParseEnv(lookup func(string) (string, bool)) (Config, error) {
 func (c Config) Validate() error {
 	if c.URL != "" {
 		if _, err := transport.ParseURL(c.URL); err != nil {
-			var ue *transport.URLError
-			if errors.As(err, &ue) {
-				err = ue.Err // without "transport URL": the variable names it
+			shown, why := transport.RedactRaw(c.URL), err
+			if ue, ok := errors.AsType[*transport.URLError](err); ok {
+				shown, why = ue.URL, ue.Err // redacted already; without "transport URL": the variable names it
 			}
-			return fmt.Errorf("busway: %w: %s=%q: %v", ErrInvalidConfig, EnvURL, transport.RedactRaw(c.URL), err)
+			return fmt.Errorf("busway: %w: %s=%q: %v", ErrInvalidConfig, EnvURL, shown, why)
 		}
 	}
 	if strings.ContainsFunc(c.Source, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {

@@ -94,8 +94,9 @@
 // batches (see the benchmarks in README.md).
 //
 // Wake-ups: Transact, Commit and Wake wake the relays of this process
-// directly, and so does a Handler whose transaction was published into. When none of them leads, they also send a NOTIFY (PostgreSQL),
-// outside the writer's transaction and coalesced (at most one in flight;
+// directly, and so does a Handler whose transaction was published into.
+// When none of them leads, they also send a NOTIFY (PostgreSQL), outside
+// the writer's transaction and coalesced (at most one in flight;
 // wakes meanwhile become one more), so writers do not pay a NOTIFY per
 // transaction; a relay with a pgnotify Listener wakes on it. Polling
 // (RelayOptions.PollInterval, default 100ms) is the fallback for rows

@@ -51,7 +51,7 @@ func (t *Transport) Subscribe(ctx context.Context, topic string, h transport.Han
 	t.waits.started(g, workers)
 	for range workers {
 		w := &worker{s: s}
-		w.ctx = context.WithValue(context.WithValue(hctx, workerKey{}, w), transport.BlockerKey{}, w)
+		w.ctx = context.WithValue(hctx, transport.BlockerKey{}, w)
 		go s.work(w)
 	}
 	return s, nil
@@ -81,10 +81,6 @@ func (t *Transport) leave(s *subscription) {
 	}
 }
 
-// workerKey is the context key under which a handler's context carries its
-// *worker, so that Publish knows it is called from inside a handler.
-type workerKey struct{}
-
 // worker is one worker goroutine of a subscription (or the goroutine that
 // took its place after a handler's runtime.Goexit).
 type worker struct {
@@ -112,9 +108,10 @@ func (w *worker) Block() (unblock func()) {
 }
 
 // publisher returns the worker whose handler called Publish with ctx, or
-// nil when ctx is not a handler's context of t.
+// nil when ctx is not a handler's context of t. A handler's context
+// carries its worker as its transport.Blocker, under the one key.
 func (t *Transport) publisher(ctx context.Context) *worker {
-	if w, ok := ctx.Value(workerKey{}).(*worker); ok && w.s.t == t {
+	if w, ok := ctx.Value(transport.BlockerKey{}).(*worker); ok && w.s.t == t {
 		return w
 	}
 	return nil
